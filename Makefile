@@ -1,0 +1,56 @@
+# herd — the two Quickstart commands (`make demo`, `make test`) do all set-up on a
+# fresh Debian machine, as root.
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+HERD      := $(VENV)/bin/herd
+LAB_HOSTS ?= 3
+LAB_DIR   ?= /var/lib/herd-lab
+export HERD_LAB_DIR := $(LAB_DIR)
+
+APT_PACKAGES := python3 python3-venv python3-pip openssh-server openssh-client \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+	qemu-system-x86 qemu-utils util-linux iproute2 procps
+
+.PHONY: install system-packages demo demo-down test test-fast lint bench clean
+
+system-packages:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+	@# libvirtd runs QEMU as libvirt-qemu:kvm; minimal images may lack both.
+	@getent group kvm >/dev/null || groupadd --system kvm
+	@getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+	@id libvirt-qemu >/dev/null 2>&1 || useradd --system -g kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,postgres]'
+	touch $@
+
+install: system-packages $(VENV)/.installed
+
+demo: install
+	$(HERD) lab up --hosts $(LAB_HOSTS)
+	$(HERD) inventory apply $(LAB_DIR)/inventory.yaml
+	$(HERD) host refresh
+	$(HERD) server create demo --flavor m1.tiny --image blank --count 4
+	$(HERD) server list
+	$(HERD) host list
+
+demo-down:
+	-$(HERD) server delete $$($(HERD) server list --json | $(PY) -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)))')
+	$(HERD) lab down
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e"
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) -m bench.rpc
