@@ -1,0 +1,195 @@
+"""The calls answered directly, one method per op, and the session ``hello`` sets up.
+
+Requests arrive on many threads at once; the only shared state is the session,
+replaced whole by ``hello``, and the journal, which is safe across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from agent import PROTOCOL_VERSION, __version__, images
+from agent import facts as host_facts
+from agent.errors import BadRequest, NotFound, UnknownOp
+from agent.fsutil import DIR_MODE, ensure_dir
+from agent.jobs import RUNNING, Journal, check_job_id
+from agent.kvm import BackgroundProbe
+from agent.ops import JOBS
+from agent.runner import Runners
+from agent.specs import sha256
+from agent.virt import Virsh
+
+log = logging.getLogger(__name__)
+
+DOMAIN_TYPE_MODES = ("auto", "kvm", "qemu")
+MAX_WAIT = 600.0
+_POLL = 0.05
+
+Handler = Callable[[Mapping[str, Any]], Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Session:
+    """What hello configured: where the agent keeps state, which libvirt, which accel."""
+
+    state_dir: Path
+    libvirt_uri: str
+    domain_type: str
+    probe: Optional[BackgroundProbe]
+    journal: Journal
+
+    @property
+    def context(self) -> Dict[str, Any]:
+        """What a job runner needs to know of the session."""
+        return {"state_dir": str(self.state_dir), "libvirt_uri": self.libvirt_uri}
+
+
+class Agent:
+    """Dispatches each op to its handler; every op but ``hello`` needs a session."""
+
+    def __init__(self, runners: Optional[Runners] = None) -> None:
+        self.runners = runners or Runners()
+        self._session: Optional[Session] = None
+        self._hello_lock = threading.Lock()
+        self._handlers: Dict[str, Handler] = {
+            "hello": self.hello,
+            "facts": self.facts,
+            "list": self.list,
+            "image_status": self.image_status,
+            "image_commit": self.image_commit,
+            "job_start": self.job_start,
+            "job_status": self.job_status,
+            "job_wait": self.job_wait,
+            "jobs": self.jobs,
+            "job_forget": self.job_forget,
+        }
+
+    @property
+    def capabilities(self) -> List[str]:
+        """Every call op, then every job op (what job_start accepts)."""
+        return [*self._handlers, *JOBS]
+
+    def dispatch(self, op: str, args: Mapping[str, Any]) -> Dict[str, Any]:
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise UnknownOp(f"unknown op {op!r}")
+        if op != "hello" and self._session is None:
+            raise BadRequest("hello must be the first request")
+        return handler(args)
+
+    def close(self) -> None:
+        """Let a running KVM probe finish: its QEMU must not outlive the agent."""
+        session = self._session
+        if session is not None and session.probe is not None:
+            session.probe.result(host_facts.PROBE_WAIT)
+
+    @property
+    def session(self) -> Session:
+        assert self._session is not None  # dispatch checked
+        return self._session
+
+    def hello(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        state_dir = args.get("state_dir", "/var/lib/herd")
+        uri = args.get("libvirt_uri", "qemu:///system")
+        mode = args.get("domain_type", "auto")
+        if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
+            raise BadRequest("state_dir must be an absolute path")
+        if not isinstance(uri, str) or not uri or uri.startswith("-"):
+            raise BadRequest("libvirt_uri must be a libvirt URI")
+        if mode not in DOMAIN_TYPE_MODES:
+            raise BadRequest(f"domain_type must be one of {', '.join(DOMAIN_TYPE_MODES)}")
+        root = Path(os.path.normpath(state_dir))
+        ensure_dir(root, DIR_MODE)
+        for sub in ("images", "instances", "jobs", "locks", "state"):
+            ensure_dir(root / sub, DIR_MODE)
+        with self._hello_lock:
+            old = self._session
+            probe = None
+            if mode == "auto":
+                same_dir = old is not None and old.state_dir == root and old.probe is not None
+                probe = old.probe if same_dir else BackgroundProbe(root)
+            self._session = Session(root, uri, mode, probe, Journal.of(root))
+        log.info(
+            "hello from orchestrator %s: state_dir=%s uri=%s domain_type=%s",
+            args.get("orchestrator_version"),
+            root,
+            uri,
+            mode,
+        )
+        return {
+            "agent_version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "capabilities": self.capabilities,
+            "facts": self.facts({}),
+        }
+
+    def facts(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        s = self.session
+        return host_facts.gather(s.state_dir, s.libvirt_uri, s.domain_type, s.probe)
+
+    def list(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        include_all = args.get("all", False)
+        if not isinstance(include_all, bool):
+            raise BadRequest("all must be true or false")
+        domains = Virsh(self.session.libvirt_uri).list_domains(include_unmanaged=include_all)
+        return {"domains": [d.to_wire() for d in domains]}
+
+    def image_status(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        cached = images.status(self.session.state_dir, sha256(args, "sha256"))
+        return {"present": cached.present, "path": str(cached.path), "size": cached.size}
+
+    def image_commit(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        digest = sha256(args, "sha256")
+        upload = args.get("upload")
+        if not isinstance(upload, str) or not upload:
+            raise BadRequest("upload must be the path of the uploaded file")
+        cached = images.commit(self.session.state_dir, digest, Path(os.path.abspath(upload)))
+        return {"path": str(cached.path), "size": cached.size}
+
+    def job_start(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        job_id = check_job_id(args.get("job_id"))
+        op = args.get("op")
+        job_args = args.get("args", {})
+        if not isinstance(op, str):
+            raise BadRequest("op must be a string")
+        if not isinstance(job_args, Mapping):
+            raise BadRequest("args must be an object")
+        s = self.session
+        return self.runners.start(s.journal, job_id, op, job_args, s.context).to_wire()
+
+    def _record(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        job_id = check_job_id(args.get("job_id"))
+        record = self.session.journal.get(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id} on this host")
+        return record.to_wire()
+
+    def job_status(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        return self._record(args)
+
+    def job_wait(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        """Long-poll the journal: cheaper for both ends than the orchestrator polling."""
+        timeout = args.get("timeout", 30)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise BadRequest("timeout must be a number of seconds")
+        if not 0 <= timeout <= MAX_WAIT:
+            raise BadRequest(f"timeout must be between 0 and {MAX_WAIT:g} seconds")
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self._record(args)
+            if record["state"] != RUNNING or time.monotonic() >= deadline:
+                return record
+            time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+
+    def jobs(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        return {"jobs": [r.to_wire() for r in self.session.journal.all()]}
+
+    def job_forget(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        self.session.journal.forget(check_job_id(args.get("job_id")))
+        return {}

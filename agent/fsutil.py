@@ -1,0 +1,92 @@
+"""Small filesystem helpers: directories QEMU can traverse, crash-safe writes, flock.
+
+Everything the agent persists is written to a temporary name and renamed into place,
+so a crash (or a reboot) leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from agent.errors import Busy
+
+DIR_MODE = 0o755  # libvirt-qemu must traverse state_dir to reach images and disks
+FILE_MODE = 0o644
+
+
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
+    """Create ``path`` (and parents) and force its mode, whatever the umask says."""
+    path.mkdir(parents=True, exist_ok=True)
+    if (path.stat().st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def tmp_name(path: Path) -> Path:
+    """A sibling temporary name: same filesystem, so the final rename is atomic.
+
+    Unique per process and thread, because two request threads may rewrite one file.
+    """
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    tmp = tmp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), mode)
+
+
+def read_json(path: Path) -> Optional[Any]:
+    """The parsed file, or None when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def flocked(path: Path, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, or raise ``Busy``.
+
+    flock (not a pid file) because the kernel drops it when the holder dies, so a
+    killed job never leaves a stale lock behind.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise Busy(f"{what} is locked by another job (waited {timeout:g} s)") from exc
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
