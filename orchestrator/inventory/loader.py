@@ -1,0 +1,377 @@
+"""Inventory files to an ``Inventory``, or every problem in them, one line each.
+
+Three steps per file, each keeping line numbers: ``source.parse`` builds the YAML into
+data and a ``data path -> line`` map; the sections are checked by hand (what is a list,
+what is a mapping) and each host has its file's ``defaults`` merged under it while we
+note where every merged value came from; pydantic validates each entry. A pydantic
+error's ``loc`` is then walked back to the key that was written (in the host or in
+``defaults``) and its line. Names must be unique per kind across all the files.
+
+``defaults`` apply to the hosts of the file they are written in, so a file reads on its
+own; split a fleet into several files to give racks different defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from orchestrator.inventory.models import (
+    HOST_IDENTITY,
+    FlavorSpec,
+    HostDefaults,
+    HostSpec,
+    ImageSpec,
+    Inventory,
+    validation_context,
+)
+from orchestrator.inventory.problems import InventoryError, InventoryProblem
+from orchestrator.inventory.source import DataPath, Document, UnreadableYaml, parse
+
+_SECTIONS = ("defaults", "hosts", "flavors", "images")
+_KINDS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "flavors": FlavorSpec, "images": ImageSpec}
+_SINGULAR = {"hosts": "host", "flavors": "flavor", "images": "image"}
+_STRING_MAPS = {"hosts": "labels", "flavors": "extra_specs", "images": "properties"}
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def load_inventory(*paths: Path) -> Inventory:
+    """Read, merge and validate inventory files; raise ``InventoryError`` listing every problem.
+
+    An empty file, or one with only comments, is a valid empty inventory.
+    """
+    problems: list[InventoryProblem] = []
+    specs: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
+    first_seen: dict[tuple[str, str], tuple[str, int]] = {}
+    for path in paths:
+        loaded = _FileLoader(Path(path))
+        loaded.load()
+        for name in loaded.names:
+            file, line = first_seen.setdefault((name.kind, name.name), (loaded.file, name.line))
+            if (file, line) != (loaded.file, name.line):
+                first = f"line {line}" if file == loaded.file else f"{file}:{line}"
+                loaded.tell(
+                    InventoryProblem(
+                        loaded.file,
+                        name.line,
+                        name.field,
+                        f"duplicate {_SINGULAR[name.kind]} name {name.name!r} (first on {first})",
+                    )
+                )
+        problems += sorted(loaded.problems, key=lambda problem: problem.line or 0)
+        for kind, entries in loaded.specs.items():
+            specs[kind] += entries
+    if problems:
+        raise InventoryError(problems)
+    return Inventory(**specs)
+
+
+@dataclass(frozen=True)
+class _Name:
+    """A name as written, kept even when its entry is invalid, to find duplicates."""
+
+    kind: str
+    name: str
+    line: int
+    field: str
+
+
+class _FileLoader:
+    """Everything one file holds: its valid specs, its names, its problems."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = str(path)
+        # Relative paths in the file are relative to the file; symlinks are not resolved
+        # so they mean what the operator sees.
+        self.base_dir = Path(os.path.abspath(path)).parent
+        self.doc = Document(data=None)
+        self.problems: list[InventoryProblem] = []
+        self._told: set[InventoryProblem] = set()
+        self.specs: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
+        self.names: list[_Name] = []
+
+    def tell(self, problem: InventoryProblem) -> None:
+        """Record ``problem`` once: a bad value in ``defaults`` fails every host it reaches."""
+        if problem not in self._told:
+            self._told.add(problem)
+            self.problems.append(problem)
+
+    def load(self) -> None:
+        try:
+            source = self.path.read_bytes()
+        except OSError as exc:
+            self.tell(InventoryProblem(self.file, None, "", f"cannot read: {_reason(exc)}"))
+            return
+        try:
+            self.doc = parse(source, _verbatim)
+        except UnreadableYaml as exc:
+            self.tell(InventoryProblem(self.file, exc.line, "", exc.message))
+            return
+        for issue in self.doc.issues:
+            self._problem(issue.path, issue.message, line=issue.line)
+        data = self.doc.data
+        if data is None:
+            return
+        if not isinstance(data, dict):
+            self._problem(
+                (),
+                f"the top level must be a mapping with keys {', '.join(_SECTIONS)}, "
+                f"not {_describe(data)}",
+            )
+            return
+        for key in data:
+            if key not in _SECTIONS:
+                self._problem((key,), _unknown_key(key, _SECTIONS, "top-level key"), field="")
+        defaults = self._defaults(data.get("defaults"))
+        for kind in _KINDS:
+            self._section(kind, data.get(kind), defaults)
+
+    def _defaults(self, raw: Any) -> dict[Hashable, Any]:
+        """``defaults`` if valid on its own, else nothing (its problems are told once here)."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self._problem(
+                ("defaults",), f"must be a mapping of host settings, not {_describe(raw)}"
+            )
+            return {}
+        try:
+            HostDefaults.model_validate(raw, context=validation_context(self.base_dir))
+        except ValidationError as exc:
+            self._validation_problems(exc, HostDefaults, lambda loc: ("defaults", *loc))
+            return {}
+        return raw
+
+    def _section(self, kind: str, raw: Any, defaults: dict[Hashable, Any]) -> None:
+        if raw is None:  # `hosts:` with every entry commented out
+            return
+        if not isinstance(raw, list):
+            self._problem((kind,), f"must be a list of {kind}, not {_describe(raw)}")
+            return
+        model = _KINDS[kind]
+        for index, item in enumerate(raw):
+            at = (kind, index)
+            if not isinstance(item, dict):
+                self._problem(at, f"must be a mapping, not {_describe(item)}")
+                continue
+            if isinstance(item.get("name"), str):
+                name_at = (*at, "name")
+                self.names.append(
+                    _Name(kind, item["name"], self.doc.line_of(name_at), self._field(name_at))
+                )
+            origin_of: dict[DataPath, DataPath] = {(): at}
+            if kind == "hosts":
+                item = _merge(defaults, item, ("defaults",), at, (), origin_of)
+            context = validation_context(self.base_dir, f"{self.file}:{self.doc.line_of(at)}")
+            try:
+                self.specs[kind].append(model.model_validate(item, context=context))
+            except ValidationError as exc:
+                self._validation_problems(exc, model, partial(_written_at, origin_of))
+
+    def _validation_problems(
+        self,
+        exc: ValidationError,
+        model: type[BaseModel],
+        written_at: Callable[[DataPath], DataPath],
+    ) -> None:
+        """Turn pydantic errors into problems at the path, and line, where the value is written."""
+        for error in exc.errors(include_url=False):
+            loc: DataPath = tuple(part for part in error["loc"] if part != "[key]")
+            at = written_at(loc)
+            if error["type"] in ("extra_forbidden", "invalid_key") or "[key]" in error["loc"]:
+                # A problem with a key is told about its mapping, on the key's line.
+                message = _key_message(error, model, loc)
+                self._problem(at[:-1], message, line=self.doc.line_of(at))
+            else:
+                self._problem(at, _message(error))
+
+    def _problem(
+        self, at: DataPath, message: str, *, line: int | None = None, field: str | None = None
+    ) -> None:
+        self.tell(
+            InventoryProblem(
+                self.file,
+                self.doc.line_of(at) if line is None else line,
+                self._field(at) if field is None else field,
+                message,
+            )
+        )
+
+    def _field(self, at: DataPath) -> str:
+        """``hosts[1] (hv2).ssh.port``: the path, with the entry's name to find it by."""
+        text = ""
+        for depth, part in enumerate(at):
+            if isinstance(part, int) and not isinstance(part, bool):
+                text += f"[{part}]"
+            elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
+                text += f".{part}" if text else part
+            else:
+                text += f"[{part!r}]"
+            if depth == 1 and at[0] in _KINDS:
+                name = _name_of(self.doc.data, at[:2])
+                if name:
+                    # A control character in a name would break the one-line promise.
+                    text += f" ({name})" if name.isprintable() else f" ({name!r})"
+        return text
+
+
+def _verbatim(path: DataPath) -> bool:
+    """Whether ``path`` is a string-to-string map, whose unquoted values stay as written."""
+    match path:
+        case ("defaults", "labels"):
+            return True
+        case (str() as kind, int(), str() as key):
+            return _STRING_MAPS.get(kind) == key
+    return False
+
+
+def _merge(
+    under: dict[Hashable, Any],
+    over: dict[Hashable, Any],
+    under_at: DataPath,
+    over_at: DataPath,
+    merged_at: DataPath,
+    origin_of: dict[DataPath, DataPath],
+) -> dict[Hashable, Any]:
+    """Merge defaults (``under``) and a host (``over``), noting where each value is written.
+
+    The host wins; a mapping on both sides (``ssh``, ``labels``...) merges key by key, so
+    a host can change its SSH port and keep the default key.
+    """
+    merged: dict[Hashable, Any] = {}
+    for key in {**under, **over}:
+        here = (*merged_at, key)
+        if isinstance(under.get(key), dict) and isinstance(over.get(key), dict):
+            origin_of[here] = (*over_at, key)
+            merged[key] = _merge(
+                under[key], over[key], (*under_at, key), (*over_at, key), here, origin_of
+            )
+        elif key in over:
+            origin_of[here] = (*over_at, key)
+            merged[key] = over[key]
+        else:
+            origin_of[here] = (*under_at, key)
+            merged[key] = under[key]
+    return merged
+
+
+def _written_at(origin_of: dict[DataPath, DataPath], loc: DataPath) -> DataPath:
+    """The document path of a merged value; a missing key goes with its nearest parent."""
+    for end in range(len(loc), 0, -1):
+        written = origin_of.get(loc[:end])
+        if written is not None:
+            return (*written, *loc[end:])
+    return (*origin_of[()], *loc)
+
+
+def _key_message(error: ErrorDetails, model: type[BaseModel], loc: DataPath) -> str:
+    key = loc[-1]
+    if error["type"] == "extra_forbidden":
+        if model is HostDefaults and key in HOST_IDENTITY:
+            return f"unknown key {key!r} (each host needs its own {key})"
+        return _unknown_key(key, _keys_at(model, loc[:-1]))
+    if error["type"] == "invalid_key":  # YAML read the key as a number or null
+        return f"unknown key {_describe(error['input'])}"
+    return f"a key {_message(error)}"
+
+
+def _keys_at(model: type[BaseModel], loc: DataPath) -> list[str]:
+    """The keys the model accepts at ``loc``, to suggest one for a typo."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if _is_model(current) else None
+        if field is None:
+            return []
+        current = next(
+            (arg for arg in (field.annotation, *get_args(field.annotation)) if _is_model(arg)),
+            None,
+        )
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _unknown_key(key: Hashable, known: Any, what: str = "key") -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    return f"unknown {what} {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _name_of(data: Any, at: DataPath) -> str | None:
+    kind, index = at
+    try:
+        name = data[kind][index]["name"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _describe(value: Any) -> str:
+    """A value as the operator wrote it in YAML, for 'must be X, not Y' messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+_TYPE_MESSAGES = {
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "list_type": "must be a list",
+    "path_type": "must be a path",
+}
+
+
+def _message(error: ErrorDetails) -> str:
+    """Pydantic's message, reworded the way the rest of herd speaks."""
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind in _TYPE_MESSAGES:
+        return f"{_TYPE_MESSAGES[kind]}, not {_describe(error['input'])}"
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}, not {_describe(error['input'])}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "missing":
+        return "is required"
+    if kind == "greater_than":
+        return f"must be greater than {_number(ctx['gt'])}"
+    if kind == "greater_than_equal":
+        return f"must be at least {_number(ctx['ge'])}"
+    if kind == "less_than_equal":
+        return f"must be at most {_number(ctx['le'])}"
+    if kind == "finite_number":
+        return "must be a finite number"
+    message = error["msg"]
+    return message[:1].lower() + message[1:]
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)

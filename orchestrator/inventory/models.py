@@ -1,0 +1,344 @@
+"""What an inventory says: hosts, flavors and images, validated and frozen.
+
+The models are the contract with the rest of herd (``herd inventory apply`` reads them),
+so they carry finished values: host defaults already merged, ``~`` expanded, relative
+paths made absolute against the inventory file. Nothing downstream needs to know that a
+YAML file was involved, except ``origin``, kept for messages.
+
+Validation is strict where YAML's guessing hurts: ``vcpus: true`` is not 1 and
+``ram_mb: 2048.5`` is not 2048. Messages are written for operators ("must be greater
+than 0"); the loader puts the file, line and field in front of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+SourceKind = Literal["local", "host", "url"]
+
+
+def validation_context(base_dir: Path, origin: str = "") -> dict[str, Any]:
+    """What validation needs beyond the data: where relative paths start, where it was read.
+
+    ``base_dir`` is the inventory file's directory, so ``source: images/x.qcow2`` means
+    the same file whatever directory ``herd`` runs from.
+    """
+    return {"base_dir": base_dir, "origin": origin}
+
+
+def _operator_path(value: Path, info: ValidationInfo) -> Path:
+    """A file on the operator machine: ``~`` expanded, relative to the inventory file."""
+    if value == Path():
+        raise ValueError("must not be empty")
+    value = value.expanduser()
+    if not value.is_absolute():
+        base_dir = (info.context or {}).get("base_dir")
+        value = (base_dir or Path.cwd()) / value
+    return Path(os.path.normpath(value))
+
+
+def _absolute_on_host(value: str) -> str:
+    """A POSIX path on the hypervisor, kept as a string: it is never opened here."""
+    # The agent runs with whatever working directory sshd gives it: only absolute
+    # paths mean the same thing on every host.
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path on the host (start with /)")
+    return str(path)
+
+
+_HOST_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
+_RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host_name(value: str) -> str:
+    # Host names end up in libvirt metadata, file names and `zone:host` hints: keep them
+    # to DNS-label characters.
+    if not _HOST_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1 to 63 characters of a-z, 0-9, '.' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _resource_name(value: str) -> str:
+    # Flavor and image names follow Nova's habits (m1.small, ds512M) but stay usable as
+    # file names in the hosts' image cache.
+    if not _RESOURCE_NAME.fullmatch(value):
+        raise ValueError(
+            "must be 1 to 63 characters of letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.removesuffix(".").split(".")
+        if (
+            len(value) <= 253
+            and all(_DNS_LABEL.fullmatch(label) for label in labels)
+            # An all-digit last label is a mistyped IPv4 address (192.0.2.300), not a name.
+            and not labels[-1].isdigit()
+        ):
+            return value
+        raise ValueError("must be an IP address or a DNS name") from None
+    return value
+
+
+def _libvirt_uri(value: str) -> str:
+    if not urlsplit(value).scheme or "://" not in value:
+        raise ValueError("must be a libvirt URI such as qemu:///system")
+    return value
+
+
+def _zone(value: str) -> str:
+    # Nova forbids ':' in zone names because `--availability-zone zone:host` forces a
+    # host; herd keeps that door open.
+    if not value.strip() or value != value.strip() or ":" in value:
+        raise ValueError("must be a non-empty name without ':' or surrounding spaces")
+    return value
+
+
+def _user(value: str) -> str:
+    if not value or any(char.isspace() for char in value):
+        raise ValueError("must be a user name without spaces")
+    return value
+
+
+def _sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError("must be 64 hexadecimal characters")
+    return value.lower()
+
+
+def _image_source(value: str, info: ValidationInfo) -> str:
+    """Normalise an image source; local paths become absolute (see ``validation_context``)."""
+    scheme, separator, rest = value.partition("://")
+    if not separator:
+        if not value:
+            raise ValueError("must not be empty")
+        return str(_operator_path(Path(value), info))
+    if scheme in ("http", "https"):
+        if not urlsplit(value).netloc:
+            raise ValueError("must name a server: https://server/path")
+        return value
+    if scheme == "host":
+        if not rest.startswith("/") or rest == "/":
+            raise ValueError(
+                "must be host:///absolute/path (three slashes: the same path on every host)"
+            )
+        return value
+    raise ValueError(
+        f"unknown scheme {scheme!r}: use a local path, host:///path, http:// or https://"
+    )
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+ResourceName = Annotated[str, AfterValidator(_resource_name)]
+OperatorPath = Annotated[Path, AfterValidator(_operator_path)]
+HostPath = Annotated[str, AfterValidator(_absolute_on_host)]
+# Amounts end up in database integer columns; PostgreSQL's `integer` is 32-bit.
+_DB_INT_MAX = 2**31 - 1
+Count = Annotated[int, Strict(), Field(gt=0, le=_DB_INT_MAX)]
+"""A whole number of vCPUs, MiB or GiB that must not be zero."""
+Amount = Annotated[int, Strict(), Field(ge=0, le=_DB_INT_MAX)]
+"""A whole number of vCPUs, MiB or GiB where zero means none."""
+Ratio = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+StrMap = dict[str, str]
+"""Labels, extra specs, properties: the loader reads their unquoted values as strings."""
+
+
+class _Frozen(BaseModel):
+    """Specs never change once read; an unknown key is a typo, not a new feature."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Spec(_Frozen):
+    """An inventory entry (host, flavor or image) that remembers where it was written."""
+
+    _origin: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _remember_origin(self, info: ValidationInfo) -> Self:
+        # Pydantic also runs this when a finished spec is put into an `Inventory`, with
+        # no context: keep what the loader recorded then.
+        origin = (info.context or {}).get("origin")
+        if origin is not None:
+            self._origin = origin
+        return self
+
+    @property
+    def origin(self) -> str:
+        """``"file:line"`` of the entry, for messages; empty when not read from a file."""
+        return self._origin
+
+    def __eq__(self, other: object) -> bool:
+        # Where a spec was written is not part of what it says: the same host read from
+        # another file, or dumped and read back, is the same host.
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+
+class SshSpec(_Frozen):
+    """How the orchestrator logs in to a host."""
+
+    user: Annotated[str, AfterValidator(_user)] = "root"
+    port: Annotated[int, Strict(), Field(ge=1, le=65535)] = 22
+    key: OperatorPath = Field(default=Path("~/.ssh/id_ed25519"), validate_default=True)
+    known_hosts: OperatorPath | None = None
+    """``None``: herd's own known_hosts, then ``~/.ssh/known_hosts``. Unknown keys are refused."""
+
+
+class Capacity(_Frozen):
+    """Overrides of what the host reports, e.g. to keep part of a host for other uses."""
+
+    vcpus: Count | None = None
+    ram_mb: Count | None = None
+    disk_gb: Count | None = None
+
+
+class AllocationRatios(_Frozen):
+    """Overcommit factors; defaults are today's Nova initial ratios (not the old 16/1.5)."""
+
+    cpu: Ratio = 4.0
+    ram: Ratio = 1.0
+    disk: Ratio = 1.0
+
+
+class Reserved(_Frozen):
+    """Resources kept for the hypervisor itself, never given to instances (as Nova's)."""
+
+    vcpus: Amount = 0
+    ram_mb: Amount = 512
+    disk_gb: Amount = 0
+
+
+class HostSpec(_Spec):
+    """One hypervisor, with the file's ``defaults`` already merged in."""
+
+    name: HostName
+    address: Annotated[str, AfterValidator(_address)]
+    ssh: SshSpec = Field(default_factory=SshSpec)
+    libvirt_uri: Annotated[str, AfterValidator(_libvirt_uri)] = "qemu:///system"
+    agent_dir: HostPath = "/var/lib/herd"
+    labels: StrMap = Field(default_factory=dict)
+    availability_zone: Annotated[str, AfterValidator(_zone)] = "default"
+    capacity: Capacity = Field(default_factory=Capacity)
+    allocation_ratios: AllocationRatios = Field(default_factory=AllocationRatios)
+    reserved: Reserved = Field(default_factory=Reserved)
+    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
+    enabled: Annotated[bool, Strict()] = True
+
+    @model_validator(mode="after")
+    def _reserved_fits(self) -> Self:
+        """A capacity override must leave something for instances after the reservation.
+
+        Usable is ``capacity x ratio - reserved``, the scheduler's formula (Nova's
+        legacy filters'). The error goes on the capacity field: it is always written in
+        the file, while the reservation may be the built-in default.
+        """
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "reserved_exceeds_capacity",
+                    "leaves nothing for instances "
+                    "({total} x ratio {ratio} - reserved {reserved} <= 0)",
+                    {"total": total, "ratio": ratio, "reserved": reserved},
+                ),
+                loc=("capacity", dimension),
+                input=total,
+            )
+            for dimension, ratio_name in (("vcpus", "cpu"), ("ram_mb", "ram"), ("disk_gb", "disk"))
+            if (total := getattr(self.capacity, dimension)) is not None
+            and (reserved := getattr(self.reserved, dimension))
+            >= total * (ratio := getattr(self.allocation_ratios, ratio_name))
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+
+HOST_IDENTITY = ("name", "address")
+"""Host keys that ``defaults`` cannot give: each host has its own."""
+
+HostDefaults: type[BaseModel] = create_model(
+    "HostDefaults",
+    __base__=_Frozen,
+    __doc__="The ``defaults`` section: any host key but its identity, all optional.",
+    **{
+        name: (info.annotation, info)
+        for name, info in HostSpec.model_fields.items()
+        if name not in HOST_IDENTITY
+    },
+)
+
+
+class FlavorSpec(_Spec):
+    """A size an instance can be booted with."""
+
+    name: ResourceName
+    vcpus: Count
+    ram_mb: Count
+    disk_gb: Amount
+    """Root disk in GiB; 0, as in Nova, means "as large as the image needs"."""
+    extra_specs: StrMap = Field(default_factory=dict)
+
+
+class ImageSpec(_Spec):
+    """A disk image instances boot from, and where to get it."""
+
+    name: ResourceName
+    source: Annotated[str, AfterValidator(_image_source)]
+    """An absolute path on the operator machine, ``host:///path`` or an http(s) URL."""
+    format: Literal["qcow2", "raw"] = "qcow2"
+    sha256: Annotated[str, AfterValidator(_sha256)] | None = None
+    min_ram_mb: Amount = 0
+    min_disk_gb: Amount = 0
+    properties: StrMap = Field(default_factory=dict)
+
+    @property
+    def source_kind(self) -> SourceKind:
+        """How the image reaches a host: pushed from here, already there, or downloaded."""
+        if self.source.startswith("host://"):
+            return "host"
+        if self.source.startswith(("http://", "https://")):
+            return "url"
+        return "local"
+
+    @property
+    def local_path(self) -> Path | None:
+        """The image file on the operator machine (absolute), or ``None`` if not local."""
+        return Path(self.source) if self.source_kind == "local" else None
+
+
+class Inventory(_Frozen):
+    """Everything the inventory files declare, merged; names are unique per kind."""
+
+    hosts: list[HostSpec] = Field(default_factory=list)
+    flavors: list[FlavorSpec] = Field(default_factory=list)
+    images: list[ImageSpec] = Field(default_factory=list)
