@@ -1,0 +1,1 @@
+"""State: SQLModel tables, the engine, and migrations."""

@@ -1,0 +1,271 @@
+"""The orchestrator's state, as SQLModel tables.
+
+Only the orchestrator writes these rows; agents report, the conductor records. Each
+table mirrors a Nova concept (compute node, flavor, image, instance, allocation,
+instance action/event, instance fault) so operators and readers find familiar shapes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = True, **kw: Any) -> Any:
+    """A timezone-aware timestamp column (SQLite drops the zone; we always store UTC)."""
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable, **kw))
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class VmState(enum.StrEnum):
+    BUILDING = "building"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+class TaskState(enum.StrEnum):
+    SCHEDULING = "scheduling"
+    BLOCK_DEVICE_MAPPING = "block_device_mapping"
+    NETWORKING = "networking"
+    SPAWNING = "spawning"
+    POWERING_ON = "powering-on"
+    POWERING_OFF = "powering-off"
+    REBOOTING = "rebooting"
+    RESIZING = "resizing"
+    MIGRATING = "migrating"
+    DELETING = "deleting"
+
+
+class PowerState(enum.StrEnum):
+    """As last seen on the host (libvirt's domain states, simplified like Nova's)."""
+
+    NOSTATE = "nostate"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    CRASHED = "crashed"
+    SUSPENDED = "suspended"
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"  # recorded, not yet acknowledged by the agent
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+class Host(SQLModel, table=True):
+    """A hypervisor: how to reach it (inventory) and what it has (agent facts)."""
+
+    __tablename__ = "hosts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(63), unique=True, nullable=False))
+    address: str
+    ssh_port: int = 22
+    ssh_user: str = "root"
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    libvirt_uri: str = "qemu:///system"
+    agent_dir: str = "/var/lib/herd"
+    labels: dict[str, str] = _json()
+    availability_zone: str = "default"
+    domain_type_pref: str = "auto"
+
+    # Capacity overrides from the inventory; None means "what the host reports".
+    override_vcpus: int | None = None
+    override_ram_mb: int | None = None
+    override_disk_gb: int | None = None
+    cpu_ratio: float = 4.0
+    ram_ratio: float = 1.0
+    disk_ratio: float = 1.0
+    reserved_vcpus: int = 0
+    reserved_ram_mb: int = 512
+    reserved_disk_gb: int = 0
+
+    enabled: bool = True
+    disabled_reason: str | None = None
+
+    # What the agent reported at the last handshake.
+    facts: dict[str, Any] = _json()
+    vcpus: int | None = None
+    ram_mb: int | None = None
+    disk_gb: int | None = None
+    domain_type: str | None = None
+    libvirt_ok: bool | None = None
+    libvirt_error: str | None = None
+    agent_version: str | None = None
+    last_seen_at: datetime | None = _ts()
+    last_error: str | None = None
+
+    # Placement's resource-provider generation: every claim bumps it, and a claim
+    # made against a stale view of the host fails and is retried.
+    generation: int = 0
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+
+    @property
+    def total_vcpus(self) -> int | None:
+        return self.override_vcpus if self.override_vcpus is not None else self.vcpus
+
+    @property
+    def total_ram_mb(self) -> int | None:
+        return self.override_ram_mb if self.override_ram_mb is not None else self.ram_mb
+
+    @property
+    def total_disk_gb(self) -> int | None:
+        return self.override_disk_gb if self.override_disk_gb is not None else self.disk_gb
+
+
+class Flavor(SQLModel, table=True):
+    __tablename__ = "flavors"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    extra_specs: dict[str, str] = _json()
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+
+
+class Image(SQLModel, table=True):
+    __tablename__ = "images"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    source: str
+    format: str = "qcow2"
+    sha256: str | None = None
+    size: int | None = None
+    min_ram_mb: int = 0
+    min_disk_gb: int = 0
+    properties: dict[str, str] = _json()
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+
+
+class Instance(SQLModel, table=True):
+    """A server. Flavor and image are copied in, as Nova embeds the flavor, so that
+    editing or removing a flavor never changes what a running server is."""
+
+    __tablename__ = "instances"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(sa_column=Column(String(36), unique=True, nullable=False))
+    name: str = Field(index=True)
+    flavor_name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image_name: str
+    image_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("images.id", ondelete="SET NULL"), nullable=True),
+    )
+    host_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=True),
+    )
+    vm_state: str = VmState.BUILDING
+    task_state: str | None = TaskState.SCHEDULING
+    power_state: str = PowerState.NOSTATE
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+    launched_at: datetime | None = _ts()
+    deleted_at: datetime | None = _ts()
+
+
+class Allocation(SQLModel, table=True):
+    """Resources an instance holds on a host; written in the claim's transaction."""
+
+    __tablename__ = "allocations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    instance_uuid: str = Field(sa_column=Column(String(36), unique=True, nullable=False))
+    host_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=False)
+    )
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    created_at: datetime | None = _ts()
+
+
+class InstanceAction(SQLModel, table=True):
+    __tablename__ = "instance_actions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    instance_uuid: str = Field(index=True)
+    action: str
+    request_id: str
+    message: str | None = None
+    start_time: datetime | None = _ts()
+    finish_time: datetime | None = _ts()
+
+
+class InstanceActionEvent(SQLModel, table=True):
+    __tablename__ = "instance_action_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    action_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("instance_actions.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    event: str
+    host: str | None = None
+    result: str | None = None  # "success" | "error"; None while running
+    details: str | None = None
+    start_time: datetime | None = _ts()
+    finish_time: datetime | None = _ts()
+
+
+class InstanceFault(SQLModel, table=True):
+    __tablename__ = "instance_faults"
+
+    id: int | None = Field(default=None, primary_key=True)
+    instance_uuid: str = Field(index=True)
+    code: int = 500
+    message: str
+    details: str | None = None
+    host: str | None = None
+    created_at: datetime | None = _ts()
+
+
+class AgentJob(SQLModel, table=True):
+    """A durable job cast to an agent. Recorded before the cast, so that whoever runs
+    next (a later command, reconcile) can collect a result the caster never saw."""
+
+    __tablename__ = "agent_jobs"
+
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    host_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False)
+    )
+    instance_uuid: str | None = Field(default=None, index=True)
+    action_id: int | None = None
+    op: str
+    state: str = JobState.PENDING
+    result: dict[str, Any] = _json()
+    error: str | None = None
+    created_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    collected_at: datetime | None = _ts()
