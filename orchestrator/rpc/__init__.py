@@ -1,0 +1,1 @@
+"""Reaching hosts: SSH connections, the agent bundle, agent sessions (call / cast / follow)."""
