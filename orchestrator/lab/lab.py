@@ -1,0 +1,440 @@
+"""`Lab`: bring a lab of real hypervisors up on this machine, look at it, take it down.
+
+A lab lives in one root directory: `lab.json` (what it was made with), the lab's SSH
+client key and known_hosts, the inventory, a placeholder image, and a directory per
+host (see model.BINDS). Hosts come up concurrently, one thread each: every step is a
+subprocess, and a thread per host keeps a slow libvirtd from holding up the others.
+
+`down` relies on nothing `up` might not have finished: it finds a host's processes by
+what they see (procs.py), so it cleans up after a half-failed `up` as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import LabError
+from orchestrator.lab import checks, daemons, namespace, procs, render
+from orchestrator.lab.addressing import check_port, host_addresses, port_is_free
+from orchestrator.lab.model import (
+    DEFAULT_BASE_ADDRESS,
+    DEFAULT_HOSTS,
+    DEFAULT_ROOT,
+    DEFAULT_SSH_PORT,
+    LIBVIRT_URI,
+    MARKER,
+    ROOT_ENV,
+    SERVICES,
+    LabHost,
+    LabHostStatus,
+    LabInfo,
+    host_name,
+)
+
+Progress = Callable[[str], None]
+
+STATE_FILE = "lab.json"
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LabState:
+    """What `lab.json` records: enough to rebuild the LabInfo of every host."""
+
+    base_address: str
+    ssh_port: int
+    hosts: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "base_address": self.base_address,
+                "ssh_port": self.ssh_port,
+                "hosts": self.hosts,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> LabState:
+        data = json.loads(text)
+        return cls(str(data["base_address"]), int(data["ssh_port"]), int(data["hosts"]))
+
+
+def resolve_settings(
+    root: Path, recorded: LabState | None, base_address: str | None, ssh_port: int | None
+) -> tuple[str, int]:
+    """A lab keeps the addresses it was made with: asking for others is an error rather
+    than a silent move, since the inventory and known_hosts already name them."""
+    if recorded is None:
+        return base_address or DEFAULT_BASE_ADDRESS, check_port(ssh_port or DEFAULT_SSH_PORT)
+    if base_address is not None and base_address != recorded.base_address:
+        raise LabError(
+            f"the lab at {root} uses base address {recorded.base_address}; "
+            f"`herd lab down --root {root}` first to move it to {base_address}"
+        )
+    if ssh_port is not None and ssh_port != recorded.ssh_port:
+        raise LabError(
+            f"the lab at {root} uses ssh port {recorded.ssh_port}; "
+            f"`herd lab down --root {root}` first to move it to {ssh_port}"
+        )
+    return recorded.base_address, recorded.ssh_port
+
+
+def lab_hosts(root: Path, base_address: str, ssh_port: int, count: int) -> tuple[LabHost, ...]:
+    return tuple(
+        LabHost(name=host_name(i), address=address, port=ssh_port, dir=root / host_name(i))
+        for i, address in enumerate(host_addresses(base_address, count), start=1)
+    )
+
+
+class Lab:
+    """A lab rooted at one directory (default: $HERD_LAB_DIR, else /var/lib/herd-lab).
+    Construct it freely; every method that touches the machine needs root.
+    `base_address` and `ssh_port` matter to the first `up` only: afterwards the lab's
+    own record wins (and a different explicit value is an error)."""
+
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        base_address: str | None = None,
+        ssh_port: int | None = None,
+    ) -> None:
+        self.root = checks.lab_root(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+        self.base_address = base_address
+        self.ssh_port = ssh_port
+
+    # -- reading -----------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / STATE_FILE
+
+    def recorded(self) -> LabState | None:
+        try:
+            return LabState.from_json(self.state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError) as exc:
+            raise LabError(
+                f"{self.state_file} is damaged ({exc}); `herd lab down` removes the lab"
+            ) from None
+
+    def info(self) -> LabInfo:
+        state = self.recorded()
+        if state is None:
+            raise LabError(f"no lab at {self.root}; `herd lab up` makes one")
+        hosts = lab_hosts(self.root, state.base_address, state.ssh_port, state.hosts)
+        return LabInfo(self.root, state.base_address, state.ssh_port, hosts)
+
+    @property
+    def hosts(self) -> tuple[LabHost, ...]:
+        return self.info().hosts
+
+    # -- up ----------------------------------------------------------------------
+
+    def up(self, hosts: int | None = None, progress: Progress | None = None) -> LabInfo:
+        """Make sure hosts lab-1..lab-N are up, N being `hosts` or the lab's current
+        size, whichever is larger (a lab never shrinks but by `down`). Idempotent:
+        what runs is left alone, what is missing is started, and `progress` hears of
+        each thing done, so silence means the lab was already up."""
+        say = progress or _quiet
+        checks.require_root()
+        checks.check_prerequisites()
+        recorded = self.recorded()
+        if recorded is None and self.root.exists() and any(self.root.iterdir()):
+            raise LabError(
+                f"{self.root} exists and is not a herd lab (no {STATE_FILE}); pick another --root"
+            )
+        base_address, ssh_port = resolve_settings(
+            self.root, recorded, self.base_address, self.ssh_port
+        )
+        count = max(hosts or 0, recorded.hosts if recorded else 0) or DEFAULT_HOSTS
+        if recorded is not None and hosts is not None and hosts < recorded.hosts:
+            say(f"the lab keeps its {recorded.hosts} hosts; `herd lab down` removes a lab")
+        lab_hosts(self.root, base_address, ssh_port, count)  # validates the addresses first
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Recorded before any host exists, so `down` knows the lab even if `up` fails.
+        _write(self.state_file, LabState(base_address, ssh_port, count).to_json() + "\n")
+        info = self.info()
+        namespace.ensure_mountpoints()
+        if not info.key.exists():
+            namespace.keygen(info.key, comment=f"herd-lab@{self.root}")
+            say("lab SSH key created")
+        if not info.image.exists():
+            info.image.parent.mkdir(exist_ok=True)
+            namespace.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(info.image), "1G"],
+                "qemu-img create",
+            )
+            say(f"placeholder image {info.image} created")
+
+        authorized = info.key.with_name(info.key.name + ".pub")
+        failures = _each(info.hosts, lambda host: self._ensure_host(host, authorized, say))
+        lines = [
+            render.known_hosts_line(
+                host, host.host_key.with_name(host.host_key.name + ".pub").read_text()
+            )
+            for host in info.hosts
+            if host.host_key.exists()
+        ]
+        _write(info.known_hosts, render.known_hosts(lines))
+        _write(info.inventory, render.inventory(info))
+        _raise_first(failures, "`herd lab down` removes a half-made lab")
+        self._probe_qemu(info.hosts[0], say)
+        return info
+
+    def _ensure_host(self, host: LabHost, authorized_keys: Path, say: Progress) -> None:
+        namespace.prepare(host, authorized_keys)
+        if namespace.holder(host) is None:
+            if procs.host_pids(host.path(MARKER)):
+                # Daemons of a namespace whose holder died: start from scratch.
+                self._end_processes(host)
+                say(f"{host.name}: cleared the remains of a broken namespace")
+            if not port_is_free(host.address, host.port):
+                raise LabError(
+                    f"{host.name}: {host.address}:{host.port} is already in use by another "
+                    "program; pick another --ssh-port or --base-address"
+                )
+            namespace.create(host)
+            say(f"{host.name}: namespace created")
+        for service in SERVICES:
+            if daemons.start(host, service):
+                say(f"{host.name}: {service} started")
+
+    def _probe_qemu(self, host: LabHost, say: Progress) -> None:
+        """Have one libvirtd probe QEMU now, into the lab's shared cache, so that no
+        host pays for it in its first build, and hosts never probe all at once."""
+        fresh = not any(namespace.shared_capabilities(host).iterdir())
+        started = time.monotonic()
+        argv = ["virsh", "-c", LIBVIRT_URI, "domcapabilities", "--virttype", "qemu"]
+        done = self._exec(host, [*argv, "--arch", "x86_64"], None, 300)
+        if done.returncode != 0:
+            said = done.stderr.strip().splitlines()
+            raise LabError(f"{host.name}: libvirt could not probe QEMU: {said[-1] if said else ''}")
+        if fresh:
+            say(f"QEMU capabilities probed once for all hosts ({time.monotonic() - started:.1f}s)")
+
+    # -- looking -----------------------------------------------------------------
+
+    def status(self) -> list[LabHostStatus]:
+        """One record per host, read concurrently; a host that does not answer is
+        reported as such, never skipped."""
+        checks.require_root()
+        info = self.info()
+        with ThreadPoolExecutor(max_workers=max(1, min(len(info.hosts), 8))) as pool:
+            return list(pool.map(self._host_status, info.hosts))
+
+    def _host_status(self, host: LabHost) -> LabHostStatus:
+        alive = {service: daemons.running(host, service) is not None for service in SERVICES}
+        domains: int | None = None
+        if alive["libvirtd"]:
+            try:
+                done = self._exec(
+                    host, ["virsh", "-c", LIBVIRT_URI, "list", "--all", "--name"], None, 15
+                )
+            except (LabError, subprocess.TimeoutExpired):
+                done = None
+            if done is not None and done.returncode == 0:
+                domains = len([line for line in done.stdout.splitlines() if line.strip()])
+        return LabHostStatus(
+            name=host.name,
+            address=host.address,
+            port=host.port,
+            namespace=namespace.holder(host) is not None,
+            virtlogd=alive["virtlogd"],
+            libvirtd=alive["libvirtd"],
+            sshd=alive["sshd"],
+            domains=domains,
+        )
+
+    # -- acting on one host ------------------------------------------------------
+
+    def exec_in(
+        self,
+        host: str,
+        argv: list[str],
+        *,
+        input: str | None = None,
+        timeout: float = 60.0,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a host's namespaces (its /run, /etc/libvirt, hostname),
+        as root with a clean environment; `virsh -c qemu:///system` there talks to
+        that host's libvirtd. For short commands: output is captured, so do not start
+        daemons this way (start_service does that). A command still running after
+        `timeout` seconds raises subprocess.TimeoutExpired."""
+        checks.require_root()
+        done = self._exec(self.info().host(host), argv, input, timeout)
+        if check and done.returncode != 0:
+            said = done.stderr.strip().splitlines()
+            raise LabError(
+                f"{host}: {' '.join(argv)} exited {done.returncode}: {said[-1] if said else ''}"
+            )
+        return done
+
+    def _exec(
+        self, host: LabHost, argv: list[str], input: str | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        target = namespace.target(host)
+        if target is None:
+            raise LabError(f"{host.name}: its namespace is not running; `herd lab up` recreates it")
+        return subprocess.run(
+            namespace.nsenter(target, argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=namespace.ENV,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def stop_service(self, host: str, service: str) -> None:
+        """Stop one daemon of a host, to play a host whose sshd or libvirtd died."""
+        checks.require_root()
+        daemons.stop(self.info().host(host), service)
+
+    def start_service(self, host: str, service: str) -> None:
+        """Start one daemon of a host again (a no-op if it runs); waits until it answers."""
+        checks.require_root()
+        daemons.start(self.info().host(host), service)
+
+    # -- down --------------------------------------------------------------------
+
+    def down(self, progress: Progress | None = None) -> None:
+        """Remove the lab: domains destroyed, every process of every host ended (TERM,
+        then KILL), the root directory deleted. Safe to repeat, and after a failed
+        `up`; it refuses a directory that is not a lab."""
+        say = progress or _quiet
+        checks.require_root()
+        if not self.root.exists():
+            say(f"no lab at {self.root}")
+            return
+        if self.recorded() is None and any(self.root.iterdir()):
+            raise LabError(f"{self.root} is not a herd lab (no {STATE_FILE}); not removing it")
+        hosts = [
+            LabHost(name=path.name, address="", port=0, dir=path)
+            for path in sorted(self.root.glob("lab-*"))
+            if path.is_dir()
+        ]
+        failures = _each(hosts, lambda host: self._take_down(host, say))
+        _raise_first(failures, f"the lab's files are left in {self.root}")
+        self._unmount_leftovers()
+        if self.root.is_mount():
+            # Someone made the root a mount of its own: empty it, leave the mount.
+            for child in self.root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        else:
+            shutil.rmtree(self.root)
+        say(f"removed {self.root}")
+
+    def _take_down(self, host: LabHost, say: Progress) -> None:
+        if daemons.running(host, "libvirtd") is not None:
+            destroyed = self._destroy_domains(host)
+            if destroyed:
+                say(f"{host.name}: destroyed {destroyed} domain(s)")
+        ended = self._end_processes(host)
+        if ended:
+            say(f"{host.name}: ended {ended} process(es)")
+
+    def _destroy_domains(self, host: LabHost) -> int:
+        """Through libvirt first, so qemu goes down the way libvirt expects; best
+        effort, since the kill that follows catches whatever this misses."""
+        try:
+            listed = self._exec(host, ["virsh", "-c", LIBVIRT_URI, "list", "--name"], None, 15)
+        except (LabError, subprocess.TimeoutExpired):
+            return 0
+        names = [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+        destroyed = 0
+        for name in names:
+            try:
+                done = self._exec(host, ["virsh", "-c", LIBVIRT_URI, "destroy", name], None, 30)
+            except (LabError, subprocess.TimeoutExpired):
+                continue
+            destroyed += done.returncode == 0
+        return destroyed
+
+    def _end_processes(self, host: LabHost) -> int:
+        marker = host.path(MARKER)
+        count = len(procs.host_pids(marker))
+        survivors = procs.terminate_host(marker)
+        if survivors:
+            raise LabError(
+                f"{host.name}: processes {', '.join(map(str, sorted(survivors)))} survived SIGKILL "
+                "(stuck in the kernel?)"
+            )
+        return count
+
+    def _unmount_leftovers(self) -> None:
+        """Lab mounts live in the hosts' private namespaces and vanish with them; this
+        catches any made below the root in the root namespace (by hand, say), deepest
+        first, before the directory is deleted under them."""
+        for mountpoint in sorted(
+            _mounts_below(self.root), key=lambda p: len(p.parts), reverse=True
+        ):
+            namespace.run(["umount", "--lazy", str(mountpoint)], f"umount {mountpoint}")
+
+
+def _mounts_below(root: Path) -> list[Path]:
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = Path(_unescape(line.split()[4]))
+        if root in point.parents:
+            found.append(point)
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        field = field.replace(code, chr(int(code[1:], 8)))
+    return field
+
+
+def _each(hosts: Iterable[LabHost], work: Callable[[LabHost], None]) -> list[LabError]:
+    """Run `work` for every host at once; one host's failure never hides another's."""
+    hosts = list(hosts)
+    if not hosts:
+        return []
+
+    def attempt(host: LabHost) -> LabError | None:
+        try:
+            work(host)
+        except LabError as exc:
+            return exc
+        except (OSError, subprocess.SubprocessError) as exc:
+            return LabError(f"{host.name}: {exc}")
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(len(hosts), 8)) as pool:
+        return [failure for failure in pool.map(attempt, hosts) if failure is not None]
+
+
+def _raise_first(failures: list[LabError], then: str) -> None:
+    if not failures:
+        return
+    more = f" (and {len(failures) - 1} more host(s) failed)" if len(failures) > 1 else ""
+    raise LabError(f"{failures[0]}{more}; {then}")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _quiet(_message: str) -> None:
+    pass

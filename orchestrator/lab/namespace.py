@@ -1,0 +1,177 @@
+"""A lab host's directory and namespace, and running commands inside it.
+
+The namespace is made by `unshare --mount --uts --propagation private`: a short
+shell script binds the host's directories over /var/lib/herd, /run, /etc/libvirt and
+the rest (private propagation keeps those mounts out of the root namespace), sets the
+hostname, and leaves a `sleep infinity` behind to hold the namespace open, then exits
+so its exit status tells us whether the setup worked. Every later command enters the
+namespace with `nsenter --target <holder>`; nothing else needs to be remembered, and
+when the last process of a namespace dies its mounts go with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from orchestrator.errors import LabError
+from orchestrator.lab import procs, render
+from orchestrator.lab.model import BINDS, CAPABILITIES_CACHE, MARKER, SERVICES, LabHost
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Commands in a lab host get a clean environment, as a login on a real host would,
+# not the caller's (a pytest run's, a virtualenv's).
+ENV = {"PATH": SYSTEM_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8"}
+
+_SETUP = """set -eu
+name=$1
+shift
+while [ "$#" -gt 0 ]; do
+    mount --bind "$1" "$2"
+    shift 2
+done
+hostname "$name"
+sleep infinity </dev/null >/dev/null 2>&1 &
+echo "$!"
+"""
+
+_MODES = {"home": 0o700}
+
+
+def prepare(host: LabHost, authorized_keys: Path) -> None:
+    """The host's directories and config files; rewritten on every `up`, so a lab made
+    by an older herd picks up today's settings at its next daemon start."""
+    for part, _target in BINDS:
+        directory = host.path(part)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(_MODES.get(part, 0o755))
+    (host.path("run") / "sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep chroot
+    # The mount point of the lab's shared capabilities cache, inside the host's cache.
+    (host.path("cache-libvirt") / "qemu" / "capabilities").mkdir(parents=True, exist_ok=True)
+    shared_capabilities(host).mkdir(mode=0o755, exist_ok=True)
+    ssh = host.path("ssh")
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    etc = host.path("etc-libvirt")
+    _write(etc / "libvirtd.conf", render.libvirtd_conf())
+    _write(etc / "virtlogd.conf", render.virtlogd_conf())
+    _write(etc / "qemu.conf", render.qemu_conf())
+    _write(host.sshd_config, render.sshd_config(host, authorized_keys))
+    if not host.host_key.exists():
+        keygen(host.host_key, comment=host.name)
+
+
+def shared_capabilities(host: LabHost) -> Path:
+    return host.dir.parent / "qemu-capabilities"
+
+
+def binds(host: LabHost) -> list[tuple[Path, str]]:
+    """(source, target) in mount order: the host's own directories, then the lab's
+    shared capabilities cache, which lands inside the host's /var/cache/libvirt."""
+    own = [(host.path(part), target_path) for part, target_path in BINDS]
+    return [*own, (shared_capabilities(host), CAPABILITIES_CACHE)]
+
+
+def keygen(path: Path, comment: str) -> None:
+    """An ed25519 key pair without a passphrase: the lab is for tests and demos."""
+    for stale in (path, path.with_name(path.name + ".pub")):
+        stale.unlink(missing_ok=True)
+    run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        "ssh-keygen",
+    )
+
+
+def holder(host: LabHost) -> int | None:
+    """The pid holding the host's namespace open, if it is alive and really in it."""
+    pid = procs.read_pid(host.holder_pidfile)
+    if pid is not None and procs.belongs(pid, host.path(MARKER)):
+        return pid
+    return None
+
+
+def target(host: LabHost) -> int | None:
+    """A process to enter the host's namespace through: the holder, or any of its
+    daemons if someone killed the holder (the namespace lives while they do)."""
+    pid = holder(host)
+    if pid is not None:
+        return pid
+    for service in SERVICES:
+        pid = procs.read_pid(host.path("run") / f"{service}.pid")
+        if pid is not None and procs.belongs(pid, host.path(MARKER)):
+            return pid
+    return None
+
+
+def create(host: LabHost) -> int:
+    """A fresh namespace for the host. /run starts empty, as after a reboot, so no
+    stale pid file or socket of an earlier namespace misleads anyone."""
+    run_dir = host.path("run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(mode=0o755)
+    (run_dir / "sshd").mkdir(mode=0o755)
+    pairs = [item for source, target_path in binds(host) for item in (str(source), target_path)]
+    argv = [
+        "unshare",
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        _SETUP,
+        "herd-lab-setup",
+        host.name,
+        *pairs,
+    ]
+    done = run(argv, f"{host.name}: namespace setup")
+    try:
+        pid = int(done.stdout.split()[-1])
+    except (ValueError, IndexError):
+        raise LabError(
+            f"{host.name}: namespace setup printed no holder pid: {done.stdout!r}"
+        ) from None
+    host.holder_pidfile.write_text(f"{pid}\n")
+    return pid
+
+
+def ensure_mountpoints() -> None:
+    """The bind targets must exist in the root namespace. On a machine without the
+    libvirt daemon packages' state dirs this creates them, empty, as those packages
+    would; they are left in place by `down` (other labs, or a root libvirtd, use them)."""
+    for _part, target_path in BINDS:
+        Path(target_path).mkdir(parents=True, exist_ok=True)
+
+
+def nsenter(pid: int, argv: list[str]) -> list[str]:
+    return ["nsenter", "--target", str(pid), "--mount", "--uts", "--", *argv]
+
+
+def run(argv: list[str], what: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run a setup step; a failure is a LabError naming the step and its last words."""
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=ENV,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{what}: no answer after {timeout:.0f}s") from None
+    except FileNotFoundError:
+        raise LabError(f"{what}: {argv[0]} is not installed") from None
+    if done.returncode != 0:
+        last = " / ".join(line for line in done.stderr.strip().splitlines()[-2:] if line)
+        raise LabError(f"{what} failed (exit {done.returncode}): {last or 'no message'}")
+    return done
+
+
+def _write(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)

@@ -1,0 +1,131 @@
+"""The files a lab writes, as pure functions of the lab's records.
+
+Kept free of I/O so that what sshd, libvirtd and the inventory engineer get is tested
+as data (tests/unit/lab/test_render.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.lab.model import AGENT_DIR, LIBVIRT_URI, LabHost, LabInfo
+
+FLAVORS: tuple[dict[str, Any], ...] = (
+    {"name": "m1.nano", "vcpus": 1, "ram_mb": 64, "disk_gb": 1},
+    {"name": "m1.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1},
+    {"name": "m1.small", "vcpus": 1, "ram_mb": 256, "disk_gb": 2},
+)
+
+QEMU_USER = "libvirt-qemu"
+QEMU_GROUP = "kvm"
+
+
+def sshd_config(host: LabHost, authorized_keys: Path) -> str:
+    """sshd for one lab host: its own address, host key and pid file; only the lab key
+    may log in, as root, as the orchestrator does on a real hypervisor."""
+    return "\n".join(
+        [
+            f"# Written by `herd lab up` for {host.name}; sshd runs in that host's namespace.",
+            f"ListenAddress {host.address}",
+            f"Port {host.port}",
+            f"HostKey {host.host_key}",
+            f"AuthorizedKeysFile {authorized_keys}",
+            f"PidFile {host.path('run') / 'sshd.pid'}",
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            # The lab key may sit below /tmp (pytest's tmp_path), whose mode StrictModes
+            # rejects on every parent directory; the key itself is root's, 0644.
+            "StrictModes no",
+            "PrintMotd no",
+            "X11Forwarding no",
+            # The agent bundle is uploaded by SFTP; internal-sftp needs no helper path.
+            "Subsystem sftp internal-sftp",
+            "",
+        ]
+    )
+
+
+def libvirtd_conf() -> str:
+    """Logs to the host's own log dir, so a failed start can be explained from it."""
+    return '# Written by `herd lab up`.\nlog_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+
+
+def virtlogd_conf() -> str:
+    return '# Written by `herd lab up`.\nlog_outputs = "3:file:/var/log/libvirt/virtlogd.log"\n'
+
+
+def qemu_conf() -> str:
+    """Debian's qemu user and group, set explicitly because the lab's /etc/libvirt
+    replaces the distribution's; and no cgroups, because every lab host shares one
+    kernel and one cgroup tree: libvirt names a guest's cgroup after its per-daemon id
+    and name, so two hosts would collide, and a SIGKILLed qemu would leave it behind."""
+    return (
+        "# Written by `herd lab up`.\n"
+        f'user = "{QEMU_USER}"\n'
+        f'group = "{QEMU_GROUP}"\n'
+        "cgroup_controllers = [ ]\n"
+    )
+
+
+def known_hosts_line(host: LabHost, public_key: str) -> str:
+    """`[addr]:port keytype key name`: the form OpenSSH and asyncssh both match for a
+    non-default port. The key file's own comment is replaced by the host's name."""
+    keytype, key, *_ = public_key.split()
+    return f"[{host.address}]:{host.port} {keytype} {key} {host.name}"
+
+
+def known_hosts(lines: list[str]) -> str:
+    return "".join(f"{line}\n" for line in lines)
+
+
+def inventory_document(info: LabInfo) -> dict[str, Any]:
+    """The inventory's data, in the schema `herd inventory apply` reads."""
+    return {
+        "hosts": [
+            {
+                "name": host.name,
+                "address": host.address,
+                "ssh": {
+                    "user": "root",
+                    "port": host.port,
+                    "key": str(info.key),
+                    "known_hosts": str(info.known_hosts),
+                },
+                "libvirt_uri": LIBVIRT_URI,
+                "agent_dir": AGENT_DIR,
+                "labels": {"lab": "true"},
+                "availability_zone": "lab",
+            }
+            for host in info.hosts
+        ],
+        "flavors": [dict(flavor) for flavor in FLAVORS],
+        "images": [
+            {
+                "name": "blank",
+                "source": str(info.image),
+                "format": "qcow2",
+                "properties": {"architecture": "x86_64"},
+            }
+        ],
+    }
+
+
+def inventory(info: LabInfo) -> str:
+    """The inventory file: a comment header, then YAML whose leaf mappings are in flow
+    style, so each host, flavor and image reads on a few lines."""
+    header = (
+        f"# herd lab inventory: {len(info.hosts)} host(s) on this machine, "
+        "written by `herd lab up`.\n"
+        f"# Apply it with: herd inventory apply {info.inventory}\n"
+        "# Rewritten on every `herd lab up`; `herd lab down` removes it with the lab.\n"
+    )
+    body = yaml.safe_dump(
+        inventory_document(info), sort_keys=False, default_flow_style=None, width=1000
+    )
+    return header + body

@@ -1,0 +1,130 @@
+"""What the lab writes for sshd, libvirt and the inventory, checked as data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.lab import render
+from orchestrator.lab.lab import lab_hosts
+from orchestrator.lab.model import LabHost, LabInfo
+
+ROOT = Path("/var/lib/herd-lab")
+
+
+def lab_info(count: int = 2) -> LabInfo:
+    return LabInfo(ROOT, "127.0.100.1", 2222, lab_hosts(ROOT, "127.0.100.1", 2222, count))
+
+
+def sshd_settings(text: str) -> dict[str, str]:
+    settings = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split(None, 1)
+            assert key not in settings, f"{key} set twice"
+            settings[key] = value
+    return settings
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ListenAddress", "127.0.100.2"),
+        ("Port", "2222"),
+        ("HostKey", "/var/lib/herd-lab/lab-2/ssh/ssh_host_ed25519_key"),
+        ("AuthorizedKeysFile", "/var/lib/herd-lab/id_ed25519.pub"),
+        ("PidFile", "/var/lib/herd-lab/lab-2/run/sshd.pid"),
+        ("PermitRootLogin", "prohibit-password"),
+        ("PasswordAuthentication", "no"),
+        ("KbdInteractiveAuthentication", "no"),
+        ("UsePAM", "no"),
+        ("Subsystem", "sftp internal-sftp"),
+    ],
+)
+def test_sshd_config_sets(key: str, value: str) -> None:
+    host = lab_info().hosts[1]
+    settings = sshd_settings(render.sshd_config(host, ROOT / "id_ed25519.pub"))
+    assert settings[key] == value
+
+
+def test_sshd_listens_only_on_its_own_loopback_address() -> None:
+    text = render.sshd_config(lab_info().hosts[0], ROOT / "id_ed25519.pub")
+    assert [line for line in text.splitlines() if line.startswith("ListenAddress")] == [
+        "ListenAddress 127.0.100.1"
+    ]
+
+
+def test_libvirt_daemons_log_into_the_hosts_log_dir() -> None:
+    assert 'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"' in render.libvirtd_conf()
+    assert 'log_outputs = "3:file:/var/log/libvirt/virtlogd.log"' in render.virtlogd_conf()
+
+
+def test_qemu_runs_as_debians_user_without_cgroups() -> None:
+    conf = render.qemu_conf()
+    assert 'user = "libvirt-qemu"' in conf
+    assert 'group = "kvm"' in conf
+    assert "cgroup_controllers = [ ]" in conf
+
+
+def test_known_hosts_line_names_the_address_and_port_and_drops_the_key_comment() -> None:
+    host = LabHost("lab-1", "127.0.100.1", 2222, ROOT / "lab-1")
+    line = render.known_hosts_line(host, "ssh-ed25519 AAAAC3Nza root@build\n")
+    assert line == "[127.0.100.1]:2222 ssh-ed25519 AAAAC3Nza lab-1"
+
+
+def test_known_hosts_file_has_one_line_per_host() -> None:
+    assert render.known_hosts(["a", "b"]) == "a\nb\n"
+
+
+def test_inventory_is_exactly_the_agreed_schema() -> None:
+    loaded = yaml.safe_load(render.inventory(lab_info(1)))
+    assert loaded == {
+        "hosts": [
+            {
+                "name": "lab-1",
+                "address": "127.0.100.1",
+                "ssh": {
+                    "user": "root",
+                    "port": 2222,
+                    "key": "/var/lib/herd-lab/id_ed25519",
+                    "known_hosts": "/var/lib/herd-lab/known_hosts",
+                },
+                "libvirt_uri": "qemu:///system",
+                "agent_dir": "/var/lib/herd",
+                "labels": {"lab": "true"},
+                "availability_zone": "lab",
+            }
+        ],
+        "flavors": [
+            {"name": "m1.nano", "vcpus": 1, "ram_mb": 64, "disk_gb": 1},
+            {"name": "m1.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1},
+            {"name": "m1.small", "vcpus": 1, "ram_mb": 256, "disk_gb": 2},
+        ],
+        "images": [
+            {
+                "name": "blank",
+                "source": "/var/lib/herd-lab/images/blank.qcow2",
+                "format": "qcow2",
+                "properties": {"architecture": "x86_64"},
+            }
+        ],
+    }
+
+
+def test_inventory_lists_every_host_in_order() -> None:
+    loaded = yaml.safe_load(render.inventory(lab_info(3)))
+    assert [(h["name"], h["address"]) for h in loaded["hosts"]] == [
+        ("lab-1", "127.0.100.1"),
+        ("lab-2", "127.0.100.2"),
+        ("lab-3", "127.0.100.3"),
+    ]
+
+
+def test_inventory_starts_with_a_comment_header_and_keeps_the_lab_label_a_string() -> None:
+    text = render.inventory(lab_info(1))
+    assert text.startswith("# herd lab inventory")
+    assert "herd inventory apply /var/lib/herd-lab/inventory.yaml" in text.splitlines()[1]
+    assert "labels: {lab: 'true'}" in text
+    assert "ssh: {user: root, port: 2222," in text
