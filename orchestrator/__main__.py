@@ -1,0 +1,5 @@
+"""`python -m orchestrator` is `herd`."""
+
+from orchestrator.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The `herd` command line: one module per resource; parse, call the API, render."""

@@ -1,0 +1,152 @@
+"""`herd host ...`: capacity and usage, contact (refresh), and trusting host keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator import api
+from orchestrator.cli.context import herd, run_async
+from orchestrator.cli.output import age, err, out, print_json, styled, table
+from orchestrator.conductor import HostContact, target_of
+from orchestrator.errors import HerdError, HostUnreachable
+from orchestrator.rpc.ssh import fetch_host_key, fingerprint, record_host_key
+
+app = typer.Typer(help="Hypervisors: capacity, usage, contact and trust.", no_args_is_help=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _usage(used: int, total: int | None, ratio: float, reserved: int, unit: str = "") -> str:
+    if total is None:
+        return f"{used}{unit}/?"
+    capacity = total * ratio - reserved
+    ratio_note = f" (x{ratio:g})" if ratio != 1 else ""
+    return f"{used}/{capacity:g}{unit}{ratio_note}"
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """Hosts with status, capacity (after ratios and reservations) and usage."""
+
+    async def main() -> list[api.HostView]:
+        async with herd() as h:
+            return await api.list_hosts(h.db)
+
+    views = run_async(main())
+    if as_json:
+        print_json([api.host_dict(v) for v in views])
+        return
+    rows = []
+    for v in views:
+        h = v.host
+        rows.append(
+            (
+                h.name,
+                f"{h.address}:{h.ssh_port}",
+                styled(api.host_status(h)),
+                h.domain_type,
+                _usage(v.used_vcpus, h.total_vcpus, h.cpu_ratio, h.reserved_vcpus),
+                _usage(v.used_ram_mb, h.total_ram_mb, h.ram_ratio, h.reserved_ram_mb),
+                _usage(v.used_disk_gb, h.total_disk_gb, h.disk_ratio, h.reserved_disk_gb),
+                v.instances,
+                age(h.last_seen_at),
+            )
+        )
+    out.print(
+        table(
+            None,
+            (
+                "name",
+                "address",
+                "status",
+                "virt",
+                "vcpus",
+                "ram MiB",
+                "disk GiB",
+                "servers",
+                "seen",
+            ),
+            rows,
+        )
+    )
+
+
+@app.command()
+def refresh(
+    names: Annotated[list[str] | None, typer.Argument(help="Hosts; all when omitted.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Contact hosts now: handshake with their agents and record fresh facts."""
+
+    async def main() -> list[HostContact]:
+        async with herd() as h:
+            hosts = await api.find_hosts(h.db, names)
+            return await h.conductor.contact_hosts(hosts)
+
+    contacts = run_async(main())
+    if as_json:
+        print_json([c.__dict__ for c in contacts])
+    else:
+        rows = []
+        for c in contacts:
+            facts = c.facts or {}
+            rows.append(
+                (
+                    c.name,
+                    styled("up" if c.ok else "down"),
+                    facts.get("domain_type"),
+                    facts.get("cpus"),
+                    facts.get("memory_mb"),
+                    (facts.get("libvirt") or {}).get("version"),
+                    c.error,
+                )
+            )
+        out.print(
+            table(None, ("host", "status", "virt", "cpus", "ram MiB", "libvirt", "error"), rows)
+        )
+    failed = [c for c in contacts if not c.ok]
+    if failed:
+        raise HostUnreachable(
+            failed[0].error
+            if len(failed) == 1
+            else f"{len(failed)} hosts failed: " + "; ".join(c.error or c.name for c in failed)
+        )
+
+
+@app.command()
+def trust(
+    name: Annotated[str, typer.Argument(help="Host name.")],
+    fingerprint_: Annotated[
+        str | None,
+        typer.Option(
+            "--fingerprint", help="Expected SHA256:... fingerprint; trust only if it matches."
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; trust what the host offers.")
+    ] = False,
+) -> None:
+    """Record a host's SSH key in known_hosts after showing its fingerprint."""
+
+    async def main() -> tuple[api.Host, object]:
+        async with herd() as h:
+            (host,) = await api.find_hosts(h.db, [name])
+        return host, await fetch_host_key(target_of(host))
+
+    host, key = run_async(main())
+    target = target_of(host)
+    seen = fingerprint(key)  # type: ignore[arg-type]
+    if fingerprint_ is not None:
+        if fingerprint_ != seen:
+            raise HerdError(
+                f"host {name}: offered key {seen} does not match {fingerprint_}; not trusted"
+            )
+    elif not yes:
+        err.print(
+            f"host {name} ({target.address}:{target.port}) offers {key.get_algorithm()} key {seen}"
+        )  # type: ignore[attr-defined]
+        if not typer.confirm("Trust it?", err=True):
+            raise typer.Exit(1)
+    path = record_host_key(target, key)  # type: ignore[arg-type]
+    err.print(f"host {name}: trusted {seen}, recorded in {path}")

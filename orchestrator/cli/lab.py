@@ -1,0 +1,138 @@
+"""`herd lab up | status | down`: real hypervisors on this machine, for tests and demos.
+
+Tables and progress go to stderr; `status --json` is the only thing on stdout.
+Errors are LabError, turned into one line and an exit code by the main CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli.output import err, print_json
+from orchestrator.lab import (
+    DEFAULT_BASE_ADDRESS,
+    DEFAULT_HOSTS,
+    DEFAULT_ROOT,
+    DEFAULT_SSH_PORT,
+    ROOT_ENV,
+    Lab,
+    LabHostStatus,
+    LabInfo,
+)
+
+app = typer.Typer(
+    help=(
+        "A lab of real hypervisors on this machine (root only): each host is a mount+UTS "
+        "namespace with its own libvirtd, virtlogd and sshd on a loopback address."
+    ),
+    no_args_is_help=True,
+)
+
+ROOT_OPTION = typer.Option(
+    DEFAULT_ROOT, "--root", envvar=ROOT_ENV, help="Directory that holds the whole lab."
+)
+
+
+@app.command()
+def up(
+    hosts: int | None = typer.Option(
+        None,
+        "--hosts",
+        min=1,
+        max=250,
+        help=f"How many hosts (default {DEFAULT_HOSTS}, or the lab's size); a lab never shrinks.",
+    ),
+    base_address: str | None = typer.Option(
+        None,
+        "--base-address",
+        help=f"First host's address in 127.0.0.0/8 (default {DEFAULT_BASE_ADDRESS}).",
+    ),
+    ssh_port: int | None = typer.Option(
+        None,
+        "--ssh-port",
+        min=1,
+        max=65535,
+        help=f"sshd port on every host (default {DEFAULT_SSH_PORT}).",
+    ),
+    root: Path = ROOT_OPTION,
+) -> None:
+    """Bring the lab up, or bring up what is missing; writes <root>/inventory.yaml."""
+    lab = Lab(root, base_address, ssh_port)
+    done: list[str] = []
+
+    def progress(message: str) -> None:
+        done.append(message)
+        err.print(f"  {message}")
+
+    started = time.monotonic()
+    info = lab.up(hosts, progress=progress)
+    if done:
+        err.print(f"lab up: {len(info.hosts)} host(s) in {time.monotonic() - started:.1f}s")
+    else:
+        err.print(f"lab at {info.root} is already up ({len(info.hosts)} host(s))")
+    err.print(_hosts_table(info))
+    first = info.hosts[0]
+    err.print(
+        f"ssh:       ssh -i {info.key} -o UserKnownHostsFile={info.known_hosts} "
+        f"-p {first.port} root@{first.address}",
+        soft_wrap=True,
+    )
+    err.print(f"inventory: herd inventory apply {info.inventory}", soft_wrap=True)
+
+
+@app.command()
+def status(
+    json_output: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    root: Path = ROOT_OPTION,
+) -> None:
+    """Each host's namespace, daemons and domain count; exits 1 if any host is unwell."""
+    lab = Lab(root)
+    rows = lab.status()
+    if json_output:
+        print_json({"root": str(lab.root), "hosts": [row.as_dict() for row in rows]})
+    else:
+        err.print(_status_table(rows))
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(root: Path = ROOT_OPTION) -> None:
+    """Destroy the lab's domains, end every process of every host, delete the root."""
+    started = time.monotonic()
+    Lab(root).down(progress=lambda message: err.print(f"  {message}"))
+    err.print(f"lab down in {time.monotonic() - started:.1f}s")
+
+
+def _hosts_table(info: LabInfo) -> Table:
+    grid = Table(title="lab hosts", title_justify="left", header_style="bold")
+    for column in ("name", "address", "directory"):
+        grid.add_column(column)
+    for host in info.hosts:
+        grid.add_row(host.name, f"{host.address}:{host.port}", str(host.dir))
+    return grid
+
+
+def _status_table(rows: list[LabHostStatus]) -> Table:
+    grid = Table(title="lab status", title_justify="left", header_style="bold")
+    for column in ("name", "address", "namespace", "virtlogd", "libvirtd", "sshd", "domains"):
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(
+            row.name,
+            f"{row.address}:{row.port}",
+            _alive(row.namespace),
+            _alive(row.virtlogd),
+            _alive(row.libvirtd),
+            _alive(row.sshd),
+            "-" if row.domains is None else str(row.domains),
+        )
+    return grid
+
+
+def _alive(value: bool) -> str:
+    return "[green]up[/green]" if value else "[red]down[/red]"

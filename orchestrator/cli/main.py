@@ -1,0 +1,70 @@
+"""The `herd` entry point: sub-commands, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from orchestrator import __version__
+from orchestrator.cli import catalog, hosts, inventory, lab, servers
+from orchestrator.errors import HerdError
+
+app = typer.Typer(
+    name="herd",
+    help="Run a private fleet of KVM/libvirt hypervisors from one terminal.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(servers.app, name="server")
+app.add_typer(hosts.app, name="host")
+app.add_typer(catalog.flavors, name="flavor")
+app.add_typer(catalog.images, name="image")
+app.add_typer(inventory.app, name="inventory")
+app.add_typer(lab.app, name="lab")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"herd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what herd does, on stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
+) -> None:
+    """herd: a small, fast, trustworthy way to run KVM/libvirt hosts.
+
+    State lives in SQLite (HERD_DATABASE_URL overrides, e.g. postgresql://...).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("asyncssh").setLevel(logging.ERROR)
+
+
+def run() -> None:
+    """Console-script entry: a HerdError is one line on stderr and its exit code; any
+    other exception is a bug, reported as one line too (HERD_DEBUG=1 shows the trace)."""
+    try:
+        app()
+    except HerdError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            sys.stderr.write(f"herd: error: {line}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("herd: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("HERD_DEBUG"):
+            raise
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        sys.stderr.write(f"herd: internal error: {why} (HERD_DEBUG=1 shows the traceback)\n")
+        sys.exit(70)

@@ -1,0 +1,253 @@
+"""`herd server ...`: create, list, show, delete, wait, actions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator import api
+from orchestrator.cli.context import herd, run_async
+from orchestrator.cli.output import age, err, out, print_json, styled, table
+from orchestrator.cli.progress import LiveProgress
+from orchestrator.conductor import Outcome
+from orchestrator.errors import HerdError
+
+app = typer.Typer(help="Create, inspect and delete servers.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait/--no-wait", help="Follow the work to its end, or return once cast.")
+]
+
+
+class SomeFailed(HerdError):
+    """Some servers of a multi-server request failed; each failure was shown."""
+
+
+def _outcomes(outcomes: list[Outcome], as_json: bool, verb: str) -> None:
+    if as_json:
+        print_json([o.__dict__ for o in outcomes])
+    else:
+        out.print(
+            table(
+                None,
+                ("name", "uuid", "host", "vm_state", "task_state", "error"),
+                (
+                    (o.name, o.uuid, o.host, styled(o.vm_state), o.task_state, o.error)
+                    for o in outcomes
+                ),
+            )
+        )
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        raise SomeFailed(f"{len(failed)} of {len(outcomes)} servers failed to {verb}")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Server name; NAME-1..N with --count.")],
+    flavor: Annotated[str, typer.Option(help="Flavor name (herd flavor list).")],
+    image: Annotated[str, typer.Option(help="Image name (herd image list).")],
+    count: Annotated[int, typer.Option(help="How many servers to boot.")] = 1,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Boot servers: schedule, claim, and build them on their hosts concurrently."""
+
+    async def main() -> list[Outcome]:
+        request = api.CreateRequest(name=name, flavor=flavor, image=image, count=count)
+        progress = None if as_json else LiveProgress(f"Creating {name}")
+        async with herd(progress) as h:
+            instances = await api.create_servers(h.db, request)
+            if progress is None:
+                return await h.conductor.build(instances, wait=wait)
+            with progress:
+                return await h.conductor.build(instances, wait=wait)
+
+    _outcomes(run_async(main()), as_json, "build")
+
+
+@app.command("list")
+def list_(
+    all_: Annotated[bool, typer.Option("--all", help="Include deleted servers.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List servers with their host and states."""
+
+    async def main() -> list[api.ServerView]:
+        async with herd() as h:
+            return await api.list_servers(h.db, include_deleted=all_)
+
+    views = run_async(main())
+    if as_json:
+        print_json([api.server_dict(v) for v in views])
+        return
+    out.print(
+        table(
+            None,
+            ("name", "uuid", "host", "vm_state", "task_state", "power", "flavor", "image", "age"),
+            (
+                (
+                    v.instance.name,
+                    v.instance.uuid,
+                    v.host,
+                    styled(v.instance.vm_state),
+                    v.instance.task_state,
+                    v.instance.power_state,
+                    v.instance.flavor_name,
+                    v.instance.image_name,
+                    age(v.instance.created_at),
+                )
+                for v in views
+            ),
+        )
+    )
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")], as_json: JsonOpt = False
+) -> None:
+    """Show one server: states, host, the latest faults and its actions."""
+
+    async def main() -> api.ServerView:
+        async with herd() as h:
+            return await api.show_server(h.db, name)
+
+    view = run_async(main())
+    data = api.server_dict(view)
+    data["faults"] = [
+        {"message": f.message, "host": f.host, "code": f.code, "created_at": f.created_at}
+        for f in view.faults
+    ]
+    data["jobs"] = [
+        {
+            "id": j.id,
+            "op": j.op,
+            "state": j.state,
+            "error": j.error,
+            "collected": j.collected_at is not None,
+        }
+        for j in view.jobs
+    ]
+    if as_json:
+        print_json(data)
+        return
+    grid = table(None, ("field", "value"), [])
+    for key in (
+        "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
+        "vcpus", "ram_mb", "disk_gb", "created_at", "launched_at", "deleted_at",
+    ):  # fmt: skip
+        value = data[key]
+        grid.add_row(
+            key, styled(value) if key == "vm_state" else ("-" if value is None else str(value))
+        )
+    if view.faults:
+        fault = view.faults[0]
+        grid.add_row("fault", f"[red]{fault.message}[/red] ({age(fault.created_at)})")
+    pending = [j for j in view.jobs if j.collected_at is None]
+    if pending:
+        grid.add_row("pending job", f"{pending[-1].op} {pending[-1].id} ({pending[-1].state})")
+    out.print(grid)
+
+
+@app.command()
+def actions(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")], as_json: JsonOpt = False
+) -> None:
+    """List a server's actions with their events (start, finish, result, host, error)."""
+
+    async def main() -> api.ServerView:
+        async with herd() as h:
+            return await api.show_server(h.db, name)
+
+    view = run_async(main())
+    if as_json:
+        print_json(
+            [
+                {
+                    "action": a.action,
+                    "request_id": a.request_id,
+                    "start_time": a.start_time,
+                    "finish_time": a.finish_time,
+                    "message": a.message,
+                    "events": [
+                        {
+                            "event": e.event,
+                            "host": e.host,
+                            "result": e.result,
+                            "start_time": e.start_time,
+                            "finish_time": e.finish_time,
+                            "details": e.details,
+                        }
+                        for e in events
+                    ],
+                }
+                for a, events in view.actions
+            ]
+        )
+        return
+    rows = []
+    for action, events in view.actions:
+        rows.append(
+            (
+                f"[bold]{action.action}[/bold]",
+                "",
+                action.request_id,
+                age(action.start_time),
+                action.message,
+            )
+        )
+        for e in events:
+            rows.append(("", e.event, e.host, styled(e.result or "running"), e.details))
+    out.print(table(None, ("action", "event", "host / request", "result", "details"), rows))
+
+
+@app.command()
+def delete(
+    names: Annotated[list[str], typer.Argument(help="Names or UUIDs.")],
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete servers: the domain, its disks and its claim; idempotent on the host."""
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress("Deleting")
+        async with herd(progress) as h:
+            instances = await api.find_servers(h.db, names)
+            if progress is None:
+                return await h.conductor.delete(instances, wait=wait)
+            with progress:
+                return await h.conductor.delete(instances, wait=wait)
+
+    _outcomes(run_async(main()), as_json, "delete")
+
+
+@app.command("wait")
+def wait_(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Names or UUIDs; all when omitted.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each job.")] = 900.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Follow jobs that were cast but not collected (after --no-wait, or a killed herd)."""
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress("Waiting")
+        async with herd(progress) as h:
+            uuids = [i.uuid for i in await api.find_servers(h.db, names)] if names else None
+            jobs = await api.pending_jobs(h.db, uuids)
+            if not jobs:
+                return []
+            if progress is None:
+                return await h.conductor.collect(jobs, timeout)
+            with progress:
+                return await h.conductor.collect(jobs, timeout)
+
+    outcomes = run_async(main())
+    if not outcomes and not as_json:
+        err.print("nothing to wait for")
+        return
+    _outcomes(outcomes, as_json, "finish")

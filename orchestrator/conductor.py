@@ -1,0 +1,570 @@
+"""Workflows: schedule, claim, cast, follow, record — concurrently for every instance.
+
+The conductor is the only part that both talks to hosts (through the agent pool) and
+writes state; it never holds a DB transaction open across a network round trip. A
+host that fails fails its own instances: every per-instance workflow catches its own
+errors and records them as a fault on that instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlmodel import col, select
+
+from orchestrator.actions import (
+    finish_action,
+    finish_event,
+    record_event,
+    record_fault,
+    start_action,
+    start_event,
+)
+from orchestrator.db.engine import Database
+from orchestrator.db.models import (
+    AgentJob,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    InstanceAction,
+    InstanceActionEvent,
+    JobState,
+    PowerState,
+    TaskState,
+    VmState,
+    utcnow,
+)
+from orchestrator.errors import AgentError, HerdError, HostUnreachable, NoValidHost
+from orchestrator.rpc.pool import AgentPool
+from orchestrator.rpc.ssh import HostTarget
+from orchestrator.scheduler.claims import release
+from orchestrator.scheduler.request import RequestSpec
+from orchestrator.scheduler.scheduler import FilterScheduler
+
+log = logging.getLogger(__name__)
+
+BUILD_TIMEOUT = 900.0
+DELETE_TIMEOUT = 300.0
+
+
+class Progress(Protocol):
+    def update(
+        self, instance: Instance, status: str, *, host: str | None = None, detail: str = ""
+    ) -> None: ...
+
+
+class NullProgress:
+    def update(
+        self, instance: Instance, status: str, *, host: str | None = None, detail: str = ""
+    ) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one instance, for the CLI to show."""
+
+    uuid: str
+    name: str
+    host: str | None
+    vm_state: str
+    task_state: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostContact:
+    name: str
+    ok: bool
+    error: str | None = None
+    facts: dict[str, Any] | None = None
+
+
+def target_of(host: Host) -> HostTarget:
+    return HostTarget(
+        name=host.name,
+        address=host.address,
+        port=host.ssh_port,
+        user=host.ssh_user,
+        key=host.ssh_key,
+        known_hosts=host.known_hosts,
+        agent_dir=host.agent_dir,
+        libvirt_uri=host.libvirt_uri,
+        domain_type=host.domain_type_pref,
+    )
+
+
+def outcome_of(instance: Instance, host: str | None, error: str | None = None) -> Outcome:
+    return Outcome(
+        instance.uuid, instance.name, host, instance.vm_state, instance.task_state, error
+    )
+
+
+def apply_facts(host: Host, facts: dict[str, Any], agent_version: str | None) -> None:
+    libvirt = facts.get("libvirt") or {}
+    host.vcpus = facts.get("cpus")
+    host.ram_mb = facts.get("memory_mb")
+    host.disk_gb = facts.get("disk_gb")
+    host.domain_type = facts.get("domain_type")
+    host.libvirt_ok = bool(libvirt.get("ok"))
+    host.libvirt_error = libvirt.get("error")
+    host.agent_version = agent_version
+    host.facts = facts
+    host.last_seen_at = utcnow()
+    host.last_error = None
+    host.updated_at = utcnow()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Conductor:
+    def __init__(
+        self,
+        db: Database,
+        pool: AgentPool,
+        progress: Progress | None = None,
+        build_timeout: float = BUILD_TIMEOUT,
+    ) -> None:
+        self.db = db
+        self.pool = pool
+        self.progress = progress or NullProgress()
+        self.build_timeout = build_timeout
+        self.scheduler = FilterScheduler(db)
+        self._images: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    # -- hosts ---------------------------------------------------------------
+
+    async def contact_hosts(self, hosts: Sequence[Host]) -> list[HostContact]:
+        """Open (or reuse) each host's agent session and record its facts; one
+        host's failure is recorded on that host and hides nothing else."""
+
+        async def one(host: Host) -> HostContact:
+            target = target_of(host)
+            try:
+                session = await self.pool.session(target)
+            except HerdError as exc:
+                await self._record_host_error(host.id, str(exc))
+                return HostContact(host.name, False, str(exc))
+            facts = session.facts
+            async with self.db.session() as db:
+                row = await db.get(Host, host.id)
+                if row is not None:
+                    apply_facts(row, facts, session.hello.get("agent_version"))
+                    db.add(row)
+            libvirt = facts.get("libvirt") or {}
+            if not libvirt.get("ok"):
+                error = (
+                    f"host {host.name}: libvirt not available at {target.libvirt_uri}: "
+                    f"{libvirt.get('error')}"
+                )
+                return HostContact(host.name, False, error, facts)
+            return HostContact(host.name, True, None, facts)
+
+        return list(await asyncio.gather(*(one(h) for h in hosts)))
+
+    async def _record_host_error(self, host_id: int | None, error: str) -> None:
+        async with self.db.session() as db:
+            row = await db.get(Host, host_id)
+            if row is not None:
+                row.last_error = error
+                row.updated_at = utcnow()
+                db.add(row)
+
+    async def _hosts(self, ids: Iterable[int] | None = None) -> dict[int, Host]:
+        async with self.db.session() as db:
+            query = select(Host)
+            if ids is not None:
+                query = query.where(col(Host.id).in_(list(ids)))
+            return {h.id: h for h in (await db.exec(query)).all() if h.id is not None}
+
+    # -- build ---------------------------------------------------------------
+
+    async def build(self, instances: Sequence[Instance], *, wait: bool = True) -> list[Outcome]:
+        hosts = await self._hosts()
+        unknown = [h for h in hosts.values() if h.enabled and h.last_seen_at is None]
+        if unknown:
+            # Capacity comes from the agent's facts: meet new hosts before placing.
+            await self.contact_hosts(unknown)
+        for instance in instances:
+            self.progress.update(instance, "scheduling")
+        specs = [RequestSpec(i.uuid, i.vcpus, i.ram_mb, i.disk_gb) for i in instances]
+        try:
+            placements = await self.scheduler.place(specs)
+        except NoValidHost as exc:
+            return [await self._fail(i, str(exc), event="schedule", host=None) for i in instances]
+        hosts = await self._hosts()
+        async with self.db.session() as db:
+            for instance, placement in zip(instances, placements, strict=True):
+                row = await self._instance(db, instance.uuid)
+                row.host_id = placement.host_id
+                row.task_state = TaskState.BLOCK_DEVICE_MAPPING
+                row.updated_at = utcnow()
+                db.add(row)
+                action = await self._action(db, instance.uuid, "create")
+                await record_event(db, action, "schedule", True, placement.host_name)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._build_one(instance, hosts[placement.host_id], wait=wait)
+                    for instance, placement in zip(instances, placements, strict=True)
+                )
+            )
+        )
+
+    async def _build_one(self, instance: Instance, host: Host, *, wait: bool) -> Outcome:
+        target = target_of(host)
+        self.progress.update(instance, "preparing image", host=host.name)
+        try:
+            image, flavor = await self._image_and_flavor(instance)
+            await self._ensure_image(target, image)
+            job_id = await self._record_job(instance, host, "build", TaskState.SPAWNING)
+            self.progress.update(instance, "spawning", host=host.name)
+            args = {
+                "instance": {
+                    "uuid": instance.uuid,
+                    "name": instance.name,
+                    "hostname": instance.name,
+                },
+                "flavor": flavor,
+                "image": {
+                    "name": image.name,
+                    "sha256": image.sha256,
+                    "format": image.format,
+                    "properties": image.properties,
+                },
+                "domain_type": host.domain_type or "qemu",
+            }
+            await self.pool.cast(target, "build", args, job_id)
+        except HerdError as exc:
+            return await self._fail(instance, str(exc), event="build", host=host.name)
+        await self._mark_job(job_id, JobState.RUNNING)
+        if not wait:
+            self.progress.update(instance, "building", host=host.name, detail="not waiting")
+            return Outcome(
+                instance.uuid, instance.name, host.name, VmState.BUILDING, TaskState.SPAWNING
+            )
+        return await self.follow(job_id, target)
+
+    async def follow(
+        self, job_id: str, target: HostTarget, timeout: float | None = None
+    ) -> Outcome:
+        """Follow a cast job to its end and record the result; when the host stops
+        answering, the job stays recorded for a later `herd server wait` to collect."""
+        try:
+            record = await self.pool.follow(target, job_id, timeout or self.build_timeout)
+        except HostUnreachable as exc:
+            async with self.db.session() as db:
+                job = await db.get(AgentJob, job_id)
+                instance = await self._instance(db, job.instance_uuid) if job else None
+            message = f"{exc}; the job is still recorded, `herd server wait` collects its result"
+            if instance is not None:
+                self.progress.update(instance, "unknown", host=target.name, detail=message)
+                return outcome_of(instance, target.name, message)
+            raise
+        return await self.apply_job(job_id, record)
+
+    async def apply_job(self, job_id: str, record: dict[str, Any]) -> Outcome:
+        """Bring the DB in line with a finished job: the one place results land,
+        whether the caster, `herd server wait` or reconcile collected them."""
+        state = record.get("state")
+        error = (record.get("error") or {}).get("message")
+        async with self.db.session() as db:
+            job = await db.get(AgentJob, job_id)
+            if job is None:
+                raise HerdError(f"job {job_id} is not known to this database")
+            instance = await self._instance(db, job.instance_uuid or "")
+            host = await db.get(Host, job.host_id)
+            host_name = host.name if host else None
+            if job.collected_at is not None:
+                return outcome_of(instance, host_name)
+            job.state = state if state in set(JobState) else JobState.FAILED
+            job.result = record.get("result") or {}
+            job.error = error
+            job.finished_at = utcnow()
+            job.collected_at = utcnow()
+            db.add(job)
+            ok = state == JobState.SUCCEEDED
+            if state == JobState.LOST:
+                error = "the job's runner on the host died before it finished (host rebooted?)"
+            event = await self._open_event(db, job.action_id, job.op)
+            await finish_event(db, event, ok, None if ok else error)
+            if job.op == "build":
+                self._apply_build(instance, ok)
+            elif job.op == "delete":
+                self._apply_delete(instance, ok)
+            if not ok:
+                record_fault(
+                    db, instance.uuid, f"{job.op} failed on {host_name}: {error}", host=host_name
+                )
+            if instance.vm_state in (VmState.ERROR, VmState.DELETED):
+                await release(db, instance.uuid)
+            await finish_action(db, job.action_id, None if ok else "error")
+            instance.updated_at = utcnow()
+            db.add(instance)
+        if host is not None:
+            await self._forget(target_of(host), job_id)
+        failure = None if ok else f"{job.op} failed on {host_name}: {error}"
+        self.progress.update(
+            instance, instance.vm_state if ok else "error", host=host_name, detail=failure or ""
+        )
+        return outcome_of(instance, host_name, failure)
+
+    @staticmethod
+    def _apply_build(instance: Instance, ok: bool) -> None:
+        if instance.vm_state == VmState.DELETED or instance.task_state == TaskState.DELETING:
+            return  # deleted meanwhile: a late build result must not resurrect it
+        instance.task_state = None
+        if ok:
+            instance.vm_state = VmState.ACTIVE
+            instance.power_state = PowerState.RUNNING
+            instance.launched_at = utcnow()
+        else:
+            instance.vm_state = VmState.ERROR
+
+    @staticmethod
+    def _apply_delete(instance: Instance, ok: bool) -> None:
+        instance.task_state = None
+        if ok:
+            instance.vm_state = VmState.DELETED
+            instance.power_state = PowerState.NOSTATE
+            instance.deleted_at = utcnow()
+
+    async def _forget(self, target: HostTarget, job_id: str) -> None:
+        try:
+            await self.pool.call(target, "job_forget", {"job_id": job_id}, timeout=10)
+        except HerdError as exc:
+            log.info("host %s: could not forget job %s: %s", target.name, job_id, exc)
+
+    # -- delete --------------------------------------------------------------
+
+    async def delete(self, instances: Sequence[Instance], *, wait: bool = True) -> list[Outcome]:
+        hosts = await self._hosts()
+        return list(
+            await asyncio.gather(
+                *(
+                    self._delete_one(i, hosts.get(i.host_id) if i.host_id else None, wait=wait)
+                    for i in instances
+                )
+            )
+        )
+
+    async def _delete_one(self, instance: Instance, host: Host | None, *, wait: bool) -> Outcome:
+        request_id = f"req-{uuid.uuid4()}"
+        async with self.db.session() as db:
+            row = await self._instance(db, instance.uuid)
+            action = await start_action(db, instance.uuid, "delete", request_id)
+            if host is None:
+                # Never placed: nothing exists on any host.
+                row.vm_state, row.task_state = VmState.DELETED, None
+                row.deleted_at = row.updated_at = utcnow()
+                await release(db, row.uuid)
+                await finish_action(db, action.id)
+                db.add(row)
+                self.progress.update(row, "deleted")
+                return outcome_of(row, None)
+        self.progress.update(instance, "deleting", host=host.name)
+        target = target_of(host)
+        try:
+            job_id = await self._record_job(
+                instance, host, "delete", TaskState.DELETING, action_id=action.id
+            )
+            await self.pool.cast(target, "delete", {"uuid": instance.uuid}, job_id)
+        except HerdError as exc:
+            return await self._fail_delete(instance, host.name, action.id, str(exc))
+        await self._mark_job(job_id, JobState.RUNNING)
+        if not wait:
+            return Outcome(
+                instance.uuid, instance.name, host.name, instance.vm_state, TaskState.DELETING
+            )
+        return await self.follow(job_id, target, DELETE_TIMEOUT)
+
+    async def _fail_delete(
+        self, instance: Instance, host: str, action_id: int | None, error: str
+    ) -> Outcome:
+        async with self.db.session() as db:
+            row = await self._instance(db, instance.uuid)
+            row.task_state = None
+            row.updated_at = utcnow()
+            db.add(row)
+            await record_event(db, action_id, "delete", False, host, error)
+            await finish_action(db, action_id, "error")
+            record_fault(db, row.uuid, f"delete failed: {error}", host=host)
+        self.progress.update(row, "error", host=host, detail=error)
+        return outcome_of(row, host, error)
+
+    # -- collect -------------------------------------------------------------
+
+    async def collect(
+        self, jobs: Sequence[AgentJob], timeout: float | None = None
+    ) -> list[Outcome]:
+        """Follow jobs that an earlier (maybe killed) herd process cast."""
+        hosts = await self._hosts({j.host_id for j in jobs})
+        return list(
+            await asyncio.gather(
+                *(self.follow(j.id, target_of(hosts[j.host_id]), timeout) for j in jobs)
+            )
+        )
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _ensure_image(self, target: HostTarget, image: Image) -> None:
+        """Put the image in the host's cache once, however many instances need it."""
+        if not image.sha256:
+            raise HerdError(f"image {image.name!r} has no checksum; re-apply the inventory")
+        key = (target.name, image.sha256)
+        task = self._images.get(key)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(self._push_image(target, image))
+            self._images[key] = task
+        await asyncio.shield(task)
+
+    async def _push_image(self, target: HostTarget, image: Image) -> None:
+        status = await self.pool.call(target, "image_status", {"sha256": image.sha256})
+        if status.get("present"):
+            return
+        source = Path(image.source)
+        if not source.is_file():
+            raise HerdError(
+                f"image {image.name!r}: source {image.source} is not a file on this machine"
+            )
+        session = await self.pool.session(target)
+        remote = f"{target.agent_dir}/images/incoming/{image.sha256}.{secrets.token_hex(4)}.part"
+        await session.upload(source, remote)
+        try:
+            await self.pool.call(
+                target, "image_commit", {"sha256": image.sha256, "upload": remote}, timeout=600
+            )
+        except AgentError as exc:
+            raise HerdError(
+                f"image {image.name!r} was refused by host {target.name}: {exc}"
+            ) from exc
+
+    async def _image_and_flavor(self, instance: Instance) -> tuple[Image, dict[str, Any]]:
+        async with self.db.session() as db:
+            image = await db.get(Image, instance.image_id) if instance.image_id else None
+            flavor = (
+                await db.exec(select(Flavor).where(Flavor.name == instance.flavor_name))
+            ).first()
+        if image is None:
+            raise HerdError(f"image {instance.image_name!r} no longer exists")
+        return image, {
+            "name": instance.flavor_name,
+            "vcpus": instance.vcpus,
+            "ram_mb": instance.ram_mb,
+            "disk_gb": instance.disk_gb,
+            "extra_specs": dict(flavor.extra_specs) if flavor else {},
+        }
+
+    async def _record_job(
+        self, instance: Instance, host: Host, op: str, task_state: str, action_id: int | None = None
+    ) -> str:
+        """Write the job row before casting, so a crash after the cast loses nothing."""
+        job_id = str(uuid.uuid4())
+        async with self.db.session() as db:
+            row = await self._instance(db, instance.uuid)
+            if action_id is None:
+                action_id = await self._action(db, instance.uuid, "create" if op == "build" else op)
+            event = await start_event(db, action_id, op, host.name)
+            del event
+            row.task_state = task_state
+            row.updated_at = utcnow()
+            db.add(row)
+            db.add(
+                AgentJob(
+                    id=job_id,
+                    host_id=host.id,
+                    instance_uuid=instance.uuid,
+                    action_id=action_id,
+                    op=op,
+                    state=JobState.PENDING,
+                    created_at=utcnow(),
+                )
+            )
+        return job_id
+
+    async def _mark_job(self, job_id: str, state: JobState) -> None:
+        async with self.db.session() as db:
+            job = await db.get(AgentJob, job_id)
+            if job is not None and job.collected_at is None:
+                job.state = state
+                db.add(job)
+
+    async def _fail(
+        self, instance: Instance, error: str, *, event: str, host: str | None
+    ) -> Outcome:
+        """The instance goes to ERROR with a fault, and gives back its claim."""
+        async with self.db.session() as db:
+            row = await self._instance(db, instance.uuid)
+            action = await self._action(db, instance.uuid, "create")
+            open_event = await self._open_event(db, action, event)
+            if open_event is not None:
+                await finish_event(db, open_event, False, error)
+            else:
+                await record_event(db, action, event, False, host, error)
+            await finish_action(db, action, "error")
+            record_fault(db, row.uuid, error, host=host)
+            await release(db, row.uuid)
+            await db.exec(  # a job row that was never cast is over
+                AgentJob.__table__.update()  # type: ignore[attr-defined]
+                .where(AgentJob.instance_uuid == row.uuid, AgentJob.collected_at.is_(None))  # type: ignore[union-attr]
+                .values(
+                    state=JobState.FAILED, error=error, finished_at=utcnow(), collected_at=utcnow()
+                )
+            )
+            row.vm_state, row.task_state = VmState.ERROR, None
+            row.updated_at = utcnow()
+            db.add(row)
+        self.progress.update(row, "error", host=host, detail=error)
+        return outcome_of(row, host, error)
+
+    @staticmethod
+    async def _instance(db: Any, instance_uuid: str) -> Instance:
+        row = (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).first()
+        if row is None:
+            raise HerdError(f"instance {instance_uuid} vanished from the database")
+        return row
+
+    @staticmethod
+    async def _action(db: Any, instance_uuid: str, action: str) -> int | None:
+        row = (
+            await db.exec(
+                select(InstanceAction)
+                .where(
+                    InstanceAction.instance_uuid == instance_uuid, InstanceAction.action == action
+                )
+                .order_by(col(InstanceAction.id).desc())
+            )
+        ).first()
+        return row.id if row else None
+
+    @staticmethod
+    async def _open_event(db: Any, action_id: int | None, event: str) -> int | None:
+        if action_id is None:
+            return None
+        row = (
+            await db.exec(
+                select(InstanceActionEvent)
+                .where(
+                    InstanceActionEvent.action_id == action_id,
+                    InstanceActionEvent.event == event,
+                    col(InstanceActionEvent.finish_time).is_(None),
+                )
+                .order_by(col(InstanceActionEvent.id).desc())
+            )
+        ).first()
+        return row.id if row else None

@@ -1,0 +1,53 @@
+"""Claims: an instance's allocation, written only if the host still has room.
+
+The check and the write share one transaction guarded by the host's generation
+number (Placement's resource-provider generation): if another process claimed on
+the host since we read it, the generation moved, our update matches no row, and the
+caller re-reads and tries again. Two operators booting at once can never
+oversubscribe a host.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, update
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from orchestrator.db.models import Allocation, Host, utcnow
+from orchestrator.scheduler.host_state import HostState
+from orchestrator.scheduler.request import RequestSpec
+
+
+async def try_claim(session: AsyncSession, host: HostState, spec: RequestSpec) -> bool:
+    """Claim on ``host`` as the scheduler saw it; False when the view was stale."""
+    bumped = await session.exec(
+        update(Host)
+        .where(Host.id == host.id, Host.generation == host.generation)  # type: ignore[arg-type]
+        .values(generation=Host.generation + 1)
+    )
+    if bumped.rowcount != 1:
+        return False
+    session.add(
+        Allocation(
+            instance_uuid=spec.instance_uuid,
+            host_id=host.id,
+            vcpus=spec.vcpus,
+            ram_mb=spec.ram_mb,
+            disk_gb=spec.disk_gb,
+            created_at=utcnow(),
+        )
+    )
+    return True
+
+
+async def release(session: AsyncSession, instance_uuid: str) -> None:
+    """Give back what an instance held; bumping the generation tells concurrent
+    schedulers their view of the host changed."""
+    result = await session.exec(
+        delete(Allocation)
+        .where(Allocation.instance_uuid == instance_uuid)
+        .returning(Allocation.host_id)  # type: ignore[arg-type]
+    )
+    for (host_id,) in result.all():
+        await session.exec(
+            update(Host).where(Host.id == host_id).values(generation=Host.generation + 1)  # type: ignore[arg-type]
+        )

@@ -1,0 +1,121 @@
+"""What the scheduler knows about a host: capacity, ratios and what is already claimed.
+
+Built from the DB in one query per table, then updated in memory as a multi-instance
+request claims, so the second instance sees the first one's usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from orchestrator.db.models import Allocation, Host
+
+
+@dataclass
+class HostState:
+    id: int
+    name: str
+    enabled: bool
+    libvirt_ok: bool | None
+    libvirt_error: str | None
+    total_vcpus: int | None
+    total_ram_mb: int | None
+    total_disk_gb: int | None
+    cpu_ratio: float
+    ram_ratio: float
+    disk_ratio: float
+    reserved_vcpus: int
+    reserved_ram_mb: int
+    reserved_disk_gb: int
+    generation: int
+    last_seen_at: datetime | None
+    availability_zone: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    used_vcpus: int = 0
+    used_ram_mb: int = 0
+    used_disk_gb: int = 0
+    instances: int = 0
+
+    @classmethod
+    def from_host(cls, host: Host) -> HostState:
+        assert host.id is not None
+        return cls(
+            id=host.id,
+            name=host.name,
+            enabled=host.enabled,
+            libvirt_ok=host.libvirt_ok,
+            libvirt_error=host.libvirt_error,
+            total_vcpus=host.total_vcpus,
+            total_ram_mb=host.total_ram_mb,
+            total_disk_gb=host.total_disk_gb,
+            cpu_ratio=host.cpu_ratio,
+            ram_ratio=host.ram_ratio,
+            disk_ratio=host.disk_ratio,
+            reserved_vcpus=host.reserved_vcpus,
+            reserved_ram_mb=host.reserved_ram_mb,
+            reserved_disk_gb=host.reserved_disk_gb,
+            generation=host.generation,
+            last_seen_at=host.last_seen_at,
+            availability_zone=host.availability_zone,
+            labels=dict(host.labels),
+        )
+
+    @property
+    def known(self) -> bool:
+        return None not in (self.total_vcpus, self.total_ram_mb, self.total_disk_gb)
+
+    # Capacity after the allocation ratio and the reservation, minus what is claimed.
+    @property
+    def free_vcpus(self) -> float:
+        return (self.total_vcpus or 0) * self.cpu_ratio - self.reserved_vcpus - self.used_vcpus
+
+    @property
+    def free_ram_mb(self) -> float:
+        return (self.total_ram_mb or 0) * self.ram_ratio - self.reserved_ram_mb - self.used_ram_mb
+
+    @property
+    def free_disk_gb(self) -> float:
+        return (
+            (self.total_disk_gb or 0) * self.disk_ratio - self.reserved_disk_gb - self.used_disk_gb
+        )
+
+    def consume(self, vcpus: int, ram_mb: int, disk_gb: int) -> None:
+        self.used_vcpus += vcpus
+        self.used_ram_mb += ram_mb
+        self.used_disk_gb += disk_gb
+        self.instances += 1
+        self.generation += 1
+
+
+async def load_host_states(
+    session: AsyncSession, host_ids: list[int] | None = None
+) -> list[HostState]:
+    query = select(Host).order_by(Host.name)
+    if host_ids is not None:
+        query = query.where(Host.id.in_(host_ids))  # type: ignore[union-attr]
+    hosts = (await session.exec(query)).all()
+    states = {h.id: HostState.from_host(h) for h in hosts}
+    usage = await session.exec(
+        select(
+            Allocation.host_id,
+            func.sum(Allocation.vcpus),
+            func.sum(Allocation.ram_mb),
+            func.sum(Allocation.disk_gb),
+            func.count(),
+        ).group_by(Allocation.host_id)
+    )
+    for host_id, vcpus, ram_mb, disk_gb, count in usage.all():
+        state = states.get(host_id)
+        if state is not None:
+            state.used_vcpus, state.used_ram_mb, state.used_disk_gb = (
+                int(vcpus),
+                int(ram_mb),
+                int(disk_gb),
+            )
+            state.instances = int(count)
+    return list(states.values())

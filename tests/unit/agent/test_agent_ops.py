@@ -1,0 +1,193 @@
+"""build and delete as data: what libvirt has, plus the job's args, in; virsh steps out.
+
+A fake virsh records the steps; qemu-img is real, so the overlay is a real file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from agent_testlib import build_args, needs_qemu_img
+
+from agent import images, ops
+from agent.errors import BadRequest, LibvirtError, NotFound
+from agent.specs import BuildSpec, DeleteSpec
+from agent.virt import DomainInfo, domain_name
+
+
+class FakeVirsh:
+    """Just enough of agent.virt.Virsh: one domain, or none, and a log of calls."""
+
+    def __init__(self, state: str | None = None, name: str | None = None, fail: str = "") -> None:
+        self.domain: DomainInfo | None = None
+        self._name = name
+        self._initial = state
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def bind(self, instance_uuid: str) -> FakeVirsh:
+        if self._initial is not None:
+            name = self._name or domain_name(instance_uuid)
+            self.domain = DomainInfo(instance_uuid, name, self._initial)
+        return self
+
+    def dominfo(self, instance_uuid: str) -> DomainInfo | None:
+        return self.domain
+
+    def _step(self, call: str) -> None:
+        self.calls.append(call)
+        if call == self.fail:
+            raise LibvirtError(f"virsh {call}: Failed to {call} domain: internal error: boom")
+
+    def define(self, xml_path: str) -> None:
+        assert Path(xml_path).read_text().startswith("<domain")
+        self._step("define")
+        self.domain = DomainInfo(self._uuid_from(xml_path), "", "shutoff")
+
+    def start(self, name: str) -> None:
+        self._step("start")
+        self.domain = DomainInfo(name[len("herd-") :], name, "running")
+
+    def destroy(self, name: str) -> bool:
+        self._step("destroy")
+        running = self.domain is not None and self.domain.state == "running"
+        if self.domain is not None:
+            self.domain = DomainInfo(self.domain.uuid, name, "shutoff")
+        return running
+
+    def undefine(self, name: str) -> None:
+        self._step("undefine")
+        self.domain = None
+
+    @staticmethod
+    def _uuid_from(xml_path: str) -> str:
+        return Path(xml_path).parent.name
+
+
+@pytest.fixture
+def base_image(state_dir: Path) -> str:
+    """A blank qcow2 committed to the cache; returns its sha256."""
+    upload = state_dir / "upload"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(upload), "64M"], check=True)
+    return images.commit(state_dir, images.file_sha256(upload), upload).path.name
+
+
+def build(state_dir: Path, virsh: FakeVirsh, args: dict) -> dict:
+    spec = BuildSpec.from_args(args)
+    return ops.build(ops.Context(state_dir, virsh.bind(spec.instance.uuid)), spec)
+
+
+@needs_qemu_img
+def test_build_on_a_clean_host_defines_and_starts_an_overlay_backed_domain(
+    state_dir: Path, base_image: str
+) -> None:
+    virsh = FakeVirsh()
+    args = build_args(sha256=base_image, disk_gb=2)
+    result = build(state_dir, virsh, args)
+    uuid_ = args["instance"]["uuid"]
+    inst = state_dir / "instances" / uuid_
+    assert virsh.calls == ["define", "start"]
+    assert result == {
+        "domain": f"herd-{uuid_}",
+        "state": "running",
+        "disk_path": str(inst / "disk"),
+    }
+    argv = ["qemu-img", "info", "--output=json", str(inst / "disk")]
+    info = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert '"backing-filename": "' + str(state_dir / "images" / base_image) in info
+    assert '"virtual-size": 2147483648' in info
+    assert (inst / "domain.xml").read_text().count(f"herd-{uuid_}") == 1
+    assert sorted(p.name for p in inst.iterdir()) == ["disk", "domain.xml"]
+
+
+def test_build_of_a_running_domain_changes_nothing(state_dir: Path) -> None:
+    virsh = FakeVirsh(state="running")
+    assert build(state_dir, virsh, build_args())["state"] == "running"
+    assert virsh.calls == []
+
+
+@pytest.mark.parametrize("state", ["shutoff", "crashed"])
+def test_build_of_a_stopped_domain_starts_it(state_dir: Path, state: str) -> None:
+    virsh = FakeVirsh(state=state)
+    assert build(state_dir, virsh, build_args())["state"] == "running"
+    assert virsh.calls == ["start"]
+
+
+def test_build_never_touches_a_domain_that_is_not_herds(state_dir: Path) -> None:
+    with pytest.raises(BadRequest, match="not herd's"):
+        build(state_dir, FakeVirsh(state="running", name="someone-elses"), build_args())
+
+
+def test_build_needs_the_image_in_the_cache(state_dir: Path) -> None:
+    with pytest.raises(NotFound, match="not in this host's cache"):
+        build(state_dir, FakeVirsh(), build_args(sha256="f" * 64))
+
+
+@needs_qemu_img
+@pytest.mark.parametrize(
+    ("failing", "expected_calls"),
+    [("define", ["define"]), ("start", ["define", "start", "destroy", "undefine"])],
+    ids=["define-fails", "start-fails"],
+)
+def test_a_failed_build_removes_everything_it_created(
+    state_dir: Path, base_image: str, failing: str, expected_calls: list[str]
+) -> None:
+    virsh = FakeVirsh(fail=failing)
+    args = build_args(sha256=base_image)
+    with pytest.raises(LibvirtError, match="boom"):
+        build(state_dir, virsh, args)
+    assert virsh.calls == expected_calls
+    assert virsh.domain is None
+    assert not (state_dir / "instances" / args["instance"]["uuid"]).exists()
+    assert (state_dir / "images" / base_image).exists()  # the shared base stays
+
+
+@needs_qemu_img
+def test_build_replaces_leftovers_of_a_build_that_died(state_dir: Path, base_image: str) -> None:
+    args = build_args(sha256=base_image)
+    inst = state_dir / "instances" / args["instance"]["uuid"]
+    inst.mkdir(parents=True)
+    (inst / ".disk.tmp").write_text("half a disk")
+    build(state_dir, FakeVirsh(), args)
+    assert sorted(p.name for p in inst.iterdir()) == ["disk", "domain.xml"]
+
+
+def delete(state_dir: Path, virsh: FakeVirsh, instance_uuid: str) -> dict:
+    spec = DeleteSpec.from_args({"uuid": instance_uuid})
+    return ops.delete(ops.Context(state_dir, virsh.bind(instance_uuid)), spec)
+
+
+@pytest.mark.parametrize(
+    ("state", "expected_calls"),
+    [("running", ["destroy", "undefine"]), ("shutoff", ["undefine"])],
+)
+def test_delete_stops_undefines_and_removes_the_instance_dir(
+    state_dir: Path, state: str, expected_calls: list[str]
+) -> None:
+    instance = str(uuid.uuid4())
+    (state_dir / "instances" / instance).mkdir(parents=True)
+    virsh = FakeVirsh(state=state)
+    assert delete(state_dir, virsh, instance) == {"existed": True}
+    assert virsh.calls == expected_calls
+    assert not (state_dir / "instances" / instance).exists()
+
+
+def test_delete_of_nothing_is_harmless_and_says_so(state_dir: Path) -> None:
+    virsh = FakeVirsh()
+    assert delete(state_dir, virsh, str(uuid.uuid4())) == {"existed": False}
+    assert virsh.calls == []
+
+
+def test_delete_removes_a_leftover_dir_without_a_domain(state_dir: Path) -> None:
+    instance = str(uuid.uuid4())
+    (state_dir / "instances" / instance).mkdir(parents=True)
+    assert delete(state_dir, FakeVirsh(), instance) == {"existed": True}
+    assert not (state_dir / "instances" / instance).exists()
+
+
+def test_delete_never_touches_a_domain_that_is_not_herds(state_dir: Path) -> None:
+    with pytest.raises(BadRequest, match="not herd's"):
+        delete(state_dir, FakeVirsh(state="running", name="someone-elses"), str(uuid.uuid4()))

@@ -1,0 +1,57 @@
+"""Shared fixtures for unit tests: a fresh migrated SQLite database per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.db.engine import Database, open_database
+from orchestrator.db.models import Flavor, Host, Image, utcnow
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(f"sqlite:///{tmp_path / 'herd.db'}")
+    yield database
+    await database.dispose()
+
+
+AddHost = Callable[..., Coroutine[Any, Any, Host]]
+
+
+@pytest.fixture
+def add_host(db: Database) -> AddHost:
+    """A host as if its agent had answered: known capacity, libvirt working."""
+
+    async def add(
+        name: str, *, vcpus: int = 4, ram_mb: int = 4096, disk_gb: int = 100, **kw: Any
+    ) -> Host:
+        fields: dict[str, Any] = {
+            "address": "127.0.0.1",
+            "vcpus": vcpus,
+            "ram_mb": ram_mb,
+            "disk_gb": disk_gb,
+            "libvirt_ok": True,
+            "last_seen_at": utcnow(),
+            "reserved_ram_mb": 0,
+            "cpu_ratio": 1.0,
+        }
+        fields.update(kw)
+        async with db.session() as session:
+            host = Host(name=name, **fields)
+            session.add(host)
+        return host
+
+    return add
+
+
+@pytest.fixture
+async def catalog(db: Database) -> None:
+    async with db.session() as session:
+        session.add(Flavor(name="small", vcpus=1, ram_mb=1024, disk_gb=10))
+        session.add(Flavor(name="big", vcpus=4, ram_mb=8192, disk_gb=40))
+        session.add(Image(name="cirros", source="/dev/null", sha256="0" * 64, min_ram_mb=0))
+        session.add(Image(name="fat", source="/dev/null", sha256="1" * 64, min_ram_mb=4096))
