@@ -1,0 +1,111 @@
+"""Real labs for e2e tests: one 3-host lab (127.0.101.1-3) for the whole session, and
+small private ones for tests that must break or remove a lab.
+
+Labs live under pytest's temporary directory and are always taken down. A session
+that was killed (SIGKILL, a CI timeout) cannot take its labs down, so each lab leaves
+a note naming the pytest process that owns it, and the next session takes down the
+labs of owners that are gone: a dead run never blocks the addresses of later ones,
+and pytest never deletes a directory that running daemons still use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lab import Lab
+
+LAB_BASE_ADDRESS = "127.0.101.1"
+LAB_SSH_PORT = 2222
+LAB_HOSTS = 3
+OWNER_SUFFIX = ".lab-owner"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "e2e tests need root: the lab makes mount namespaces and runs libvirtd and sshd; "
+            "run them with sudo, or leave them out with -m 'not e2e'",
+            pytrace=False,
+        )
+
+
+def _process_identity(pid: int) -> str | None:
+    """pid plus start time: a pid alone may have been reused since it was written."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _take_down_labs_of_dead_sessions(pytest_tmp: Path) -> None:
+    for owner in pytest_tmp.glob(f"pytest-*/**/*{OWNER_SUFFIX}"):
+        recorded = owner.read_text().strip()
+        if _process_identity(int(recorded.split()[0])) == recorded:
+            continue  # a pytest session that is still running
+        root = owner.with_name(owner.name.removesuffix(OWNER_SUFFIX))
+        Lab(root).down()
+        owner.unlink()
+
+
+class LabMaker:
+    """Makes labs owned by this session and takes them all down at teardown."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[Lab, Path]] = []
+
+    def __call__(self, root: Path, base_address: str, ssh_port: int = LAB_SSH_PORT) -> Lab:
+        owner = root.with_name(root.name + OWNER_SUFFIX)
+        owner.write_text(f"{_process_identity(os.getpid())}\n")
+        lab = Lab(root, base_address=base_address, ssh_port=ssh_port)
+        self.made.append((lab, owner))
+        return lab
+
+    def take_down(self) -> None:
+        for lab, owner in reversed(self.made):
+            lab.down()
+            owner.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The session's 3-host lab: `lab.hosts`, `lab.info()`, `lab.exec_in(...)`,
+    `lab.stop_service(...)`; tests that stop a daemon start it again."""
+    require_root()
+    _take_down_labs_of_dead_sessions(tmp_path_factory.getbasetemp().parent)
+    maker = LabMaker()
+    try:
+        session_lab = maker(tmp_path_factory.mktemp("lab"), LAB_BASE_ADDRESS)
+        session_lab.up(LAB_HOSTS)
+        yield session_lab
+    finally:
+        maker.take_down()
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(lab: Lab) -> Path:
+    """The session lab's inventory.yaml, ready for `herd inventory apply`."""
+    return lab.info().inventory
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Callable[[str], Lab]]:
+    """A factory of private labs (not yet up) on a base address of the test's choosing,
+    taken down after the test whatever happened to them."""
+    require_root()
+    maker = LabMaker()
+    count = 0
+
+    def make(base_address: str) -> Lab:
+        nonlocal count
+        count += 1
+        return maker(tmp_path / f"lab{count}", base_address)
+
+    try:
+        yield make
+    finally:
+        maker.take_down()
