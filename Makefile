@@ -8,9 +8,11 @@ LAB_HOSTS ?= 3
 LAB_DIR   ?= /var/lib/herd-lab
 export HERD_LAB_DIR := $(LAB_DIR)
 
+# linux-image-cloud-amd64: the kernel the agent boots to probe whether KVM really works.
 APT_PACKAGES := python3 python3-venv python3-pip openssh-server openssh-client \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
-	qemu-system-x86 qemu-utils util-linux iproute2 procps
+	qemu-system-x86 qemu-utils util-linux iproute2 procps \
+	linux-image-cloud-amd64 busybox-static
 
 .PHONY: install system-packages demo demo-down test test-fast lint bench clean
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import grp
 import logging
 import os
 import platform
+import pwd
+import re
 import selectors
 import shutil
 import subprocess
@@ -64,13 +67,52 @@ def newest_kernel() -> Optional[str]:
     return max(kernels, key=os.path.getmtime) if kernels else None
 
 
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+_CONF_USER = re.compile(r'^\s*user\s*=\s*"([^"]+)"', re.MULTILINE)
+
+
+def qemu_user(conf: str = QEMU_CONF) -> str:
+    """The account libvirtd runs QEMU as: qemu.conf's ``user``, else Debian's default."""
+    with contextlib.suppress(OSError):
+        match = _CONF_USER.search(Path(conf).read_text())
+        if match:
+            return match.group(1).lstrip("+")
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam("libvirt-qemu").pw_name
+    return "root"
+
+
+def user_can_use(path: str, user: str) -> bool:
+    """Would ``user`` get read-write access to ``path`` by its mode bits?
+
+    The probe runs as root, which can open anything; QEMU runs as ``user`` and
+    cannot (a container without udev leaves /dev/kvm at 0600 root:root).
+    """
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return user == "root"
+    if account.pw_uid == 0:
+        return True
+    st = os.stat(path)
+    if st.st_uid == account.pw_uid:
+        return st.st_mode & 0o600 == 0o600
+    groups = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    if st.st_gid in groups:
+        return st.st_mode & 0o060 == 0o060
+    return st.st_mode & 0o006 == 0o006
+
+
 def device_access() -> Optional[str]:
-    """None when /dev/kvm can be opened read-write, else why not."""
+    """None when QEMU (as libvirt runs it) can open /dev/kvm read-write, else why not."""
     try:
         fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         return f"{KVM_DEVICE} is not accessible: {exc.strerror}"
     os.close(fd)
+    user = qemu_user()
+    if not user_can_use(KVM_DEVICE, user):
+        return f"{KVM_DEVICE} is not accessible to the QEMU user {user!r}"
     return None
 
 

@@ -88,3 +88,25 @@ def test_background_probe_result_is_none_until_done(
     probe = kvm.BackgroundProbe(state_dir)
     assert probe.result(0.01) is None
     assert probe.result(5) == kvm.Verdict(True, "ok")
+
+
+def test_qemu_user_comes_from_qemu_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('#user = "nobody"\nuser = "+0"\n')
+    assert kvm.qemu_user(str(conf)) == "0"
+    conf.write_text('user = "nobody"\n')
+    assert kvm.qemu_user(str(conf)) == "nobody"
+
+
+@pytest.mark.parametrize(
+    ("mode", "usable"),
+    [(0o600, False), (0o660, False), (0o666, True)],
+)
+def test_a_device_only_root_can_open_is_not_usable_by_qemu(
+    tmp_path: Path, mode: int, usable: bool
+) -> None:
+    device = tmp_path / "kvm"
+    device.write_text("")
+    device.chmod(mode)  # owned by root:root here, so only "other" bits reach nobody
+    assert kvm.user_can_use(str(device), "nobody") is usable
+    assert kvm.user_can_use(str(device), "root") is True
