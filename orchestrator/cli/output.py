@@ -7,6 +7,7 @@ go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -15,8 +16,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+
+def _console(stream: Any) -> Console:
+    """Rich's 80 columns for a pipe would cut UUIDs and addresses in logs and cron
+    mail; a terminal keeps its own width, COLUMNS still wins when set."""
+    wide = None if stream.isatty() or "COLUMNS" in os.environ else 200
+    return Console(file=stream, width=wide, highlight=False)
+
+
+out = _console(sys.stdout)
+err = _console(sys.stderr)
 
 STATE_STYLES = {
     "active": "green",
