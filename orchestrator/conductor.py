@@ -14,7 +14,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +79,7 @@ class Outcome:
     vm_state: str
     task_state: str | None
     error: str | None = None
+    failed_at: str | None = None  # the action event that failed: "schedule", "build", ...
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,12 @@ class Conductor:
         try:
             placements = await self.scheduler.place(specs)
         except NoValidHost as exc:
-            return [await self._fail(i, str(exc), event="schedule", host=None) for i in instances]
+            return [
+                replace(
+                    await self._fail(i, str(exc), event="schedule", host=None), failed_at="schedule"
+                )
+                for i in instances
+            ]
         hosts = await self._hosts()
         async with self.db.session() as db:
             for instance, placement in zip(instances, placements, strict=True):

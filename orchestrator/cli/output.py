@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-
 def _console(stream: Any) -> Console:
     """Rich's 80 columns for a pipe would cut UUIDs and addresses in logs and cron
     mail; a terminal keeps its own width, COLUMNS still wins when set."""

@@ -11,7 +11,7 @@ from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Outcome
-from orchestrator.errors import HerdError
+from orchestrator.errors import HerdError, NoValidHost
 
 app = typer.Typer(help="Create, inspect and delete servers.", no_args_is_help=True)
 
@@ -40,6 +40,8 @@ def _outcomes(outcomes: list[Outcome], as_json: bool, verb: str) -> None:
             )
         )
     failed = [o for o in outcomes if o.error]
+    if failed and all(o.failed_at == "schedule" for o in failed):
+        raise NoValidHost(failed[0].error or "no valid host")
     if failed:
         raise SomeFailed(f"{len(failed)} of {len(outcomes)} servers failed to {verb}")
 

@@ -1,0 +1,119 @@
+"""The operator contract, through the real `herd` process: bad input is one line on
+stderr with a meaningful exit code, and nothing already stored is lost."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.herdcli import HerdCli, assert_one_line_error
+
+CATALOG = """\
+flavors:
+  - name: m1.small
+    vcpus: 1
+    ram_mb: 512
+    disk_gb: 1
+images:
+  - name: blank
+    source: {source}
+    format: qcow2
+"""
+
+
+@pytest.fixture
+def herd(tmp_path: Path) -> HerdCli:
+    return HerdCli(tmp_path)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    image = tmp_path / "blank.qcow2"
+    image.write_bytes(b"QFI\xfb" + bytes(508))
+    path = tmp_path / "catalog.yaml"
+    path.write_text(CATALOG.format(source=image))
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again when the block ends
+
+
+def test_a_bad_inventory_line_names_file_line_and_field(herd: HerdCli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "flavors:\n  - name: m1.small\n    vcpus: many\n    ram_mb: 512\n    disk_gb: 1\n"
+    )
+    for verb in ("validate", "apply"):
+        line = assert_one_line_error(herd.run("inventory", verb, str(bad)), code=2)
+        assert f"{bad}:3" in line and "vcpus" in line
+    assert herd.ok("flavor", "list", "--json").json() == []
+
+
+def test_a_missing_inventory_file_is_one_line(herd: HerdCli, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert_one_line_error(herd.run("inventory", "apply", str(missing)), contains=str(missing))
+
+
+def test_unknown_names_are_not_found(herd: HerdCli, catalog: Path) -> None:
+    herd.ok("inventory", "apply", str(catalog))
+    assert_one_line_error(
+        herd.run("server", "create", "a", "--flavor", "m9.huge", "--image", "blank"),
+        code=3,
+        contains="m9.huge",
+    )
+    assert_one_line_error(
+        herd.run("server", "create", "a", "--flavor", "m1.small", "--image", "ghost"),
+        code=3,
+        contains="ghost",
+    )
+    assert_one_line_error(herd.run("server", "show", "nobody"), code=3, contains="nobody")
+    assert_one_line_error(herd.run("server", "delete", "nobody"), code=3, contains="nobody")
+    assert herd.servers() == []
+
+
+def test_no_host_is_no_valid_host_and_the_server_is_recorded_as_error(
+    herd: HerdCli, catalog: Path
+) -> None:
+    herd.ok("inventory", "apply", str(catalog))
+    result = herd.run(
+        "server", "create", "lonely", "--flavor", "m1.small", "--image", "blank", "--json"
+    )
+    assert_one_line_error(result, code=5, contains="no valid host")
+    # As in Nova, the request is not lost: the server is kept in ERROR with its fault.
+    (server,) = herd.servers()
+    assert server["name"] == "lonely" and server["vm_state"] == "error"
+    assert "no valid host" in herd.server("lonely")["faults"][0]["message"]
+
+
+def test_a_host_that_does_not_answer_is_one_line_and_marked_down(
+    herd: HerdCli, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(
+        "hosts:\n"
+        "  - name: ghost\n"
+        "    address: 127.0.0.1\n"
+        f"    ssh: {{port: {closed_port()}, known_hosts: {tmp_path / 'kh'}}}\n"
+    )
+    herd.ok("inventory", "apply", str(inventory))
+    assert_one_line_error(herd.run("host", "refresh", "ghost"), code=6, contains="ghost")
+    (host,) = herd.ok("host", "list", "--json").json()
+    assert host["name"] == "ghost" and host["status"] == "down"
+
+
+def test_an_unusable_database_url_is_one_line(herd: HerdCli) -> None:
+    herd.env["HERD_DATABASE_URL"] = "nosuchdb://x"
+    assert_one_line_error(herd.run("server", "list"), contains="HERD_DATABASE_URL")
+
+
+def test_validate_reports_changes_without_writing(herd: HerdCli, catalog: Path) -> None:
+    planned = herd.ok("inventory", "validate", str(catalog), "--json").json()
+    assert {(c["kind"], c["name"]) for c in planned} >= {("flavor", "m1.small"), ("image", "blank")}
+    assert herd.ok("flavor", "list", "--json").json() == []
+    herd.ok("inventory", "apply", str(catalog))
+    assert [f["name"] for f in herd.ok("flavor", "list", "--json").json()] == ["m1.small"]
