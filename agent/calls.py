@@ -59,6 +59,7 @@ class Agent:
         self._hello_lock = threading.Lock()
         self._handlers: Dict[str, Handler] = {
             "hello": self.hello,
+            "ping": self.ping,
             "facts": self.facts,
             "list": self.list,
             "image_status": self.image_status,
@@ -128,6 +129,10 @@ class Agent:
             "capabilities": self.capabilities,
             "facts": self.facts({}),
         }
+
+    def ping(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        """A liveness check that touches nothing: what round-trip latency is made of."""
+        return {}
 
     def facts(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         s = self.session

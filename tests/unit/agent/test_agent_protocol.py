@@ -166,9 +166,10 @@ def test_hello_sets_up_the_state_dir_and_reports_facts(state_dir: Path) -> None:
         {"state_dir": str(state_dir), "libvirt_uri": "test:///default", "domain_type": "qemu"},
     )
     assert hello["protocol"] == 1
-    assert {"hello", "facts", "list", "job_start", "job_wait", "build", "delete"} <= set(
+    assert {"hello", "ping", "facts", "list", "job_start", "job_wait", "build", "delete"} <= set(
         hello["capabilities"]
     )
+    assert agent_ping(state_dir) == {}
     facts = hello["facts"]
     assert facts["libvirt"]["ok"] is True
     assert facts["libvirt"]["version"]
@@ -267,3 +268,11 @@ def test_serve_answers_on_stdout_and_exits_at_eof(state_dir: Path) -> None:
     answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(a["id"], a["ok"]) for a in answers] == [(1, True), (2, True)]
     assert b"serving" in done.stderr
+
+
+def agent_ping(state_dir: Path) -> dict[str, Any]:
+    agent = Agent()
+    with pytest.raises(BadRequest, match="hello must be the first request"):
+        agent.dispatch("ping", {})
+    agent.dispatch("hello", {"state_dir": str(state_dir), "domain_type": "qemu"})
+    return agent.dispatch("ping", {})
