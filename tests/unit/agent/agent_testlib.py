@@ -8,13 +8,12 @@ import shutil
 import subprocess
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import markupsafe
 import pytest
+
+from orchestrator.rpc.bundle import agent_bundle
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATES = REPO / "templates"
@@ -52,25 +51,8 @@ needs_virsh = pytest.mark.skipif(shutil.which("virsh") is None, reason="needs vi
 
 
 def build_bundle(path: Path) -> Path:
-    """A zipapp laid out as the orchestrator ships the agent (see docs/protocol.md).
-
-    agent/, templates/ as the package herd_templates, pure-Python jinja2 and
-    markupsafe (their C speedups are optional and cannot load from a zip), and a
-    __main__.py calling agent.__main__.main().
-    """
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
-        bundle.writestr(
-            "__main__.py", "import sys\nfrom agent.__main__ import main\n\nsys.exit(main())\n"
-        )
-        for source in sorted((REPO / "agent").glob("*.py")):
-            bundle.write(source, f"agent/{source.name}")
-        for source in sorted(TEMPLATES.rglob("*")):
-            if source.suffix in (".py", ".j2"):
-                bundle.write(source, f"herd_templates/{source.relative_to(TEMPLATES)}")
-        for module in (jinja2, markupsafe):
-            root = Path(module.__file__).parent
-            for source in sorted(root.rglob("*.py")):
-                bundle.write(source, f"{root.name}/{source.relative_to(root)}")
+    """The very zipapp the orchestrator pushes to hosts, written to ``path``."""
+    path.write_bytes(agent_bundle().data)
     return path
 
 
