@@ -254,7 +254,7 @@ class HostView:
 
 
 async def list_hosts(db: Database) -> list[HostView]:
-    from orchestrator.scheduler.host_state import load_host_states
+    from orchestrator.scheduler.loader import load_host_states
 
     async with db.session() as session:
         hosts = {h.id: h for h in (await session.exec(select(Host).order_by(Host.name))).all()}

@@ -16,7 +16,8 @@ from orchestrator.db.engine import Database
 from orchestrator.errors import NoValidHost
 from orchestrator.scheduler.claims import release, try_claim
 from orchestrator.scheduler.filters import DEFAULT_FILTERS, HostFilter
-from orchestrator.scheduler.host_state import HostState, load_host_states
+from orchestrator.scheduler.host_state import HostState
+from orchestrator.scheduler.loader import load_host_states
 from orchestrator.scheduler.request import RequestSpec
 
 MAX_CLAIM_RETRIES = 10

@@ -11,7 +11,8 @@ import pytest
 from orchestrator.db.engine import Database
 from orchestrator.errors import NoValidHost
 from orchestrator.scheduler.filters import ComputeFilter, DiskFilter, RamFilter, VcpuFilter
-from orchestrator.scheduler.host_state import HostState, load_host_states
+from orchestrator.scheduler.host_state import HostState
+from orchestrator.scheduler.loader import load_host_states
 from orchestrator.scheduler.request import RequestSpec
 from orchestrator.scheduler.scheduler import FilterScheduler
 
