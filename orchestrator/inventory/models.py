@@ -223,10 +223,10 @@ class Capacity(_Frozen):
 
 
 class AllocationRatios(_Frozen):
-    """Overcommit factors; defaults are today's Nova initial ratios (not the old 16/1.5)."""
+    """Overcommit factors; defaults are Nova's classic cpu 16.0, ram 1.5, disk 1.0."""
 
-    cpu: Ratio = 4.0
-    ram: Ratio = 1.0
+    cpu: Ratio = 16.0
+    ram: Ratio = 1.5
     disk: Ratio = 1.0
 
 

@@ -38,6 +38,7 @@ def add_host(db: Database) -> AddHost:
             "last_seen_at": utcnow(),
             "reserved_ram_mb": 0,
             "cpu_ratio": 1.0,
+            "ram_ratio": 1.0,
         }
         fields.update(kw)
         async with db.session() as session:

@@ -24,7 +24,7 @@ def test_the_example_shows_defaults_at_work():
     hv1, hv2, _ = load_inventory(EXAMPLE).hosts
     assert hv2.ssh.port == 2222
     assert hv2.ssh.key == hv1.ssh.key == Path("~/.ssh/herd_ed25519").expanduser()
-    assert hv2.allocation_ratios == AllocationRatios(cpu=2.0, ram=1.0, disk=1.0)
+    assert hv2.allocation_ratios == AllocationRatios(cpu=2.0, ram=1.5, disk=1.0)
     assert hv1.labels == {"site": "par1", "rack": "r1", "ssd": "true"}
 
 

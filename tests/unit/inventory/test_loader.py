@@ -157,9 +157,9 @@ MISTAKES = [
         id="label-not-a-string",
     ),
     pytest.param(
-        HOST + "    capacity: {ram_mb: 512}\n",
+        HOST + "    capacity: {ram_mb: 256}\n",
         "inventory.yaml:4: hosts[0] (hv1).capacity.ram_mb: leaves nothing for instances "
-        "(512 x ratio 1.0 - reserved 512 <= 0)",
+        "(256 x ratio 1.5 - reserved 512 <= 0)",
         id="capacity-under-reserved",
     ),
     pytest.param(
@@ -318,7 +318,7 @@ def test_a_bad_default_is_told_once_however_many_hosts_it_reaches(in_tmp: Path):
         in_tmp,
         """
         defaults:
-          capacity: {ram_mb: 256}
+          capacity: {ram_mb: 300}
         hosts:
           - {name: hv1, address: 192.0.2.10}
           - {name: hv2, address: 192.0.2.11}
@@ -327,7 +327,7 @@ def test_a_bad_default_is_told_once_however_many_hosts_it_reaches(in_tmp: Path):
     )
     assert problems_of(path) == [
         "inventory.yaml:2: defaults.capacity.ram_mb: leaves nothing for instances "
-        "(256 x ratio 1.0 - reserved 512 <= 0)"
+        "(300 x ratio 1.5 - reserved 512 <= 0)"
     ]
 
 
@@ -465,7 +465,7 @@ def test_several_files_merge_in_order(in_tmp: Path):
 def test_hosts_get_built_in_defaults(in_tmp: Path):
     (host,) = load_inventory(write(in_tmp, HOST)).hosts
     assert host.ssh == SshSpec(user="root", port=22, key=Path.home() / ".ssh/id_ed25519")
-    assert host.allocation_ratios == AllocationRatios(cpu=4.0, ram=1.0, disk=1.0)
+    assert host.allocation_ratios == AllocationRatios(cpu=16.0, ram=1.5, disk=1.0)
     assert (host.reserved.vcpus, host.reserved.ram_mb, host.reserved.disk_gb) == (0, 512, 0)
     assert (host.capacity.vcpus, host.capacity.ram_mb, host.capacity.disk_gb) == (None,) * 3
     assert host.agent_dir == "/var/lib/herd"
