@@ -114,6 +114,12 @@ class Host(SQLModel, table=True):
     last_seen_at: datetime | None = _ts()
     last_error: str | None = None
 
+    # Consecutive failed builds, reset by a success: the build-failure weigher sinks
+    # a host that keeps failing (a broken libvirt) below the healthy ones.
+    failed_builds: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+
     # Placement's resource-provider generation: every claim bumps it, and a claim
     # made against a stale view of the host fails and is retried.
     generation: int = 0
@@ -162,6 +168,17 @@ class Image(SQLModel, table=True):
     updated_at: datetime | None = _ts()
 
 
+class ServerGroup(SQLModel, table=True):
+    """Nova's server group: members are placed together or apart by its policy."""
+
+    __tablename__ = "server_groups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    policy: str
+    created_at: datetime | None = _ts()
+
+
 class Instance(SQLModel, table=True):
     """A server. Flavor and image are copied in, as Nova embeds the flavor, so that
     editing or removing a flavor never changes what a running server is."""
@@ -184,6 +201,15 @@ class Instance(SQLModel, table=True):
         default=None,
         sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=True),
     )
+    group_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("server_groups.id", ondelete="RESTRICT"), nullable=True
+        ),
+    )
+    # What the scheduler needs to place the instance again (a reschedule, later a
+    # migration): Nova's RequestSpec — extra specs, image properties, zone, hints.
+    request_spec: dict[str, Any] = _json()
     vm_state: str = VmState.BUILDING
     task_state: str | None = TaskState.SCHEDULING
     power_state: str = PowerState.NOSTATE
