@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from orchestrator.db.models import Host
+from orchestrator.scheduler.request import RequestSpec
 
 
 @dataclass
@@ -36,6 +37,20 @@ class HostState:
     used_ram_mb: int = 0
     used_disk_gb: int = 0
     instances: int = 0
+    # "up" | "down" | "no-libvirt" | "unknown", as the loader derives it from the facts.
+    status: str = "up"
+    # None when the host has never answered; the compute filter compares it with
+    # `service_down_seconds`, like Nova's servicegroup check.
+    seen_seconds_ago: float | None = None
+    arch: str | None = None
+    domain_type: str | None = None
+    # Instances being built there right now: Nova's io_ops. Builds are the expensive
+    # moment (image copy, domain define), so the io_ops filter and weigher steer away.
+    builds_in_progress: int = 0
+    # Consecutive recent build failures, reset on success: a host that keeps failing
+    # sinks to the bottom (Nova's BuildFailureWeigher) instead of eating every retry.
+    failed_builds: int = 0
+    instance_uuids: set[str] = field(default_factory=set)
 
     @classmethod
     def from_host(cls, host: Host) -> HostState:
@@ -80,9 +95,12 @@ class HostState:
             (self.total_disk_gb or 0) * self.disk_ratio - self.reserved_disk_gb - self.used_disk_gb
         )
 
-    def consume(self, vcpus: int, ram_mb: int, disk_gb: int) -> None:
-        self.used_vcpus += vcpus
-        self.used_ram_mb += ram_mb
-        self.used_disk_gb += disk_gb
+    def consume(self, spec: RequestSpec) -> None:
+        """Account for an instance placed here, so the next spec of the request sees it."""
+        self.used_vcpus += spec.vcpus
+        self.used_ram_mb += spec.ram_mb
+        self.used_disk_gb += spec.disk_gb
         self.instances += 1
+        self.builds_in_progress += 1
+        self.instance_uuids.add(spec.instance_uuid)
         self.generation += 1
