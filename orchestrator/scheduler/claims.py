@@ -13,15 +13,17 @@ from sqlalchemy import delete, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.db.models import Allocation, Host, utcnow
-from orchestrator.scheduler.host_state import HostState
 from orchestrator.scheduler.request import RequestSpec
 
 
-async def try_claim(session: AsyncSession, host: HostState, spec: RequestSpec) -> bool:
-    """Claim on ``host`` as the scheduler saw it; False when the view was stale."""
+async def try_claim(
+    session: AsyncSession, host_id: int, generation: int, spec: RequestSpec
+) -> bool:
+    """Claim on the host as the scheduler saw it (at ``generation``); False when that
+    view was stale."""
     bumped = await session.exec(
         update(Host)
-        .where(Host.id == host.id, Host.generation == host.generation)  # type: ignore[arg-type]
+        .where(Host.id == host_id, Host.generation == generation)  # type: ignore[arg-type]
         .values(generation=Host.generation + 1)
     )
     if bumped.rowcount != 1:
@@ -29,7 +31,7 @@ async def try_claim(session: AsyncSession, host: HostState, spec: RequestSpec) -
     session.add(
         Allocation(
             instance_uuid=spec.instance_uuid,
-            host_id=host.id,
+            host_id=host_id,
             vcpus=spec.vcpus,
             ram_mb=spec.ram_mb,
             disk_gb=spec.disk_gb,

@@ -10,6 +10,8 @@ import pytest
 
 from orchestrator.db.engine import Database
 from orchestrator.errors import NoValidHost
+from orchestrator.scheduler.claims import release
+from orchestrator.scheduler.config import SchedulerConfig
 from orchestrator.scheduler.filters import ComputeFilter, DiskFilter, RamFilter, VcpuFilter
 from orchestrator.scheduler.host_state import HostState
 from orchestrator.scheduler.loader import load_host_states
@@ -64,8 +66,8 @@ async def test_instances_spread_by_free_ram_and_see_earlier_claims(db: Database,
     await add_host("a", ram_mb=4096)
     await add_host("b", ram_mb=4096)
     await add_host("c", ram_mb=4096)
-    placements = await FilterScheduler(db).place([spec() for _ in range(4)])
-    hosts = [p.host_name for p in placements]
+    plan = await FilterScheduler(db).place([spec() for _ in range(4)])
+    hosts = [p.host_name for p in plan.placements]
     assert sorted(hosts[:3]) == ["a", "b", "c"]
     async with db.session() as session:
         states = {s.name: s for s in await load_host_states(session)}
@@ -103,3 +105,51 @@ async def test_two_racing_schedulers_never_oversubscribe(db: Database, add_host)
     async with db.session() as session:
         (only,) = await load_host_states(session)
     assert only.used_ram_mb == 10 * 1024
+
+
+async def test_min_count_boots_what_fits_and_all_or_none_below_it(db: Database, add_host) -> None:
+    await add_host("a", ram_mb=3072)
+    specs = [spec(ram_mb=1024) for _ in range(5)]
+    plan = await FilterScheduler(db).place(specs, min_count=2)
+    assert len(plan.placements) == 3
+    assert set(plan.unplaced) == {s.instance_uuid for s in specs[3:]}
+    assert "ram" in next(iter(plan.unplaced.values()))
+
+    with pytest.raises(NoValidHost, match="0 of 2 placeable, 2 needed"):
+        await FilterScheduler(db).place([spec(ram_mb=1024) for _ in range(2)], min_count=2)
+    with pytest.raises(NoValidHost):
+        await FilterScheduler(db).place([spec(ram_mb=512), spec(ram_mb=512)])
+    async with db.session() as session:
+        (only,) = await load_host_states(session)
+    assert only.instances == 3  # the refused requests gave back what they had claimed
+
+
+async def test_placements_carry_alternates_and_a_reschedule_claims_one(
+    db: Database, add_host
+) -> None:
+    for name in ("a", "b", "c"):
+        await add_host(name, ram_mb=4096)
+    scheduler = FilterScheduler(db, SchedulerConfig(max_attempts=3))
+    request = spec(ram_mb=1024)
+    (placement,) = (await scheduler.place([request])).placements
+    assert len(placement.alternates) == 2
+    assert placement.host_id not in {host_id for host_id, _ in placement.alternates}
+
+    async with db.session() as session:
+        await release(session, request.instance_uuid)
+    chosen, refused = await scheduler.claim_alternate(request, placement.alternates)
+    assert chosen is not None and refused == []
+    assert chosen.host_id == placement.alternates[0][0]
+
+
+async def test_a_reschedule_skips_alternates_that_no_longer_fit(db: Database, add_host) -> None:
+    await add_host("a", ram_mb=4096)
+    await add_host("b", ram_mb=1024)
+    scheduler = FilterScheduler(db)
+    request = spec(ram_mb=1024)
+    (placement,) = (await scheduler.place([request])).placements
+    assert placement.host_name == "a" and [n for _, n in placement.alternates] == ["b"]
+    await scheduler.place([spec(ram_mb=1024)])  # lands on b: more free vCPU and disk than a
+    chosen, refused = await scheduler.claim_alternate(spec(ram_mb=1024), placement.alternates)
+    assert chosen is None
+    assert refused and refused[0].startswith("b: needs 1024 MiB")
