@@ -27,11 +27,15 @@ from orchestrator.db.models import (
     InstanceActionEvent,
     InstanceFault,
     JobState,
+    ServerGroup,
     TaskState,
     VmState,
     utcnow,
 )
 from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.scheduler.loader import request_specs
+from orchestrator.scheduler.request import GROUP_POLICIES
+from orchestrator.scheduler.scheduler import FilterScheduler, Plan
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_COUNT = 100
@@ -43,6 +47,15 @@ class CreateRequest:
     flavor: str
     image: str
     count: int = 1
+    # Nova's min_count: boot at least this many of `count`, or none (default: all).
+    min_count: int | None = None
+    group: str | None = None
+    availability_zone: str | None = None
+    host: str | None = None
+    # Scheduler hints, by server name or UUID: on a host holding one of these servers
+    # (same_host) or on none of theirs (different_host).
+    same_host: tuple[str, ...] = ()
+    different_host: tuple[str, ...] = ()
 
 
 def _choices(names: list[str]) -> str:
@@ -79,52 +92,137 @@ def instance_names(name: str, count: int) -> list[str]:
     return names
 
 
+async def _placement_constraints(
+    session: AsyncSession, request: CreateRequest
+) -> tuple[int | None, dict[str, Any]]:
+    """Check the request's group, zone, host and hints; return the group id and the
+    constraints stored with each instance for the scheduler (now and on reschedule)."""
+    if request.min_count is not None and not 1 <= request.min_count <= request.count:
+        raise InvalidInput(
+            f"--min-count must be between 1 and --count ({request.count}), not {request.min_count}"
+        )
+    group_id = None
+    if request.group is not None:
+        group = (
+            await session.exec(select(ServerGroup).where(ServerGroup.name == request.group))
+        ).first()
+        if group is None:
+            known = (await session.exec(select(ServerGroup.name))).all()
+            raise NotFound(f"server group {request.group!r} not found (known: {_names(known)})")
+        group_id = group.id
+    if request.availability_zone is not None:
+        zones = set((await session.exec(select(Host.availability_zone))).all())
+        if request.availability_zone not in zones:
+            raise NotFound(
+                f"availability zone {request.availability_zone!r} not found "
+                f"(known: {_names(zones)})"
+            )
+    if (
+        request.host is not None
+        and (await session.exec(select(Host).where(Host.name == request.host))).first() is None
+    ):
+        known = (await session.exec(select(Host.name))).all()
+        raise NotFound(f"host {request.host!r} not found (known: {_names(known)})")
+    hints: dict[str, list[str]] = {}
+    for hint, refs in (
+        ("same_host", request.same_host),
+        ("different_host", request.different_host),
+    ):
+        uuids = []
+        for ref in refs:
+            found = (
+                await session.exec(
+                    select(Instance.uuid).where(
+                        or_(Instance.name == ref, Instance.uuid == ref),
+                        Instance.vm_state != VmState.DELETED,
+                    )
+                )
+            ).all()
+            if not found:
+                raise NotFound(f"{hint} hint: server {ref!r} not found")
+            uuids.extend(found)
+        hints[hint] = sorted(uuids)
+    return group_id, {
+        "availability_zone": request.availability_zone,
+        "requested_host": request.host,
+        **hints,
+    }
+
+
+def _names(names: Any) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
 async def create_servers(db: Database, request: CreateRequest) -> list[Instance]:
     """Validate, then write the instance rows (building/scheduling) and their actions."""
-    names = instance_names(request.name, request.count)
     request_id = f"req-{uuid.uuid4()}"
     async with db.session() as session:
-        flavor = await _flavor(session, request.flavor)
-        image = await _image(session, request.image)
-        if image.min_ram_mb > flavor.ram_mb:
-            raise InvalidInput(
-                f"image {image.name!r} needs at least {image.min_ram_mb} MiB of RAM; "
-                f"flavor {flavor.name!r} has {flavor.ram_mb}"
-            )
-        if image.min_disk_gb > flavor.disk_gb:
-            raise InvalidInput(
-                f"image {image.name!r} needs at least {image.min_disk_gb} GiB of disk; "
-                f"flavor {flavor.name!r} has {flavor.disk_gb}"
-            )
-        taken = (
-            await session.exec(
-                select(Instance.name).where(
-                    col(Instance.name).in_(names), Instance.vm_state != VmState.DELETED
-                )
-            )
-        ).all()
-        if taken:
-            raise Conflict(f"a server named {sorted(taken)[0]!r} already exists")
-        now = utcnow()
-        instances = []
-        for name in names:
-            instance = Instance(
-                uuid=str(uuid.uuid4()),
-                name=name,
-                flavor_name=flavor.name,
-                vcpus=flavor.vcpus,
-                ram_mb=flavor.ram_mb,
-                disk_gb=flavor.disk_gb,
-                image_name=image.name,
-                image_id=image.id,
-                vm_state=VmState.BUILDING,
-                task_state=TaskState.SCHEDULING,
-                created_at=now,
-                updated_at=now,
-            )
+        instances = await _new_instances(session, request)
+        for instance in instances:
             session.add(instance)
             await start_action(session, instance.uuid, "create", request_id)
-            instances.append(instance)
+    return instances
+
+
+async def dry_run_plan(
+    db: Database, request: CreateRequest, scheduler: FilterScheduler
+) -> tuple[Plan, dict[str, str]]:
+    """Where `create` would put the servers, validated the same way, writing nothing."""
+    async with db.session() as session:
+        instances = await _new_instances(session, request)
+        specs = await request_specs(session, instances)
+    return await scheduler.plan(specs), {i.uuid: i.name for i in instances}
+
+
+async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[Instance]:
+    names = instance_names(request.name, request.count)
+    flavor = await _flavor(session, request.flavor)
+    image = await _image(session, request.image)
+    group_id, constraints = await _placement_constraints(session, request)
+    request_spec = {
+        "extra_specs": dict(flavor.extra_specs),
+        "image_properties": dict(image.properties),
+        **constraints,
+    }
+    if image.min_ram_mb > flavor.ram_mb:
+        raise InvalidInput(
+            f"image {image.name!r} needs at least {image.min_ram_mb} MiB of RAM; "
+            f"flavor {flavor.name!r} has {flavor.ram_mb}"
+        )
+    if image.min_disk_gb > flavor.disk_gb:
+        raise InvalidInput(
+            f"image {image.name!r} needs at least {image.min_disk_gb} GiB of disk; "
+            f"flavor {flavor.name!r} has {flavor.disk_gb}"
+        )
+    taken = (
+        await session.exec(
+            select(Instance.name).where(
+                col(Instance.name).in_(names), Instance.vm_state != VmState.DELETED
+            )
+        )
+    ).all()
+    if taken:
+        raise Conflict(f"a server named {sorted(taken)[0]!r} already exists")
+    now = utcnow()
+    instances = []
+    for name in names:
+        instance = Instance(
+            uuid=str(uuid.uuid4()),
+            name=name,
+            flavor_name=flavor.name,
+            vcpus=flavor.vcpus,
+            ram_mb=flavor.ram_mb,
+            disk_gb=flavor.disk_gb,
+            image_name=image.name,
+            image_id=image.id,
+            group_id=group_id,
+            request_spec=request_spec,
+            vm_state=VmState.BUILDING,
+            task_state=TaskState.SCHEDULING,
+            created_at=now,
+            updated_at=now,
+        )
+        instances.append(instance)
     return instances
 
 
@@ -154,6 +252,7 @@ class ServerView:
     faults: list[InstanceFault] = field(default_factory=list)
     actions: list[tuple[InstanceAction, list[InstanceActionEvent]]] = field(default_factory=list)
     jobs: list[AgentJob] = field(default_factory=list)
+    group: str | None = None
 
 
 async def host_names(session: AsyncSession) -> dict[int, str]:
@@ -203,8 +302,10 @@ async def show_server(db: Database, ref: str) -> ServerView:
                 .order_by(col(AgentJob.created_at))
             )
         ).all()
+        group = await session.get(ServerGroup, instance.group_id) if instance.group_id else None
     return ServerView(
         instance=instance,
+        group=group.name if group else None,
         host=names.get(instance.host_id) if instance.host_id else None,
         faults=list(faults),
         actions=[(a, [e for e in events if e.action_id == a.id]) for a in actions],
@@ -238,6 +339,8 @@ def server_dict(view: ServerView) -> dict[str, Any]:
         "vcpus": i.vcpus,
         "ram_mb": i.ram_mb,
         "disk_gb": i.disk_gb,
+        "group": view.group,
+        "request_spec": i.request_spec,
         "created_at": i.created_at.isoformat() if i.created_at else None,
         "launched_at": i.launched_at.isoformat() if i.launched_at else None,
         "deleted_at": i.deleted_at.isoformat() if i.deleted_at else None,
@@ -285,15 +388,7 @@ async def find_hosts(db: Database, names: list[str] | None) -> list[Host]:
 
 
 def host_status(host: Host) -> str:
-    if not host.enabled:
-        return "disabled"
-    if host.last_seen_at is None:
-        return "unknown" if host.last_error is None else "down"
-    if host.last_error:
-        return "down"
-    if host.libvirt_ok is False:
-        return "no-libvirt"
-    return "up"
+    return host.status
 
 
 def host_dict(view: HostView) -> dict[str, Any]:
@@ -348,3 +443,74 @@ async def list_flavors(db: Database) -> list[Flavor]:
 async def list_images(db: Database) -> list[Image]:
     async with db.session() as session:
         return list((await session.exec(select(Image).order_by(Image.name))).all())
+
+
+# -- server groups -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupView:
+    group: ServerGroup
+    members: list[tuple[str, str | None]]  # (server name, host name)
+
+
+async def create_group(db: Database, name: str, policy: str) -> ServerGroup:
+    if not NAME.match(name):
+        raise InvalidInput(
+            f"group name {name!r} is invalid: use letters, digits, '.', '_' or '-', "
+            "start with a letter or digit, at most 63 characters"
+        )
+    if policy not in GROUP_POLICIES:
+        raise InvalidInput(f"policy {policy!r} is not one of {', '.join(GROUP_POLICIES)}")
+    async with db.session() as session:
+        exists = (await session.exec(select(ServerGroup).where(ServerGroup.name == name))).first()
+        if exists is not None:
+            raise Conflict(f"a server group named {name!r} already exists")
+        group = ServerGroup(name=name, policy=policy, created_at=utcnow())
+        session.add(group)
+    return group
+
+
+async def list_groups(db: Database, names: list[str] | None = None) -> list[GroupView]:
+    async with db.session() as session:
+        query = select(ServerGroup).order_by(ServerGroup.name)
+        if names:
+            query = query.where(col(ServerGroup.name).in_(names))
+        groups = (await session.exec(query)).all()
+        missing = set(names or ()) - {g.name for g in groups}
+        if missing:
+            raise NotFound(f"server group {sorted(missing)[0]!r} not found")
+        rows = (
+            await session.exec(
+                select(Instance.group_id, Instance.name, Host.name)
+                .join(Host, col(Host.id) == col(Instance.host_id), isouter=True)
+                .where(Instance.group_id.is_not(None), Instance.vm_state != VmState.DELETED)  # type: ignore[union-attr]
+                .order_by(Instance.name)
+            )
+        ).all()
+    members: dict[int, list[tuple[str, str | None]]] = {}
+    for group_id, server, host in rows:
+        members.setdefault(group_id, []).append((server, host))
+    return [GroupView(g, members.get(g.id or 0, [])) for g in groups]
+
+
+async def delete_group(db: Database, name: str) -> None:
+    (view,) = await list_groups(db, [name])
+    if view.members:
+        raise Conflict(
+            f"server group {name!r} still has {len(view.members)} server(s): "
+            f"{', '.join(m for m, _ in view.members[:5])}; delete them first"
+        )
+    async with db.session() as session:
+        group = await session.get(ServerGroup, view.group.id)
+        if group is not None:
+            await session.delete(group)
+
+
+def group_dict(view: GroupView) -> dict[str, Any]:
+    return {
+        "name": view.group.name,
+        "policy": view.group.policy,
+        "members": [{"server": s, "host": h} for s, h in view.members],
+        "created_at": view.group.created_at,
+    }

@@ -15,6 +15,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,13 +48,23 @@ from orchestrator.errors import AgentError, HerdError, HostUnreachable, NoValidH
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release
+from orchestrator.scheduler.config import SchedulerConfig
+from orchestrator.scheduler.loader import request_specs
 from orchestrator.scheduler.request import RequestSpec
-from orchestrator.scheduler.scheduler import FilterScheduler
+from orchestrator.scheduler.scheduler import FilterScheduler, Placement
 
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT = 900.0
 DELETE_TIMEOUT = 300.0
+# Facts older than this are refreshed before scheduling (a warm session costs ~0.3 s).
+FACTS_MAX_AGE = 60.0
+
+
+def _age_seconds(moment: datetime) -> float:
+    if moment.tzinfo is None:  # SQLite drops the zone; we always store UTC
+        moment = moment.replace(tzinfo=UTC)
+    return (utcnow() - moment).total_seconds()
 
 
 class Progress(Protocol):
@@ -140,12 +151,13 @@ class Conductor:
         pool: AgentPool,
         progress: Progress | None = None,
         build_timeout: float = BUILD_TIMEOUT,
+        scheduler_config: SchedulerConfig | None = None,
     ) -> None:
         self.db = db
         self.pool = pool
         self.progress = progress or NullProgress()
         self.build_timeout = build_timeout
-        self.scheduler = FilterScheduler(db)
+        self.scheduler = FilterScheduler(db, scheduler_config)
         self._images: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- hosts ---------------------------------------------------------------
@@ -195,17 +207,32 @@ class Conductor:
 
     # -- build ---------------------------------------------------------------
 
-    async def build(self, instances: Sequence[Instance], *, wait: bool = True) -> list[Outcome]:
+    async def meet_hosts(self) -> None:
+        """Refresh the facts of enabled hosts not heard from lately, so the scheduler
+        places on what hosts have now (and sees which are down) without a cron job."""
         hosts = await self._hosts()
-        unknown = [h for h in hosts.values() if h.enabled and h.last_seen_at is None]
-        if unknown:
-            # Capacity comes from the agent's facts: meet new hosts before placing.
-            await self.contact_hosts(unknown)
+        stale = [
+            h
+            for h in hosts.values()
+            if h.enabled
+            and (h.last_seen_at is None or _age_seconds(h.last_seen_at) > FACTS_MAX_AGE)
+        ]
+        if stale:
+            await self.contact_hosts(stale)
+
+    async def specs_of(self, instances: Sequence[Instance]) -> list[RequestSpec]:
+        async with self.db.session() as db:
+            return await request_specs(db, instances)
+
+    async def build(
+        self, instances: Sequence[Instance], *, wait: bool = True, min_count: int | None = None
+    ) -> list[Outcome]:
+        await self.meet_hosts()
         for instance in instances:
             self.progress.update(instance, "scheduling")
-        specs = [RequestSpec(i.uuid, i.vcpus, i.ram_mb, i.disk_gb) for i in instances]
+        specs = await self.specs_of(instances)
         try:
-            placements = await self.scheduler.place(specs)
+            plan = await self.scheduler.place(specs, min_count=min_count)
         except NoValidHost as exc:
             return [
                 replace(
@@ -214,25 +241,100 @@ class Conductor:
                 for i in instances
             ]
         hosts = await self._hosts()
+        placed: list[tuple[Instance, RequestSpec, Placement]] = []
+        skipped: list[Outcome] = []
         async with self.db.session() as db:
-            for instance, placement in zip(instances, placements, strict=True):
+            for instance, spec in zip(instances, specs, strict=True):
                 row = await self._instance(db, instance.uuid)
+                placement = plan.host_of(instance.uuid)
+                action = await self._action(db, instance.uuid, "create")
+                if placement is None:
+                    # --min-count was met without it: like Nova, it is not booted at all.
+                    why = plan.unplaced.get(instance.uuid, "no valid host")
+                    await record_event(db, action, "schedule", False, None, why)
+                    await finish_action(db, action, "not booted")
+                    row.vm_state, row.task_state = VmState.DELETED, None
+                    row.deleted_at = row.updated_at = utcnow()
+                    db.add(row)
+                    self.progress.update(row, "not booted", detail=why)
+                    skipped.append(outcome_of(row, None))
+                    continue
                 row.host_id = placement.host_id
                 row.task_state = TaskState.BLOCK_DEVICE_MAPPING
                 row.updated_at = utcnow()
                 db.add(row)
-                action = await self._action(db, instance.uuid, "create")
                 await record_event(db, action, "schedule", True, placement.host_name)
-        return list(
-            await asyncio.gather(
-                *(
-                    self._build_one(instance, hosts[placement.host_id], wait=wait)
-                    for instance, placement in zip(instances, placements, strict=True)
-                )
+                placed.append((instance, spec, placement))
+        built = await asyncio.gather(
+            *(
+                self._build_with_retries(instance, spec, placement, hosts, wait=wait)
+                for instance, spec, placement in placed
             )
         )
+        by_uuid = {o.uuid: o for o in [*built, *skipped]}
+        return [by_uuid[i.uuid] for i in instances]
 
-    async def _build_one(self, instance: Instance, host: Host, *, wait: bool) -> Outcome:
+    async def _build_with_retries(
+        self,
+        instance: Instance,
+        spec: RequestSpec,
+        placement: Placement,
+        hosts: dict[int, Host],
+        *,
+        wait: bool,
+    ) -> Outcome:
+        """Build on the chosen host; when that fails, on the next alternate that still
+        passes the filters (Nova's reschedule), until the attempts run out."""
+        alternates = list(placement.alternates)
+        failures: list[str] = []
+        host = hosts[placement.host_id]
+        while True:
+            outcome = await self._build_one(instance, host, wait=wait, can_retry=bool(alternates))
+            if outcome.failed_at != "retry":
+                if outcome.error and failures:
+                    outcome = replace(outcome, error="; ".join([*failures, outcome.error]))
+                return outcome
+            failures.append(outcome.error or f"build failed on {host.name}")
+            self.progress.update(
+                instance, "rescheduling", host=host.name, detail=outcome.error or ""
+            )
+            fresh = await self.specs_of([instance])
+            chosen, refused = await self.scheduler.claim_alternate(fresh[0], alternates)
+            if chosen is None:
+                detail = "; ".join(refused) or "none left"
+                return await self._fail(
+                    instance,
+                    f"{'; '.join(failures)}; no alternate host could take it ({detail})",
+                    event="schedule",
+                    host=None,
+                )
+            alternates = alternates[[a[0] for a in alternates].index(chosen.host_id) + 1 :]
+            hosts = await self._hosts()
+            host = hosts[chosen.host_id]
+            async with self.db.session() as db:
+                row = await self._instance(db, instance.uuid)
+                row.host_id, row.task_state = chosen.host_id, TaskState.BLOCK_DEVICE_MAPPING
+                row.updated_at = utcnow()
+                db.add(row)
+                action = await self._action(db, instance.uuid, "create")
+                await record_event(db, action, "schedule", True, host.name)
+
+    async def _give_up_host(
+        self, db: Any, instance: Instance, host_name: str, error: str
+    ) -> Outcome:
+        """A build failed where it may be retried: record it, free the host, go back to
+        scheduling (in the caller's transaction)."""
+        row = await self._instance(db, instance.uuid)
+        record_fault(db, row.uuid, f"{error} (rescheduling)", host=host_name)
+        await release(db, row.uuid)
+        row.host_id, row.task_state = None, TaskState.SCHEDULING
+        row.updated_at = utcnow()
+        db.add(row)
+        return replace(outcome_of(row, host_name, error), failed_at="retry")
+
+    async def _build_one(
+        self, instance: Instance, host: Host, *, wait: bool, can_retry: bool = False
+    ) -> Outcome:
         target = target_of(host)
         self.progress.update(instance, "preparing image", host=host.name)
         try:
@@ -257,6 +359,9 @@ class Conductor:
             }
             await self.pool.cast(target, "build", args, job_id)
         except HerdError as exc:
+            if can_retry and wait:
+                return await self._retry_before_cast(instance, host, str(exc))
+            await self._count_build(host.id, ok=False)
             return await self._fail(instance, str(exc), event="build", host=host.name)
         await self._mark_job(job_id, JobState.RUNNING)
         if not wait:
@@ -264,10 +369,38 @@ class Conductor:
             return Outcome(
                 instance.uuid, instance.name, host.name, VmState.BUILDING, TaskState.SPAWNING
             )
-        return await self.follow(job_id, target)
+        return await self.follow(job_id, target, retry=can_retry)
+
+    async def _retry_before_cast(self, instance: Instance, host: Host, error: str) -> Outcome:
+        """The host failed before the job started (unreachable, image refused)."""
+        await self._count_build(host.id, ok=False)
+        message = f"build failed on {host.name}: {error}"
+        async with self.db.session() as db:
+            action = await self._action(db, instance.uuid, "create")
+            open_event = await self._open_event(db, action, "build")
+            if open_event is not None:
+                await finish_event(db, open_event, False, error)
+            else:
+                await record_event(db, action, "build", False, host.name, error)
+            await db.exec(  # a job row that was never cast is over
+                AgentJob.__table__.update()  # type: ignore[attr-defined]
+                .where(AgentJob.instance_uuid == instance.uuid, AgentJob.collected_at.is_(None))  # type: ignore[union-attr]
+                .values(
+                    state=JobState.FAILED, error=error, finished_at=utcnow(), collected_at=utcnow()
+                )
+            )
+            return await self._give_up_host(db, instance, host.name, message)
+
+    async def _count_build(self, host_id: int | None, *, ok: bool) -> None:
+        """Consecutive failures per host, for the build-failure weigher; success resets."""
+        async with self.db.session() as db:
+            row = await db.get(Host, host_id)
+            if row is not None:
+                row.failed_builds = 0 if ok else row.failed_builds + 1
+                db.add(row)
 
     async def follow(
-        self, job_id: str, target: HostTarget, timeout: float | None = None
+        self, job_id: str, target: HostTarget, timeout: float | None = None, *, retry: bool = False
     ) -> Outcome:
         """Follow a cast job to its end and record the result; when the host stops
         answering, the job stays recorded for a later `herd server wait` to collect."""
@@ -282,11 +415,14 @@ class Conductor:
                 self.progress.update(instance, "unknown", host=target.name, detail=message)
                 return outcome_of(instance, target.name, message)
             raise
-        return await self.apply_job(job_id, record)
+        return await self.apply_job(job_id, record, retry=retry)
 
-    async def apply_job(self, job_id: str, record: dict[str, Any]) -> Outcome:
+    async def apply_job(
+        self, job_id: str, record: dict[str, Any], *, retry: bool = False
+    ) -> Outcome:
         """Bring the DB in line with a finished job: the one place results land,
-        whether the caster, `herd server wait` or reconcile collected them."""
+        whether the caster, `herd server wait` or reconcile collected them. With
+        ``retry``, a failed build goes back to scheduling instead of ERROR."""
         state = record.get("state")
         error = (record.get("error") or {}).get("message")
         async with self.db.session() as db:
@@ -309,21 +445,30 @@ class Conductor:
                 error = "the job's runner on the host died before it finished (host rebooted?)"
             event = await self._open_event(db, job.action_id, job.op)
             await finish_event(db, event, ok, None if ok else error)
-            if job.op == "build":
-                self._apply_build(instance, ok)
-            elif job.op == "delete":
-                self._apply_delete(instance, ok)
-            if not ok:
-                record_fault(
-                    db, instance.uuid, f"{job.op} failed on {host_name}: {error}", host=host_name
-                )
-            if instance.vm_state in (VmState.ERROR, VmState.DELETED):
-                await release(db, instance.uuid)
-            await finish_action(db, job.action_id, None if ok else "error")
-            instance.updated_at = utcnow()
-            db.add(instance)
+            if job.op == "build" and host is not None:
+                host.failed_builds = 0 if ok else host.failed_builds + 1
+                db.add(host)
+            gave_up: Outcome | None = None
+            if job.op == "build" and retry and not ok and instance.vm_state == VmState.BUILDING:
+                message = f"build failed on {host_name}: {error}"
+                gave_up = await self._give_up_host(db, instance, host_name or "?", message)
+            else:
+                if job.op == "build":
+                    self._apply_build(instance, ok)
+                elif job.op == "delete":
+                    self._apply_delete(instance, ok)
+                if not ok:
+                    message = f"{job.op} failed on {host_name}: {error}"
+                    record_fault(db, instance.uuid, message, host=host_name)
+                if instance.vm_state in (VmState.ERROR, VmState.DELETED):
+                    await release(db, instance.uuid)
+                await finish_action(db, job.action_id, None if ok else "error")
+                instance.updated_at = utcnow()
+                db.add(instance)
         if host is not None:
             await self._forget(target_of(host), job_id)
+        if gave_up is not None:
+            return gave_up
         failure = None if ok else f"{job.op} failed on {host_name}: {error}"
         self.progress.update(
             instance, instance.vm_state if ok else "error", host=host_name, detail=failure or ""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from orchestrator.conductor import Conductor, Progress
+from orchestrator.config import load_config
 from orchestrator.db.engine import Database, open_database
 from orchestrator.rpc.pool import AgentPool
 
@@ -24,10 +25,11 @@ class Herd:
 
 @asynccontextmanager
 async def herd(progress: Progress | None = None) -> AsyncIterator[Herd]:
+    config = load_config()
     db = await open_database()
     pool = AgentPool()
     try:
-        yield Herd(db, pool, Conductor(db, pool, progress))
+        yield Herd(db, pool, Conductor(db, pool, progress, scheduler_config=config.scheduler))
     finally:
         await pool.close()
         await db.dispose()

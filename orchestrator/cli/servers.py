@@ -8,10 +8,12 @@ import typer
 
 from orchestrator import api
 from orchestrator.cli.context import herd, run_async
+from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Outcome
-from orchestrator.errors import HerdError, NoValidHost
+from orchestrator.errors import HerdError, InvalidInput, NoValidHost
+from orchestrator.scheduler.scheduler import Plan
 
 app = typer.Typer(help="Create, inspect and delete servers.", no_args_is_help=True)
 
@@ -46,28 +48,97 @@ def _outcomes(outcomes: list[Outcome], as_json: bool, verb: str) -> None:
         raise SomeFailed(f"{len(failed)} of {len(outcomes)} servers failed to {verb}")
 
 
+def _hints(hints: list[str]) -> dict[str, tuple[str, ...]]:
+    """`--hint same_host=web-1` as in `openstack server create --hint`."""
+    known = ("same_host", "different_host")
+    parsed: dict[str, list[str]] = {k: [] for k in known}
+    for hint in hints:
+        key, sep, value = hint.partition("=")
+        if not sep or key not in known or not value:
+            raise InvalidInput(
+                f"--hint {hint!r}: expected KEY=SERVER with KEY one of {', '.join(known)}"
+            )
+        parsed[key].append(value)
+    return {k: tuple(v) for k, v in parsed.items()}
+
+
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="Server name; NAME-1..N with --count.")],
     flavor: Annotated[str, typer.Option(help="Flavor name (herd flavor list).")],
     image: Annotated[str, typer.Option(help="Image name (herd image list).")],
     count: Annotated[int, typer.Option(help="How many servers to boot.")] = 1,
+    min_count: Annotated[
+        int | None,
+        typer.Option(help="Boot at least this many of --count, or none (default: all)."),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Server group (herd group create) to place by.")
+    ] = None,
+    availability_zone: Annotated[
+        str | None, typer.Option("--availability-zone", help="Only hosts of this zone.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Only this host (the filters still apply).")
+    ] = None,
+    hint: Annotated[
+        list[str] | None,
+        typer.Option(help="same_host=SERVER or different_host=SERVER; repeatable."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show where the servers would go; change nothing.")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show every host's filter verdict and weights.")
+    ] = False,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Boot servers: schedule, claim, and build them on their hosts concurrently."""
+    request = api.CreateRequest(
+        name=name,
+        flavor=flavor,
+        image=image,
+        count=count,
+        min_count=min_count,
+        group=group,
+        availability_zone=availability_zone,
+        host=host,
+        **_hints(hint or []),
+    )
+    if dry_run:
+        plan, names = run_async(_dry_run(request))
+        show_plan(plan, names, as_json=as_json, explain=explain)
+        return
 
-    async def main() -> list[Outcome]:
-        request = api.CreateRequest(name=name, flavor=flavor, image=image, count=count)
+    async def main() -> tuple[list[Outcome], Plan | None, dict[str, str]]:
         progress = None if as_json else LiveProgress(f"Creating {name}")
         async with herd(progress) as h:
             instances = await api.create_servers(h.db, request)
+            names = {i.uuid: i.name for i in instances}
+            plan = None
+            if explain:
+                await h.conductor.meet_hosts()
+                plan = await h.conductor.scheduler.plan(await h.conductor.specs_of(instances))
             if progress is None:
-                return await h.conductor.build(instances, wait=wait)
-            with progress:
-                return await h.conductor.build(instances, wait=wait)
+                outcomes = await h.conductor.build(instances, wait=wait, min_count=min_count)
+            else:
+                with progress:
+                    outcomes = await h.conductor.build(instances, wait=wait, min_count=min_count)
+            return outcomes, plan, names
 
-    _outcomes(run_async(main()), as_json, "build")
+    outcomes, plan, names = run_async(main())
+    if plan is not None and not as_json:
+        show_plan(plan, names, as_json=False, explain=True, placements=False)
+    _outcomes(outcomes, as_json, "build")
+
+
+async def _dry_run(request: api.CreateRequest) -> tuple[Plan, dict[str, str]]:
+    """Plan against the real DB inside a transaction that is rolled back: the rows
+    the request would write are visible to the scheduler, and nothing is kept."""
+    async with herd() as h:
+        await h.conductor.meet_hosts()
+        return await api.dry_run_plan(h.db, request, h.conductor.scheduler)
 
 
 @app.command("list")
@@ -139,14 +210,13 @@ def show(
     grid = table(None, ("field", "value"), [])
     for key in (
         "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
-        "vcpus", "ram_mb", "disk_gb", "created_at", "launched_at", "deleted_at",
+        "vcpus", "ram_mb", "disk_gb", "group", "created_at", "launched_at", "deleted_at",
     ):  # fmt: skip
         value = data[key]
         grid.add_row(
             key, styled(value) if key == "vm_state" else ("-" if value is None else str(value))
         )
-    if view.faults:
-        fault = view.faults[0]
+    for fault in view.faults[:5]:  # newest first: a reschedule leaves one per host
         grid.add_row("fault", f"[red]{fault.message}[/red] ({age(fault.created_at)})")
     pending = [j for j in view.jobs if j.collected_at is None]
     if pending:

@@ -127,6 +127,19 @@ class Host(SQLModel, table=True):
     updated_at: datetime | None = _ts()
 
     @property
+    def status(self) -> str:
+        """disabled | unknown (never contacted) | down | no-libvirt | up, as last seen."""
+        if not self.enabled:
+            return "disabled"
+        if self.last_seen_at is None:
+            return "unknown" if self.last_error is None else "down"
+        if self.last_error:
+            return "down"
+        if self.libvirt_ok is False:
+            return "no-libvirt"
+        return "up"
+
+    @property
     def total_vcpus(self) -> int | None:
         return self.override_vcpus if self.override_vcpus is not None else self.vcpus
 

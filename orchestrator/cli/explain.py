@@ -1,0 +1,76 @@
+"""`--dry-run` and `--explain`: where servers go, and why every host was or was not
+chosen — the answer Nova's "No valid host was found" never gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.cli.output import out, print_json, table
+from orchestrator.scheduler.engine import HostVerdict
+from orchestrator.scheduler.scheduler import Plan, summarise
+
+
+def plan_dict(plan: Plan, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "placements": [
+            {
+                "server": names.get(p.instance_uuid, p.instance_uuid),
+                "host": p.host_name,
+                "alternates": [name for _, name in p.alternates],
+            }
+            for p in plan.placements
+        ],
+        "unplaced": [
+            {"server": names.get(u, u), "reason": reason} for u, reason in plan.unplaced.items()
+        ],
+        "summary": summarise(plan.total_hosts, plan.explanation),
+        "explanation": [verdict_dict(v) for v in plan.explanation],
+    }
+
+
+def verdict_dict(verdict: HostVerdict) -> dict[str, Any]:
+    return {
+        "host": verdict.host_name,
+        "passed": verdict.passed,
+        "filter": verdict.filter,
+        "reason": verdict.reason,
+        "scores": verdict.scores,
+        "total": verdict.total,
+    }
+
+
+def show_plan(
+    plan: Plan,
+    names: dict[str, str],
+    *,
+    as_json: bool,
+    explain: bool,
+    placements: bool = True,
+) -> None:
+    if as_json:
+        print_json(plan_dict(plan, names))
+        return
+    if explain:
+        out.print(explanation_table(plan))
+    if placements:
+        rows = [
+            (names.get(p.instance_uuid), p.host_name, ", ".join(n for _, n in p.alternates) or "-")
+            for p in plan.placements
+        ]
+        rows += [(names.get(u), "-", f"not placed: {why}") for u, why in plan.unplaced.items()]
+        out.print(table("plan (dry run)", ("server", "host", "alternates"), rows))
+
+
+def explanation_table(plan: Plan) -> Any:
+    weighers = sorted({name for v in plan.explanation for name in v.scores})
+    rows = []
+    for verdict in plan.explanation:
+        if verdict.passed:
+            scores = [f"{verdict.scores.get(w, 0.0):.3g}" for w in weighers]
+            total = f"{verdict.total:.3g}" if verdict.total is not None else "-"
+            rows.append((verdict.host_name, "[green]pass[/]", "", *scores, total))
+        else:
+            refusal = f"[red]{verdict.filter}[/]: {verdict.reason}"
+            rows.append((verdict.host_name, "[red]no[/]", refusal, *("" for _ in weighers), ""))
+    title = f"scheduler: {summarise(plan.total_hosts, plan.explanation)}"
+    return table(title, ("host", "fits", "refused by", *weighers, "total"), rows)

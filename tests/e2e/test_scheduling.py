@@ -1,0 +1,106 @@
+"""The scheduler on real hosts: groups spread for real, and a host whose libvirt
+fails the build makes herd reschedule to an alternate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.herdcli import HerdCli, assert_one_line_error
+
+pytestmark = pytest.mark.e2e
+
+QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+@pytest.fixture
+def herd(tmp_path: Path, lab, lab_inventory: Path) -> Iterator[HerdCli]:
+    cli = HerdCli(tmp_path)
+    cli.ok("inventory", "apply", str(lab_inventory))
+    yield cli
+    names = [s["name"] for s in cli.servers()]
+    if names:
+        cli.run("server", "delete", *names)
+    for group in cli.ok("group", "list", "--json").json():
+        cli.run("group", "delete", group["name"])
+
+
+def domain_state(lab, host: str, instance_uuid: str) -> str | None:
+    done = lab.exec_in(host, ["virsh", "-c", "qemu:///system", "domstate", f"herd-{instance_uuid}"])
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_an_anti_affinity_group_of_three_lands_on_three_hosts(herd: HerdCli, lab) -> None:
+    herd.ok("group", "create", "apart", "--policy", "anti-affinity")
+    created = herd.ok(
+        "server", "create", "apart", "--flavor", "m1.nano", "--image", "blank",
+        "--count", "3", "--group", "apart", "--json",
+    ).json()  # fmt: skip
+    assert {c["vm_state"] for c in created} == {"active"}
+    assert len({c["host"] for c in created}) == 3
+    for c in created:
+        assert domain_state(lab, c["host"], c["uuid"]) == "running"
+    (group,) = herd.ok("group", "list", "--json").json()
+    assert sorted(m["host"] for m in group["members"]) == sorted(h.name for h in lab.hosts)
+
+    # A fourth member has nowhere to go, and the error says why for every host.
+    refused = herd.run(
+        "server", "create", "apart-4", "--flavor", "m1.nano", "--image", "blank",
+        "--group", "apart", "--json",
+    )  # fmt: skip
+    assert_one_line_error(refused, code=5, contains="0/3 hosts fit: 3 anti_affinity")
+
+
+def test_an_affinity_group_stays_on_one_host(herd: HerdCli, lab) -> None:
+    herd.ok("group", "create", "together", "--policy", "affinity")
+    created = herd.ok(
+        "server", "create", "together", "--flavor", "m1.nano", "--image", "blank",
+        "--count", "3", "--group", "together", "--json",
+    ).json()  # fmt: skip
+    assert {c["vm_state"] for c in created} == {"active"}
+    assert len({c["host"] for c in created}) == 1
+
+
+def test_a_failing_host_makes_the_build_reschedule_to_an_alternate(herd: HerdCli, lab) -> None:
+    broken, *healthy = (h.name for h in lab.hosts)
+    # Make the broken host the most attractive: the healthy ones each run a server.
+    for host in healthy:
+        herd.ok("server", "create", f"load-{host}", "--flavor", "m1.nano", "--image", "blank",
+                "--host", host)  # fmt: skip
+    plan = herd.ok(
+        "server", "create", "moved", "--flavor", "m1.nano", "--image", "blank",
+        "--dry-run", "--json",
+    ).json()  # fmt: skip
+    assert plan["placements"][0]["host"] == broken
+    assert set(plan["placements"][0]["alternates"]) == set(healthy)
+
+    # Its QEMU now fails for real: libvirt cannot start (or even probe) the binary.
+    lab.exec_in(broken, ["mount", "--bind", "/bin/false", QEMU], check=True)
+    try:
+        (created,) = herd.ok(
+            "server", "create", "moved", "--flavor", "m1.nano", "--image", "blank", "--json"
+        ).json()
+    finally:
+        lab.exec_in(broken, ["umount", QEMU], check=True)
+        lab.stop_service(broken, "libvirtd")  # forget the capabilities it probed meanwhile
+        lab.start_service(broken, "libvirtd")
+
+    assert created["vm_state"] == "active" and created["host"] in healthy
+    assert domain_state(lab, created["host"], created["uuid"]) == "running"
+    assert domain_state(lab, broken, created["uuid"]) is None
+
+    shown = herd.server("moved")
+    (fault,) = shown["faults"]
+    assert fault["host"] == broken and "(rescheduling)" in fault["message"]
+    (create,) = herd.ok("server", "actions", "moved", "--json").json()
+    steps = [(e["event"], e["host"], e["result"]) for e in create["events"]]
+    assert steps == [
+        ("schedule", broken, "success"),
+        ("build", broken, "error"),
+        ("schedule", created["host"], "success"),
+        ("build", created["host"], "success"),
+    ]
+    hosts = {h["name"]: h for h in herd.ok("host", "list", "--json").json()}
+    assert hosts[broken]["instances"] == 0  # the failed attempt gave its claim back
