@@ -13,8 +13,13 @@ from orchestrator.db.models import Flavor, Host, Image, utcnow
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(f"sqlite:///{tmp_path / 'herd.db'}")
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'herd.db'}"
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await open_database(db_url)
     yield database
     await database.dispose()
 
