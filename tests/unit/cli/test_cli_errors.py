@@ -117,3 +117,48 @@ def test_validate_reports_changes_without_writing(herd: HerdCli, catalog: Path) 
     assert herd.ok("flavor", "list", "--json").json() == []
     herd.ok("inventory", "apply", str(catalog))
     assert [f["name"] for f in herd.ok("flavor", "list", "--json").json()] == ["m1.small"]
+
+
+def test_dry_run_explains_why_no_host_fits_and_creates_nothing(
+    herd: HerdCli, catalog: Path, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(
+        "hosts:\n"
+        "  - name: ghost\n"
+        "    address: 127.0.0.1\n"
+        f"    ssh: {{port: {closed_port()}, known_hosts: {tmp_path / 'kh'}}}\n"
+        "  - name: resting\n"
+        "    address: 127.0.0.2\n"
+        "    enabled: false\n"
+    )
+    herd.ok("inventory", "apply", str(inventory), str(catalog))
+    plan = herd.ok(
+        "server", "create", "x", "--flavor", "m1.small", "--image", "blank",
+        "--dry-run", "--explain", "--json",
+    ).json()  # fmt: skip
+    assert plan["placements"] == []
+    assert [u["server"] for u in plan["unplaced"]] == ["x"]
+    assert plan["summary"].startswith("0/2 hosts fit: 2 compute")
+    reasons = {v["host"]: v["reason"] for v in plan["explanation"]}
+    assert reasons["resting"] == "disabled"
+    assert reasons["ghost"].startswith("down")
+    assert herd.servers() == []
+
+    table = herd.ok(
+        "server",
+        "create",
+        "x",
+        "--flavor",
+        "m1.small",
+        "--image",
+        "blank",
+        "--dry-run",
+        "--explain",
+    ).stdout
+    assert "0/2 hosts fit" in table and "not placed" in table
+    assert_one_line_error(
+        herd.run("server", "create", "x", "--flavor", "m1.small", "--image", "blank",
+                 "--group", "nope", "--dry-run"),
+        code=3, contains="server group 'nope' not found",
+    )  # fmt: skip
