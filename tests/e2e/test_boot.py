@@ -109,23 +109,19 @@ def test_an_unknown_host_key_is_refused_until_trusted(
     herd.ok("inventory", "apply", str(lab_inventory))
 
 
-def test_a_host_that_is_down_fails_only_its_own_servers(herd: HerdCli, lab) -> None:
-    herd.ok("host", "refresh")
+def test_a_host_that_is_down_fails_only_its_own_servers(herd: HerdCli, lab, tmp_path: Path) -> None:
+    # No alternates: the server placed on the dead host must fail, not be rescheduled.
+    config = tmp_path / "config.yaml"
+    config.write_text("scheduler:\n  max_attempts: 1\n")
+    herd.env["HERD_CONFIG"] = str(config)
+    herd.ok("host", "refresh")  # all hosts seen just now: the scheduler trusts them
     victim = lab.hosts[1].name
     lab.stop_service(victim, "sshd")
     try:
         result = herd.run(
-            "server",
-            "create",
-            "mixed",
-            "--flavor",
-            "m1.nano",
-            "--image",
-            "blank",
-            "--count",
-            "3",
-            "--json",
-        )
+            "server", "create", "mixed", "--flavor", "m1.nano", "--image", "blank",
+            "--count", "3", "--json",
+        )  # fmt: skip
     finally:
         lab.start_service(victim, "sshd")
     assert result.code != 0
@@ -142,6 +138,25 @@ def test_a_host_that_is_down_fails_only_its_own_servers(herd: HerdCli, lab) -> N
     # The failed server gave its claim back.
     usage = {h["name"]: h for h in herd.ok("host", "list", "--json").json()}
     assert usage[victim]["instances"] == 0
+
+
+def test_a_server_placed_on_a_dead_host_is_rescheduled(herd: HerdCli, lab) -> None:
+    herd.ok("host", "refresh")
+    victim = lab.hosts[1].name
+    lab.stop_service(victim, "sshd")
+    try:
+        created = herd.ok(
+            "server", "create", "saved", "--flavor", "m1.nano", "--image", "blank",
+            "--count", "3", "--json",
+        ).json()  # fmt: skip
+    finally:
+        lab.start_service(victim, "sshd")
+    assert {c["vm_state"] for c in created} == {"active"}
+    assert victim not in {c["host"] for c in created}
+    moved = [herd.server(c["name"]) for c in created if herd.server(c["name"])["faults"]]
+    assert len(moved) == 1
+    (fault,) = moved[0]["faults"]
+    assert fault["host"] == victim and "(rescheduling)" in fault["message"]
 
 
 def test_a_second_build_of_the_same_instance_is_harmless(herd: HerdCli, lab) -> None:
