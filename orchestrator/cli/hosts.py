@@ -20,9 +20,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 def _usage(used: int, total: int | None, ratio: float, reserved: int, unit: str = "") -> str:
     if total is None:
         return f"{used}{unit}/?"
-    capacity = total * ratio - reserved
+    capacity = int(total * ratio - reserved)  # what the RAM/vCPU/disk filters allow
     ratio_note = f" (x{ratio:g})" if ratio != 1 else ""
-    return f"{used}/{capacity:g}{unit}{ratio_note}"
+    return f"{used}/{capacity}{unit}{ratio_note}"
 
 
 @app.command("list")
