@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lab import Lab
+from tests.e2e.herdcli import HerdCli
 
 LAB_BASE_ADDRESS = "127.0.101.1"
 LAB_SSH_PORT = 2222
@@ -109,3 +110,17 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[[str], Lab]]:
         yield make
     finally:
         maker.take_down()
+
+
+@pytest.fixture
+def herd(tmp_path: Path, lab: Lab, lab_inventory: Path) -> Iterator[HerdCli]:
+    """A herd with its own DB and the session lab's inventory applied; the servers and
+    groups a test made are deleted after it."""
+    cli = HerdCli(tmp_path)
+    cli.ok("inventory", "apply", str(lab_inventory))
+    yield cli
+    names = [s["name"] for s in cli.servers()]
+    if names:
+        cli.run("server", "delete", *names)
+    for group in cli.ok("group", "list", "--json").json():
+        cli.run("group", "delete", group["name"])

@@ -82,3 +82,9 @@ def assert_one_line_error(result: Result, *, code: int | None = None, contains: 
     assert lines[0].startswith("herd: error: "), lines[0]
     assert contains in lines[0], f"{contains!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def domain_state(lab: Any, host: str, instance_uuid: str) -> str | None:
+    """The domain's state in that lab host's own libvirtd, or None when it has none."""
+    done = lab.exec_in(host, ["virsh", "-c", "qemu:///system", "domstate", f"herd-{instance_uuid}"])
+    return done.stdout.strip() if done.returncode == 0 else None

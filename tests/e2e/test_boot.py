@@ -8,31 +8,14 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.e2e.herdcli import HerdCli, assert_one_line_error, domain_state
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def herd(tmp_path: Path, lab, lab_inventory: Path) -> Iterator[HerdCli]:
-    """A herd with its own DB, the lab's inventory applied; its servers are deleted after."""
-    cli = HerdCli(tmp_path)
-    cli.ok("inventory", "apply", str(lab_inventory))
-    yield cli
-    names = [s["name"] for s in cli.servers()]
-    if names:
-        cli.run("server", "delete", *names)
-
-
-def domain_state(lab, host: str, instance_uuid: str) -> str | None:
-    done = lab.exec_in(host, ["virsh", "-c", "qemu:///system", "domstate", f"herd-{instance_uuid}"])
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def instance_dir_exists(lab, host: str, instance_uuid: str) -> bool:

@@ -3,33 +3,13 @@ fails the build makes herd reschedule to an alternate."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.e2e.herdcli import HerdCli, assert_one_line_error, domain_state
 
 pytestmark = pytest.mark.e2e
 
 QEMU = "/usr/bin/qemu-system-x86_64"
-
-
-@pytest.fixture
-def herd(tmp_path: Path, lab, lab_inventory: Path) -> Iterator[HerdCli]:
-    cli = HerdCli(tmp_path)
-    cli.ok("inventory", "apply", str(lab_inventory))
-    yield cli
-    names = [s["name"] for s in cli.servers()]
-    if names:
-        cli.run("server", "delete", *names)
-    for group in cli.ok("group", "list", "--json").json():
-        cli.run("group", "delete", group["name"])
-
-
-def domain_state(lab, host: str, instance_uuid: str) -> str | None:
-    done = lab.exec_in(host, ["virsh", "-c", "qemu:///system", "domstate", f"herd-{instance_uuid}"])
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def test_an_anti_affinity_group_of_three_lands_on_three_hosts(herd: HerdCli, lab) -> None:
