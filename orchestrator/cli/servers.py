@@ -178,17 +178,21 @@ def list_(
     )
 
 
+def _server_view(ref: str) -> api.ServerView:
+    async def main() -> api.ServerView:
+        async with herd() as h:
+            return await api.show_server(h.db, ref)
+
+    return run_async(main())
+
+
 @app.command()
 def show(
     name: Annotated[str, typer.Argument(help="Name or UUID.")], as_json: JsonOpt = False
 ) -> None:
     """Show one server: states, host, the latest faults and its actions."""
 
-    async def main() -> api.ServerView:
-        async with herd() as h:
-            return await api.show_server(h.db, name)
-
-    view = run_async(main())
+    view = _server_view(name)
     data = api.server_dict(view)
     data["faults"] = [
         {"message": f.message, "host": f.host, "code": f.code, "created_at": f.created_at}
@@ -230,11 +234,7 @@ def actions(
 ) -> None:
     """List a server's actions with their events (start, finish, result, host, error)."""
 
-    async def main() -> api.ServerView:
-        async with herd() as h:
-            return await api.show_server(h.db, name)
-
-    view = run_async(main())
+    view = _server_view(name)
     if as_json:
         print_json(
             [

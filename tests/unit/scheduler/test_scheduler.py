@@ -13,25 +13,14 @@ from orchestrator.errors import NoValidHost
 from orchestrator.scheduler.claims import release
 from orchestrator.scheduler.config import SchedulerConfig
 from orchestrator.scheduler.filters import ComputeFilter, DiskFilter, RamFilter, VcpuFilter
-from orchestrator.scheduler.host_state import HostState
 from orchestrator.scheduler.loader import load_host_states
 from orchestrator.scheduler.request import RequestSpec
 from orchestrator.scheduler.scheduler import FilterScheduler
+from tests.unit.scheduler.test_filters import state
 
 
 def spec(ram_mb: int = 1024, vcpus: int = 1, disk_gb: int = 10) -> RequestSpec:
     return RequestSpec(str(uuid.uuid4()), vcpus, ram_mb, disk_gb)
-
-
-def state(**kw: object) -> HostState:
-    fields: dict[str, object] = {
-        "id": 1, "name": "hv1", "enabled": True, "libvirt_ok": True, "libvirt_error": None,
-        "total_vcpus": 4, "total_ram_mb": 4096, "total_disk_gb": 100, "cpu_ratio": 1.0,
-        "ram_ratio": 1.0, "disk_ratio": 1.0, "reserved_vcpus": 0, "reserved_ram_mb": 0,
-        "reserved_disk_gb": 0, "generation": 0, "last_seen_at": None,
-    }  # fmt: skip
-    fields.update(kw)
-    return HostState(**fields)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
