@@ -23,12 +23,14 @@ from agent.kvm import BackgroundProbe
 from agent.ops import JOBS
 from agent.runner import Runners
 from agent.specs import sha256
+from agent.specs import uuid as uuid_arg
 from agent.virt import Virsh
 
 log = logging.getLogger(__name__)
 
 DOMAIN_TYPE_MODES = ("auto", "kvm", "qemu")
 MAX_WAIT = 600.0
+CONSOLE_MAX_BYTES = 1 << 20  # read at most the last MiB of a console log
 _POLL = 0.05
 
 Handler = Callable[[Mapping[str, Any]], Dict[str, Any]]
@@ -64,6 +66,10 @@ class Agent:
             "list": self.list,
             "image_status": self.image_status,
             "image_commit": self.image_commit,
+            "image_fetch": self.image_fetch,
+            "image_list": self.image_list,
+            "image_remove": self.image_remove,
+            "console_log": self.console_log,
             "job_start": self.job_start,
             "job_status": self.job_status,
             "job_wait": self.job_wait,
@@ -156,6 +162,39 @@ class Agent:
             raise BadRequest("upload must be the path of the uploaded file")
         cached = images.commit(self.session.state_dir, digest, Path(os.path.abspath(upload)))
         return {"path": str(cached.path), "size": cached.size}
+
+    def image_fetch(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        """Download a URL, or copy a path on this host, into the cache (see images.fetch)."""
+        source = args.get("source")
+        if not isinstance(source, str) or not source:
+            raise BadRequest("source must be an http(s) URL or an absolute path")
+        digest = sha256(args, "sha256") if args.get("sha256") is not None else None
+        cached, actual = images.fetch(self.session.state_dir, source, digest)
+        return {"sha256": actual, "path": str(cached.path), "size": cached.size}
+
+    def image_list(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        return {"images": images.list_cached(self.session.state_dir)}
+
+    def image_remove(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        return {"removed": images.remove(self.session.state_dir, sha256(args, "sha256"))}
+
+    def console_log(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        """The tail of an instance's serial console log (virtlogd writes it)."""
+        path = self.session.state_dir / "instances" / uuid_arg(args, "uuid") / "console.log"
+        lines = args.get("lines", 100)
+        if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= 100000:
+            raise BadRequest("lines must be an integer from 1 to 100000")
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - CONSOLE_MAX_BYTES))
+                data = fh.read()
+        except FileNotFoundError:
+            raise NotFound("this instance has no console log on this host") from None
+        text = data.decode("utf-8", "replace")
+        tail = text.splitlines()[-lines:]
+        return {"lines": tail, "size": size, "truncated": size > CONSOLE_MAX_BYTES}
 
     def job_start(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         job_id = check_job_id(args.get("job_id"))

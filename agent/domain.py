@@ -12,7 +12,9 @@ import functools
 import importlib.resources
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import jinja2
 
@@ -58,7 +60,18 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render(spec: BuildSpec, arch: str, disk_path: Path, console_log: Path) -> str:
+@dataclass(frozen=True)
+class InstanceFiles:
+    """Where one instance's files live on the host (all in its instance directory)."""
+
+    disk: Path
+    console_log: Path
+    seed: Optional[Path] = None
+    kernel: Optional[Path] = None
+    initrd: Optional[Path] = None
+
+
+def render(spec: BuildSpec, arch: str, files: InstanceFiles) -> str:
     """The domain XML for ``spec``; raises ``TemplateError`` if it does not check out."""
     xml_text = (
         environment()
@@ -73,8 +86,13 @@ def render(spec: BuildSpec, arch: str, disk_path: Path, console_log: Path) -> st
             arch=arch,
             machine=_MACHINES.get(arch),
             x86=arch in ("x86_64", "i686"),
-            disk_path=str(disk_path),
-            console_log=str(console_log),
+            disk_path=str(files.disk),
+            console_log=str(files.console_log),
+            seed_path=str(files.seed) if files.seed else None,
+            kernel_path=str(files.kernel) if files.kernel else None,
+            initrd_path=str(files.initrd) if files.initrd else None,
+            cmdline=spec.boot.cmdline if spec.boot else "",
+            nics=spec.nics,
             agent_version=__version__,
         )
     )
@@ -101,6 +119,8 @@ def validate(xml_text: str, spec: BuildSpec) -> None:
             spec.instance.name,
         ),
     }
+    macs = [m.get("address") for m in root.iterfind("devices/interface/mac")]
+    expected["NIC MACs"] = (macs, [nic.mac for nic in spec.nics])
     for what, (got, want) in expected.items():
         if got != want:
             raise TemplateError(f"rendered domain XML: {what} is {got!r}, expected {want!r}")

@@ -9,6 +9,7 @@ a reschedule elsewhere starts from a clean host.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import platform
@@ -52,10 +53,6 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
     if existing is not None:
         return _adopt(virsh, existing, disk)
 
-    base = images.status(ctx.state_dir, spec.image.sha256)
-    if not base.present:
-        raise NotFound(f"image {spec.image.sha256} is not in this host's cache")
-
     undo: List[Callable[[], None]] = []
     try:
         if inst_dir.exists():
@@ -65,8 +62,29 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
         ensure_dir(inst_dir.parent, DIR_MODE)
         ensure_dir(inst_dir, DIR_MODE)
         undo.append(lambda: shutil.rmtree(inst_dir, ignore_errors=True))
-        create_overlay(base.path, spec.image.format, disk, spec.flavor.disk_gb)
-        xml_text = domain.render(spec, platform.machine(), disk, inst_dir / "console.log")
+        cached = {}
+        with images.cache_lock(ctx.state_dir):
+            for digest in spec.image_digests:
+                entry = images.status(ctx.state_dir, digest)
+                if not entry.present:
+                    raise NotFound(f"image {digest} is not in this host's cache")
+                cached[digest] = entry.path
+            images.record_use(inst_dir, spec.image_digests)
+        create_overlay(cached[spec.image.sha256], spec.image.format, disk, spec.flavor.disk_gb)
+        files = domain.InstanceFiles(disk=disk, console_log=inst_dir / "console.log")
+        if spec.boot is not None:
+            # Copies, as Nova keeps them: libvirt relabels a guest's kernel and initrd
+            # while it runs, which must not touch the shared cache.
+            kernel = copy_file(cached[spec.boot.kernel], inst_dir / "kernel")
+            initrd = None
+            if spec.boot.ramdisk:
+                initrd = copy_file(cached[spec.boot.ramdisk], inst_dir / "ramdisk")
+            files = dataclasses.replace(files, kernel=kernel, initrd=initrd)
+        if spec.seed is not None:
+            seed = inst_dir / "seed.iso"
+            atomic_write_bytes(seed, spec.seed, mode=FILE_MODE)
+            files = dataclasses.replace(files, seed=seed)
+        xml_text = domain.render(spec, platform.machine(), files)
         xml_path = inst_dir / "domain.xml"
         atomic_write_bytes(xml_path, xml_text.encode("utf-8"))
         virsh.define(str(xml_path))
@@ -115,6 +133,14 @@ def create_overlay(base: Path, base_format: str, disk: Path, disk_gb: int) -> No
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, target)
+    return target
 
 
 def remove_domain(virsh: Virsh, name: str) -> None:

@@ -6,9 +6,11 @@ The orchestrator is trusted, but a malformed request must fail as ``BadRequest``
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from agent.errors import BadRequest
 
@@ -19,6 +21,13 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 DOMAIN_TYPES = ("kvm", "qemu")
 IMAGE_FORMATS = ("qcow2", "raw")
+NIC_KINDS = ("user", "bridge", "network")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# Bridge and libvirt network names: what `ip link` and `virsh net-define` accept.
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+MAX_SEED_BYTES = 4 * 1024 * 1024
+MAX_CMDLINE = 2048
+MAX_NICS = 16
 
 
 def obj(args: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
@@ -99,11 +108,92 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Nic:
+    mac: str
+    kind: str
+    source: Optional[str]
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """Direct kernel boot: a kernel and initramfs from the image cache, and a command line."""
+
+    kernel: str  # sha256 of a cached image
+    ramdisk: Optional[str]
+    cmdline: str
+
+
+def _boot(args: Mapping[str, Any]) -> Optional[BootFiles]:
+    raw = args.get("boot")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise BadRequest("build: boot must be an object")
+    cmdline = raw.get("cmdline", "")
+    if not isinstance(cmdline, str) or len(cmdline) > MAX_CMDLINE or _CONTROL_RE.search(cmdline):
+        raise BadRequest(
+            f"build: boot.cmdline must be one line of at most {MAX_CMDLINE} characters"
+        )
+    return BootFiles(
+        kernel=sha256(raw, "kernel", "build: boot."),
+        ramdisk=sha256(raw, "ramdisk", "build: boot.") if raw.get("ramdisk") is not None else None,
+        cmdline=cmdline,
+    )
+
+
+def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:
+    raw = args.get("nics", [])
+    if not isinstance(raw, list) or len(raw) > MAX_NICS:
+        raise BadRequest(f"build: nics must be a list of at most {MAX_NICS} objects")
+    nics: List[Nic] = []
+    for index, item in enumerate(raw):
+        where = f"build: nics[{index}]."
+        if not isinstance(item, Mapping):
+            raise BadRequest(f"build: nics[{index}] must be an object")
+        mac = item.get("mac")
+        if not isinstance(mac, str) or not MAC_RE.match(mac):
+            raise BadRequest(f"{where}mac must be a MAC address like 02:68:64:0a:0b:0c")
+        kind = choice(item, "kind", where, NIC_KINDS)
+        source = item.get("source")
+        if kind == "user":
+            source = None
+        elif not isinstance(source, str) or not _SOURCE_RE.match(source):
+            raise BadRequest(f"{where}source must name the {kind} to attach to")
+        nics.append(Nic(mac=mac, kind=kind, source=source))
+    return tuple(nics)
+
+
+def _seed(args: Mapping[str, Any]) -> Optional[bytes]:
+    raw = args.get("seed")
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > MAX_SEED_BYTES * 4 // 3 + 4:
+        raise BadRequest(f"build: seed must be base64 of at most {MAX_SEED_BYTES} bytes")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("build: seed is not valid base64") from None
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     instance: Instance
     flavor: Flavor
     image: Image
     domain_type: str
+    boot: Optional[BootFiles] = None
+    nics: Tuple[Nic, ...] = ()
+    seed: Optional[bytes] = None  # the NoCloud ISO, made by the orchestrator
+
+    @property
+    def image_digests(self) -> List[str]:
+        """Every cached image this instance's files come from."""
+        digests = [self.image.sha256]
+        if self.boot is not None:
+            digests.append(self.boot.kernel)
+            if self.boot.ramdisk:
+                digests.append(self.boot.ramdisk)
+        return digests
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> BuildSpec:
@@ -130,6 +220,9 @@ class BuildSpec:
                 properties=mapping(img, "properties", "build: image."),
             ),
             domain_type=choice(args, "domain_type", "build: ", DOMAIN_TYPES),
+            boot=_boot(args),
+            nics=_nics(args),
+            seed=_seed(args),
         )
 
     @property

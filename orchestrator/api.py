@@ -27,12 +27,20 @@ from orchestrator.db.models import (
     InstanceActionEvent,
     InstanceFault,
     JobState,
+    KeyPair,
     ServerGroup,
     TaskState,
     VmState,
     utcnow,
 )
 from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.networking import (
+    PortView,
+    allocate_ports,
+    ports_by_instance,
+    ports_of,
+    resolve_networks,
+)
 from orchestrator.scheduler.loader import request_specs
 from orchestrator.scheduler.request import GROUP_POLICIES
 from orchestrator.scheduler.scheduler import FilterScheduler, Plan
@@ -56,6 +64,27 @@ class CreateRequest:
     # (same_host) or on none of theirs (different_host).
     same_host: tuple[str, ...] = ()
     different_host: tuple[str, ...] = ()
+    # One port per network, in order; none given: the default network, if any.
+    networks: tuple[str, ...] = ()
+    key_name: str | None = None
+    user_data: str | None = None  # already checked by cloudinit.check_user_data
+
+
+NOT_BOOTABLE = {"aki": "a kernel (aki)", "ari": "a ramdisk (ari)"}
+
+
+def hostname_of(name: str) -> str:
+    """The guest's hostname: the server name made a DNS label (Nova's sanitisation)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower().replace("_", "-").replace(".", "-"))
+    return label.strip("-")[:63] or "server"
+
+
+async def _key_pair(session: AsyncSession, name: str) -> KeyPair:
+    row = (await session.exec(select(KeyPair).where(KeyPair.name == name))).first()
+    if row is None:
+        known = (await session.exec(select(KeyPair.name))).all()
+        raise NotFound(f"key pair {name!r} not found (known: {', '.join(sorted(known)) or 'none'})")
+    return row
 
 
 def _choices(names: list[str]) -> str:
@@ -158,9 +187,11 @@ async def create_servers(db: Database, request: CreateRequest) -> list[Instance]
     request_id = f"req-{uuid.uuid4()}"
     async with db.session() as session:
         instances = await _new_instances(session, request)
+        networks = await resolve_networks(session, request.networks)
         for instance in instances:
             session.add(instance)
             await start_action(session, instance.uuid, "create", request_id)
+            await allocate_ports(session, instance.uuid, networks)
     return instances
 
 
@@ -170,6 +201,7 @@ async def dry_run_plan(
     """Where `create` would put the servers, validated the same way, writing nothing."""
     async with db.session() as session:
         instances = await _new_instances(session, request)
+        await resolve_networks(session, request.networks)
         specs = await request_specs(session, instances)
     return await scheduler.plan(specs), {i.uuid: i.name for i in instances}
 
@@ -178,6 +210,12 @@ async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[
     names = instance_names(request.name, request.count)
     flavor = await _flavor(session, request.flavor)
     image = await _image(session, request.image)
+    if image.format in NOT_BOOTABLE:
+        raise InvalidInput(
+            f"image {image.name!r} is {NOT_BOOTABLE[image.format]}, not a bootable disk; "
+            "boot the disk image whose kernel_id/ramdisk_id name it"
+        )
+    key = await _key_pair(session, request.key_name) if request.key_name else None
     group_id, constraints = await _placement_constraints(session, request)
     request_spec = {
         "extra_specs": dict(flavor.extra_specs),
@@ -216,6 +254,10 @@ async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[
             image_name=image.name,
             image_id=image.id,
             group_id=group_id,
+            hostname=hostname_of(name),
+            key_name=key.name if key else None,
+            key_data=key.public_key if key else None,
+            user_data=request.user_data,
             request_spec=request_spec,
             vm_state=VmState.BUILDING,
             task_state=TaskState.SCHEDULING,
@@ -253,6 +295,12 @@ class ServerView:
     actions: list[tuple[InstanceAction, list[InstanceActionEvent]]] = field(default_factory=list)
     jobs: list[AgentJob] = field(default_factory=list)
     group: str | None = None
+    ports: list[PortView] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> str:
+        """``net=ip`` per port, as `openstack server list` shows them."""
+        return ", ".join(f"{p.network}={p.ip or p.mac}" for p in self.ports)
 
 
 async def host_names(session: AsyncSession) -> dict[int, str]:
@@ -267,7 +315,11 @@ async def list_servers(db: Database, *, include_deleted: bool = False) -> list[S
             query = query.where(Instance.vm_state != VmState.DELETED)
         instances = (await session.exec(query)).all()
         names = await host_names(session)
-    return [ServerView(i, names.get(i.host_id) if i.host_id else None) for i in instances]
+        ports = await ports_by_instance(session, [i.uuid for i in instances])
+    return [
+        ServerView(i, names.get(i.host_id) if i.host_id else None, ports=ports.get(i.uuid, []))
+        for i in instances
+    ]
 
 
 async def show_server(db: Database, ref: str) -> ServerView:
@@ -303,7 +355,9 @@ async def show_server(db: Database, ref: str) -> ServerView:
             )
         ).all()
         group = await session.get(ServerGroup, instance.group_id) if instance.group_id else None
+        ports = await ports_of(session, instance.uuid)
     return ServerView(
+        ports=ports,
         instance=instance,
         group=group.name if group else None,
         host=names.get(instance.host_id) if instance.host_id else None,
@@ -340,6 +394,9 @@ def server_dict(view: ServerView) -> dict[str, Any]:
         "ram_mb": i.ram_mb,
         "disk_gb": i.disk_gb,
         "group": view.group,
+        "hostname": i.hostname,
+        "key_name": i.key_name,
+        "addresses": [p.to_dict() for p in view.ports],
         "request_spec": i.request_spec,
         "created_at": i.created_at.isoformat() if i.created_at else None,
         "launched_at": i.launched_at.isoformat() if i.launched_at else None,

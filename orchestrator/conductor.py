@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 
 from sqlmodel import col, select
 
+from orchestrator import cloudinit
 from orchestrator.actions import (
     finish_action,
     finish_event,
@@ -32,9 +32,7 @@ from orchestrator.actions import (
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     AgentJob,
-    Flavor,
     Host,
-    Image,
     Instance,
     InstanceAction,
     InstanceActionEvent,
@@ -44,7 +42,10 @@ from orchestrator.db.models import (
     VmState,
     utcnow,
 )
-from orchestrator.errors import AgentError, HerdError, HostUnreachable, NoValidHost
+from orchestrator.errors import HerdError, HostUnreachable, NoValidHost
+from orchestrator.guest_config import load_guest_config
+from orchestrator.image_delivery import Delivery, ImageDelivery
+from orchestrator.networking import release_ports
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release
@@ -158,7 +159,7 @@ class Conductor:
         self.progress = progress or NullProgress()
         self.build_timeout = build_timeout
         self.scheduler = FilterScheduler(db, scheduler_config)
-        self._images: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.images = ImageDelivery(db, pool)
 
     # -- hosts ---------------------------------------------------------------
 
@@ -255,6 +256,7 @@ class Conductor:
                     await finish_action(db, action, "not booted")
                     row.vm_state, row.task_state = VmState.DELETED, None
                     row.deleted_at = row.updated_at = utcnow()
+                    await release_ports(db, row.uuid)
                     db.add(row)
                     self.progress.update(row, "not booted", detail=why)
                     skipped.append(outcome_of(row, None))
@@ -338,25 +340,16 @@ class Conductor:
         target = target_of(host)
         self.progress.update(instance, "preparing image", host=host.name)
         try:
-            image, flavor = await self._image_and_flavor(instance)
-            await self._ensure_image(target, image)
+            async with self.db.session() as db:
+                config = await load_guest_config(db, await self._instance(db, instance.uuid))
+            deliveries = await asyncio.gather(
+                *(self.images.ensure(target, image) for image in config.images)
+            )
+            await self._record_deliveries(instance, host.name, deliveries)
+            seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
+            args = config.build_args(instance, host.domain_type or "qemu", seed)
             job_id = await self._record_job(instance, host, "build", TaskState.SPAWNING)
             self.progress.update(instance, "spawning", host=host.name)
-            args = {
-                "instance": {
-                    "uuid": instance.uuid,
-                    "name": instance.name,
-                    "hostname": instance.name,
-                },
-                "flavor": flavor,
-                "image": {
-                    "name": image.name,
-                    "sha256": image.sha256,
-                    "format": image.format,
-                    "properties": image.properties,
-                },
-                "domain_type": host.domain_type or "qemu",
-            }
             await self.pool.cast(target, "build", args, job_id)
         except HerdError as exc:
             if can_retry and wait:
@@ -462,6 +455,8 @@ class Conductor:
                     record_fault(db, instance.uuid, message, host=host_name)
                 if instance.vm_state in (VmState.ERROR, VmState.DELETED):
                     await release(db, instance.uuid)
+                if instance.vm_state == VmState.DELETED:
+                    await release_ports(db, instance.uuid)
                 await finish_action(db, job.action_id, None if ok else "error")
                 instance.updated_at = utcnow()
                 db.add(instance)
@@ -524,6 +519,7 @@ class Conductor:
                 row.vm_state, row.task_state = VmState.DELETED, None
                 row.deleted_at = row.updated_at = utcnow()
                 await release(db, row.uuid)
+                await release_ports(db, row.uuid)
                 await finish_action(db, action.id)
                 db.add(row)
                 self.progress.update(row, "deleted")
@@ -573,53 +569,14 @@ class Conductor:
 
     # -- helpers -------------------------------------------------------------
 
-    async def _ensure_image(self, target: HostTarget, image: Image) -> None:
-        """Put the image in the host's cache once, however many instances need it."""
-        if not image.sha256:
-            raise HerdError(f"image {image.name!r} has no checksum; re-apply the inventory")
-        key = (target.name, image.sha256)
-        task = self._images.get(key)
-        if task is None or (task.done() and task.exception() is not None):
-            task = asyncio.ensure_future(self._push_image(target, image))
-            self._images[key] = task
-        await asyncio.shield(task)
-
-    async def _push_image(self, target: HostTarget, image: Image) -> None:
-        status = await self.pool.call(target, "image_status", {"sha256": image.sha256})
-        if status.get("present"):
-            return
-        source = Path(image.source)
-        if not source.is_file():
-            raise HerdError(
-                f"image {image.name!r}: source {image.source} is not a file on this machine"
-            )
-        session = await self.pool.session(target)
-        remote = f"{target.agent_dir}/images/incoming/{image.sha256}.{secrets.token_hex(4)}.part"
-        await session.upload(source, remote)
-        try:
-            await self.pool.call(
-                target, "image_commit", {"sha256": image.sha256, "upload": remote}, timeout=600
-            )
-        except AgentError as exc:
-            raise HerdError(
-                f"image {image.name!r} was refused by host {target.name}: {exc}"
-            ) from exc
-
-    async def _image_and_flavor(self, instance: Instance) -> tuple[Image, dict[str, Any]]:
+    async def _record_deliveries(
+        self, instance: Instance, host: str, deliveries: Sequence[Delivery]
+    ) -> None:
+        """An ``image`` event on the create action saying what had to be transferred."""
         async with self.db.session() as db:
-            image = await db.get(Image, instance.image_id) if instance.image_id else None
-            flavor = (
-                await db.exec(select(Flavor).where(Flavor.name == instance.flavor_name))
-            ).first()
-        if image is None:
-            raise HerdError(f"image {instance.image_name!r} no longer exists")
-        return image, {
-            "name": instance.flavor_name,
-            "vcpus": instance.vcpus,
-            "ram_mb": instance.ram_mb,
-            "disk_gb": instance.disk_gb,
-            "extra_specs": dict(flavor.extra_specs) if flavor else {},
-        }
+            action = await self._action(db, instance.uuid, "create")
+            details = "; ".join(d.describe(host) for d in deliveries)
+            await record_event(db, action, "image", True, host, details)
 
     async def _record_job(
         self, instance: Instance, host: Host, op: str, task_state: str, action_id: int | None = None

@@ -12,7 +12,7 @@ from orchestrator.cli.output import err, out, print_json, table
 from orchestrator.inventory.apply import Change, apply_inventory
 from orchestrator.inventory.loader import load_inventory
 
-app = typer.Typer(help="Hosts, flavors and images from YAML files.", no_args_is_help=True)
+app = typer.Typer(help="Hosts, flavors, images and networks from YAML files.", no_args_is_help=True)
 Files = Annotated[list[Path], typer.Argument(help="Inventory YAML files (merged).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -53,7 +53,7 @@ def validate(files: Files, as_json: JsonOpt = False) -> None:
     if not as_json:
         err.print(
             f"inventory OK: {len(inventory.hosts)} hosts, {len(inventory.flavors)} flavors, "
-            f"{len(inventory.images)} images"
+            f"{len(inventory.images)} images, {len(inventory.networks)} networks"
         )
 
 

@@ -6,10 +6,12 @@ Errors are LabError, turned into one line and an exit code by the main CLI.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import typer
+import yaml
 from rich.table import Table
 
 from orchestrator.cli.output import err, print_json
@@ -22,6 +24,7 @@ from orchestrator.lab import (
     Lab,
     LabHostStatus,
     LabInfo,
+    guest_image,
 )
 
 app = typer.Typer(
@@ -136,3 +139,24 @@ def _status_table(rows: list[LabHostStatus]) -> Table:
 
 def _alive(value: bool) -> str:
     return "[green]up[/green]" if value else "[red]down[/red]"
+
+
+@app.command()
+def image(
+    output: Path = typer.Option(
+        Path("herd-test-image"), "--output", "-o", help="Directory for the image's files."
+    ),
+    kernel: str | None = typer.Option(
+        None, "--kernel", help="Kernel version (default: the newest in /boot with modules)."
+    ),
+) -> None:
+    """Build herd's tiny test guest from this machine's cloud kernel and busybox-static:
+    it boots in seconds and prints its NoCloud seed (UUID, hostname, IPs, user-data) on
+    the serial console. Prints the inventory entries that name it."""
+    built = guest_image.build(output.absolute(), kernel)
+    err.print(f"test guest image for kernel {built.kernel_version} in {output.absolute()}")
+    sys.stdout.write(
+        yaml.safe_dump(
+            {"images": built.inventory_images()}, sort_keys=False, default_flow_style=False
+        )
+    )

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from orchestrator import __version__
-from orchestrator.cli import catalog, groups, hosts, inventory, lab, servers
+from orchestrator.cli import catalog, groups, hosts, inventory, keypairs, lab, servers
 from orchestrator.errors import HerdError
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app.add_typer(hosts.app, name="host")
 app.add_typer(groups.app, name="group")
 app.add_typer(catalog.flavors, name="flavor")
 app.add_typer(catalog.images, name="image")
+app.add_typer(keypairs.app, name="keypair")
+app.add_typer(keypairs.networks, name="network")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
 

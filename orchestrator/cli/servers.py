@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from orchestrator import api
+from orchestrator import api, cloudinit, console
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table
@@ -62,6 +64,14 @@ def _hints(hints: list[str]) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in parsed.items()}
 
 
+def _read_user_data(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"--user-data {path}: {exc.strerror}") from None
+    return cloudinit.check_user_data(data, f"--user-data {path}")
+
+
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="Server name; NAME-1..N with --count.")],
@@ -85,6 +95,20 @@ def create(
         list[str] | None,
         typer.Option(help="same_host=SERVER or different_host=SERVER; repeatable."),
     ] = None,
+    network: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Attach a NIC to this network (herd network list); repeatable, in order. "
+            "Default: the inventory's default network."
+        ),
+    ] = None,
+    key_name: Annotated[
+        str | None, typer.Option("--key-name", help="Key pair for the guest (herd keypair list).")
+    ] = None,
+    user_data: Annotated[
+        Path | None,
+        typer.Option("--user-data", help="File given to cloud-init as user-data (at most 64 KiB)."),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show where the servers would go; change nothing.")
     ] = False,
@@ -104,6 +128,9 @@ def create(
         group=group,
         availability_zone=availability_zone,
         host=host,
+        networks=tuple(network or ()),
+        key_name=key_name,
+        user_data=_read_user_data(user_data) if user_data else None,
         **_hints(hint or []),
     )
     if dry_run:
@@ -159,7 +186,18 @@ def list_(
     out.print(
         table(
             None,
-            ("name", "uuid", "host", "vm_state", "task_state", "power", "flavor", "image", "age"),
+            (
+                "name",
+                "uuid",
+                "host",
+                "vm_state",
+                "task_state",
+                "power",
+                "networks",
+                "flavor",
+                "image",
+                "age",
+            ),
             (
                 (
                     v.instance.name,
@@ -168,6 +206,7 @@ def list_(
                     styled(v.instance.vm_state),
                     v.instance.task_state,
                     v.instance.power_state,
+                    v.addresses,
                     v.instance.flavor_name,
                     v.instance.image_name,
                     age(v.instance.created_at),
@@ -214,12 +253,16 @@ def show(
     grid = table(None, ("field", "value"), [])
     for key in (
         "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
-        "vcpus", "ram_mb", "disk_gb", "group", "created_at", "launched_at", "deleted_at",
+        "vcpus", "ram_mb", "disk_gb", "group", "hostname", "key_name", "created_at",
+        "launched_at", "deleted_at",
     ):  # fmt: skip
         value = data[key]
         grid.add_row(
             key, styled(value) if key == "vm_state" else ("-" if value is None else str(value))
         )
+    for port in view.ports:
+        where = f"{port.ip}/{port.prefixlen}" if port.ip else "no fixed IP"
+        grid.add_row("address", f"{port.network}: {where}, mac {port.mac}")
     for fault in view.faults[:5]:  # newest first: a reschedule leaves one per host
         grid.add_row("fault", f"[red]{fault.message}[/red] ({age(fault.created_at)})")
     pending = [j for j in view.jobs if j.collected_at is None]
@@ -323,3 +366,44 @@ def wait_(
         err.print("nothing to wait for")
         return
     _outcomes(outcomes, as_json, "finish")
+
+
+@app.command("console-log")
+def console_log(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    lines: Annotated[int, typer.Option(help="How many of the last lines to show.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the guest's serial console output (what it printed while booting, and since)."""
+    if not 1 <= lines <= 100000:
+        raise InvalidInput("--lines must be between 1 and 100000")
+
+    async def main() -> console.ConsoleLog:
+        async with herd() as h:
+            return await console.console_log(h.db, h.pool, name, lines)
+
+    log = run_async(main())
+    if as_json:
+        print_json(log.__dict__)
+        return
+    # Guest output, not markup: written as it came (control characters and all, as
+    # `virsh console` would show them), never interpreted by rich.
+    for line in log.lines:
+        sys.stdout.write(line + "\n")
+
+
+@app.command("console")
+def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None:
+    """Attach to the guest's serial console (virsh console over SSH); Ctrl-] detaches."""
+
+    async def main() -> int:
+        async with herd() as h:
+            instance, target = await console.console_target(h.db, name)
+        err.print(
+            f"Connected to {instance.name} on {target.name}; press {console.ESCAPE} to detach."
+        )
+        return await console.attach(instance, target)
+
+    status = run_async(main())
+    err.print("\ndetached")
+    raise typer.Exit(status)

@@ -11,7 +11,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -177,8 +177,69 @@ class Image(SQLModel, table=True):
     min_ram_mb: int = 0
     min_disk_gb: int = 0
     properties: dict[str, str] = _json()
+    # "inventory": `herd inventory apply` owns it (and removes it when it leaves the
+    # files); "cli": made by `herd image create`, which the inventory leaves alone.
+    managed_by: str = Field(default="inventory", sa_column_kwargs={"server_default": "inventory"})
     created_at: datetime | None = _ts()
     updated_at: datetime | None = _ts()
+
+
+class KeyPair(SQLModel, table=True):
+    """An SSH public key, given to guests through cloud-init (Nova's keypair)."""
+
+    __tablename__ = "key_pairs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    public_key: str = Field(sa_column=Column(Text, nullable=False))
+    fingerprint: str
+    type: str = "ssh"
+    created_at: datetime | None = _ts()
+
+
+class Network(SQLModel, table=True):
+    """Where instances' NICs attach: a host bridge, a libvirt network, or user-mode.
+
+    With a subnet, herd hands out fixed IPs from the pool itself (Neutron's fixed IPs)
+    and tells the guest through network-config; without one the network's own DHCP,
+    if any, is the guest's business.
+    """
+
+    __tablename__ = "networks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    kind: str  # bridge | network | user
+    source: str | None = None  # the bridge or libvirt network name
+    cidr: str | None = None
+    gateway: str | None = None
+    pool_start: str | None = None
+    pool_end: str | None = None
+    dns: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    is_default: bool = False
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+
+
+class Port(SQLModel, table=True):
+    """One NIC of one instance: its MAC and, on a network with a subnet, its fixed IP.
+
+    The unique constraints are the guarantee: two live ports never share a MAC, and
+    never share an IP on one network, whatever runs concurrently.
+    """
+
+    __tablename__ = "ports"
+    __table_args__ = (UniqueConstraint("network_id", "ip", name="uq_ports_network_ip"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    instance_uuid: str = Field(index=True)
+    network_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("networks.id", ondelete="RESTRICT"), nullable=False)
+    )
+    device_index: int = 0
+    mac: str = Field(sa_column=Column(String(17), unique=True, nullable=False))
+    ip: str | None = None
+    created_at: datetime | None = _ts()
 
 
 class ServerGroup(SQLModel, table=True):
@@ -223,6 +284,12 @@ class Instance(SQLModel, table=True):
     # What the scheduler needs to place the instance again (a reschedule, later a
     # migration): Nova's RequestSpec — extra specs, image properties, zone, hints.
     request_spec: dict[str, Any] = _json()
+    # What the guest is told through its NoCloud seed (Nova keeps the same on the
+    # instance, so a rebuild or evacuation delivers it again unchanged).
+    hostname: str | None = None
+    key_name: str | None = None
+    key_data: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    user_data: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     vm_state: str = VmState.BUILDING
     task_state: str | None = TaskState.SCHEDULING
     power_state: str = PowerState.NOSTATE

@@ -15,14 +15,33 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.db.engine import Database
-from orchestrator.db.models import Allocation, Flavor, Host, Image, Instance, VmState, utcnow
+from orchestrator.db.models import (
+    Allocation,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Network,
+    Port,
+    VmState,
+    utcnow,
+)
 from orchestrator.errors import Conflict, InvalidInput
-from orchestrator.inventory.models import FlavorSpec, HostSpec, ImageSpec, Inventory
+from orchestrator.inventory.models import (
+    FlavorSpec,
+    HostSpec,
+    ImageSpec,
+    Inventory,
+    NetworkSpec,
+)
+
+# Image properties that name another image (Nova's AMI triple), and the format it must have.
+IMAGE_REFERENCES = {"kernel_id": "aki", "ramdisk_id": "ari"}
 
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # host | flavor | image
+    kind: str  # host | flavor | image | network
     name: str
     verb: str  # create | update | remove | unchanged
     fields: tuple[str, ...] = ()
@@ -91,7 +110,62 @@ async def image_values(spec: ImageSpec) -> dict[str, Any]:
                 f"not {spec.sha256}"
             )
         values.update(source=str(path), sha256=digest, size=size)
+    elif spec.sha256 is None:
+        # A URL or host path without a checksum: the first host to fetch it records
+        # one (trust on first use) and every later host is held to it; applying the
+        # same file again must not forget it.
+        del values["sha256"], values["size"]
     return values
+
+
+def network_values(spec: NetworkSpec) -> dict[str, Any]:
+    subnet = spec.subnet
+    pool = spec.allocation_pool
+    hosts = list(subnet.hosts()) if subnet is not None and pool is None else []
+    if subnet is not None and pool is None:
+        # The whole subnet but the gateway, as Neutron's default pool.
+        usable = [ip for ip in hosts if ip != spec.gateway]
+        start, end = str(usable[0]), str(usable[-1])
+    else:
+        start = str(pool.start) if pool else None
+        end = str(pool.end) if pool else None
+    return {
+        "kind": spec.type,
+        "source": spec.bridge or spec.libvirt_network,
+        "cidr": str(subnet) if subnet is not None else None,
+        "gateway": str(spec.gateway) if spec.gateway is not None else None,
+        "pool_start": start,
+        "pool_end": end,
+        "dns": [str(d) for d in spec.dns],
+        "is_default": spec.default,
+    }
+
+
+def _check_networks(networks: list[NetworkSpec]) -> None:
+    defaults = [n for n in networks if n.default]
+    if len(defaults) > 1:
+        first, second = defaults[0], defaults[1]
+        raise InvalidInput(
+            f"{second.origin}: networks ({second.name}).default: only one network can be "
+            f"the default ({first.name} is, at {first.origin})"
+        )
+
+
+def _check_image_references(images: list[ImageSpec]) -> None:
+    formats = {spec.name: spec.format for spec in images}
+    for spec in images:
+        for key, wanted in IMAGE_REFERENCES.items():
+            name = spec.properties.get(key)
+            if name is None:
+                continue
+            if formats.get(name) != wanted:
+                found = (
+                    f"is a {formats[name]} image" if name in formats else "is not in the inventory"
+                )
+                raise InvalidInput(
+                    f"{spec.origin}: images ({spec.name}).properties.{key}: {name!r} {found}; "
+                    f"it must name an image of format {wanted}"
+                )
 
 
 def _diff(row: Any, values: dict[str, Any]) -> tuple[str, ...]:
@@ -99,8 +173,14 @@ def _diff(row: Any, values: dict[str, Any]) -> tuple[str, ...]:
 
 
 async def _sync(
-    session: AsyncSession, model: type[Any], kind: str, wanted: dict[str, dict[str, Any]]
+    session: AsyncSession,
+    model: type[Any],
+    kind: str,
+    wanted: dict[str, dict[str, Any]],
+    owned: Any = None,
 ) -> tuple[list[Change], list[Any]]:
+    """Create and update rows to match ``wanted``; rows not wanted are returned for the
+    caller to remove, except those ``owned`` (a predicate) says the inventory does not own."""
     rows = {r.name: r for r in (await session.exec(select(model))).all()}
     changes: list[Change] = []
     now = utcnow()
@@ -117,7 +197,9 @@ async def _sync(
             row.updated_at = now
             session.add(row)
         changes.append(Change(kind, name, "update" if changed else "unchanged", changed))
-    removed = [row for name, row in rows.items() if name not in wanted]
+    removed = [
+        row for name, row in rows.items() if name not in wanted and (owned is None or owned(row))
+    ]
     changes += [Change(kind, row.name, "remove") for row in removed]
     return changes, removed
 
@@ -157,8 +239,38 @@ async def apply_inventory(
         return planned.changes
 
 
+async def _refuse_busy_networks(session: AsyncSession, networks: list[Network]) -> None:
+    for network in networks:
+        ports = (await session.exec(select(Port.id).where(Port.network_id == network.id))).all()
+        if ports:
+            raise Conflict(
+                f"network {network.name} is not in the inventory but {len(ports)} server "
+                "port(s) still use it; delete those servers before removing the network"
+            )
+
+
+async def _refuse_busy_images(session: AsyncSession, images: list[Image]) -> None:
+    for image in images:
+        live = (
+            await session.exec(
+                select(Instance.name).where(
+                    Instance.image_id == image.id, Instance.vm_state != VmState.DELETED
+                )
+            )
+        ).all()
+        if live:
+            raise Conflict(
+                f"image {image.name} is not in the inventory but servers still use it "
+                f"({', '.join(sorted(live)[:5])}); delete them before removing the image"
+            )
+
+
 async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Change]:
+    _check_networks(inventory.networks)
+    _check_image_references(inventory.images)
     images = {spec.name: await image_values(spec) for spec in inventory.images}
+    for values in images.values():
+        values["managed_by"] = "inventory"
     async with db.session() as session:
         changes, removed_hosts = await _sync(
             session, Host, "host", {s.name: host_values(s) for s in inventory.hosts}
@@ -167,8 +279,24 @@ async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Chan
         flavor_changes, removed_flavors = await _sync(
             session, Flavor, "flavor", {s.name: flavor_values(s) for s in inventory.flavors}
         )
-        image_changes, removed_images = await _sync(session, Image, "image", images)
-        changes += flavor_changes + image_changes
+        image_changes, removed_images = await _sync(
+            session, Image, "image", images, owned=lambda row: row.managed_by == "inventory"
+        )
+        await _refuse_busy_images(session, removed_images)
+        for change in image_changes:
+            if change.verb == "update" and "source" in change.fields:
+                row = (await session.exec(select(Image).where(Image.name == change.name))).one()
+                if "sha256" not in images[change.name]:
+                    row.sha256, row.size = None, None  # learnt for the old source only
+                    session.add(row)
+        network_changes, removed_networks = await _sync(
+            session,
+            Network,
+            "network",
+            {s.name: network_values(s) for s in inventory.networks},
+        )
+        await _refuse_busy_networks(session, removed_networks)
+        changes += flavor_changes + image_changes + network_changes
         if dry_run:
             raise _RollBack(changes)
         for host in removed_hosts:
@@ -180,7 +308,7 @@ async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Chan
                 session.add(instance)
             await session.flush()
             await session.delete(host)
-        for row in removed_flavors + removed_images:
+        for row in removed_flavors + removed_images + removed_networks:
             await session.delete(row)
 
     return changes

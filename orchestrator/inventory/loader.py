@@ -32,14 +32,20 @@ from orchestrator.inventory.models import (
     HostSpec,
     ImageSpec,
     Inventory,
+    NetworkSpec,
     validation_context,
 )
 from orchestrator.inventory.problems import InventoryError, InventoryProblem
 from orchestrator.inventory.source import DataPath, Document, UnreadableYaml, parse
 
-_SECTIONS = ("defaults", "hosts", "flavors", "images")
-_KINDS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "flavors": FlavorSpec, "images": ImageSpec}
-_SINGULAR = {"hosts": "host", "flavors": "flavor", "images": "image"}
+_SECTIONS = ("defaults", "hosts", "flavors", "images", "networks")
+_KINDS: dict[str, type[BaseModel]] = {
+    "hosts": HostSpec,
+    "flavors": FlavorSpec,
+    "images": ImageSpec,
+    "networks": NetworkSpec,
+}
+_SINGULAR = {"hosts": "host", "flavors": "flavor", "images": "image", "networks": "network"}
 _STRING_MAPS = {"hosts": "labels", "flavors": "extra_specs", "images": "properties"}
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 

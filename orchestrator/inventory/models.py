@@ -315,7 +315,9 @@ class ImageSpec(_Spec):
     name: ResourceName
     source: Annotated[str, AfterValidator(_image_source)]
     """An absolute path on the operator machine, ``host:///path`` or an http(s) URL."""
-    format: Literal["qcow2", "raw"] = "qcow2"
+    format: Literal["qcow2", "raw", "aki", "ari"] = "qcow2"
+    """qcow2 or raw: a disk; aki or ari: a kernel or initramfs that disk images name in
+    their ``kernel_id`` / ``ramdisk_id`` properties (direct kernel boot, as in Nova)."""
     sha256: Annotated[str, AfterValidator(_sha256)] | None = None
     min_ram_mb: Amount = 0
     min_disk_gb: Amount = 0
@@ -336,9 +338,77 @@ class ImageSpec(_Spec):
         return Path(self.source) if self.source_kind == "local" else None
 
 
+class AllocationPool(_Frozen):
+    """The addresses herd may hand out, both ends included."""
+
+    start: ipaddress.IPv4Address
+    end: ipaddress.IPv4Address
+
+
+class NetworkSpec(_Spec):
+    """Where NICs attach, and (with a subnet) the fixed IPs herd allocates on it."""
+
+    name: ResourceName
+    type: Literal["user", "bridge", "network"]
+    """user: QEMU user-mode networking (no host set-up; the lab's choice); bridge: a
+    Linux bridge that exists on every host; network: a libvirt network on every host."""
+    bridge: str | None = None
+    libvirt_network: str | None = None
+    subnet: ipaddress.IPv4Network | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    allocation_pool: AllocationPool | None = None
+    dns: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    default: Annotated[bool, Strict()] = False
+    """Servers created without ``--network`` get a port on the default network."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        errors: list[tuple[str, str]] = []
+        wants = {"bridge": "bridge", "network": "libvirt_network"}
+        for kind, key in wants.items():
+            value = getattr(self, key)
+            if self.type == kind and not value:
+                errors.append((key, f"is required for a network of type {kind}"))
+            elif self.type != kind and value:
+                errors.append((key, f"is only for networks of type {kind}"))
+        subnet = self.subnet
+        if subnet is None:
+            for key in ("gateway", "allocation_pool"):
+                if getattr(self, key) is not None:
+                    errors.append((key, "needs a subnet"))
+        else:
+            if self.gateway is not None and self.gateway not in subnet:
+                errors.append(("gateway", f"{self.gateway} is not in {subnet}"))
+            pool = self.allocation_pool
+            if pool is not None:
+                for end in ("start", "end"):
+                    if getattr(pool, end) not in subnet:
+                        errors.append(
+                            (f"allocation_pool.{end}", f"{getattr(pool, end)} is not in {subnet}")
+                        )
+                if pool.start > pool.end:
+                    errors.append(("allocation_pool", "start is after end"))
+            if subnet.prefixlen > 30:
+                errors.append(("subnet", "must be /30 or larger to hold a gateway and guests"))
+        if errors:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("network", message),
+                        loc=tuple(key.split(".")),
+                        input=None,
+                    )
+                    for key, message in errors
+                ],
+            )
+        return self
+
+
 class Inventory(_Frozen):
     """Everything the inventory files declare, merged; names are unique per kind."""
 
     hosts: list[HostSpec] = Field(default_factory=list)
     flavors: list[FlavorSpec] = Field(default_factory=list)
     images: list[ImageSpec] = Field(default_factory=list)
+    networks: list[NetworkSpec] = Field(default_factory=list)

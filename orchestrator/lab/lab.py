@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import LabError
-from orchestrator.lab import checks, daemons, namespace, procs, render
+from orchestrator.lab import checks, daemons, guest_image, namespace, procs, render
 from orchestrator.lab.addressing import check_port, host_addresses, port_is_free
 from orchestrator.lab.model import (
     DEFAULT_BASE_ADDRESS,
@@ -178,6 +178,10 @@ class Lab:
                 "qemu-img create",
             )
             say(f"placeholder image {info.image} created")
+        had_guest = guest_image.paths(info.image.parent).initrd.exists()
+        built = guest_image.build(info.image.parent)
+        if not had_guest:
+            say(f"test guest image ({built.kernel_version}) built in {info.image.parent}")
 
         authorized = info.key.with_name(info.key.name + ".pub")
         failures = _each(info.hosts, lambda host: self._ensure_host(host, authorized, say))

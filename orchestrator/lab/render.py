@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.lab import guest_image
 from orchestrator.lab.model import AGENT_DIR, LIBVIRT_URI, LabHost, LabInfo
 
 FLAVORS: tuple[dict[str, Any], ...] = (
@@ -18,6 +19,19 @@ FLAVORS: tuple[dict[str, Any], ...] = (
     {"name": "m1.tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1},
     {"name": "m1.small", "vcpus": 1, "ram_mb": 256, "disk_gb": 2},
 )
+
+# QEMU user-mode networking: no bridge or namespace to set up, and nothing leaves the
+# machine unless a guest itself connects out. 10.0.2.0/24 is QEMU's own user-mode
+# subnet (gateway .2, DNS .3), so the fixed IPs herd hands out match what QEMU routes.
+LAB_NETWORK: dict[str, Any] = {
+    "name": "lab-net",
+    "type": "user",
+    "subnet": "10.0.2.0/24",
+    "gateway": "10.0.2.2",
+    "allocation_pool": {"start": "10.0.2.100", "end": "10.0.2.250"},
+    "dns": ["10.0.2.3"],
+    "default": True,
+}
 
 QEMU_USER = "libvirt-qemu"
 QEMU_GROUP = "kvm"
@@ -111,8 +125,10 @@ def inventory_document(info: LabInfo) -> dict[str, Any]:
                 "source": str(info.image),
                 "format": "qcow2",
                 "properties": {"architecture": "x86_64"},
-            }
+            },
+            *guest_image.paths(info.image.parent).inventory_images(),
         ],
+        "networks": [dict(LAB_NETWORK)],
     }
 
 

@@ -19,9 +19,80 @@ NS = {"herd": HERD_NS}
 UUID = "0b7e6a52-6a43-4c2c-9d55-3a3b9a1b2c3d"
 
 
-def render(spec: BuildSpec, arch: str = "x86_64") -> str:
+def render(spec: BuildSpec, arch: str = "x86_64", **files: Path) -> str:
     inst = Path("/var/lib/herd/instances") / spec.instance.uuid
-    return domain.render(spec, arch, inst / "disk", inst / "console.log")
+    paths = domain.InstanceFiles(disk=inst / "disk", console_log=inst / "console.log", **files)
+    return domain.render(spec, arch, paths)
+
+
+def _disk(root: ET.Element, dev: str) -> ET.Element | None:
+    return next(
+        (d for d in root.iterfind("devices/disk") if d.find("target").get("dev") == dev), None
+    )
+
+
+def test_direct_kernel_boot_seed_disk_and_nics_are_rendered() -> None:
+    args = build_args(UUID)
+    args["boot"] = {"kernel": "b" * 64, "ramdisk": "c" * 64, "cmdline": "console=ttyS0 x=<y>"}
+    args["nics"] = [
+        {"mac": "02:68:64:00:00:01", "kind": "user"},
+        {"mac": "02:68:64:00:00:02", "kind": "bridge", "source": "br0"},
+        {"mac": "02:68:64:00:00:03", "kind": "network", "source": "default"},
+    ]
+    inst = Path("/var/lib/herd/instances") / UUID
+    root = ET.fromstring(
+        render(
+            BuildSpec.from_args(args),
+            kernel=inst / "kernel",
+            initrd=inst / "ramdisk",
+            seed=inst / "seed.iso",
+        )
+    )
+    assert root.findtext("os/kernel") == str(inst / "kernel")
+    assert root.findtext("os/initrd") == str(inst / "ramdisk")
+    assert root.findtext("os/cmdline") == "console=ttyS0 x=<y>"
+    assert root.find("os/boot") is None  # the kernel boots, not the disk
+    seed = _disk(root, "vdb")
+    assert seed is not None
+    assert seed.find("source").get("file") == str(inst / "seed.iso")
+    assert seed.find("readonly") is not None
+    nics = root.findall("devices/interface")
+    assert [n.get("type") for n in nics] == ["user", "bridge", "network"]
+    assert [n.find("mac").get("address") for n in nics] == [
+        "02:68:64:00:00:01",
+        "02:68:64:00:00:02",
+        "02:68:64:00:00:03",
+    ]
+    assert nics[1].find("source").get("bridge") == "br0"
+    assert nics[2].find("source").get("network") == "default"
+    assert all(n.find("model").get("type") == "virtio" for n in nics)
+
+
+def test_a_disk_image_boots_from_its_disk_without_seed_or_nics() -> None:
+    root = ET.fromstring(render(BuildSpec.from_args(build_args(UUID))))
+    assert root.find("os/boot").get("dev") == "hd"
+    assert root.find("os/kernel") is None
+    assert _disk(root, "vdb") is None
+    assert root.findall("devices/interface") == []
+
+
+@pytest.mark.parametrize(
+    ("nics", "message"),
+    [
+        ([{"mac": "nope", "kind": "user"}], "nics[0].mac must be a MAC address"),
+        ([{"mac": "02:68:64:00:00:01", "kind": "tap"}], "nics[0].kind must be one of"),
+        ([{"mac": "02:68:64:00:00:01", "kind": "bridge"}], "nics[0].source must name the bridge"),
+        (
+            [{"mac": "02:68:64:00:00:01", "kind": "bridge", "source": "br0'/><x"}],
+            "nics[0].source must name the bridge",
+        ),
+    ],
+)
+def test_bad_nics_are_refused_before_anything_runs(nics: list, message: str) -> None:
+    args = build_args(UUID)
+    args["nics"] = nics
+    with pytest.raises(BadRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
+        BuildSpec.from_args(args)
 
 
 def test_instance_name_with_markup_is_escaped_and_round_trips() -> None:

@@ -5,6 +5,7 @@ A fake virsh records the steps; qemu-img is real, so the overlay is a real file.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_build_on_a_clean_host_defines_and_starts_an_overlay_backed_domain(
     assert '"backing-filename": "' + str(state_dir / "images" / base_image) in info
     assert '"virtual-size": 2147483648' in info
     assert (inst / "domain.xml").read_text().count(f"herd-{uuid_}") == 1
-    assert sorted(p.name for p in inst.iterdir()) == ["disk", "domain.xml"]
+    assert sorted(p.name for p in inst.iterdir()) == ["disk", "domain.xml", "images.json"]
+    assert json.loads((inst / "images.json").read_text()) == {"images": [base_image]}
 
 
 def test_build_of_a_running_domain_changes_nothing(state_dir: Path) -> None:
@@ -152,7 +154,7 @@ def test_build_replaces_leftovers_of_a_build_that_died(state_dir: Path, base_ima
     inst.mkdir(parents=True)
     (inst / ".disk.tmp").write_text("half a disk")
     build(state_dir, FakeVirsh(), args)
-    assert sorted(p.name for p in inst.iterdir()) == ["disk", "domain.xml"]
+    assert sorted(p.name for p in inst.iterdir()) == ["disk", "domain.xml", "images.json"]
 
 
 def delete(state_dir: Path, virsh: FakeVirsh, instance_uuid: str) -> dict:

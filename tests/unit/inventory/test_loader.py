@@ -181,7 +181,7 @@ MISTAKES = [
     ),
     pytest.param(
         "images:\n  - name: debian\n    source: /srv/debian.vmdk\n    format: vmdk\n",
-        "inventory.yaml:4: images[0] (debian).format: must be 'qcow2' or 'raw', not 'vmdk'",
+        "inventory.yaml:4: images[0] (debian).format: must be 'qcow2', 'raw', 'aki' or 'ari', not 'vmdk'",
         id="image-format",
     ),
     pytest.param(
@@ -192,7 +192,7 @@ MISTAKES = [
     pytest.param(
         "- name: hv1\n",
         "inventory.yaml:1: the top level must be a mapping with keys defaults, hosts, flavors, "
-        "images, not a list",
+        "images, networks, not a list",
         id="top-level-list",
     ),
     pytest.param(

@@ -108,6 +108,38 @@ def test_inventory_is_exactly_the_agreed_schema() -> None:
                 "source": "/var/lib/herd-lab/images/blank.qcow2",
                 "format": "qcow2",
                 "properties": {"architecture": "x86_64"},
+            },
+            {
+                "name": "herd-test-kernel",
+                "source": "/var/lib/herd-lab/images/herd-test-vmlinuz",
+                "format": "aki",
+            },
+            {
+                "name": "herd-test-ramdisk",
+                "source": "/var/lib/herd-lab/images/herd-test-initrd.img",
+                "format": "ari",
+            },
+            {
+                "name": "herd-test",
+                "source": "/var/lib/herd-lab/images/herd-test-root.qcow2",
+                "format": "qcow2",
+                "properties": {
+                    "architecture": "x86_64",
+                    "kernel_id": "herd-test-kernel",
+                    "ramdisk_id": "herd-test-ramdisk",
+                    "os_command_line": "console=ttyS0 panic=-1 quiet",
+                },
+            },
+        ],
+        "networks": [
+            {
+                "name": "lab-net",
+                "type": "user",
+                "subnet": "10.0.2.0/24",
+                "gateway": "10.0.2.2",
+                "allocation_pool": {"start": "10.0.2.100", "end": "10.0.2.250"},
+                "dns": ["10.0.2.3"],
+                "default": True,
             }
         ],
     }

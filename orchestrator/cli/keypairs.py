@@ -1,0 +1,167 @@
+"""`herd keypair ...`: SSH keys for guests, and `herd network list`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlmodel import select
+
+from orchestrator import keypairs
+from orchestrator.cli.context import herd, run_async
+from orchestrator.cli.output import age, err, out, print_json, table
+from orchestrator.db.models import KeyPair, Network, Port
+from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.networking import pool_addresses
+
+app = typer.Typer(help="Key pairs: SSH public keys given to guests.", no_args_is_help=True)
+networks = typer.Typer(help="Networks servers attach to (from the inventory).")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _key_dict(key: KeyPair) -> dict[str, str]:
+    return {"name": key.name, "fingerprint": key.fingerprint, "public_key": key.public_key}
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Key pair name.")],
+    private_key: Annotated[
+        Path | None,
+        typer.Option("--private-key", help="Write the private key here (mode 0600)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate an Ed25519 key pair; herd keeps the public key, you get the private one."""
+    if private_key is not None and private_key.exists():
+        raise Conflict(f"--private-key {private_key} exists; not overwriting it")
+
+    async def main() -> keypairs.NewKeyPair:
+        async with herd() as h:
+            return await keypairs.create_key_pair(h.db, name)
+
+    new = run_async(main())
+    assert new.private_key is not None
+    if private_key is not None:
+        fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new.private_key)
+        err.print(f"private key written to {private_key}")
+    if as_json:
+        data = _key_dict(new.key)
+        if private_key is None:
+            data["private_key"] = new.private_key
+        print_json(data)
+    elif private_key is None:
+        sys.stdout.write(new.private_key)  # as `openstack keypair create` does
+
+
+@app.command("import")
+def import_(
+    name: Annotated[str, typer.Argument(help="Key pair name.")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="An OpenSSH public key file (id_ed25519.pub).")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Register an existing public key."""
+    try:
+        text = public_key.expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"--public-key {public_key}: {getattr(exc, 'strerror', exc)}") from None
+
+    async def main() -> keypairs.NewKeyPair:
+        async with herd() as h:
+            return await keypairs.import_key_pair(h.db, name, text, f"--public-key {public_key}")
+
+    key = run_async(main()).key
+    if as_json:
+        print_json(_key_dict(key))
+    else:
+        err.print(f"key pair {key.name} imported ({key.fingerprint})")
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List key pairs."""
+
+    async def main() -> list[KeyPair]:
+        async with herd() as h:
+            return await keypairs.list_key_pairs(h.db)
+
+    rows = run_async(main())
+    if as_json:
+        print_json([_key_dict(k) for k in rows])
+        return
+    out.print(
+        table(
+            None,
+            ("name", "fingerprint", "age"),
+            ((k.name, k.fingerprint, age(k.created_at)) for k in rows),
+        )
+    )
+
+
+@app.command()
+def delete(name: Annotated[str, typer.Argument(help="Key pair name.")]) -> None:
+    """Delete a key pair; servers keep the key they booted with."""
+
+    async def main() -> None:
+        async with herd() as h:
+            await keypairs.delete_key_pair(h.db, name)
+
+    run_async(main())
+    err.print(f"key pair {name} deleted")
+
+
+@networks.command("list")
+def list_networks(as_json: JsonOpt = False) -> None:
+    """List networks with their subnet and how many addresses are in use."""
+
+    async def main() -> list[tuple[Network, int, int]]:
+        async with herd() as h, h.db.session() as session:
+            rows = (await session.exec(select(Network).order_by(Network.name))).all()
+            ports = (await session.exec(select(Port.network_id))).all()
+            return [(n, ports.count(n.id), len(pool_addresses(n))) for n in rows]
+
+    rows = run_async(main())
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": n.name,
+                    "type": n.kind,
+                    "source": n.source,
+                    "subnet": n.cidr,
+                    "gateway": n.gateway,
+                    "pool": [n.pool_start, n.pool_end] if n.pool_start else None,
+                    "default": n.is_default,
+                    "ports": used,
+                    "pool_size": size,
+                }
+                for n, used, size in rows
+            ]
+        )
+        return
+    out.print(
+        table(
+            None,
+            ("name", "type", "attaches to", "subnet", "gateway", "pool", "ports", "default"),
+            (
+                (
+                    n.name,
+                    n.kind,
+                    n.source or "-",
+                    n.cidr or "-",
+                    n.gateway or "-",
+                    f"{n.pool_start}-{n.pool_end} ({size})" if n.pool_start else "-",
+                    used,
+                    "yes" if n.is_default else "",
+                )
+                for n, used, size in rows
+            ),
+        )
+    )

@@ -1,0 +1,108 @@
+"""Everything a build job carries about the guest: flavor, images, NICs, NoCloud seed.
+
+Read from the DB in one place so a first build, a reschedule and (later) a rebuild or
+evacuation give the guest exactly the same identity, addresses and user data.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from orchestrator import cloudinit
+from orchestrator.db.models import Flavor, Image, Instance
+from orchestrator.errors import HerdError
+from orchestrator.networking import PortView, ports_of
+
+KERNEL_PROPERTY = "kernel_id"
+RAMDISK_PROPERTY = "ramdisk_id"
+CMDLINE_PROPERTY = "os_command_line"
+DEFAULT_CMDLINE = "console=ttyS0"
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    image: Image
+    kernel: Image | None
+    ramdisk: Image | None
+    flavor: dict[str, Any]
+    ports: list[PortView]
+    documents: dict[str, str]  # the NoCloud files; the ISO is made off the event loop
+
+    @property
+    def images(self) -> list[Image]:
+        """Every image the host must have cached before the build."""
+        return [i for i in (self.image, self.kernel, self.ramdisk) if i is not None]
+
+    def build_args(self, instance: Instance, domain_type: str, seed: bytes) -> dict[str, Any]:
+        image = self.image
+        args: dict[str, Any] = {
+            "instance": {
+                "uuid": instance.uuid,
+                "name": instance.name,
+                "hostname": instance.hostname or instance.name,
+            },
+            "flavor": self.flavor,
+            "image": {
+                "name": image.name,
+                "sha256": image.sha256,
+                "format": image.format,
+                "properties": image.properties,
+            },
+            "domain_type": domain_type,
+            "nics": [p.to_agent() for p in self.ports],
+            "seed": base64.b64encode(seed).decode("ascii"),
+        }
+        if self.kernel is not None:
+            args["boot"] = {
+                "kernel": self.kernel.sha256,
+                "ramdisk": self.ramdisk.sha256 if self.ramdisk else None,
+                "cmdline": image.properties.get(CMDLINE_PROPERTY, DEFAULT_CMDLINE),
+            }
+        return args
+
+
+async def _image_named(db: AsyncSession, name: str, owner: Image, key: str) -> Image:
+    row = (await db.exec(select(Image).where(Image.name == name))).first()
+    if row is None:
+        raise HerdError(f"image {owner.name!r}: its {key} {name!r} does not exist")
+    return row
+
+
+async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig:
+    image = await db.get(Image, instance.image_id) if instance.image_id else None
+    if image is None:
+        raise HerdError(f"image {instance.image_name!r} no longer exists")
+    flavor = (await db.exec(select(Flavor).where(Flavor.name == instance.flavor_name))).first()
+    kernel = ramdisk = None
+    if KERNEL_PROPERTY in image.properties:
+        kernel = await _image_named(db, image.properties[KERNEL_PROPERTY], image, KERNEL_PROPERTY)
+        if RAMDISK_PROPERTY in image.properties:
+            ramdisk = await _image_named(
+                db, image.properties[RAMDISK_PROPERTY], image, RAMDISK_PROPERTY
+            )
+    ports = await ports_of(db, instance.uuid)
+    documents = cloudinit.render(
+        cloudinit.SeedInstance(instance.uuid, instance.hostname or instance.name),
+        ports,
+        [instance.key_data] if instance.key_data else [],
+        instance.user_data,
+    )
+    return GuestConfig(
+        image=image,
+        kernel=kernel,
+        ramdisk=ramdisk,
+        flavor={
+            "name": instance.flavor_name,
+            "vcpus": instance.vcpus,
+            "ram_mb": instance.ram_mb,
+            "disk_gb": instance.disk_gb,
+            "extra_specs": dict(flavor.extra_specs) if flavor else {},
+        },
+        ports=ports,
+        documents=documents,
+    )

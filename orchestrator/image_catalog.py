@@ -1,0 +1,217 @@
+"""`herd image create/show/delete` and the hosts' image caches (`herd image cache`).
+
+Images made here are ``managed_by="cli"``: `herd inventory apply` leaves them alone.
+Cache entries are keyed by sha256 on each host; this module maps them back to image
+names and decides what is safe to prune: only entries no instance on that host uses
+(the agent refuses the rest anyway) and, with ``older_than``, not used lately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from orchestrator.conductor import Conductor, sha256_of, target_of
+from orchestrator.db.engine import Database
+from orchestrator.db.models import Host, Image, Instance, VmState, utcnow
+from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
+from orchestrator.inventory.apply import IMAGE_REFERENCES
+from orchestrator.inventory.models import ImageSpec, validation_context
+
+
+async def create_image(db: Database, values: dict[str, Any]) -> Image:
+    """Validate like an inventory entry (same rules, same messages), then store it."""
+    try:
+        spec = ImageSpec.model_validate(values, context=validation_context(Path.cwd()))
+    except ValueError as exc:
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"image {where}: {first['msg']}".replace(" : ", ": ")) from None
+    sha256, size = spec.sha256, None
+    if spec.source_kind == "local":
+        path = Path(spec.source)
+        if not path.is_file():
+            raise InvalidInput(f"--file {path}: no such file")
+        sha256 = await asyncio.to_thread(sha256_of, path)
+        if spec.sha256 and spec.sha256 != sha256:
+            raise InvalidInput(f"--file {path} has sha256 {sha256}, not {spec.sha256}")
+        size = path.stat().st_size
+    async with db.session() as session:
+        if (await session.exec(select(Image).where(Image.name == spec.name))).first():
+            raise Conflict(f"image {spec.name!r} already exists")
+        for key, wanted in IMAGE_REFERENCES.items():
+            ref = spec.properties.get(key)
+            if ref is None:
+                continue
+            target = (await session.exec(select(Image).where(Image.name == ref))).first()
+            if target is None or target.format != wanted:
+                raise InvalidInput(
+                    f"--property {key}={ref}: it must name an existing image of format {wanted}"
+                )
+        row = Image(
+            name=spec.name,
+            source=spec.source,
+            format=spec.format,
+            sha256=sha256,
+            size=size,
+            min_ram_mb=spec.min_ram_mb,
+            min_disk_gb=spec.min_disk_gb,
+            properties=dict(spec.properties),
+            managed_by="cli",
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        session.add(row)
+    return row
+
+
+async def get_image(db: Database, name: str) -> Image:
+    async with db.session() as session:
+        row = (await session.exec(select(Image).where(Image.name == name))).first()
+        if row is None:
+            known = ", ".join(sorted((await session.exec(select(Image.name))).all())) or "none"
+            raise NotFound(f"image {name!r} not found (known: {known})")
+        return row
+
+
+async def delete_image(db: Database, name: str) -> None:
+    async with db.session() as session:
+        row = (await session.exec(select(Image).where(Image.name == name))).first()
+        if row is None:
+            raise NotFound(f"image {name!r} not found")
+        if row.managed_by == "inventory":
+            raise Conflict(
+                f"image {name!r} comes from the inventory: remove it there and "
+                "run `herd inventory apply`"
+            )
+        users = (
+            await session.exec(
+                select(Instance.name).where(
+                    Instance.image_id == row.id, Instance.vm_state != VmState.DELETED
+                )
+            )
+        ).all()
+        if users:
+            raise Conflict(
+                f"image {name!r} is used by servers {', '.join(sorted(users)[:5])}; "
+                "delete them first"
+            )
+        referrers = [
+            i.name
+            for i in (await session.exec(select(Image))).all()
+            if name in (i.properties.get(k) for k in IMAGE_REFERENCES)
+        ]
+        if referrers:
+            raise Conflict(f"image {name!r} is the kernel or ramdisk of {', '.join(referrers)}")
+        # Deleted servers keep their history but no longer point at the image.
+        for instance in (
+            await session.exec(select(Instance).where(Instance.image_id == row.id))
+        ).all():
+            instance.image_id = None
+            session.add(instance)
+        await session.flush()
+        await session.delete(row)
+
+
+@dataclass
+class CacheEntry:
+    host: str
+    sha256: str
+    size: int
+    last_used: float
+    instances: list[str]
+    images: list[str]  # names in the DB with this checksum ([] if none any more)
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.instances)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "in_use": self.in_use}
+
+
+@dataclass
+class CacheSurvey:
+    entries: list[CacheEntry] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+async def _hosts(db: Database, names: list[str] | None) -> list[Host]:
+    async with db.session() as session:
+        hosts = list((await session.exec(select(Host).order_by(Host.name))).all())
+    if names:
+        known = {h.name for h in hosts}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise NotFound(f"host {missing[0]!r} not found")
+        hosts = [h for h in hosts if h.name in names]
+    return hosts
+
+
+async def survey_caches(
+    db: Database, conductor: Conductor, host_names: list[str] | None = None
+) -> CacheSurvey:
+    """Every host's cache, concurrently; a host that does not answer is listed apart."""
+    hosts = await _hosts(db, host_names)
+    async with db.session() as session:
+        by_digest: dict[str, list[str]] = {}
+        for image in (await session.exec(select(Image))).all():
+            if image.sha256:
+                by_digest.setdefault(image.sha256, []).append(image.name)
+    survey = CacheSurvey()
+
+    async def one(host: Host) -> None:
+        try:
+            result = await conductor.pool.call(target_of(host), "image_list", {}, timeout=60)
+        except HerdError as exc:
+            survey.unreachable[host.name] = str(exc)
+            return
+        for item in result["images"]:
+            survey.entries.append(
+                CacheEntry(
+                    host=host.name,
+                    sha256=item["sha256"],
+                    size=item["size"],
+                    last_used=item["last_used"],
+                    instances=item["instances"],
+                    images=sorted(by_digest.get(item["sha256"], [])),
+                )
+            )
+
+    await asyncio.gather(*(one(h) for h in hosts))
+    survey.entries.sort(key=lambda e: (e.host, e.images, e.sha256))
+    return survey
+
+
+async def prune_caches(
+    db: Database,
+    conductor: Conductor,
+    host_names: list[str] | None,
+    older_than: float,
+    dry_run: bool,
+) -> tuple[list[CacheEntry], CacheSurvey]:
+    """Remove cache entries no instance uses and not used for ``older_than`` seconds."""
+    survey = await survey_caches(db, conductor, host_names)
+    now = time.time()
+    doomed = [e for e in survey.entries if not e.in_use and now - e.last_used >= older_than]
+    if dry_run:
+        return doomed, survey
+    hosts = {h.name: h for h in await _hosts(db, host_names)}
+
+    async def remove(entry: CacheEntry) -> CacheEntry | None:
+        try:
+            await conductor.pool.call(
+                target_of(hosts[entry.host]), "image_remove", {"sha256": entry.sha256}
+            )
+        except HerdError as exc:  # in use since the survey, or the host went away
+            survey.unreachable.setdefault(entry.host, str(exc))
+            return None
+        return entry
+
+    removed = await asyncio.gather(*(remove(e) for e in doomed))
+    return [e for e in removed if e is not None], survey

@@ -1,0 +1,82 @@
+#!/bin/busybox sh
+# /init of herd's test guest (built by `herd lab image`): a busybox initramfs that
+# reads its NoCloud seed the way cloud-init would and prints what it found on the
+# serial console, one "HERD-TEST key=value" line per fact, so a test (or an operator
+# with `herd server console-log`) can see what the guest really received.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+say() { echo "HERD-TEST $*"; }
+say "booting kernel=$(uname -r)"
+
+# Drivers the cloud kernel has only as modules, in dependency order.
+while read -r module; do
+    insmod "/lib/modules/$module.ko" || say "insmod-failed=$module"
+done < /etc/herd-modules
+
+# The seed: an iso9660 filesystem labelled cidata, on any disk (as cloud-init finds it).
+mkdir -p /seed
+seed=""
+tries=0
+while [ -z "$seed" ] && [ "$tries" -lt 100 ]; do
+    for dev in /dev/vd? /dev/sr?; do
+        [ -b "$dev" ] || continue
+        if mount -t iso9660 -o ro "$dev" /seed 2>/dev/null; then
+            if [ -f /seed/meta-data ]; then seed="$dev"; break; fi
+            umount /seed
+        fi
+    done
+    [ -n "$seed" ] || { tries=$((tries + 1)); sleep 0.1; }
+done
+if [ -z "$seed" ]; then
+    say "seed=none"
+else
+    say "seed=$seed"
+    value() { sed -n "s/^$1: *//p" /seed/meta-data | head -n 1 | tr -d "\"'"; }
+    say "instance-id=$(value instance-id)"
+    say "local-hostname=$(value local-hostname)"
+    hostname "$(value local-hostname)"
+    grep -E '^ *- *(ssh|ecdsa)-' /seed/meta-data | sed 's/^ *- *//' | while read -r key; do
+        say "ssh-key=$key"
+    done
+fi
+
+# The root disk, grown by herd to the flavor's size.
+if [ -e /sys/block/vda/size ]; then
+    say "root-disk-bytes=$(( $(cat /sys/block/vda/size) * 512 ))"
+fi
+
+# network-config v2: give each NIC, matched by MAC, the addresses herd allocated.
+if [ -f /seed/network-config ]; then
+    awk '/macaddress:/ { gsub(/["'\'']/, "", $2); mac = tolower($2) }
+         /^ *- *[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\/[0-9]+/ { if (mac != "") print mac, $2 }' \
+        /seed/network-config > /tmp/addresses
+    while read -r mac address; do
+        for nic in /sys/class/net/*; do
+            [ "$(cat "$nic/address")" = "$mac" ] || continue
+            name="${nic##*/}"
+            ip link set "$name" up
+            ip addr add "$address" dev "$name"
+            say "ip=$address nic=$name mac=$mac"
+        done
+    done < /tmp/addresses
+    for nic in /sys/class/net/*; do
+        [ "${nic##*/}" = lo ] && continue
+        say "nic=${nic##*/} mac=$(cat "$nic/address")"
+    done
+fi
+
+if [ -f /seed/user-data ]; then
+    say "user-data-bytes=$(wc -c < /seed/user-data)"
+    echo "HERD-TEST user-data-begin"
+    head -n 40 /seed/user-data
+    echo "HERD-TEST user-data-end"
+fi
+
+say "ready"
+# A root shell on the serial console for `herd server console`; respawned on exit.
+while true; do
+    setsid cttyhack sh -l
+done
