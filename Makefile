@@ -8,11 +8,12 @@ LAB_HOSTS ?= 3
 LAB_DIR   ?= /var/lib/herd-lab
 export HERD_LAB_DIR := $(LAB_DIR)
 
-# linux-image-cloud-amd64: the kernel the agent boots to probe whether KVM really works.
+# linux-image-cloud-amd64: the kernel the agent boots to probe whether KVM really works,
+# and (with busybox-static) the lab's test guest. cpio: the tests read that guest's initramfs.
 APT_PACKAGES := python3 python3-venv python3-pip openssh-server openssh-client \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
 	qemu-system-x86 qemu-utils util-linux iproute2 procps \
-	linux-image-cloud-amd64 busybox-static
+	linux-image-cloud-amd64 busybox-static cpio
 
 .PHONY: install system-packages demo demo-down test test-fast lint bench clean
 
@@ -37,9 +38,16 @@ demo: install
 	$(HERD) lab up --hosts $(LAB_HOSTS)
 	$(HERD) inventory apply $(LAB_DIR)/inventory.yaml
 	$(HERD) host refresh
-	$(HERD) server create demo --flavor m1.tiny --image blank --count 4
+	$(HERD) server create demo --flavor m1.tiny --image herd-test --count 4
 	$(HERD) server list
 	$(HERD) host list
+	@# The test guest prints what it received (UUID, hostname, IP, user-data) on its
+	@# serial console: wait for it to finish booting, then show it.
+	@for i in $$(seq 90); do \
+		$(HERD) server console-log demo-1 --lines 200 | grep -q '^HERD-TEST ready' && break; \
+		sleep 1; \
+	done
+	$(HERD) server console-log demo-1 --lines 200 | grep '^HERD-TEST'
 
 demo-down:
 	-$(HERD) server delete $$($(HERD) server list --json | $(PY) -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)))')

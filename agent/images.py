@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -138,6 +139,11 @@ def _download(url: str, part: Path) -> Tuple[str, int]:
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
             expected = response.headers.get("Content-Length")
             digest, size = _copy_hashing(response, part)
+    except http.client.IncompleteRead as exc:
+        raise FetchError(
+            f"{url}: download truncated: the connection closed {exc.expected} bytes short; "
+            "the image was discarded"
+        ) from None
     except urllib.error.HTTPError as exc:
         raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:

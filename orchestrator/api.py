@@ -281,6 +281,10 @@ async def find_servers(
             matches = (await session.exec(query)).all()
             if not matches:
                 raise NotFound(f"server {ref!r} not found")
+            if len(matches) > 1 and include_deleted:
+                # A name reused after a delete means the live server (or the newest).
+                live = [m for m in matches if m.vm_state != VmState.DELETED]
+                matches = live or sorted(matches, key=lambda m: m.id or 0)[-1:]
             if len(matches) > 1:
                 raise Conflict(f"{len(matches)} servers are named {ref!r}; use the UUID")
             found.append(matches[0])

@@ -136,7 +136,7 @@ async def _allocate_one(db: AsyncSession, instance_uuid: str, network: Network, 
 
 async def release_ports(db: AsyncSession, instance_uuid: str) -> None:
     """Free the instance's MACs and IPs for reuse (the instance is gone)."""
-    await db.execute(delete(Port).where(col(Port.instance_uuid) == instance_uuid))
+    await db.exec(delete(Port).where(col(Port.instance_uuid) == instance_uuid))  # type: ignore[call-overload]
 
 
 async def ports_of(db: AsyncSession, instance_uuid: str) -> list[PortView]:

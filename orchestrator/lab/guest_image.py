@@ -32,6 +32,7 @@ GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "isofs")
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
 ROOT_DISK_SIZE = "64M"
 IMAGE_NAME = "herd-test"
+GUEST_MIN_RAM_MB = 128
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class GuestImage:
                 "name": IMAGE_NAME,
                 "source": str(self.root_disk),
                 "format": "qcow2",
+                # The cloud kernel and initramfs need more than 64 MiB to unpack.
+                "min_ram_mb": GUEST_MIN_RAM_MB,
                 "properties": {
                     "architecture": "x86_64",
                     "kernel_id": f"{IMAGE_NAME}-kernel",

@@ -48,6 +48,8 @@ def prepare(host: LabHost, authorized_keys: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(_MODES.get(part, 0o755))
     (host.path("run") / "sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep chroot
+    # /var/lock is /run/lock: `virsh console` locks the guest's pty there.
+    (host.path("run") / "lock").mkdir(mode=0o1777, exist_ok=True)
     # The mount point of the lab's shared capabilities cache, inside the host's cache.
     (host.path("cache-libvirt") / "qemu" / "capabilities").mkdir(parents=True, exist_ok=True)
     shared_capabilities(host).mkdir(mode=0o755, exist_ok=True)
@@ -111,6 +113,7 @@ def create(host: LabHost) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(mode=0o755)
     (run_dir / "sshd").mkdir(mode=0o755)
+    (run_dir / "lock").mkdir(mode=0o1777)
     pairs = [item for source, target_path in binds(host) for item in (str(source), target_path)]
     argv = [
         "unshare",

@@ -38,7 +38,7 @@ else
     say "instance-id=$(value instance-id)"
     say "local-hostname=$(value local-hostname)"
     hostname "$(value local-hostname)"
-    grep -E '^ *- *(ssh|ecdsa)-' /seed/meta-data | sed 's/^ *- *//' | while read -r key; do
+    grep -E '^ *- *"?(ssh|ecdsa)-' /seed/meta-data | sed 's/^ *- *//; s/"//g' | while read -r key; do
         say "ssh-key=$key"
     done
 fi

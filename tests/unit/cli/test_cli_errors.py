@@ -162,3 +162,60 @@ def test_dry_run_explains_why_no_host_fits_and_creates_nothing(
                  "--group", "nope", "--dry-run"),
         code=3, contains="server group 'nope' not found",
     )  # fmt: skip
+
+
+def test_key_pairs_round_trip_and_a_bad_public_key_is_one_line(
+    herd: HerdCli, tmp_path: Path
+) -> None:
+    private = tmp_path / "k"
+    herd.ok("keypair", "create", "gen", "--private-key", str(private))
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert private.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    (listed,) = herd.ok("keypair", "list", "--json").json()
+    assert listed["name"] == "gen" and listed["fingerprint"].startswith("SHA256:")
+    assert listed["public_key"].startswith("ssh-ed25519 ")
+    assert_one_line_error(
+        herd.run("keypair", "create", "gen", "--private-key", str(tmp_path / "k2")),
+        code=4,
+        contains="key pair 'gen' already exists",
+    )
+    bad = tmp_path / "bad.pub"
+    bad.write_text("ssh-ed25519 not-base64!!\n")
+    assert_one_line_error(
+        herd.run("keypair", "import", "bad", "--public-key", str(bad)),
+        code=2,
+        contains=f"--public-key {bad}: not an SSH public key",
+    )
+    assert_one_line_error(
+        herd.run("keypair", "import", "bad", "--public-key", str(tmp_path / "missing.pub")),
+        code=2,
+    )
+    herd.ok("keypair", "delete", "gen")
+    assert herd.ok("keypair", "list", "--json").json() == []
+
+
+def test_image_create_checks_its_source_and_references(herd: HerdCli, tmp_path: Path) -> None:
+    assert_one_line_error(
+        herd.run("image", "create", "x", "--url", "https://a/x", "--file", str(tmp_path)),
+        code=2,
+        contains="exactly one of --file, --url, --host-path",
+    )
+    assert_one_line_error(
+        herd.run("image", "create", "x", "--file", str(tmp_path / "nope.img")),
+        code=2,
+        contains="no such file",
+    )
+    assert_one_line_error(
+        herd.run("image", "create", "x", "--url", "https://a/x", "--property", "kernel_id=k"),
+        code=2,
+        contains="kernel_id=k: it must name an existing image of format aki",
+    )
+    assert_one_line_error(
+        herd.run("image", "create", "x", "--url", "https://a/x", "--format", "vmdk"),
+        code=2,
+        contains="format",
+    )
+    herd.ok("image", "create", "x", "--url", "https://a/x")
+    assert_one_line_error(herd.run("image", "create", "x", "--url", "https://a/x"), code=4)
+    herd.ok("image", "delete", "x")
+    assert_one_line_error(herd.run("image", "delete", "x"), code=3)

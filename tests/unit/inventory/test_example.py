@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.inventory import FlavorSpec, HostSpec, ImageSpec, load_inventory
-from orchestrator.inventory.models import AllocationRatios, Capacity, Reserved, SshSpec
+from orchestrator.inventory.models import (
+    AllocationPool,
+    AllocationRatios,
+    Capacity,
+    NetworkSpec,
+    Reserved,
+    SshSpec,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "inventory.example.yaml"
 
@@ -30,7 +37,17 @@ def test_the_example_shows_defaults_at_work():
 
 @pytest.mark.parametrize(
     "model",
-    [HostSpec, SshSpec, Capacity, AllocationRatios, Reserved, FlavorSpec, ImageSpec],
+    [
+        HostSpec,
+        SshSpec,
+        Capacity,
+        AllocationRatios,
+        Reserved,
+        FlavorSpec,
+        ImageSpec,
+        NetworkSpec,
+        AllocationPool,
+    ],
     ids=lambda model: model.__name__,
 )
 def test_the_example_shows_every_key(model: type):

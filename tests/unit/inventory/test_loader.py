@@ -260,6 +260,26 @@ MISTAKES = [
         id="yaml-tab",
     ),
     pytest.param(
+        "networks:\n  - name: br\n    type: bridge\n",
+        "inventory.yaml:2: networks[0] (br).bridge: is required for a network of type bridge",
+        id="network-bridge-missing",
+    ),
+    pytest.param(
+        "networks:\n  - name: n\n    type: user\n    subnet: 10.0.0.0/24\n    gateway: 10.0.1.1\n",
+        "inventory.yaml:5: networks[0] (n).gateway: 10.0.1.1 is not in 10.0.0.0/24",
+        id="network-gateway-outside",
+    ),
+    pytest.param(
+        "networks:\n  - name: n\n    type: user\n    allocation_pool: {start: 10.0.0.9, end: 10.0.0.1}\n",
+        "inventory.yaml:4: networks[0] (n).allocation_pool: needs a subnet",
+        id="network-pool-without-subnet",
+    ),
+    pytest.param(
+        "networks:\n  - name: n\n    type: vlan\n",
+        "inventory.yaml:3: networks[0] (n).type: must be 'user', 'bridge' or 'network', not 'vlan'",
+        id="network-type",
+    ),
+    pytest.param(
         "hosts: []\n---\nflavors: []\n",
         "inventory.yaml:2: YAML syntax error: expected a single document in the stream, "
         "but found another document (column 1)",

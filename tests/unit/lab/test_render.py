@@ -123,6 +123,7 @@ def test_inventory_is_exactly_the_agreed_schema() -> None:
                 "name": "herd-test",
                 "source": "/var/lib/herd-lab/images/herd-test-root.qcow2",
                 "format": "qcow2",
+                "min_ram_mb": 128,
                 "properties": {
                     "architecture": "x86_64",
                     "kernel_id": "herd-test-kernel",
