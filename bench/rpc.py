@@ -1,7 +1,8 @@
-"""Agent round-trip latency over the persistent session, and time to boot 8 VMs.
+"""Agent round-trip latency over the persistent session, time to boot 8 VMs, and time
+until test guests have really booted (printed "HERD-TEST ready" on their console).
 
 Run as root (it brings up its own 3-host lab on 127.0.102.x and tears it down):
-    python -m bench.rpc [--calls 2000] [--servers 8]
+    python -m bench.rpc [--calls 2000] [--servers 8] [--guests 6]
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import api
+from orchestrator import api, console
 from orchestrator.conductor import Conductor, target_of
-from orchestrator.db.engine import open_database
+from orchestrator.db.engine import Database, open_database
 from orchestrator.inventory.apply import apply_inventory
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.lab import Lab
@@ -31,8 +32,53 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+async def until_ready(db: Database, pool: AgentPool, names: list[str], timeout: float) -> float:
+    """Seconds until every guest's serial console says it finished booting."""
+    t0 = time.perf_counter()
+    waiting = set(names)
+    while waiting and time.perf_counter() - t0 < timeout:
+        for name in sorted(waiting):
+            log = await console.console_log(db, pool, name, 200)
+            if any(line.strip() == "HERD-TEST ready" for line in log.lines):
+                waiting.discard(name)
+        await asyncio.sleep(0.2)
+    if waiting:
+        raise RuntimeError(f"guests never finished booting: {sorted(waiting)}")
+    return time.perf_counter() - t0
+
+
+async def measure_guests(
+    db: Database, pool: AgentPool, conductor: Conductor, guests: int
+) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    (first,) = await api.create_servers(db, api.CreateRequest("g0", "m1.tiny", "herd-test"))
+    t0 = time.perf_counter()
+    await conductor.build([first])
+    rows.append(
+        (
+            "1 test guest to ACTIVE, cold image cache (push kernel+initrd+disk)",
+            f"{time.perf_counter() - t0:.2f} s",
+        )
+    )
+    instances = await api.create_servers(
+        db, api.CreateRequest("guest", "m1.tiny", "herd-test", guests)
+    )
+    t0 = time.perf_counter()
+    await conductor.build(instances)
+    active = time.perf_counter() - t0
+    ready = active + await until_ready(db, pool, [i.name for i in instances], 300)
+    rows.append(
+        (f"{guests} test guests to ACTIVE (images cached where one ran)", f"{active:.2f} s")
+    )
+    rows.append(
+        (f"{guests} test guests until each printed HERD-TEST ready (TCG)", f"{ready:.2f} s")
+    )
+    await conductor.delete([first, *instances])
+    return rows
+
+
 async def measure(
-    inventory: Path, workdir: Path, calls: int, servers: int
+    inventory: Path, workdir: Path, calls: int, servers: int, guests: int
 ) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     db = await open_database(f"sqlite:///{workdir / 'bench.db'}")
@@ -88,6 +134,8 @@ async def measure(
         t0 = time.perf_counter()
         await conductor.delete(instances)
         rows.append((f"delete {servers} VMs", f"{time.perf_counter() - t0:.2f} s"))
+        if guests:
+            rows += await measure_guests(db, pool, conductor, guests)
     await db.dispose()
     return rows
 
@@ -96,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--servers", type=int, default=8)
+    parser.add_argument("--guests", type=int, default=6, help="test guests to boot (0: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herd-bench-") as tmp:
         workdir = Path(tmp)
@@ -105,7 +154,9 @@ def main() -> None:
         lab_up = time.perf_counter() - t0
         try:
             rows = [("lab up (3 hosts)", f"{lab_up:.2f} s")]
-            rows += asyncio.run(measure(info.inventory, workdir, args.calls, args.servers))
+            rows += asyncio.run(
+                measure(info.inventory, workdir, args.calls, args.servers, args.guests)
+            )
         finally:
             lab.down()
     grid = Table(title="herd: agent RPC and boot", title_justify="left", header_style="bold")
