@@ -24,7 +24,7 @@ from agent.ops import JOBS
 from agent.runner import Runners
 from agent.specs import sha256
 from agent.specs import uuid as uuid_arg
-from agent.virt import Virsh
+from agent.virt import Virsh, domain_name
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Agent:
             "image_list": self.image_list,
             "image_remove": self.image_remove,
             "console_log": self.console_log,
+            "power": self.power,
             "job_start": self.job_start,
             "job_status": self.job_status,
             "job_wait": self.job_wait,
@@ -195,6 +196,28 @@ class Agent:
         text = data.decode("utf-8", "replace")
         tail = text.splitlines()[-lines:]
         return {"lines": tail, "size": size, "truncated": size > CONSOLE_MAX_BYTES}
+
+    def power(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+        """Start, or hard-stop, one of herd's domains (what reconcile's repairs need).
+
+        Only a domain named ``herd-<uuid>`` is touched; the answer is its state after.
+        """
+        uuid = uuid_arg(args, "uuid")
+        action = args.get("action")
+        if action not in ("start", "stop"):
+            raise BadRequest("action must be start or stop")
+        virsh = Virsh(self.session.libvirt_uri)
+        info = virsh.dominfo(uuid)
+        if info is None:
+            raise NotFound(f"no domain with UUID {uuid} on this host")
+        if info.name != domain_name(uuid):
+            raise BadRequest(f"the domain with UUID {uuid} is not herd's: {info.name}")
+        if action == "start" and info.state in ("shutoff", "crashed"):
+            virsh.start(info.name)
+        elif action == "stop" and info.state != "shutoff":
+            virsh.destroy(info.name)
+        after = virsh.dominfo(uuid)
+        return {"state": after.state if after else "unknown"}
 
     def job_start(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         job_id = check_job_id(args.get("job_id"))

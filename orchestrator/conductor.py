@@ -237,7 +237,7 @@ class Conductor:
         except NoValidHost as exc:
             return [
                 replace(
-                    await self._fail(i, str(exc), event="schedule", host=None), failed_at="schedule"
+                    await self.fail(i, str(exc), event="schedule", host=None), failed_at="schedule"
                 )
                 for i in instances
             ]
@@ -304,7 +304,7 @@ class Conductor:
             chosen, refused = await self.scheduler.claim_alternate(fresh[0], alternates)
             if chosen is None:
                 detail = "; ".join(refused) or "none left"
-                return await self._fail(
+                return await self.fail(
                     instance,
                     f"{'; '.join(failures)}; no alternate host could take it ({detail})",
                     event="schedule",
@@ -355,7 +355,7 @@ class Conductor:
             if can_retry and wait:
                 return await self._retry_before_cast(instance, host, str(exc))
             await self._count_build(host.id, ok=False)
-            return await self._fail(instance, str(exc), event="build", host=host.name)
+            return await self.fail(instance, str(exc), event="build", host=host.name)
         await self._mark_job(job_id, JobState.RUNNING)
         if not wait:
             self.progress.update(instance, "building", host=host.name, detail="not waiting")
@@ -612,7 +612,7 @@ class Conductor:
                 job.state = state
                 db.add(job)
 
-    async def _fail(
+    async def fail(
         self, instance: Instance, error: str, *, event: str, host: str | None
     ) -> Outcome:
         """The instance goes to ERROR with a fault, and gives back its claim."""

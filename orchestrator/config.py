@@ -1,6 +1,6 @@
 """herd's own settings: `~/.config/herd/config.yaml` (or `HERD_CONFIG`), like nova.conf.
 
-Only the scheduler has settings so far. A missing file means the defaults; a bad one
+Sections: `scheduler:` and `reconcile:`. A missing file means the defaults; a bad one
 is refused with the file, the key and the problem on one line.
 """
 
@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import InvalidInput
+from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.scheduler.config import SchedulerConfig
 
 
@@ -21,6 +22,7 @@ class HerdConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
 
 
 def config_path() -> Path:

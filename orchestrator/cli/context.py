@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from orchestrator.conductor import Conductor, Progress
-from orchestrator.config import load_config
+from orchestrator.config import HerdConfig, load_config
 from orchestrator.db.engine import Database, open_database
 from orchestrator.rpc.pool import AgentPool
 
@@ -21,6 +21,7 @@ class Herd:
     db: Database
     pool: AgentPool
     conductor: Conductor
+    config: HerdConfig
 
 
 @asynccontextmanager
@@ -29,7 +30,8 @@ async def herd(progress: Progress | None = None) -> AsyncIterator[Herd]:
     db = await open_database()
     pool = AgentPool()
     try:
-        yield Herd(db, pool, Conductor(db, pool, progress, scheduler_config=config.scheduler))
+        conductor = Conductor(db, pool, progress, scheduler_config=config.scheduler)
+        yield Herd(db, pool, conductor, config)
     finally:
         await pool.close()
         await db.dispose()

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from orchestrator import __version__
-from orchestrator.cli import catalog, groups, hosts, inventory, keypairs, lab, servers
+from orchestrator.cli import catalog, groups, hosts, inventory, keypairs, lab, reconcile, servers
 from orchestrator.errors import HerdError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(keypairs.app, name="keypair")
 app.add_typer(keypairs.networks, name="network")
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(lab.app, name="lab")
+app.command("reconcile")(reconcile.reconcile)
 
 
 def _version(value: bool) -> None:

@@ -58,7 +58,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     database = make_url(url).database
     if not database or database == ":memory:":
         return None
@@ -90,7 +90,7 @@ class Database:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or database_url()
-        path = _sqlite_file(self.url) if is_sqlite(self.url) else None
+        path = sqlite_file(self.url) if is_sqlite(self.url) else None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(async_url(self.url))

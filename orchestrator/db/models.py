@@ -120,6 +120,10 @@ class Host(SQLModel, table=True):
         default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
 
+    # Reconcile's heartbeat: surveys missed in a row; at `reconcile.down_after` the
+    # host is marked down (and stays so until it answers a survey again).
+    missed_surveys: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    marked_down: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     # Placement's resource-provider generation: every claim bumps it, and a claim
     # made against a stale view of the host fails and is retried.
     generation: int = 0
@@ -131,6 +135,8 @@ class Host(SQLModel, table=True):
         """disabled | unknown (never contacted) | down | no-libvirt | up, as last seen."""
         if not self.enabled:
             return "disabled"
+        if self.marked_down:
+            return "down"
         if self.last_seen_at is None:
             return "unknown" if self.last_error is None else "down"
         if self.last_error:

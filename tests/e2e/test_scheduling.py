@@ -78,8 +78,10 @@ def test_a_failing_host_makes_the_build_reschedule_to_an_alternate(herd: HerdCli
     steps = [(e["event"], e["host"], e["result"]) for e in create["events"]]
     assert steps == [
         ("schedule", broken, "success"),
+        ("image", broken, "success"),
         ("build", broken, "error"),
         ("schedule", created["host"], "success"),
+        ("image", created["host"], "success"),
         ("build", created["host"], "success"),
     ]
     hosts = {h["name"]: h for h in herd.ok("host", "list", "--json").json()}

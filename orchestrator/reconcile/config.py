@@ -1,0 +1,39 @@
+"""The `reconcile:` section of herd's config: timeouts, and a policy per kind of drift.
+
+Defaults follow Nova's periodic tasks where Nova has one: power state is synced into
+the DB (``sync_power_state``), domains of deleted instances are reaped
+(``running_deleted_instance_action = reap``). Domains herd knows nothing about are only
+reported: they may belong to another herd, or to an operator.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FixOrReport = Literal["fix", "report"]
+
+
+class ReconcileConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host_timeout: float = Field(default=20.0, gt=0, le=600)
+    """Seconds one host's survey may take (handshake, facts, domains, jobs)."""
+    down_after: int = Field(default=3, ge=1, le=1000)
+    """Consecutive missed surveys before a host is marked down."""
+    build_timeout: float = Field(default=3600.0, gt=0)
+    """Seconds a server may stay building with no job running before it is stuck."""
+    finished_jobs: FixOrReport = "fix"
+    stuck_builds: FixOrReport = "fix"
+    power_state: Literal["record", "restore", "report"] = "record"
+    """record: the DB takes the host's power state (Nova); restore: the host is put back
+    to the DB's state (start the domain, or stop it); report: only say so."""
+    deleted_running: Literal["noop", "log", "shutdown", "reap"] = "reap"
+    """Domains of servers that are deleted, or that the DB places on another host."""
+    unknown_domains: Literal["noop", "log", "shutdown", "reap"] = "log"
+    """Domains with herd's metadata whose server this DB has never heard of."""
+    missing_domains: FixOrReport = "fix"
+    claims: FixOrReport = "fix"
+    image_cache_max_age_hours: float | None = Field(default=None, ge=0)
+    """Remove cached images unused for this long; null: never."""

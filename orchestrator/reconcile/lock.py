@@ -1,0 +1,95 @@
+"""One reconcile at a time: a lock that a killed run can never leave behind.
+
+SQLite: ``flock`` on a file next to the database; the kernel drops it when the holder
+dies, however it dies, so a "stale" lock is recovered by construction. The file holds
+the holder's pid and start time, for the message a second run prints.
+PostgreSQL: a session-level advisory lock, so runs on several machines exclude each
+other; it too dies with the holder's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from orchestrator.db.engine import async_url, is_sqlite, sqlite_file
+from orchestrator.errors import HerdError
+
+# "herd" in ASCII: the advisory lock key every herd uses for reconcile.
+ADVISORY_KEY = 0x68657264
+
+
+class ReconcileLocked(HerdError):
+    """Another reconcile holds the lock; cron's next run will try again."""
+
+    exit_code = 3
+
+
+def lock_path(database_url: str) -> Path:
+    """``<db file>.reconcile.lock``; for an in-memory DB, a per-user runtime file."""
+    database = sqlite_file(database_url)
+    if database is not None:
+        return database.with_name(database.name + ".reconcile.lock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return Path(runtime) / f"herd-reconcile-{os.getuid()}.lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "another process"
+            raise ReconcileLocked(
+                f"another herd reconcile is running ({holder}); not starting a second"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(database_url: str) -> AsyncIterator[None]:
+    engine = create_async_engine(async_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            got = (
+                await conn.execute(
+                    sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}
+                )
+            ).scalar()
+            if not got:
+                raise ReconcileLocked(
+                    "another herd reconcile holds the PostgreSQL advisory lock; "
+                    "not starting a second"
+                )
+            try:
+                yield
+            finally:
+                await conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY}
+                )
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def reconcile_lock(database_url: str) -> AsyncIterator[None]:
+    if is_sqlite(database_url):
+        with file_lock(lock_path(database_url)):
+            yield
+    else:
+        async with advisory_lock(database_url):
+            yield

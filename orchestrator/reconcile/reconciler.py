@@ -1,0 +1,293 @@
+"""One reconcile run: snapshot the DB, survey the hosts, find drift, repair by policy.
+
+Repairs run concurrently, each in its own transaction, and one that fails is reported
+as failed without stopping the others (a host that breaks mid-run fails its own
+repairs only). The snapshot is read before the survey, so a server created meanwhile
+is at worst not looked at this run; it is never mistaken for an orphan, because an
+unknown domain is only reported by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid as uuidlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import col, delete, select
+
+from orchestrator.actions import finish_action, record_event, record_fault, start_action
+from orchestrator.conductor import Conductor, apply_facts, target_of
+from orchestrator.db.models import (
+    AgentJob,
+    Allocation,
+    Host,
+    Image,
+    Instance,
+    PowerState,
+    VmState,
+    utcnow,
+)
+from orchestrator.errors import HerdError
+from orchestrator.reconcile.config import ReconcileConfig
+from orchestrator.reconcile.drift import Finding, Snapshot, detect
+from orchestrator.reconcile.survey import HostSurvey, survey_hosts
+from orchestrator.scheduler.claims import release
+
+EXIT_CLEAN, EXIT_FIXED, EXIT_UNFIXED = 0, 1, 2
+REAP_TIMEOUT = 120.0
+
+
+class Skipped(HerdError):
+    """The drift resolved itself (or changed) between the snapshot and the repair."""
+
+
+@dataclass
+class RunReport:
+    findings: list[Finding]
+    surveys: list[HostSurvey]
+    duration: float
+    dry_run: bool
+    instance_states: dict[str, int] = field(default_factory=dict)
+    host_states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unreachable(self) -> list[str]:
+        return [s.host.name for s in self.surveys if not s.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0 all well; 1 drift found and all of it fixed; 2 drift left (by policy, a
+        failed repair or a dry run) or a host that did not answer."""
+        if self.unreachable or any(f.outcome != "fixed" for f in self.findings):
+            return EXIT_UNFIXED
+        return EXIT_FIXED if self.findings else EXIT_CLEAN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "dry_run": self.dry_run,
+            "duration_seconds": round(self.duration, 3),
+            "hosts": {s.host.name: "ok" if s.ok else s.error for s in self.surveys},
+            "findings": [f.to_dict() for f in self.findings],
+            "instances": self.instance_states,
+        }
+
+
+class Reconciler:
+    def __init__(self, conductor: Conductor, config: ReconcileConfig) -> None:
+        self.conductor = conductor
+        self.db = conductor.db
+        self.pool = conductor.pool
+        self.config = config
+
+    async def run(self, *, dry_run: bool = False) -> RunReport:
+        started = time.monotonic()
+        snapshot = await self._snapshot()
+        hosts = list(snapshot.hosts.values())
+        surveys = await survey_hosts(
+            self.pool,
+            hosts,
+            self.config.host_timeout,
+            with_cache=self.config.image_cache_max_age_hours is not None,
+        )
+        findings = detect(snapshot, surveys, self.config)
+        quiet = [f for f in findings if f.data.get("quiet")]
+        findings = [f for f in findings if not f.data.get("quiet")]
+        if dry_run:
+            for finding in findings:
+                finding.outcome = "would fix" if finding.wants_fix else "unfixed"
+        else:
+            await self._record_heartbeats(surveys)
+            await asyncio.gather(*(self._repair(f, snapshot) for f in [*quiet, *findings]))
+        report = RunReport(findings, surveys, time.monotonic() - started, dry_run)
+        report.instance_states, report.host_states = await self._census()
+        return report
+
+    async def _snapshot(self) -> Snapshot:
+        async with self.db.session() as db:
+            hosts = {h.id: h for h in (await db.exec(select(Host))).all() if h.id is not None}
+            instances = list((await db.exec(select(Instance))).all())
+            allocations = list((await db.exec(select(Allocation))).all())
+            jobs = list(
+                (await db.exec(select(AgentJob).where(col(AgentJob.collected_at).is_(None)))).all()
+            )
+            names: dict[str, list[str]] = {}
+            for image in (await db.exec(select(Image))).all():
+                if image.sha256:
+                    names.setdefault(image.sha256, []).append(image.name)
+        return Snapshot(hosts, instances, allocations, jobs, names)
+
+    async def _census(self) -> tuple[dict[str, int], dict[str, int]]:
+        async with self.db.session() as db:
+            states = Counter(
+                (
+                    await db.exec(
+                        select(Instance.vm_state).where(Instance.vm_state != VmState.DELETED)
+                    )
+                ).all()
+            )
+            hosts = Counter(h.status for h in (await db.exec(select(Host))).all())
+        return dict(states), dict(hosts)
+
+    async def _record_heartbeats(self, surveys: list[HostSurvey]) -> None:
+        async with self.db.session() as db:
+            for survey in surveys:
+                host = await db.get(Host, survey.host.id)
+                if host is None:
+                    continue
+                if survey.ok:
+                    apply_facts(host, survey.facts, survey.agent_version)
+                    host.missed_surveys, host.marked_down = 0, False
+                else:
+                    host.missed_surveys += 1
+                    host.last_error = survey.error
+                    if host.missed_surveys >= self.config.down_after:
+                        host.marked_down = True
+                    host.updated_at = utcnow()
+                db.add(host)
+
+    async def _repair(self, finding: Finding, snapshot: Snapshot) -> None:
+        if not finding.wants_fix:
+            finding.outcome = "unfixed"
+            return
+        try:
+            await self._fix(finding, snapshot)
+        except Skipped as why:
+            finding.outcome, finding.error = "skipped", str(why)
+        except HerdError as exc:
+            finding.outcome, finding.error = "failed", str(exc)
+        else:
+            finding.outcome = "fixed"
+
+    async def _fix(self, finding: Finding, snapshot: Snapshot) -> None:
+        kind = finding.kind
+        if kind in ("host_up", "host_down"):
+            return  # the heartbeat already recorded it
+        if kind == "finished_job":
+            await self.conductor.apply_job(finding.data["job_id"], finding.data["record"])
+        elif kind == "stuck_build":
+            instance = await self._instance(finding.uuid)
+            message = f"build stuck: {finding.detail} (found by reconcile)"
+            await self.conductor.fail(instance, message, event="build", host=finding.host)
+        elif kind in ("power_state", "power_seen"):
+            await self._fix_power(finding)
+        elif kind in ("deleted_running", "unknown_domain"):
+            await self._remove_domain(finding)
+        elif kind == "missing_domain":
+            await self._missing_domain(finding)
+        elif kind == "claim":
+            await self._fix_claim(finding)
+        elif kind == "stale_image":
+            host = self._host_named(snapshot, finding.host)
+            await self.pool.call(
+                target_of(host), "image_remove", {"sha256": finding.data["sha256"]}
+            )
+        else:
+            raise HerdError(f"no repair for {kind}")
+
+    @staticmethod
+    def _host_named(snapshot: Snapshot, name: str | None) -> Host:
+        return next(h for h in snapshot.hosts.values() if h.name == name)
+
+    async def _instance(self, instance_uuid: str | None) -> Instance:
+        async with self.db.session() as db:
+            row = (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).first()
+        if row is None:
+            raise HerdError(f"server {instance_uuid} vanished from the database")
+        return row
+
+    async def _target(self, host_name: str | None) -> Any:
+        async with self.db.session() as db:
+            host = (await db.exec(select(Host).where(Host.name == host_name))).first()
+        if host is None:
+            raise HerdError(f"host {host_name} vanished from the database")
+        return target_of(host)
+
+    async def _fix_power(self, finding: Finding) -> None:
+        power = finding.data["power"]
+        if finding.policy == "restore":
+            action = "start" if finding.data["domain"] == "stopped" else "stop"
+            await self.pool.call(
+                await self._target(finding.host), "power", {"uuid": finding.uuid, "action": action}
+            )
+            return
+        async with self.db.session() as db:
+            row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
+            row.power_state = power
+            if finding.kind == "power_state":
+                row.vm_state = VmState.STOPPED if power != PowerState.RUNNING else VmState.ACTIVE
+                action = await start_action(db, row.uuid, "power_sync", f"req-{uuidlib.uuid4()}")
+                await record_event(db, action.id, "reconcile", True, finding.host, finding.detail)
+                await finish_action(db, action.id)
+            row.updated_at = utcnow()
+            db.add(row)
+
+    async def _remove_domain(self, finding: Finding) -> None:
+        # The snapshot is a few seconds old: a server created, or moved here, since
+        # then must not be mistaken for an orphan. Read it again right before acting.
+        async with self.db.session() as db:
+            row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).first()
+            host = (await db.exec(select(Host).where(Host.name == finding.host))).first()
+        if (
+            row is not None
+            and host is not None
+            and row.vm_state != VmState.DELETED
+            and row.host_id == host.id
+        ):
+            raise Skipped("the server changed in the database meanwhile; left alone")
+        target = await self._target(finding.host)
+        if finding.policy == "shutdown":
+            await self.pool.call(target, "power", {"uuid": finding.uuid, "action": "stop"})
+            return
+        job_id = f"reconcile-{uuidlib.uuid4()}"
+        await self.pool.cast(target, "delete", {"uuid": finding.uuid}, job_id)
+        record = await self.pool.follow(target, job_id, REAP_TIMEOUT)
+        await self.pool.call(target, "job_forget", {"job_id": job_id})
+        if record.get("state") != "succeeded":
+            raise HerdError(f"reaping failed: {(record.get('error') or {}).get('message')}")
+
+    async def _missing_domain(self, finding: Finding) -> None:
+        async with self.db.session() as db:
+            row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
+            row.vm_state, row.power_state, row.task_state = VmState.ERROR, PowerState.NOSTATE, None
+            row.updated_at = utcnow()
+            record_fault(db, row.uuid, f"{finding.detail} (found by reconcile)", host=finding.host)
+            await release(db, row.uuid)
+            db.add(row)
+
+    async def _fix_claim(self, finding: Finding) -> None:
+        action = finding.data["action"]
+        async with self.db.session() as db:
+            if action == "release":
+                await db.exec(
+                    delete(Allocation).where(col(Allocation.instance_uuid) == finding.uuid)
+                )  # type: ignore[call-overload]
+                return
+            row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
+            host = await db.get(Host, row.host_id)
+            if host is None:
+                raise HerdError(f"server {row.name} is on a host that no longer exists")
+            claim = (
+                await db.exec(select(Allocation).where(Allocation.instance_uuid == row.uuid))
+            ).first()
+            if claim is None:
+                claim = Allocation(
+                    instance_uuid=row.uuid,
+                    host_id=host.id,  # type: ignore[arg-type]
+                    vcpus=row.vcpus,
+                    ram_mb=row.ram_mb,
+                    disk_gb=row.disk_gb,
+                    created_at=utcnow(),
+                )
+            else:
+                old = await db.get(Host, claim.host_id)
+                if old is not None:
+                    old.generation += 1  # a concurrent claim on the old view retries
+                    db.add(old)
+                claim.host_id = host.id  # type: ignore[assignment]
+            host.generation += 1
+            db.add(host)
+            db.add(claim)

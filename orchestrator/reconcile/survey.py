@@ -1,0 +1,60 @@
+"""Ask every host, at once, what it really has: facts, herd's domains, job results.
+
+Each host gets ``host_timeout`` seconds for all of it; one that does not answer in
+time is a missed survey for that host and nothing else waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.conductor import target_of
+from orchestrator.db.models import Host
+from orchestrator.errors import HerdError
+from orchestrator.rpc.pool import AgentPool
+
+
+@dataclass
+class HostSurvey:
+    host: Host
+    error: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    agent_version: str | None = None
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)  # uuid -> domain
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job_id -> record
+    cache: list[dict[str, Any]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def _survey_one(pool: AgentPool, host: Host, with_cache: bool) -> HostSurvey:
+    target = target_of(host)
+    session = await pool.session(target)
+    survey = HostSurvey(host, facts=session.facts, agent_version=session.hello.get("agent_version"))
+    listing, jobs = await asyncio.gather(
+        pool.call(target, "list", {}), pool.call(target, "jobs", {})
+    )
+    survey.domains = {d["uuid"]: d for d in listing["domains"]}
+    survey.jobs = {j["job_id"]: j for j in jobs["jobs"]}
+    if with_cache:
+        survey.cache = (await pool.call(target, "image_list", {}))["images"]
+    return survey
+
+
+async def survey_hosts(
+    pool: AgentPool, hosts: Sequence[Host], timeout: float, with_cache: bool = False
+) -> list[HostSurvey]:
+    async def one(host: Host) -> HostSurvey:
+        try:
+            return await asyncio.wait_for(_survey_one(pool, host, with_cache), timeout)
+        except TimeoutError:
+            return HostSurvey(host, error=f"host {host.name}: no answer within {timeout:g}s")
+        except HerdError as exc:
+            return HostSurvey(host, error=str(exc))
+
+    return list(await asyncio.gather(*(one(h) for h in hosts)))

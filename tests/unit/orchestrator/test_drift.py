@@ -1,0 +1,195 @@
+"""Reconcile's drift rules, as data: a DB snapshot and host surveys in, findings out."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from orchestrator.db.models import AgentJob, Allocation, Host, Instance, PowerState, VmState
+from orchestrator.reconcile.config import ReconcileConfig
+from orchestrator.reconcile.drift import Snapshot, detect
+from orchestrator.reconcile.survey import HostSurvey
+
+H1 = Host(id=1, name="hv1", address="a")
+H2 = Host(id=2, name="hv2", address="b")
+NOW = time.time()
+
+
+def server(name: str, uuid: str, host: Host | None = H1, **kw: object) -> Instance:
+    fields: dict[str, object] = {
+        "vm_state": VmState.ACTIVE,
+        "task_state": None,
+        "power_state": PowerState.RUNNING,
+        "updated_at": datetime.now(UTC),
+    }
+    fields.update(kw)
+    return Instance(
+        uuid=uuid, name=name, flavor_name="f", vcpus=1, ram_mb=64, disk_gb=1,
+        image_name="i", host_id=host.id if host else None, **fields,
+    )  # fmt: skip
+
+
+def claim(instance: Instance, host: Host = H1) -> Allocation:
+    return Allocation(instance_uuid=instance.uuid, host_id=host.id, vcpus=1, ram_mb=64, disk_gb=1)
+
+
+def survey(
+    host: Host,
+    domains: dict[str, str] | None = None,
+    jobs: dict | None = None,
+    error: str | None = None,
+) -> HostSurvey:
+    return HostSurvey(
+        host,
+        error=error,
+        domains={
+            u: {"uuid": u, "name": f"herd-{u}", "state": s, "instance_name": "x"}
+            for u, s in (domains or {}).items()
+        },
+        jobs=jobs or {},
+    )
+
+
+def findings(instances, surveys, allocations=(), jobs=(), config=ReconcileConfig(), hosts=(H1, H2)):
+    snapshot = Snapshot(
+        {h.id: h for h in hosts}, instances, list(allocations), list(jobs), {}, now=NOW
+    )
+    return [
+        (f.kind, f.server or f.uuid or f.host, f.policy)
+        for f in detect(snapshot, surveys, config)
+        if not f.data.get("quiet")
+    ]
+
+
+def test_all_in_agreement_finds_nothing() -> None:
+    a = server("a", "u-a")
+    assert findings([a], [survey(H1, {"u-a": "running"}), survey(H2)], [claim(a)]) == []
+
+
+def test_a_domain_shut_off_behind_herds_back_is_power_drift() -> None:
+    a = server("a", "u-a")
+    assert findings([a], [survey(H1, {"u-a": "shutoff"}), survey(H2)], [claim(a)]) == [
+        ("power_state", "a", "record")
+    ]
+
+
+def test_a_stopped_server_whose_domain_runs_is_power_drift_unless_an_action_is_in_flight() -> None:
+    b = server("b", "u-b", vm_state=VmState.STOPPED, power_state=PowerState.SHUTDOWN)
+    assert findings([b], [survey(H1, {"u-b": "running"})], [claim(b)], hosts=(H1,)) == [
+        ("power_state", "b", "record")
+    ]
+    b.task_state = "powering-on"
+    assert findings([b], [survey(H1, {"u-b": "running"})], [claim(b)], hosts=(H1,)) == []
+
+
+def test_orphans_stale_and_unknown_domains_follow_their_own_policies() -> None:
+    gone = server("gone", "u-gone", vm_state=VmState.DELETED)
+    moved = server("moved", "u-moved", host=H2)
+    assert findings(
+        [gone, moved],
+        [
+            survey(H1, {"u-gone": "running", "u-moved": "running", "u-unknown": "running"}),
+            survey(H2, {"u-moved": "running"}),
+        ],
+        [claim(moved, H2)],
+    ) == [
+        ("deleted_running", "gone", "reap"),
+        ("deleted_running", "moved", "reap"),
+        ("unknown_domain", "u-unknown", "log"),
+    ]
+    quiet = ReconcileConfig(unknown_domains="noop", deleted_running="shutdown")
+    assert findings(
+        [gone], [survey(H1, {"u-gone": "running", "u-x": "shutoff"})], config=quiet, hosts=(H1,)
+    ) == [("deleted_running", "gone", "shutdown")]
+
+
+def test_a_missing_domain_on_a_live_host_is_found_but_not_on_an_unreachable_one() -> None:
+    a = server("a", "u-a")
+    assert findings([a], [survey(H1)], [claim(a)], hosts=(H1,)) == [("missing_domain", "a", "fix")]
+    assert findings([a], [survey(H1, error="down")], [claim(a)], hosts=(H1,)) == [
+        ("host_unreachable", "hv1", "report")
+    ]
+
+
+def test_a_finished_job_nobody_collected_is_applied_and_shields_its_server() -> None:
+    building = server(
+        "b", "u-b", vm_state=VmState.BUILDING, task_state="spawning", power_state=PowerState.NOSTATE
+    )
+    job = AgentJob(
+        id="j1",
+        host_id=1,
+        instance_uuid="u-b",
+        op="build",
+        state="running",
+        created_at=datetime.now(UTC),
+    )
+    done = {"j1": {"job_id": "j1", "state": "succeeded", "result": {}}}
+    assert findings(
+        [building], [survey(H1, {"u-b": "running"}, done)], [claim(building)], [job], hosts=(H1,)
+    ) == [("finished_job", "b", "fix")]
+    running = {"j1": {"job_id": "j1", "state": "running"}}
+    assert (
+        findings([building], [survey(H1, {}, running)], [claim(building)], [job], hosts=(H1,)) == []
+    )
+
+
+def test_a_job_the_host_never_received_fails_after_a_grace_period() -> None:
+    b = server("b", "u-b", vm_state=VmState.BUILDING, task_state="spawning")
+    fresh = AgentJob(
+        id="j", host_id=1, instance_uuid="u-b", op="build", created_at=datetime.now(UTC)
+    )
+    assert findings([b], [survey(H1)], [claim(b)], [fresh], hosts=(H1,)) == []
+    old = AgentJob(
+        id="j",
+        host_id=1,
+        instance_uuid="u-b",
+        op="build",
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    assert findings([b], [survey(H1)], [claim(b)], [old], hosts=(H1,)) == [
+        ("finished_job", "b", "fix")
+    ]
+
+
+def test_a_build_with_no_job_past_the_timeout_is_stuck() -> None:
+    old = datetime.now(UTC) - timedelta(hours=2)
+    b = server(
+        "b", "u-b", vm_state=VmState.BUILDING, task_state="scheduling", host=None, updated_at=old
+    )
+    assert findings([b], [survey(H1)], hosts=(H1,)) == [("stuck_build", "b", "fix")]
+    assert (
+        findings([b], [survey(H1)], hosts=(H1,), config=ReconcileConfig(build_timeout=3 * 3600))
+        == []
+    )
+
+
+def test_claims_that_disagree_with_the_servers_are_found() -> None:
+    a = server("a", "u-a")
+    gone = server("gone", "u-gone", vm_state=VmState.DELETED, host=None)
+    moved = server("moved", "u-moved", host=H2)
+    result = findings(
+        [a, gone, moved],
+        [survey(H1, {"u-a": "running"}), survey(H2, {"u-moved": "running"})],
+        [claim(gone), claim(moved, H1)],
+    )
+    assert sorted(result) == [
+        ("claim", "a", "fix"),
+        ("claim", "gone", "fix"),
+        ("claim", "moved", "fix"),
+    ]
+
+
+def test_hosts_go_down_after_n_missed_surveys_and_up_when_they_answer() -> None:
+    flaky = Host(id=1, name="hv1", address="a", missed_surveys=1)
+    config = ReconcileConfig(down_after=3)
+    assert findings([], [survey(flaky, error="x")], hosts=(flaky,), config=config) == [
+        ("host_unreachable", "hv1", "report")
+    ]
+    flaky.missed_surveys = 2
+    assert findings([], [survey(flaky, error="x")], hosts=(flaky,), config=config) == [
+        ("host_down", "hv1", "fix")
+    ]
+    flaky.marked_down = True
+    assert findings([], [survey(flaky)], hosts=(flaky,), config=config) == [
+        ("host_up", "hv1", "fix")
+    ]
