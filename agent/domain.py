@@ -14,11 +14,12 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import jinja2
+from typing import TYPE_CHECKING, Optional
 
 from agent import __version__
+
+if TYPE_CHECKING:
+    import jinja2
 from agent.errors import AgentError
 from agent.specs import BuildSpec
 from agent.virt import HERD_NS, domain_name
@@ -51,7 +52,11 @@ def template_source(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def environment() -> jinja2.Environment:
+def environment() -> "jinja2.Environment":
+    # Imported on first render: most agent sessions (surveys, power actions) render
+    # nothing, and jinja2 is a third of an agent's start-up time.
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.FunctionLoader(template_source),
         autoescape=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import logging
 import os
@@ -19,8 +18,6 @@ import secrets
 import shutil
 import stat
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -134,6 +131,12 @@ def fetch(state_dir: Path, source: str, sha256: Optional[str]) -> Tuple[CachedIm
 
 
 def _download(url: str, part: Path) -> Tuple[str, int]:
+    # Imported here: urllib.request pulls in ssl and http, ~30 ms that every agent
+    # start (each reconcile survey) would otherwise pay for a rare download.
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "herd-agent"})
     try:
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:

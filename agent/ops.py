@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping
 from agent import domain, images, proc
 from agent.errors import BadRequest, NotFound
 from agent.fsutil import DIR_MODE, FILE_MODE, atomic_write_bytes, ensure_dir
-from agent.specs import BuildSpec, DeleteSpec
+from agent.specs import BuildSpec, DeleteSpec, PowerSpec
 from agent.virt import DomainInfo, Virsh, domain_name
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
     inst_dir = ctx.instance_dir(uuid)
     disk = inst_dir / "disk"
     existing = virsh.dominfo(uuid)
+    if existing is not None and spec.rebuild:
+        if existing.name != name:
+            raise BadRequest(f"the domain with UUID {uuid} is not herd's: {existing.name}")
+        log.info("rebuild of %s: removing its domain and disk first", name)
+        remove_domain(virsh, name)
+        existing = None
     if existing is not None:
         return _adopt(virsh, existing, disk)
 
@@ -89,7 +96,8 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
         atomic_write_bytes(xml_path, xml_text.encode("utf-8"))
         virsh.define(str(xml_path))
         undo.append(lambda: remove_domain(virsh, name))
-        virsh.start(name)
+        if spec.start:
+            virsh.start(name)
     except BaseException:
         _rollback(undo)
         raise
@@ -157,6 +165,67 @@ def _rollback(undo: List[Callable[[], None]]) -> None:
             log.exception("cleanup step failed")
 
 
+POLL = 0.5
+
+
+def _wait_for(virsh: Virsh, uuid: str, states: tuple, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = virsh.dominfo(uuid)
+        if info is None or info.state in states:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+
+
+def power(ctx: Context, spec: PowerSpec) -> Dict[str, Any]:
+    """One power action, idempotent: an action whose end state already holds is done.
+
+    stop and soft reboot ask the guest first (ACPI) and force it after ``timeout``, as
+    Nova's libvirt driver does; the result says whether it had to.
+    """
+    virsh = ctx.virsh
+    name = domain_name(spec.uuid)
+    info = virsh.dominfo(spec.uuid)
+    if info is None:
+        raise NotFound(f"no domain for instance {spec.uuid} on this host")
+    if info.name != name:
+        raise BadRequest(f"the domain with UUID {spec.uuid} is not herd's: {info.name}")
+    state, forced = info.state, False
+    action = spec.action
+    if action == "start" and state in _STARTABLE:
+        virsh.start(name)  # restores a managed save, if any
+    elif action in ("stop", "reboot"):
+        if state == "paused":
+            virsh.resume(name)  # a paused guest cannot hear ACPI
+        if state not in _STARTABLE:
+            virsh.shutdown(name)
+            if not _wait_for(virsh, spec.uuid, _STARTABLE, spec.timeout):
+                forced = virsh.destroy(name)
+        if action == "reboot":
+            virsh.start(name)
+    elif action == "hard_reboot":
+        virsh.destroy(name)
+        virsh.start(name)
+    elif action == "pause" and state == "running":
+        virsh.suspend(name)
+    elif action == "unpause" and state == "paused":
+        virsh.resume(name)
+    elif action == "suspend" and state in ("running", "paused"):
+        virsh.managed_save(name)
+    elif action == "resume" and state in _STARTABLE:
+        virsh.start(name)
+    after = virsh.dominfo(spec.uuid)
+    result = {"state": after.state if after else "unknown", "forced": forced}
+    if action == "suspend":
+        result["managed_save"] = virsh.has_managed_save(name)
+    log.info(
+        "%s %s: %s -> %s%s", action, name, state, result["state"], " (forced)" if forced else ""
+    )
+    return result
+
+
 def delete(ctx: Context, spec: DeleteSpec) -> Dict[str, Any]:
     virsh = ctx.virsh
     inst_dir = ctx.instance_dir(spec.uuid)
@@ -186,4 +255,5 @@ class JobKind:
 JOBS: Dict[str, JobKind] = {
     "build": JobKind(parse=BuildSpec.from_args, run=build),
     "delete": JobKind(parse=DeleteSpec.from_args, run=delete),
+    "power": JobKind(parse=PowerSpec.from_args, run=power),
 }

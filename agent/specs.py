@@ -175,6 +175,47 @@ def _seed(args: Mapping[str, Any]) -> Optional[bytes]:
         raise BadRequest("build: seed is not valid base64") from None
 
 
+def _flag(args: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = args.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"build: {key} must be true or false")
+    return value
+
+
+POWER_ACTIONS = (
+    "start",
+    "stop",
+    "reboot",
+    "hard_reboot",
+    "pause",
+    "unpause",
+    "suspend",
+    "resume",
+)
+
+
+@dataclass(frozen=True)
+class PowerSpec:
+    """A power action on one of herd's domains; ``timeout``: how long a graceful stop or
+    soft reboot may take before it is forced (Nova's shutdown_timeout)."""
+
+    uuid: str
+    action: str
+    timeout: int
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> PowerSpec:
+        return cls(
+            uuid=uuid(args, "uuid", "power: "),
+            action=choice(args, "action", "power: ", POWER_ACTIONS),
+            timeout=integer(args, "timeout", "power: ", 0, 3600) if "timeout" in args else 60,
+        )
+
+    @property
+    def lock_key(self) -> str:
+        return self.uuid
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     instance: Instance
@@ -184,6 +225,11 @@ class BuildSpec:
     boot: Optional[BootFiles] = None
     nics: Tuple[Nic, ...] = ()
     seed: Optional[bytes] = None  # the NoCloud ISO, made by the orchestrator
+    # Rebuild (or evacuation target): throw away any domain and disk of this UUID here
+    # and build afresh, instead of adopting what exists.
+    rebuild: bool = False
+    # Start the domain once defined (a stopped server is migrated or rebuilt stopped).
+    start: bool = True
 
     @property
     def image_digests(self) -> List[str]:
@@ -223,6 +269,8 @@ class BuildSpec:
             boot=_boot(args),
             nics=_nics(args),
             seed=_seed(args),
+            rebuild=_flag(args, "rebuild", False),
+            start=_flag(args, "start", True),
         )
 
     @property

@@ -141,6 +141,24 @@ class Virsh:
     def start(self, name: str) -> None:
         self.run(["start", name], timeout=START_TIMEOUT)
 
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI); returns at once, the guest decides."""
+        self.run(["shutdown", name, "--mode", "acpi"], timeout=STOP_TIMEOUT)
+
+    def suspend(self, name: str) -> None:
+        self.run(["suspend", name], timeout=STOP_TIMEOUT)
+
+    def resume(self, name: str) -> None:
+        self.run(["resume", name], timeout=STOP_TIMEOUT)
+
+    def managed_save(self, name: str) -> None:
+        """Save the guest's memory to disk and stop it; the next start restores it."""
+        self.run(["managedsave", name], timeout=START_TIMEOUT)
+
+    def has_managed_save(self, name: str) -> bool:
+        out = self.run(["dominfo", name])
+        return dict(_colon_fields(out)).get("Managed save", "no") == "yes"
+
     def destroy(self, name: str) -> bool:
         """Hard power-off; False when the domain was not running (not an error)."""
         try:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from sqlmodel import col, select
 
-from orchestrator import cloudinit
+from orchestrator import cloudinit, lifecycle
 from orchestrator.actions import (
     finish_action,
     finish_event,
@@ -348,7 +348,7 @@ class Conductor:
             await self._record_deliveries(instance, host.name, deliveries)
             seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
             args = config.build_args(instance, host.domain_type or "qemu", seed)
-            job_id = await self._record_job(instance, host, "build", TaskState.SPAWNING)
+            job_id = await self.record_job(instance, host, "build", TaskState.SPAWNING)
             self.progress.update(instance, "spawning", host=host.name)
             await self.pool.cast(target, "build", args, job_id)
         except HerdError as exc:
@@ -356,7 +356,7 @@ class Conductor:
                 return await self._retry_before_cast(instance, host, str(exc))
             await self._count_build(host.id, ok=False)
             return await self.fail(instance, str(exc), event="build", host=host.name)
-        await self._mark_job(job_id, JobState.RUNNING)
+        await self.mark_job(job_id, JobState.RUNNING)
         if not wait:
             self.progress.update(instance, "building", host=host.name, detail="not waiting")
             return Outcome(
@@ -450,6 +450,8 @@ class Conductor:
                     self._apply_build(instance, ok)
                 elif job.op == "delete":
                     self._apply_delete(instance, ok)
+                else:  # a lifecycle action: start, stop, reboot, rebuild, evacuate...
+                    lifecycle.apply_result(instance, job.op, ok, job.result or {})
                 if not ok:
                     message = f"{job.op} failed on {host_name}: {error}"
                     record_fault(db, instance.uuid, message, host=host_name)
@@ -527,13 +529,13 @@ class Conductor:
         self.progress.update(instance, "deleting", host=host.name)
         target = target_of(host)
         try:
-            job_id = await self._record_job(
+            job_id = await self.record_job(
                 instance, host, "delete", TaskState.DELETING, action_id=action.id
             )
             await self.pool.cast(target, "delete", {"uuid": instance.uuid}, job_id)
         except HerdError as exc:
             return await self._fail_delete(instance, host.name, action.id, str(exc))
-        await self._mark_job(job_id, JobState.RUNNING)
+        await self.mark_job(job_id, JobState.RUNNING)
         if not wait:
             return Outcome(
                 instance.uuid, instance.name, host.name, instance.vm_state, TaskState.DELETING
@@ -578,7 +580,7 @@ class Conductor:
             details = "; ".join(d.describe(host) for d in deliveries)
             await record_event(db, action, "image", True, host, details)
 
-    async def _record_job(
+    async def record_job(
         self, instance: Instance, host: Host, op: str, task_state: str, action_id: int | None = None
     ) -> str:
         """Write the job row before casting, so a crash after the cast loses nothing."""
@@ -605,7 +607,7 @@ class Conductor:
             )
         return job_id
 
-    async def _mark_job(self, job_id: str, state: JobState) -> None:
+    async def mark_job(self, job_id: str, state: JobState) -> None:
         async with self.db.session() as db:
             job = await db.get(AgentJob, job_id)
             if job is not None and job.collected_at is None:

@@ -1,17 +1,22 @@
-"""`herd host ...`: capacity and usage, contact (refresh), and trusting host keys."""
+"""`herd host ...`: capacity and usage, contact (refresh), trust, disable/enable, evacuate."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from sqlmodel import select
 
 from orchestrator import api
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import age, err, out, print_json, styled, table
-from orchestrator.conductor import HostContact, target_of
-from orchestrator.errors import HerdError, HostUnreachable
+from orchestrator.cli.progress import LiveProgress
+from orchestrator.cli.servers import show_outcomes
+from orchestrator.conductor import HostContact, Outcome, target_of
+from orchestrator.db.models import Host, utcnow
+from orchestrator.errors import HerdError, HostUnreachable, NotFound
 from orchestrator.rpc.ssh import fetch_host_key, fingerprint, record_host_key
+from orchestrator.server_actions import ServerActions
 
 app = typer.Typer(help="Hypervisors: capacity, usage, contact and trust.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -150,3 +155,55 @@ def trust(
             raise typer.Exit(1)
     path = record_host_key(target, key)  # type: ignore[arg-type]
     err.print(f"host {name}: trusted {seen}, recorded in {path}")
+
+
+async def _set_enabled(name: str, enabled: bool, reason: str | None) -> None:
+    async with herd() as h, h.db.session() as db:
+        host = (await db.exec(select(Host).where(Host.name == name))).first()
+        if host is None:
+            raise NotFound(f"host {name!r} not found")
+        host.enabled = enabled
+        # Set by an operator, so `herd inventory apply` keeps the host disabled.
+        host.disabled_reason = None if enabled else (reason or "disabled by an operator")
+        host.updated_at = utcnow()
+        db.add(host)
+
+
+@app.command()
+def disable(
+    name: Annotated[str, typer.Argument(help="Host name.")],
+    reason: Annotated[str | None, typer.Option(help="Why, for `host list`.")] = None,
+) -> None:
+    """Schedule nothing new on the host (its servers keep running)."""
+    run_async(_set_enabled(name, False, reason))
+    err.print(f"host {name} disabled")
+
+
+@app.command()
+def enable(name: Annotated[str, typer.Argument(help="Host name.")]) -> None:
+    """Let the scheduler use the host again."""
+    run_async(_set_enabled(name, True, None))
+    err.print(f"host {name} enabled")
+
+
+@app.command()
+def evacuate(
+    name: Annotated[str, typer.Argument(help="A host that is down.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a down host's servers on other hosts (same UUIDs and addresses); when it
+    comes back, `herd reconcile` removes the stale copies there."""
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress(f"Evacuating {name}")
+        async with herd(progress) as h:
+            actions = ServerActions(h.conductor)
+            if progress is None:
+                return await actions.evacuate(name)
+            with progress:
+                return await actions.evacuate(name)
+
+    outcomes = run_async(main())
+    if not outcomes and not as_json:
+        err.print(f"host {name} has no servers to evacuate")
+    show_outcomes(outcomes, as_json, "evacuate")

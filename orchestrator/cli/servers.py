@@ -14,10 +14,11 @@ from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Outcome
-from orchestrator.errors import HerdError, InvalidInput, NoValidHost
+from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
 from orchestrator.scheduler.scheduler import Plan
+from orchestrator.server_actions import ServerActions
 
-app = typer.Typer(help="Create, inspect and delete servers.", no_args_is_help=True)
+app = typer.Typer(help="Create, inspect, power, rebuild and delete servers.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 WaitOpt = Annotated[
@@ -29,7 +30,7 @@ class SomeFailed(HerdError):
     """Some servers of a multi-server request failed; each failure was shown."""
 
 
-def _outcomes(outcomes: list[Outcome], as_json: bool, verb: str) -> None:
+def show_outcomes(outcomes: list[Outcome], as_json: bool, verb: str) -> None:
     if as_json:
         print_json([o.__dict__ for o in outcomes])
     else:
@@ -46,6 +47,8 @@ def _outcomes(outcomes: list[Outcome], as_json: bool, verb: str) -> None:
     failed = [o for o in outcomes if o.error]
     if failed and all(o.failed_at == "schedule" for o in failed):
         raise NoValidHost(failed[0].error or "no valid host")
+    if failed and all(o.failed_at == "guard" for o in failed):
+        raise Conflict(failed[0].error or "refused by the server's state")
     if failed:
         raise SomeFailed(f"{len(failed)} of {len(outcomes)} servers failed to {verb}")
 
@@ -157,7 +160,7 @@ def create(
     outcomes, plan, names = run_async(main())
     if plan is not None and not as_json:
         show_plan(plan, names, as_json=False, explain=True, placements=False)
-    _outcomes(outcomes, as_json, "build")
+    show_outcomes(outcomes, as_json, "build")
 
 
 async def _dry_run(request: api.CreateRequest) -> tuple[Plan, dict[str, str]]:
@@ -336,7 +339,7 @@ def delete(
             with progress:
                 return await h.conductor.delete(instances, wait=wait)
 
-    _outcomes(run_async(main()), as_json, "delete")
+    show_outcomes(run_async(main()), as_json, "delete")
 
 
 @app.command("wait")
@@ -365,7 +368,7 @@ def wait_(
     if not outcomes and not as_json:
         err.print("nothing to wait for")
         return
-    _outcomes(outcomes, as_json, "finish")
+    show_outcomes(outcomes, as_json, "finish")
 
 
 @app.command("console-log")
@@ -407,3 +410,100 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
     status = run_async(main())
     err.print("\ndetached")
     raise typer.Exit(status)
+
+
+NamesArg = Annotated[list[str], typer.Argument(help="Names or UUIDs.")]
+TimeoutOpt = Annotated[
+    int,
+    typer.Option(
+        help="Seconds the guest gets to shut down (stop, soft reboot) before it is forced."
+    ),
+]
+
+
+def _run_power(names: list[str], action: str, wait: bool, as_json: bool, timeout: int) -> None:
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress(action.replace("_", " ").capitalize())
+        async with herd(progress) as h:
+            instances = await api.find_servers(h.db, names)
+            actions = ServerActions(h.conductor)
+            if progress is None:
+                return await actions.power(instances, action, wait=wait, timeout=timeout)
+            with progress:
+                return await actions.power(instances, action, wait=wait, timeout=timeout)
+
+    show_outcomes(run_async(main()), as_json, action.replace("_", " "))
+
+
+@app.command()
+def start(names: NamesArg, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Power on stopped servers."""
+    _run_power(names, "start", wait, as_json, 0)
+
+
+@app.command()
+def stop(
+    names: NamesArg, timeout: TimeoutOpt = 60, wait: WaitOpt = True, as_json: JsonOpt = False
+) -> None:
+    """Shut servers down: ACPI first, forced off after --timeout."""
+    _run_power(names, "stop", wait, as_json, timeout)
+
+
+@app.command()
+def reboot(
+    names: NamesArg,
+    hard: Annotated[bool, typer.Option("--hard", help="Power-cycle at once.")] = False,
+    timeout: TimeoutOpt = 60,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reboot: soft asks the guest (ACPI) and falls back to hard after --timeout."""
+    _run_power(names, "hard_reboot" if hard else "reboot", wait, as_json, timeout)
+
+
+@app.command()
+def pause(names: NamesArg, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Freeze servers' vCPUs (memory stays in RAM)."""
+    _run_power(names, "pause", wait, as_json, 0)
+
+
+@app.command()
+def unpause(names: NamesArg, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Let paused servers run again."""
+    _run_power(names, "unpause", wait, as_json, 0)
+
+
+@app.command()
+def suspend(names: NamesArg, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Save servers' memory to disk and stop them (libvirt managed save)."""
+    _run_power(names, "suspend", wait, as_json, 0)
+
+
+@app.command()
+def resume(names: NamesArg, wait: WaitOpt = True, as_json: JsonOpt = False) -> None:
+    """Restore suspended servers from their saved memory."""
+    _run_power(names, "resume", wait, as_json, 0)
+
+
+@app.command()
+def rebuild(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    image: Annotated[
+        str | None, typer.Option(help="Rebuild from this image (default: the same one).")
+    ] = None,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """A new root disk from the image: same UUID, host, addresses and user data."""
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress("Rebuilding")
+        async with herd(progress) as h:
+            (instance,) = await api.find_servers(h.db, [name])
+            actions = ServerActions(h.conductor)
+            if progress is None:
+                return [await actions.rebuild(instance, image, wait=wait)]
+            with progress:
+                return [await actions.rebuild(instance, image, wait=wait)]
+
+    show_outcomes(run_async(main()), as_json, "rebuild")

@@ -62,6 +62,19 @@ class PowerState(enum.StrEnum):
     SUSPENDED = "suspended"
 
 
+# libvirt's domain state (as the agent words it) -> the power state herd records.
+POWER_OF: dict[str, PowerState] = {
+    "running": PowerState.RUNNING,
+    "idle": PowerState.RUNNING,
+    "blocked": PowerState.RUNNING,
+    "paused": PowerState.PAUSED,
+    "shutoff": PowerState.SHUTDOWN,
+    "shutdown": PowerState.SHUTDOWN,
+    "crashed": PowerState.CRASHED,
+    "pmsuspended": PowerState.SUSPENDED,
+}
+
+
 class JobState(enum.StrEnum):
     PENDING = "pending"  # recorded, not yet acknowledged by the agent
     RUNNING = "running"

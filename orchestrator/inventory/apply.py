@@ -272,9 +272,12 @@ async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Chan
     for values in images.values():
         values["managed_by"] = "inventory"
     async with db.session() as session:
-        changes, removed_hosts = await _sync(
-            session, Host, "host", {s.name: host_values(s) for s in inventory.hosts}
-        )
+        wanted_hosts = {s.name: host_values(s) for s in inventory.hosts}
+        for row in (await session.exec(select(Host))).all():
+            values = wanted_hosts.get(row.name)
+            if values is not None and row.disabled_reason and values["enabled"]:
+                del values["enabled"]  # `herd host disable` outlives an apply of the files
+        changes, removed_hosts = await _sync(session, Host, "host", wanted_hosts)
         await _refuse_busy_hosts(session, removed_hosts)
         flavor_changes, removed_flavors = await _sync(
             session, Flavor, "flavor", {s.name: flavor_values(s) for s in inventory.flavors}

@@ -14,23 +14,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.db.models import AgentJob, Allocation, Host, Instance, PowerState, VmState
+from orchestrator.db.models import (
+    POWER_OF,
+    AgentJob,
+    Allocation,
+    Host,
+    Instance,
+    PowerState,
+    VmState,
+)
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.survey import HostSurvey
 
 FINISHED = ("succeeded", "failed", "lost")
 # A job row the host never heard of: after this long the cast surely never arrived.
 LOST_CAST_SECONDS = 120.0
-POWER_OF = {
-    "running": PowerState.RUNNING,
-    "idle": PowerState.RUNNING,
-    "blocked": PowerState.RUNNING,
-    "paused": PowerState.PAUSED,
-    "shutoff": PowerState.SHUTDOWN,
-    "shutdown": PowerState.SHUTDOWN,
-    "crashed": PowerState.CRASHED,
-    "pmsuspended": PowerState.SUSPENDED,
-}
 REPORT_ONLY = ("report", "log")
 
 

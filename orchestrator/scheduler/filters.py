@@ -59,14 +59,17 @@ def ago(seconds: float) -> str:
 
 
 class RequestedHostFilter(HostFilter):
-    """With `--host`, every other host is out; the named one still faces the filters."""
+    """With `--host`, every other host is out; the named one still faces the filters.
+    A move (migrate, evacuate) also names the hosts it must not land on."""
 
     name = "requested_host"
 
     def applies(self, spec: RequestSpec) -> bool:
-        return spec.requested_host is not None
+        return spec.requested_host is not None or bool(spec.ignore_hosts)
 
     def check(self, host: HostState, spec: RequestSpec) -> Verdict:
+        if host.name in spec.ignore_hosts:
+            return Verdict.no("the server is moving away from this host")
         if spec.requested_host is None or host.name == spec.requested_host:
             return PASS
         return Verdict.no(f"not the requested host {spec.requested_host}")

@@ -40,6 +40,8 @@ class RequestSpec:
     # Like Nova's `--host`: only that host is a candidate, but the filters still run, so
     # an operator pinning a build cannot overcommit a host by accident.
     requested_host: str | None = None
+    # Nova's ignore_hosts: where a move comes from (migrate, evacuate) is never a target.
+    ignore_hosts: frozenset[str] = frozenset()
     group: GroupState | None = None
     same_host: frozenset[str] = frozenset()
     different_host: frozenset[str] = frozenset()

@@ -1,0 +1,272 @@
+"""Lifecycle workflows: power actions, rebuild, evacuate — each an instance action
+with events, guarded by state (orchestrator/lifecycle.py), run as a durable job on the
+host, and collected through the conductor's one ``apply_job``, so `herd server wait`
+and `herd reconcile` finish them too when herd is killed half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Sequence
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from orchestrator import cloudinit, lifecycle
+from orchestrator.actions import finish_action, finish_event, record_fault, start_action
+from orchestrator.conductor import Conductor, Outcome, outcome_of, target_of
+from orchestrator.db.models import (
+    Host,
+    Image,
+    Instance,
+    InstanceActionEvent,
+    JobState,
+    VmState,
+    utcnow,
+)
+from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
+from orchestrator.guest_config import load_guest_config
+from orchestrator.scheduler.claims import release
+from orchestrator.scheduler.loader import spec_of
+
+POWER_TIMEOUT = 60  # seconds a guest gets to shut down before it is forced (Nova's default)
+FOLLOW_MARGIN = 180.0
+
+
+def guard_outcome(instance: Instance, error: str) -> Outcome:
+    return Outcome(
+        instance.uuid, instance.name, None, instance.vm_state, instance.task_state, error,
+        failed_at="guard",
+    )  # fmt: skip
+
+
+class ServerActions:
+    def __init__(self, conductor: Conductor) -> None:
+        self.conductor = conductor
+        self.db = conductor.db
+        self.pool = conductor.pool
+        self.progress = conductor.progress
+
+    # -- shared steps -------------------------------------------------------
+
+    async def _begin(self, instance: Instance, action: str) -> tuple[Instance, int, Host | None]:
+        """Take the task (or raise Conflict) and open the instance action."""
+        async with self.db.session() as db:
+            row = await lifecycle.begin(db, instance, action)
+            act = await start_action(db, row.uuid, action, f"req-{uuid.uuid4()}")
+            host = await db.get(Host, row.host_id) if row.host_id else None
+        assert act.id is not None
+        return row, act.id, host
+
+    async def _abort(
+        self, instance: Instance, action_id: int, host: str | None, error: str
+    ) -> Outcome:
+        """The action failed before its job ran: nothing changed on the host."""
+        async with self.db.session() as db:
+            row = (await db.exec(select(Instance).where(Instance.uuid == instance.uuid))).one()
+            row.task_state, row.updated_at = None, utcnow()
+            db.add(row)
+            await finish_action(db, action_id, "error")
+            record_fault(db, row.uuid, error, host=host)
+            await self._close_open_events(db, action_id, error)
+        self.progress.update(row, "error", host=host, detail=error)
+        return outcome_of(row, host, error)
+
+    @staticmethod
+    async def _close_open_events(db: AsyncSession, action_id: int, error: str) -> None:
+        rows = (
+            await db.exec(
+                select(InstanceActionEvent).where(
+                    InstanceActionEvent.action_id == action_id,
+                    col(InstanceActionEvent.finish_time).is_(None),
+                )
+            )
+        ).all()
+        for event in rows:
+            await finish_event(db, event.id, False, error)
+
+    async def _cast(
+        self,
+        instance: Instance,
+        host: Host,
+        op: str,
+        agent_op: str,
+        args: dict[str, object],
+        action_id: int,
+        *,
+        wait: bool,
+        timeout: float,
+    ) -> Outcome:
+        rule = lifecycle.RULES.get(op)
+        task = rule.task_state if rule else instance.task_state or op
+        target = target_of(host)
+        try:
+            job_id = await self.conductor.record_job(instance, host, op, task, action_id=action_id)
+            await self.pool.cast(target, agent_op, args, job_id)
+        except HerdError as exc:
+            return await self._abort(instance, action_id, host.name, f"{op} failed: {exc}")
+        await self.conductor.mark_job(job_id, JobState.RUNNING)
+        self.progress.update(instance, task, host=host.name)
+        if not wait:
+            return Outcome(instance.uuid, instance.name, host.name, instance.vm_state, task)
+        return await self.conductor.follow(job_id, target, timeout)
+
+    # -- power ----------------------------------------------------------------
+
+    async def power(
+        self,
+        instances: Sequence[Instance],
+        action: str,
+        *,
+        wait: bool = True,
+        timeout: int = POWER_TIMEOUT,
+    ) -> list[Outcome]:
+        """start, stop, reboot, hard_reboot, pause, unpause, suspend, resume — on many
+        servers at once; one refused or failing server does not hold up the others."""
+        rule = lifecycle.RULES[action]
+
+        async def one(instance: Instance) -> Outcome:
+            try:
+                row, action_id, host = await self._begin(instance, action)
+            except Conflict as exc:
+                return guard_outcome(instance, str(exc))
+            if host is None:
+                return await self._abort(row, action_id, None, "the server is on no host")
+            args = {"uuid": row.uuid, "action": rule.agent_action, "timeout": timeout}
+            return await self._cast(
+                row, host, action, "power", args, action_id, wait=wait,
+                timeout=timeout + FOLLOW_MARGIN,
+            )  # fmt: skip
+
+        return list(await asyncio.gather(*(one(i) for i in instances)))
+
+    # -- rebuild ---------------------------------------------------------------
+
+    async def rebuild(
+        self, instance: Instance, image_name: str | None = None, *, wait: bool = True
+    ) -> Outcome:
+        """A new root disk from the image (the same, or ``image_name``): same UUID, same
+        host, same addresses, same user data; a stopped server stays stopped."""
+        image = await self._rebuild_image(instance, image_name) if image_name else None
+        try:
+            row, action_id, host = await self._begin(instance, "rebuild")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        if host is None:
+            return await self._abort(row, action_id, None, "the server is on no host")
+        if image is not None:
+            async with self.db.session() as db:
+                fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
+                fresh.image_id, fresh.image_name = image.id, image.name
+                fresh.request_spec = {
+                    **fresh.request_spec,
+                    "image_properties": dict(image.properties),
+                }
+                db.add(fresh)
+        return await self._build_on(
+            row, host, "rebuild", action_id, start=row.vm_state != VmState.STOPPED, wait=wait
+        )
+
+    async def _rebuild_image(self, instance: Instance, name: str) -> Image:
+        async with self.db.session() as db:
+            image = (await db.exec(select(Image).where(Image.name == name))).first()
+        if image is None:
+            raise NotFound(f"image {name!r} not found")
+        if image.format in ("aki", "ari"):
+            raise InvalidInput(f"image {name!r} is a kernel or ramdisk, not a bootable disk")
+        if image.min_ram_mb > instance.ram_mb or (
+            instance.disk_gb and image.min_disk_gb > instance.disk_gb
+        ):
+            raise InvalidInput(
+                f"image {name!r} needs {image.min_ram_mb} MiB RAM and {image.min_disk_gb} GiB "
+                f"disk; server {instance.name} has {instance.ram_mb} MiB and {instance.disk_gb} GiB"
+            )
+        return image
+
+    async def _build_on(
+        self, instance: Instance, host: Host, op: str, action_id: int, *, start: bool, wait: bool
+    ) -> Outcome:
+        """Build the server afresh on ``host`` (rebuild, evacuate): its images cached
+        there, its seed made again from the DB, anything of it already there replaced."""
+        target = target_of(host)
+        self.progress.update(instance, "preparing image", host=host.name)
+        try:
+            async with self.db.session() as db:
+                row = (await db.exec(select(Instance).where(Instance.uuid == instance.uuid))).one()
+                config = await load_guest_config(db, row)
+            await asyncio.gather(*(self.conductor.images.ensure(target, i) for i in config.images))
+            seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
+        except HerdError as exc:
+            return await self._abort(instance, action_id, host.name, f"{op} failed: {exc}")
+        args = config.build_args(row, host.domain_type or "qemu", seed)
+        args.update(rebuild=True, start=start)
+        return await self._cast(
+            row, host, op, "build", args, action_id, wait=wait,
+            timeout=self.conductor.build_timeout,
+        )  # fmt: skip
+
+    # -- evacuate --------------------------------------------------------------
+
+    async def evacuate(self, host_name: str, *, wait: bool = True) -> list[Outcome]:
+        """Rebuild every server of a host that is down on other hosts, through the
+        scheduler: same UUIDs, same addresses. The old host is not told (it cannot be);
+        when it comes back, `herd reconcile` reaps the stale domains there, whose
+        servers the DB now places elsewhere, instead of them ever running twice."""
+        async with self.db.session() as db:
+            host = (await db.exec(select(Host).where(Host.name == host_name))).first()
+            if host is None:
+                raise NotFound(f"host {host_name!r} not found")
+            instances = list(
+                (
+                    await db.exec(
+                        select(Instance).where(
+                            Instance.host_id == host.id,
+                            Instance.vm_state != VmState.DELETED,
+                            Instance.vm_state != VmState.BUILDING,
+                        )
+                    )
+                ).all()
+            )
+        await self._refuse_if_alive(host)
+        return list(await asyncio.gather(*(self._evacuate_one(i, host) for i in instances)))
+
+    async def _refuse_if_alive(self, host: Host) -> None:
+        """Evacuating a host that still runs its guests would run each twice."""
+        self.pool.forget_failure(host.name)
+        try:
+            await asyncio.wait_for(self.pool.call(target_of(host), "ping", {}), 15)
+        except (HerdError, TimeoutError):
+            return
+        raise Conflict(
+            f"host {host.name} answers: evacuate is for hosts that are down "
+            "(stop its libvirtd or power it off first)"
+        )
+
+    async def _evacuate_one(self, instance: Instance, source: Host) -> Outcome:
+        try:
+            row, action_id, _ = await self._begin(instance, "evacuate")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        was_stopped = row.vm_state == VmState.STOPPED
+        async with self.db.session() as db:
+            await release(db, row.uuid)  # its claim moves with it
+            spec = dataclasses.replace(
+                spec_of(row, None), requested_host=None, ignore_hosts=frozenset({source.name})
+            )
+        self.progress.update(row, "scheduling", host=source.name)
+        try:
+            plan = await self.conductor.scheduler.place([spec])
+        except NoValidHost as exc:
+            return await self._abort(row, action_id, source.name, f"evacuate: {exc}")
+        placement = plan.placements[0]
+        async with self.db.session() as db:
+            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
+            fresh.host_id = placement.host_id
+            db.add(fresh)
+            dest = await db.get(Host, placement.host_id)
+        assert dest is not None
+        return await self._build_on(
+            fresh, dest, "evacuate", action_id, start=not was_stopped, wait=True
+        )
