@@ -20,6 +20,9 @@ class ReconcileConfig(BaseModel):
 
     host_timeout: float = Field(default=20.0, gt=0, le=600)
     """Seconds one host's survey may take (handshake, facts, domains, jobs)."""
+    survey_concurrency: int = Field(default=64, ge=1, le=10000)
+    """Hosts surveyed at once: a fleet-wide stampede of SSH handshakes would make every
+    host miss its timeout; the timeout counts from when a host's turn comes."""
     down_after: int = Field(default=3, ge=1, le=1000)
     """Consecutive missed surveys before a host is marked down."""
     build_timeout: float = Field(default=3600.0, gt=0)

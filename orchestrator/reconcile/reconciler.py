@@ -92,6 +92,7 @@ class Reconciler:
             hosts,
             self.config.host_timeout,
             with_cache=self.config.image_cache_max_age_hours is not None,
+            concurrency=self.config.survey_concurrency,
         )
         findings = detect(snapshot, surveys, self.config)
         quiet = [f for f in findings if f.data.get("quiet")]

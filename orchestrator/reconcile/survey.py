@@ -47,11 +47,18 @@ async def _survey_one(pool: AgentPool, host: Host, with_cache: bool) -> HostSurv
 
 
 async def survey_hosts(
-    pool: AgentPool, hosts: Sequence[Host], timeout: float, with_cache: bool = False
+    pool: AgentPool,
+    hosts: Sequence[Host],
+    timeout: float,
+    with_cache: bool = False,
+    concurrency: int = 64,
 ) -> list[HostSurvey]:
+    turns = asyncio.Semaphore(concurrency)
+
     async def one(host: Host) -> HostSurvey:
         try:
-            return await asyncio.wait_for(_survey_one(pool, host, with_cache), timeout)
+            async with turns:
+                return await asyncio.wait_for(_survey_one(pool, host, with_cache), timeout)
         except TimeoutError:
             return HostSurvey(host, error=f"host {host.name}: no answer within {timeout:g}s")
         except HerdError as exc:

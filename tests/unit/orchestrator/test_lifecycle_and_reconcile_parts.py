@@ -1,0 +1,141 @@
+"""Pure parts of the lifecycle and of reconcile: state guards, results, lock, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from orchestrator import lifecycle
+from orchestrator.db.engine import Database, open_database
+from orchestrator.db.models import Host, Instance, PowerState, VmState
+from orchestrator.errors import Conflict
+from orchestrator.reconcile import metrics
+from orchestrator.reconcile.drift import Finding
+from orchestrator.reconcile.lock import ReconcileLocked, file_lock, lock_path
+from orchestrator.reconcile.reconciler import RunReport
+from orchestrator.reconcile.survey import HostSurvey
+
+
+async def add_server(db: Database, **kw: object) -> Instance:
+    fields: dict[str, object] = {"vm_state": VmState.ACTIVE, "task_state": None}
+    fields.update(kw)
+    async with db.session() as session:
+        row = Instance(
+            uuid="u-1", name="s", flavor_name="f", vcpus=1, ram_mb=64, disk_gb=1,
+            image_name="i", **fields,
+        )  # fmt: skip
+        session.add(row)
+    async with db.session() as session:  # a None in the constructor meets the column default
+        row = (await session.exec(select(Instance))).one()
+        row.task_state = None
+        session.add(row)
+    return row
+
+
+async def test_an_action_is_refused_from_the_wrong_state_with_both_states_named(
+    db: Database,
+) -> None:
+    server = await add_server(db)
+    async with db.session() as session:
+        with pytest.raises(
+            Conflict,
+            match=r"cannot start server s: it is vm_state active, task_state none \(needs vm_state stopped",
+        ):
+            await lifecycle.begin(session, server, "start")
+    async with db.session() as session:
+        taken = await lifecycle.begin(session, server, "stop")
+    assert taken.task_state == "powering-off"
+    async with db.session() as session:
+        with pytest.raises(Conflict, match="task_state powering-off"):
+            await lifecycle.begin(session, server, "reboot")
+
+
+async def test_two_processes_racing_for_one_server_get_exactly_one_task(db_url: str) -> None:
+    setup = await open_database(db_url)
+    server = await add_server(setup)
+    handles = [await open_database(db_url) for _ in range(6)]
+
+    async def take(handle: Database) -> bool:
+        try:
+            async with handle.session() as session:
+                await lifecycle.begin(session, server, "stop")
+        except Conflict:
+            return False
+        return True
+
+    try:
+        won = await asyncio.gather(*(take(h) for h in handles))
+    finally:
+        for handle in [setup, *handles]:
+            await handle.dispose()
+    assert sorted(won) == [False] * 5 + [True]
+
+
+@pytest.mark.parametrize(
+    ("op", "ok", "state", "expected"),
+    [
+        ("stop", True, "shutoff", (VmState.STOPPED, PowerState.SHUTDOWN)),
+        ("start", True, "running", (VmState.ACTIVE, PowerState.RUNNING)),
+        ("pause", True, "paused", (VmState.PAUSED, PowerState.PAUSED)),
+        ("suspend", True, "shutoff", (VmState.SUSPENDED, PowerState.SHUTDOWN)),
+        ("rebuild", True, "shutoff", (VmState.STOPPED, PowerState.SHUTDOWN)),
+        ("evacuate", True, "running", (VmState.ACTIVE, PowerState.RUNNING)),
+        ("stop", False, None, (VmState.ACTIVE, PowerState.RUNNING)),  # unchanged
+        ("rebuild", False, None, (VmState.ERROR, PowerState.NOSTATE)),
+    ],
+)
+def test_results_land_as_nova_would_record_them(op, ok, state, expected) -> None:
+    instance = Instance(
+        uuid="u", name="s", flavor_name="f", vcpus=1, ram_mb=1, disk_gb=1, image_name="i",
+        vm_state=VmState.ACTIVE, power_state=PowerState.RUNNING, task_state="busy",
+    )  # fmt: skip
+    lifecycle.apply_result(instance, op, ok, {"state": state} if state else {})
+    assert (instance.vm_state, instance.power_state, instance.task_state) == (*expected, None)
+
+
+def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
+    path = lock_path(f"sqlite:///{tmp_path / 'herd.db'}")
+    assert path == tmp_path / "herd.db.reconcile.lock"
+    with (
+        file_lock(path),
+        pytest.raises(ReconcileLocked, match=r"another herd reconcile is running \(pid \d+"),
+        file_lock(path),
+    ):
+        pass
+    with file_lock(path):  # released when the holder let go (or died)
+        pass
+
+
+def test_prometheus_text_is_well_formed_and_written_atomically(tmp_path: Path) -> None:
+    host = Host(id=1, name="hv1", address="a")
+    report = RunReport(
+        findings=[
+            Finding("power_state", "x", "record", outcome="fixed"),
+            Finding("unknown_domain", "y", "log"),
+        ],
+        surveys=[HostSurvey(host), HostSurvey(Host(id=2, name="hv2", address="b"), error="down")],
+        duration=0.25,
+        dry_run=False,
+        instance_states={"active": 3, "error": 1},
+        host_states={"up": 1, "down": 1},
+    )
+    text = metrics.render(report, now=1_800_000_000.5)
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert samples['herd_reconcile_drift_found{kind="power_state"}'] == "1"
+    assert samples['herd_reconcile_drift_fixed{kind="power_state"}'] == "1"
+    assert samples['herd_reconcile_drift_fixed{kind="unknown_domain"}'] == "0"
+    assert samples['herd_instances{vm_state="active"}'] == "3"
+    assert samples['herd_hosts{status="down"}'] == "1"
+    assert samples["herd_reconcile_hosts_unreachable"] == "1"
+    assert samples["herd_reconcile_exit_code"] == "2"
+    assert samples["herd_reconcile_last_run_timestamp_seconds"] == "1800000000.5"
+    for name in {k.split("{")[0] for k in samples}:
+        assert f"# TYPE {name} gauge" in text
+    target = tmp_path / "herd.prom"
+    metrics.write_textfile(target, text)
+    assert target.read_text() == text and list(tmp_path.iterdir()) == [target]
