@@ -77,7 +77,10 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
                     raise NotFound(f"image {digest} is not in this host's cache")
                 cached[digest] = entry.path
             images.record_use(inst_dir, spec.image_digests)
-        create_overlay(cached[spec.image.sha256], spec.image.format, disk, spec.flavor.disk_gb)
+        if spec.disk_from is not None:
+            adopt_disk(Path(spec.disk_from), cached[spec.image.sha256], spec.image.format, disk)
+        else:
+            create_overlay(cached[spec.image.sha256], spec.image.format, disk, spec.flavor.disk_gb)
         files = domain.InstanceFiles(disk=disk, console_log=inst_dir / "console.log")
         if spec.boot is not None:
             # Copies, as Nova keeps them: libvirt relabels a guest's kernel and initrd
@@ -136,6 +139,23 @@ def create_overlay(base: Path, base_format: str, disk: Path, disk_gb: int) -> No
         argv.append(f"{disk_gb}G")
     try:
         proc.run(argv, QEMU_IMG_TIMEOUT, what="qemu-img create")
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, disk)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def adopt_disk(upload: Path, base: Path, base_format: str, disk: Path) -> None:
+    """A migrated server's disk: moved into place and pointed at this host's copy of
+    its base image (the cache path may differ from the source host's)."""
+    if not upload.is_file() or upload.is_symlink():
+        raise BadRequest(f"disk_from {upload} is not a regular file")
+    tmp = disk.with_name(f".{disk.name}.tmp")
+    try:
+        shutil.move(str(upload), tmp)
+        argv = ["qemu-img", "rebase", "-u", "-F", base_format, "-b", str(base), str(tmp)]
+        proc.run(argv, QEMU_IMG_TIMEOUT, what="qemu-img rebase")
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, disk)
     finally:

@@ -175,6 +175,15 @@ def _seed(args: Mapping[str, Any]) -> Optional[bytes]:
         raise BadRequest("build: seed is not valid base64") from None
 
 
+def _disk_from(args: Mapping[str, Any]) -> Optional[str]:
+    value = args.get("disk_from")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "/../" in value:
+        raise BadRequest("build: disk_from must be an absolute path")
+    return value
+
+
 def _flag(args: Mapping[str, Any], key: str, default: bool) -> bool:
     value = args.get(key, default)
     if not isinstance(value, bool):
@@ -230,6 +239,8 @@ class BuildSpec:
     rebuild: bool = False
     # Start the domain once defined (a stopped server is migrated or rebuilt stopped).
     start: bool = True
+    # Cold migration: the server's own disk, uploaded here, instead of a fresh overlay.
+    disk_from: Optional[str] = None
 
     @property
     def image_digests(self) -> List[str]:
@@ -271,6 +282,7 @@ class BuildSpec:
             seed=_seed(args),
             rebuild=_flag(args, "rebuild", False),
             start=_flag(args, "start", True),
+            disk_from=_disk_from(args),
         )
 
     @property

@@ -44,6 +44,7 @@ RULES: dict[str, ActionRule] = {
     "suspend": ActionRule((V.ACTIVE, V.PAUSED), "suspending", "suspend", V.SUSPENDED),
     "resume": ActionRule((V.SUSPENDED,), "resuming", "resume", V.ACTIVE),
     "rebuild": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR), "rebuilding"),
+    "migrate": ActionRule((V.ACTIVE, V.STOPPED), "migrating"),
     "evacuate": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR, V.PAUSED, V.SUSPENDED), "rebuilding"),
 }
 POWER_ACTIONS = tuple(name for name, rule in RULES.items() if rule.agent_action)

@@ -7,27 +7,41 @@ and `herd reconcile` finish them too when herd is killed half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import tempfile
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator import cloudinit, lifecycle
-from orchestrator.actions import finish_action, finish_event, record_fault, start_action
+from orchestrator.actions import (
+    finish_action,
+    finish_event,
+    record_event,
+    record_fault,
+    start_action,
+    start_event,
+)
 from orchestrator.conductor import Conductor, Outcome, outcome_of, target_of
 from orchestrator.db.models import (
+    POWER_OF,
+    Allocation,
     Host,
     Image,
     Instance,
     InstanceActionEvent,
     JobState,
+    PowerState,
     VmState,
     utcnow,
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release
 from orchestrator.scheduler.loader import spec_of
 
@@ -270,3 +284,159 @@ class ServerActions:
         return await self._build_on(
             fresh, dest, "evacuate", action_id, start=not was_stopped, wait=True
         )
+
+    # -- cold migration ----------------------------------------------------------
+
+    async def migrate(
+        self, instance: Instance, host_name: str | None = None, *, timeout: int = POWER_TIMEOUT
+    ) -> Outcome:
+        """Cold migration through the orchestrator: stop on the source, carry the disk
+        over SFTP (source → here → destination; hosts need not reach each other), start
+        on the destination from the same disk with a fresh seed, then remove the source
+        copy. Any failure before the destination runs puts everything back."""
+        try:
+            row, action_id, source = await self._begin(instance, "migrate")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        if source is None:
+            return await self._abort(row, action_id, None, "the server is on no host")
+        was_running = row.vm_state == VmState.ACTIVE
+        async with self.db.session() as db:
+            await release(db, row.uuid)  # the claim moves with the server
+            spec = dataclasses.replace(
+                spec_of(row, None), requested_host=host_name,
+                ignore_hosts=frozenset({source.name}),
+            )  # fmt: skip
+        self.progress.update(row, "scheduling", host=source.name)
+        try:
+            plan = await self.conductor.scheduler.place([spec])
+        except NoValidHost as exc:
+            await self._claim_back(row, source)
+            return await self._abort(row, action_id, source.name, f"migrate: {exc}")
+        async with self.db.session() as db:
+            dest = await db.get(Host, plan.placements[0].host_id)
+            await record_event(db, action_id, "schedule", True, dest.name if dest else None)
+        assert dest is not None
+        try:
+            result = await self._move(row, source, dest, action_id, was_running, timeout)
+        except HerdError as exc:
+            await self._put_back(row, source, was_running)
+            async with self.db.session() as db:
+                await release(db, row.uuid)
+            await self._claim_back(row, source)
+            return await self._abort(
+                row, action_id, source.name, f"migrate to {dest.name} failed: {exc}"
+            )
+        async with self.db.session() as db:
+            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
+            fresh.host_id = dest.id
+            fresh.task_state = None
+            fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+            fresh.updated_at = utcnow()
+            db.add(fresh)
+            await finish_action(db, action_id)
+        await self._remove_source_copy(fresh, source, action_id)
+        self.progress.update(
+            fresh, fresh.vm_state, host=dest.name, detail=f"moved from {source.name}"
+        )
+        return outcome_of(fresh, dest.name)
+
+    async def _step(self, action_id: int, event: str, host: str, detail: str | None = None) -> int:
+        async with self.db.session() as db:
+            row = await start_event(db, action_id, event, host)
+            assert row is not None and row.id is not None
+            return row.id
+
+    async def _end_step(self, event_id: int, ok: bool, detail: str | None = None) -> None:
+        async with self.db.session() as db:
+            await finish_event(db, event_id, ok, detail)
+
+    async def _job(
+        self, target: HostTarget, op: str, args: dict[str, object], timeout: float
+    ) -> dict:
+        job_id = f"migrate-{uuid.uuid4()}"
+        await self.pool.cast(target, op, args, job_id)
+        record = await self.pool.follow(target, job_id, timeout)
+        await self.pool.call(target, "job_forget", {"job_id": job_id})
+        if record.get("state") != "succeeded":
+            raise HerdError((record.get("error") or {}).get("message") or f"{op} failed")
+        return record.get("result") or {}
+
+    async def _move(
+        self, row: Instance, source: Host, dest: Host, action_id: int, was_running: bool,
+        timeout: int,
+    ) -> dict:  # fmt: skip
+        src, dst = target_of(source), target_of(dest)
+        if was_running:
+            step = await self._step(action_id, "stop_source", source.name)
+            self.progress.update(row, "stopping", host=source.name)
+            try:
+                await self._job(
+                    src,
+                    "power",
+                    {"uuid": row.uuid, "action": "stop", "timeout": timeout},
+                    timeout + FOLLOW_MARGIN,
+                )
+            except HerdError as exc:
+                await self._end_step(step, False, str(exc))
+                raise
+            await self._end_step(step, True)
+        step = await self._step(action_id, "copy_disk", dest.name)
+        self.progress.update(row, "copying disk", host=dest.name)
+        try:
+            async with self.db.session() as db:
+                config = await load_guest_config(db, row)
+            await asyncio.gather(*(self.conductor.images.ensure(dst, i) for i in config.images))
+            remote = f"{dst.agent_dir}/images/incoming/{row.uuid}.migrating"
+            with tempfile.TemporaryDirectory(prefix="herd-migrate-") as tmp:
+                local = Path(tmp) / "disk"
+                session = await self.pool.session(src)
+                size = await session.download(f"{src.agent_dir}/instances/{row.uuid}/disk", local)
+                await (await self.pool.session(dst)).upload(local, remote)
+        except HerdError as exc:
+            await self._end_step(step, False, str(exc))
+            raise
+        await self._end_step(step, True, f"{size} bytes from {source.name} to {dest.name}")
+        step = await self._step(action_id, "spawn", dest.name)
+        self.progress.update(row, "spawning", host=dest.name)
+        try:
+            seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
+            args = config.build_args(row, dest.domain_type or "qemu", seed)
+            args.update(rebuild=True, start=was_running, disk_from=remote)
+            result = await self._job(dst, "build", args, self.conductor.build_timeout)
+        except HerdError as exc:
+            await self._end_step(step, False, str(exc))
+            with contextlib.suppress(HerdError):  # leave no half-made copy behind
+                await self._job(dst, "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+            raise
+        await self._end_step(step, True)
+        return result
+
+    async def _put_back(self, row: Instance, source: Host, was_running: bool) -> None:
+        if not was_running:
+            return
+        with contextlib.suppress(HerdError):
+            await self.pool.call(
+                target_of(source), "power", {"uuid": row.uuid, "action": "start"}, timeout=120
+            )
+
+    async def _claim_back(self, row: Instance, source: Host) -> None:
+        """The server stays where it was: so does its claim (it fitted there already)."""
+        async with self.db.session() as db:
+            db.add(
+                Allocation(
+                    instance_uuid=row.uuid, host_id=source.id,  # type: ignore[arg-type]
+                    vcpus=row.vcpus, ram_mb=row.ram_mb, disk_gb=row.disk_gb, created_at=utcnow(),
+                )
+            )  # fmt: skip
+
+    async def _remove_source_copy(self, row: Instance, source: Host, action_id: int) -> None:
+        """Best effort: if the source is unreachable now, reconcile reaps the copy later
+        (the DB places the server elsewhere)."""
+        step = await self._step(action_id, "cleanup_source", source.name)
+        try:
+            await self._job(target_of(source), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+        except HerdError as exc:
+            await self._end_step(step, False, f"{exc}; `herd reconcile` will remove it")
+            return
+        await self._end_step(step, True)

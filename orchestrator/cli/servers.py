@@ -507,3 +507,27 @@ def rebuild(
                 return [await actions.rebuild(instance, image, wait=wait)]
 
     show_outcomes(run_async(main()), as_json, "rebuild")
+
+
+@app.command()
+def migrate(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    host: Annotated[
+        str | None, typer.Option(help="Destination (default: the scheduler chooses).")
+    ] = None,
+    timeout: TimeoutOpt = 60,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cold-migrate: stop, copy the disk to another host, start it there, free the source."""
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress("Migrating")
+        async with herd(progress) as h:
+            (instance,) = await api.find_servers(h.db, [name])
+            actions = ServerActions(h.conductor)
+            if progress is None:
+                return [await actions.migrate(instance, host, timeout=timeout)]
+            with progress:
+                return [await actions.migrate(instance, host, timeout=timeout)]
+
+    show_outcomes(run_async(main()), as_json, "migrate")

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 REMOTE_DIR = ".cache/herd"
+SYSTEM_PYTHON = "/usr/bin/python3"
 HELLO_TIMEOUT = 30.0
 
 
@@ -72,8 +73,13 @@ class AgentSession:
             async with self.conn.start_sftp_client() as sftp:
                 if not await sftp.exists(remote):
                     await self._push_bundle(sftp, remote)
-            # A fixed command: the hash is ours, everything else travels as JSON.
-            self._process = await self.conn.create_process(f"exec python3 {remote} serve")
+            # A fixed command: the hash is ours, everything else travels as JSON. The
+            # system's own Python when there is one: a login shell's PATH may put a
+            # version manager's shim first (pyenv's costs ~100 ms and a lock per start).
+            self._process = await self.conn.create_process(
+                f"if [ -x {SYSTEM_PYTHON} ]; then exec {SYSTEM_PYTHON} {remote} serve; "
+                f"else exec python3 {remote} serve; fi"
+            )
         except (OSError, asyncssh.Error) as exc:
             raise HostUnreachable(
                 f"host {self.target.name}: cannot start the agent: {exc}"
@@ -188,6 +194,17 @@ class AgentSession:
             raise HostUnreachable(
                 f"host {self.target.name}: upload of {local.name} failed: {exc}"
             ) from exc
+
+    async def download(self, remote: str, local: Path) -> int:
+        """Copy a file from the host (a migrating server's disk); returns its size."""
+        try:
+            async with self.conn.start_sftp_client() as sftp:
+                await sftp.get(remote, str(local))
+        except (OSError, asyncssh.Error) as exc:
+            raise HostUnreachable(
+                f"host {self.target.name}: download of {remote} failed: {exc}"
+            ) from exc
+        return local.stat().st_size
 
     async def close(self) -> None:
         self._fail_all(HostUnreachable(f"host {self.target.name}: the agent session closed"))

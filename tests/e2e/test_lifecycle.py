@@ -173,3 +173,41 @@ def test_evacuate_rebuilds_a_dead_hosts_servers_elsewhere_and_reconcile_reaps_th
     ], result.stdout
     assert domain_state(lab, "lab-3", server["uuid"]) is None
     assert domain_state(lab, moved["host"], server["uuid"]) == "running"
+
+
+def test_cold_migration_moves_the_guest_with_its_uuid_and_ip_and_frees_the_source(
+    herd: HerdCli, lab
+) -> None:
+    server = boot(herd, "mig", "--host", "lab-1", image="herd-test", flavor="m1.tiny")
+    before = guest_report(herd, "mig")
+    line = assert_one_line_error(herd.run("server", "migrate", "mig", "--host", "lab-1"), code=5)
+    assert "moving away from this host" in line
+    assert states(herd, lab, "mig") == ("active", "running", "running")  # put back as it was
+    herd.ok("server", "migrate", "mig", "--host", "lab-2", "--timeout", "2")
+    moved = herd.server("mig")
+    assert moved["host"] == "lab-2" and moved["uuid"] == server["uuid"]
+    assert moved["addresses"] == server["addresses"]
+    assert states(herd, lab, "mig") == ("active", "running", "running")
+    assert domain_state(lab, "lab-1", server["uuid"]) is None  # the source copy is gone
+    assert (
+        lab.exec_in("lab-1", ["test", "-e", f"/var/lib/herd/instances/{server['uuid']}"]).returncode
+        != 0
+    )
+    after = guest_report(herd, "mig")  # read from lab-2's console log now
+    assert after["instance-id"] == [server["uuid"]] and after["ip"] == before["ip"]
+    hosts = {h["name"]: h["instances"] for h in herd.ok("host", "list", "--json").json()}
+    assert (hosts["lab-1"], hosts["lab-2"]) == (0, 1)  # the claim moved with it
+    (migrate,) = [
+        a
+        for a in herd.ok("server", "actions", "mig", "--json").json()
+        if a["action"] == "migrate" and a["message"] is None
+    ]
+    assert [(e["event"], e["result"]) for e in migrate["events"]] == [
+        ("schedule", "success"), ("stop_source", "success"), ("copy_disk", "success"),
+        ("spawn", "success"), ("cleanup_source", "success"),
+    ]  # fmt: skip
+    # A stopped server migrates stopped.
+    herd.ok("server", "stop", "mig", "--timeout", "2")
+    herd.ok("server", "migrate", "mig", "--host", "lab-3")
+    assert herd.server("mig")["host"] == "lab-3"
+    assert states(herd, lab, "mig") == ("stopped", "shutdown", "shut off")
