@@ -273,7 +273,8 @@ class ServerActions:
         try:
             plan = await self.conductor.scheduler.place([spec])
         except NoValidHost as exc:
-            return await self._abort(row, action_id, source.name, f"evacuate: {exc}")
+            failed = await self._abort(row, action_id, source.name, f"evacuate: {exc}")
+            return dataclasses.replace(failed, failed_at="schedule")
         placement = plan.placements[0]
         async with self.db.session() as db:
             fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
@@ -312,7 +313,8 @@ class ServerActions:
             plan = await self.conductor.scheduler.place([spec])
         except NoValidHost as exc:
             await self._claim_back(row, source)
-            return await self._abort(row, action_id, source.name, f"migrate: {exc}")
+            failed = await self._abort(row, action_id, source.name, f"migrate: {exc}")
+            return dataclasses.replace(failed, failed_at="schedule")
         async with self.db.session() as db:
             dest = await db.get(Host, plan.placements[0].host_id)
             await record_event(db, action_id, "schedule", True, dest.name if dest else None)

@@ -112,15 +112,10 @@ def test_rebuild_gives_a_new_disk_with_the_same_uuid_host_and_address(herd: Herd
         server["uuid"], server["host"], server["addresses"],
     )  # fmt: skip
     assert lab.exec_in(server["host"], ["test", "-e", marker]).returncode != 0  # all made anew
-    lines = herd.ok("server", "console-log", "rb", "--lines", "2000", "--json").json()["lines"]
-    deadline = time.monotonic() + 120
-    while sum(line.strip() == "HERD-TEST ready" for line in lines) < 2:
-        assert time.monotonic() < deadline, "the rebuilt guest did not boot"
-        time.sleep(1)
-        lines = herd.ok("server", "console-log", "rb", "--lines", "2000", "--json").json()["lines"]
+    # The instance directory, console log included, is new: this boot is the rebuilt one.
     again = guest_report(herd, "rb")
-    assert again["instance-id"][-1] == first["instance-id"][0] == server["uuid"]
-    assert again["ip"][-1] == first["ip"][0]
+    assert again["instance-id"] == first["instance-id"] == [server["uuid"]]
+    assert again["ip"] == first["ip"]
     assert states(herd, lab, "rb") == ("active", "running", "running")
 
 
@@ -128,13 +123,10 @@ def test_a_disabled_host_gets_nothing_new_even_after_an_inventory_apply(
     herd: HerdCli, lab_inventory: Path
 ) -> None:
     herd.ok("host", "disable", "lab-2", "--reason", "maintenance")
-    line = assert_one_line_error(
-        herd.run(
-            "server", "create", "x", "--flavor", "m1.nano", "--image", "blank", "--host", "lab-2"
-        ),
-        code=5,
+    refused = herd.run(
+        "server", "create", "x", "--flavor", "m1.nano", "--image", "blank", "--host", "lab-2"
     )
-    assert "disabled" in line
+    assert refused.code == 5 and "lab-2: disabled" in refused.stderr
     herd.ok("inventory", "apply", str(lab_inventory))
     lab2 = next(h for h in herd.ok("host", "list", "--json").json() if h["name"] == "lab-2")
     assert lab2["status"] == "disabled"
@@ -180,8 +172,8 @@ def test_cold_migration_moves_the_guest_with_its_uuid_and_ip_and_frees_the_sourc
 ) -> None:
     server = boot(herd, "mig", "--host", "lab-1", image="herd-test", flavor="m1.tiny")
     before = guest_report(herd, "mig")
-    line = assert_one_line_error(herd.run("server", "migrate", "mig", "--host", "lab-1"), code=5)
-    assert "moving away from this host" in line
+    refused = herd.run("server", "migrate", "mig", "--host", "lab-1")
+    assert refused.code == 5 and "lab-1: the server is moving away from this host" in refused.stderr
     assert states(herd, lab, "mig") == ("active", "running", "running")  # put back as it was
     herd.ok("server", "migrate", "mig", "--host", "lab-2", "--timeout", "2")
     moved = herd.server("mig")
