@@ -64,3 +64,5 @@ lint: install
 
 bench: install
 	$(PY) -m bench.rpc
+	$(PY) -m bench.reconcile
+	$(PY) -m bench.scheduler
