@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlmodel import select
 
 from orchestrator.conductor import Conductor, sha256_of, target_of
@@ -28,10 +29,10 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
     """Validate like an inventory entry (same rules, same messages), then store it."""
     try:
         spec = ImageSpec.model_validate(values, context=validation_context(Path.cwd()))
-    except ValueError as exc:
-        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+    except ValidationError as exc:
+        first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"image {where}: {first['msg']}".replace(" : ", ": ")) from None
+        raise InvalidInput(f"image {where}: {first['msg']}") from None
     sha256, size = spec.sha256, None
     if spec.source_kind == "local":
         path = Path(spec.source)

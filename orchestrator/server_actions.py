@@ -343,7 +343,7 @@ class ServerActions:
         )
         return outcome_of(fresh, dest.name)
 
-    async def _step(self, action_id: int, event: str, host: str, detail: str | None = None) -> int:
+    async def _step(self, action_id: int, event: str, host: str) -> int:
         async with self.db.session() as db:
             row = await start_event(db, action_id, event, host)
             assert row is not None and row.id is not None

@@ -286,9 +286,14 @@ def _power_finding(
 
 
 def _stuck_builds(snapshot: Snapshot, busy: set[str], config: ReconcileConfig) -> list[Finding]:
+    """Builds, and other tasks (a migration whose herd was killed), that nothing is
+    working on any more: Nova's compute does the same at start-up (_init_instance)."""
     found = []
     for instance in snapshot.instances:
-        if instance.vm_state != VmState.BUILDING or instance.uuid in busy:
+        if instance.uuid in busy or instance.vm_state == VmState.DELETED:
+            continue
+        building = instance.vm_state == VmState.BUILDING
+        if not building and instance.task_state is None:
             continue
         age = snapshot.now - _epoch(instance.updated_at or instance.created_at)
         if age < config.build_timeout:
@@ -296,9 +301,9 @@ def _stuck_builds(snapshot: Snapshot, busy: set[str], config: ReconcileConfig) -
         host = snapshot.hosts.get(instance.host_id or -1)
         found.append(
             Finding(
-                "stuck_build",
-                f"building ({instance.task_state}) for {age / 60:.0f} min with no job running "
-                f"(limit {config.build_timeout / 60:.0f} min)",
+                "stuck_build" if building else "stuck_task",
+                f"{instance.vm_state} with task {instance.task_state} for {age / 60:.0f} min "
+                f"and no job running (limit {config.build_timeout / 60:.0f} min)",
                 config.stuck_builds,
                 host=host.name if host else None,
                 server=instance.name,

@@ -18,6 +18,7 @@ from orchestrator.reconcile.reconciler import RunReport
 KINDS = (
     "finished_job",
     "stuck_build",
+    "stuck_task",
     "power_state",
     "deleted_running",
     "unknown_domain",

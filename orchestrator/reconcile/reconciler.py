@@ -173,6 +173,8 @@ class Reconciler:
             instance = await self._instance(finding.uuid)
             message = f"build stuck: {finding.detail} (found by reconcile)"
             await self.conductor.fail(instance, message, event="build", host=finding.host)
+        elif kind == "stuck_task":
+            await self._clear_task(finding)
         elif kind in ("power_state", "power_seen"):
             await self._fix_power(finding)
         elif kind in ("deleted_running", "unknown_domain"):
@@ -249,6 +251,16 @@ class Reconciler:
         await self.pool.call(target, "job_forget", {"job_id": job_id})
         if record.get("state") != "succeeded":
             raise HerdError(f"reaping failed: {(record.get('error') or {}).get('message')}")
+
+    async def _clear_task(self, finding: Finding) -> None:
+        """The task was abandoned: clear it (with a fault saying so) so the server can
+        be acted on again; the power-state rule then records what the host really has."""
+        async with self.db.session() as db:
+            row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
+            message = f"task {row.task_state} abandoned: {finding.detail} (cleared by reconcile)"
+            record_fault(db, row.uuid, message, host=finding.host)
+            row.task_state, row.updated_at = None, utcnow()
+            db.add(row)
 
     async def _missing_domain(self, finding: Finding) -> None:
         async with self.db.session() as db:

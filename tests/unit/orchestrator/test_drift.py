@@ -163,6 +163,16 @@ def test_a_build_with_no_job_past_the_timeout_is_stuck() -> None:
     )
 
 
+def test_an_abandoned_task_is_cleared_after_the_timeout_but_a_fresh_one_is_left() -> None:
+    old = datetime.now(UTC) - timedelta(hours=2)
+    moving = server("m", "u-m", task_state="migrating", updated_at=old)
+    assert findings([moving], [survey(H1, {"u-m": "running"})], [claim(moving)], hosts=(H1,)) == [
+        ("stuck_task", "m", "fix")
+    ]
+    moving.updated_at = datetime.now(UTC)
+    assert findings([moving], [survey(H1, {"u-m": "running"})], [claim(moving)], hosts=(H1,)) == []
+
+
 def test_claims_that_disagree_with_the_servers_are_found() -> None:
     a = server("a", "u-a")
     gone = server("gone", "u-gone", vm_state=VmState.DELETED, host=None)
@@ -193,3 +203,19 @@ def test_hosts_go_down_after_n_missed_surveys_and_up_when_they_answer() -> None:
     assert findings([], [survey(flaky)], hosts=(flaky,), config=config) == [
         ("host_up", "hv1", "fix")
     ]
+
+
+def test_cached_images_unused_past_the_age_are_removed_only_when_configured() -> None:
+    hour = 3600
+    cached = survey(H1)
+    cached.cache = [
+        {"sha256": "a" * 64, "size": 1, "last_used": NOW - 30 * hour, "instances": []},
+        {"sha256": "b" * 64, "size": 1, "last_used": NOW - 30 * hour, "instances": ["u-x"]},
+        {"sha256": "c" * 64, "size": 1, "last_used": NOW - 1 * hour, "instances": []},
+    ]
+    snapshot = Snapshot({1: H1}, [], [], [], {"a" * 64: ["old-image"]}, now=NOW)
+    found = detect(snapshot, [cached], ReconcileConfig(image_cache_max_age_hours=24))
+    assert [(f.kind, f.data["sha256"][0], f.detail) for f in found] == [
+        ("stale_image", "a", "cached image old-image unused for 30.0 h: removed")
+    ]
+    assert detect(snapshot, [cached], ReconcileConfig()) == []  # off by default
