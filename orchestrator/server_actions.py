@@ -29,6 +29,7 @@ from orchestrator.actions import (
 from orchestrator.conductor import Conductor, Outcome, outcome_of, target_of
 from orchestrator.db.models import (
     POWER_OF,
+    AgentJob,
     Allocation,
     Host,
     Image,
@@ -85,6 +86,16 @@ class ServerActions:
             await finish_action(db, action_id, "error")
             record_fault(db, row.uuid, error, host=host)
             await self._close_open_events(db, action_id, error)
+            for job in (
+                await db.exec(
+                    select(AgentJob).where(
+                        AgentJob.action_id == action_id, col(AgentJob.collected_at).is_(None)
+                    )
+                )
+            ).all():  # recorded but never cast: over, so reconcile does not apply it again
+                job.state, job.error = JobState.FAILED, error
+                job.finished_at = job.collected_at = utcnow()
+                db.add(job)
         self.progress.update(row, "error", host=host, detail=error)
         return outcome_of(row, host, error)
 
