@@ -12,7 +12,6 @@ from orchestrator.reconcile.survey import HostSurvey
 
 H1 = Host(id=1, name="hv1", address="a")
 H2 = Host(id=2, name="hv2", address="b")
-NOW = time.time()
 
 
 def server(name: str, uuid: str, host: Host | None = H1, **kw: object) -> Instance:
@@ -52,7 +51,7 @@ def survey(
 
 def findings(instances, surveys, allocations=(), jobs=(), config=ReconcileConfig(), hosts=(H1, H2)):
     snapshot = Snapshot(
-        {h.id: h for h in hosts}, instances, list(allocations), list(jobs), {}, now=NOW
+        {h.id: h for h in hosts}, instances, list(allocations), list(jobs), {}, now=time.time()
     )
     return [
         (f.kind, f.server or f.uuid or f.host, f.policy)
@@ -207,13 +206,14 @@ def test_hosts_go_down_after_n_missed_surveys_and_up_when_they_answer() -> None:
 
 def test_cached_images_unused_past_the_age_are_removed_only_when_configured() -> None:
     hour = 3600
+    now = time.time()
     cached = survey(H1)
     cached.cache = [
-        {"sha256": "a" * 64, "size": 1, "last_used": NOW - 30 * hour, "instances": []},
-        {"sha256": "b" * 64, "size": 1, "last_used": NOW - 30 * hour, "instances": ["u-x"]},
-        {"sha256": "c" * 64, "size": 1, "last_used": NOW - 1 * hour, "instances": []},
+        {"sha256": "a" * 64, "size": 1, "last_used": now - 30 * hour, "instances": []},
+        {"sha256": "b" * 64, "size": 1, "last_used": now - 30 * hour, "instances": ["u-x"]},
+        {"sha256": "c" * 64, "size": 1, "last_used": now - 1 * hour, "instances": []},
     ]
-    snapshot = Snapshot({1: H1}, [], [], [], {"a" * 64: ["old-image"]}, now=NOW)
+    snapshot = Snapshot({1: H1}, [], [], [], {"a" * 64: ["old-image"]}, now=now)
     found = detect(snapshot, [cached], ReconcileConfig(image_cache_max_age_hours=24))
     assert [(f.kind, f.data["sha256"][0], f.detail) for f in found] == [
         ("stale_image", "a", "cached image old-image unused for 30.0 h: removed")
