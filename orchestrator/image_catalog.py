@@ -19,9 +19,9 @@ from sqlmodel import select
 
 from orchestrator.conductor import Conductor, sha256_of, target_of
 from orchestrator.db.engine import Database
-from orchestrator.db.models import Host, Image, Instance, VmState, utcnow
+from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
-from orchestrator.inventory.apply import IMAGE_REFERENCES
+from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
 
 
@@ -90,17 +90,10 @@ async def delete_image(db: Database, name: str) -> None:
                 f"image {name!r} comes from the inventory: remove it there and "
                 "run `herd inventory apply`"
             )
-        users = (
-            await session.exec(
-                select(Instance.name).where(
-                    Instance.image_id == row.id, Instance.vm_state != VmState.DELETED
-                )
-            )
-        ).all()
+        users = await servers_using_image(session, row.id)
         if users:
             raise Conflict(
-                f"image {name!r} is used by servers {', '.join(sorted(users)[:5])}; "
-                "delete them first"
+                f"image {name!r} is used by servers {', '.join(users[:5])}; delete them first"
             )
         referrers = [
             i.name

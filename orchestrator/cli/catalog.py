@@ -64,23 +64,7 @@ def list_images(as_json: JsonOpt = False) -> None:
 
     rows = run_async(main())
     if as_json:
-        print_json(
-            [
-                i.model_dump(
-                    include={
-                        "name",
-                        "source",
-                        "format",
-                        "sha256",
-                        "size",
-                        "min_ram_mb",
-                        "min_disk_gb",
-                        "properties",
-                    }
-                )
-                for i in rows
-            ]
-        )
+        print_json([_image_dict(i) for i in rows])
         return
     out.print(
         table(

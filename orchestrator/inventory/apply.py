@@ -249,19 +249,23 @@ async def _refuse_busy_networks(session: AsyncSession, networks: list[Network]) 
             )
 
 
+async def servers_using_image(session: AsyncSession, image_id: int | None) -> list[str]:
+    """Names of the live servers booted from the image (sorted): it must stay."""
+    rows = await session.exec(
+        select(Instance.name).where(
+            Instance.image_id == image_id, Instance.vm_state != VmState.DELETED
+        )
+    )
+    return sorted(rows.all())
+
+
 async def _refuse_busy_images(session: AsyncSession, images: list[Image]) -> None:
     for image in images:
-        live = (
-            await session.exec(
-                select(Instance.name).where(
-                    Instance.image_id == image.id, Instance.vm_state != VmState.DELETED
-                )
-            )
-        ).all()
+        live = await servers_using_image(session, image.id)
         if live:
             raise Conflict(
                 f"image {image.name} is not in the inventory but servers still use it "
-                f"({', '.join(sorted(live)[:5])}); delete them before removing the image"
+                f"({', '.join(live[:5])}); delete them before removing the image"
             )
 
 
