@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import platform
@@ -78,7 +79,14 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
                 cached[digest] = entry.path
             images.record_use(inst_dir, spec.image_digests)
         if spec.disk_from is not None:
-            adopt_disk(Path(spec.disk_from), cached[spec.image.sha256], spec.image.format, disk)
+            adopt_disk(
+                Path(spec.disk_from),
+                cached[spec.image.sha256],
+                spec.image.format,
+                disk,
+                keep=spec.keep_disk_from,
+                disk_gb=spec.flavor.disk_gb,
+            )
         else:
             create_overlay(cached[spec.image.sha256], spec.image.format, disk, spec.flavor.disk_gb)
         files = domain.InstanceFiles(disk=disk, console_log=inst_dir / "console.log")
@@ -146,21 +154,43 @@ def create_overlay(base: Path, base_format: str, disk: Path, disk_gb: int) -> No
             os.unlink(tmp)
 
 
-def adopt_disk(upload: Path, base: Path, base_format: str, disk: Path) -> None:
-    """A migrated server's disk: moved into place and pointed at this host's copy of
-    its base image (the cache path may differ from the source host's)."""
+def adopt_disk(
+    upload: Path, base: Path, base_format: str, disk: Path, *, keep: bool = False, disk_gb: int = 0
+) -> None:
+    """A moved server's disk: put in place (moved, or copied when ``keep``), pointed at
+    this host's copy of its base image (the cache path may differ from the source
+    host's), and grown to the flavor's size (a resize; disks never shrink)."""
     if not upload.is_file() or upload.is_symlink():
         raise BadRequest(f"disk_from {upload} is not a regular file")
     tmp = disk.with_name(f".{disk.name}.tmp")
     try:
-        shutil.move(str(upload), tmp)
+        if keep:
+            shutil.copyfile(upload, tmp)
+        else:
+            shutil.move(str(upload), tmp)
         argv = ["qemu-img", "rebase", "-u", "-F", base_format, "-b", str(base), str(tmp)]
         proc.run(argv, QEMU_IMG_TIMEOUT, what="qemu-img rebase")
+        if disk_gb and virtual_size(tmp) < disk_gb << 30:
+            proc.run(
+                ["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), f"{disk_gb}G"],
+                QEMU_IMG_TIMEOUT,
+                what="qemu-img resize",
+            )
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, disk)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def virtual_size(path: Path) -> int:
+    """The guest-visible size of a qcow2 disk, without following its backing chain."""
+    info = proc.run(
+        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(path)],
+        QEMU_IMG_TIMEOUT,
+        what="qemu-img info",
+    )
+    return int(json.loads(info)["virtual-size"])
 
 
 def copy_file(source: Path, target: Path) -> Path:
@@ -258,9 +288,50 @@ def delete(ctx: Context, spec: DeleteSpec) -> Dict[str, Any]:
         if info.state != "shutoff":
             virsh.destroy(name)
         virsh.undefine(name)
-    if inst_dir.exists():
-        shutil.rmtree(inst_dir)
+    for path in (inst_dir, stash_dir(ctx, spec.uuid)):  # and a resize's kept disk
+        if path.exists():
+            shutil.rmtree(path)
     log.info("deleted %s (existed: %s)", spec.uuid, existed)
+    return {"existed": existed}
+
+
+def stash_dir(ctx: Context, uuid: str) -> Path:
+    return ctx.state_dir / "instances" / f"{uuid}.resize"
+
+
+def resize_stash(ctx: Context, spec: DeleteSpec) -> Dict[str, Any]:
+    """The source half of a resize: the domain goes, its directory is kept aside whole
+    (disk, and the images.json that keeps its base image from being pruned) until the
+    resize is confirmed (drop) or reverted (built again from it). Nova's ``_resize``
+    directory. The caller has shut the guest down first; a domain still running here
+    is forced off."""
+    virsh = ctx.virsh
+    name = domain_name(spec.uuid)
+    inst_dir, stash = ctx.instance_dir(spec.uuid), stash_dir(ctx, spec.uuid)
+    info = virsh.dominfo(spec.uuid)
+    if info is not None:
+        if info.name != name:
+            raise BadRequest(f"the domain with UUID {spec.uuid} is not herd's: {info.name}")
+        remove_domain(virsh, name)
+    if inst_dir.exists():
+        if stash.exists():
+            # Left by a resize whose end could not remove it (herd's DB says none is
+            # open, or it would not have started this one): stale.
+            log.warning("replacing the stale %s", stash)
+            shutil.rmtree(stash)
+        os.rename(inst_dir, stash)
+    elif not stash.exists():
+        raise NotFound(f"instance {spec.uuid} has no directory on this host")
+    log.info("stashed %s for a resize", name)
+    return {"disk": str(stash / "disk")}
+
+
+def resize_drop(ctx: Context, spec: DeleteSpec) -> Dict[str, Any]:
+    """A resize is over (confirmed, or reverted from the stash): the stash goes."""
+    stash = stash_dir(ctx, spec.uuid)
+    existed = stash.exists()
+    if existed:
+        shutil.rmtree(stash)
     return {"existed": existed}
 
 
@@ -276,4 +347,6 @@ JOBS: Dict[str, JobKind] = {
     "build": JobKind(parse=BuildSpec.from_args, run=build),
     "delete": JobKind(parse=DeleteSpec.from_args, run=delete),
     "power": JobKind(parse=PowerSpec.from_args, run=power),
+    "resize_stash": JobKind(parse=DeleteSpec.from_args, run=resize_stash),
+    "resize_drop": JobKind(parse=DeleteSpec.from_args, run=resize_drop),
 }

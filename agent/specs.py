@@ -239,8 +239,11 @@ class BuildSpec:
     rebuild: bool = False
     # Start the domain once defined (a stopped server is migrated or rebuilt stopped).
     start: bool = True
-    # Cold migration: the server's own disk, uploaded here, instead of a fresh overlay.
+    # Cold migration, resize: the server's own disk instead of a fresh overlay.
     disk_from: Optional[str] = None
+    # Copy disk_from rather than move it: it is the only copy (a resize's stash), which
+    # must survive this build failing.
+    keep_disk_from: bool = False
 
     @property
     def image_digests(self) -> List[str]:
@@ -283,6 +286,7 @@ class BuildSpec:
             rebuild=_flag(args, "rebuild", False),
             start=_flag(args, "start", True),
             disk_from=_disk_from(args),
+            keep_disk_from=_flag(args, "keep_disk_from", False),
         )
 
     @property
@@ -292,6 +296,8 @@ class BuildSpec:
 
 @dataclass(frozen=True)
 class DeleteSpec:
+    """One instance by UUID: what delete, and a resize's stash and drop, act on."""
+
     uuid: str
 
     @classmethod

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from orchestrator.actions import start_action
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
+    OPEN_MIGRATIONS,
     AgentJob,
     Flavor,
     Host,
@@ -28,6 +29,7 @@ from orchestrator.db.models import (
     InstanceFault,
     JobState,
     KeyPair,
+    Migration,
     ServerGroup,
     TaskState,
     VmState,
@@ -300,6 +302,7 @@ class ServerView:
     jobs: list[AgentJob] = field(default_factory=list)
     group: str | None = None
     ports: list[PortView] = field(default_factory=list)
+    resize: dict[str, Any] | None = None  # an open resize: from where, which sizes
 
     @property
     def addresses(self) -> str:
@@ -360,7 +363,24 @@ async def show_server(db: Database, ref: str) -> ServerView:
         ).all()
         group = await session.get(ServerGroup, instance.group_id) if instance.group_id else None
         ports = await ports_of(session, instance.uuid)
+        migration = (
+            await session.exec(
+                select(Migration).where(
+                    Migration.instance_uuid == instance.uuid,
+                    col(Migration.status).in_(OPEN_MIGRATIONS),
+                )
+            )
+        ).first()
+    resize = None
+    if migration is not None:
+        resize = {
+            "status": migration.status,
+            "source": names.get(migration.source_host_id or -1),
+            "old_flavor": migration.old_flavor.get("name"),
+            "new_flavor": migration.new_flavor.get("name"),
+        }
     return ServerView(
+        resize=resize,
         ports=ports,
         instance=instance,
         group=group.name if group else None,

@@ -31,12 +31,15 @@ from orchestrator.actions import (
 )
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
+    OPEN_MIGRATIONS,
     AgentJob,
     Host,
     Instance,
     InstanceAction,
     InstanceActionEvent,
     JobState,
+    Migration,
+    MigrationStatus,
     PowerState,
     TaskState,
     VmState,
@@ -526,6 +529,8 @@ class Conductor:
                 db.add(row)
                 self.progress.update(row, "deleted")
                 return outcome_of(row, None)
+        if row.vm_state == VmState.RESIZED:
+            await self._end_resize(row)
         self.progress.update(instance, "deleting", host=host.name)
         target = target_of(host)
         try:
@@ -541,6 +546,35 @@ class Conductor:
                 instance.uuid, instance.name, host.name, instance.vm_state, TaskState.DELETING
             )
         return await self.follow(job_id, target, DELETE_TIMEOUT)
+
+    async def _end_resize(self, instance: Instance) -> None:
+        """A server deleted while its resize waits: the disk kept on the source and the
+        claim held there go too (Nova confirms the resize first)."""
+        async with self.db.session() as db:
+            migration = (
+                await db.exec(
+                    select(Migration).where(
+                        Migration.instance_uuid == instance.uuid,
+                        col(Migration.status).in_(OPEN_MIGRATIONS),
+                    )
+                )
+            ).first()
+            source = await db.get(Host, migration.source_host_id) if migration else None
+        if migration is None:
+            return
+        if source is not None and source.id != instance.host_id:
+            try:
+                await self.pool.run(target_of(source), "resize_drop", {"uuid": instance.uuid}, 120)
+            except HerdError as exc:
+                log.warning(
+                    "%s: the resize's kept disk on %s stays: %s", instance.name, source.name, exc
+                )
+        async with self.db.session() as db:
+            await release(db, migration.uuid)
+            row = await db.get(Migration, migration.id)
+            if row is not None:
+                row.status, row.updated_at = MigrationStatus.DELETED, utcnow()
+                db.add(row)
 
     async def _fail_delete(
         self, instance: Instance, host: str, action_id: int | None, error: str

@@ -45,6 +45,9 @@ RULES: dict[str, ActionRule] = {
     "resume": ActionRule((V.SUSPENDED,), "resuming", "resume", V.ACTIVE),
     "rebuild": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR), "rebuilding"),
     "migrate": ActionRule((V.ACTIVE, V.STOPPED), "migrating"),
+    "resize": ActionRule((V.ACTIVE, V.STOPPED), "resize_prep"),
+    "confirm_resize": ActionRule((V.RESIZED,), "resize_confirming"),
+    "revert_resize": ActionRule((V.RESIZED,), "resize_reverting"),
     "evacuate": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR, V.PAUSED, V.SUSPENDED), "rebuilding"),
 }
 POWER_ACTIONS = tuple(name for name, rule in RULES.items() if rule.agent_action)

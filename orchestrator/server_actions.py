@@ -11,8 +11,9 @@ import contextlib
 import dataclasses
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -48,6 +49,7 @@ from orchestrator.scheduler.loader import spec_of
 
 POWER_TIMEOUT = 60  # seconds a guest gets to shut down before it is forced (Nova's default)
 FOLLOW_MARGIN = 180.0
+T = TypeVar("T")
 
 
 def guard_outcome(instance: Instance, error: str) -> Outcome:
@@ -367,13 +369,42 @@ class ServerActions:
     async def _job(
         self, target: HostTarget, op: str, args: dict[str, object], timeout: float
     ) -> dict:
-        job_id = f"migrate-{uuid.uuid4()}"
-        await self.pool.cast(target, op, args, job_id)
-        record = await self.pool.follow(target, job_id, timeout)
-        await self.pool.call(target, "job_forget", {"job_id": job_id})
-        if record.get("state") != "succeeded":
-            raise HerdError((record.get("error") or {}).get("message") or f"{op} failed")
-        return record.get("result") or {}
+        return await self.pool.run(target, op, dict(args), timeout)
+
+    async def _stepped(
+        self,
+        action_id: int,
+        event: str,
+        host: str,
+        work: Awaitable[T],
+        done: Callable[[T], str] | None = None,
+    ) -> T:
+        """One recorded step of a workflow: its event is closed with the outcome (and
+        ``done(result)`` as its detail)."""
+        step = await self._step(action_id, event, host)
+        try:
+            result = await work
+        except HerdError as exc:
+            await self._end_step(step, False, str(exc))
+            raise
+        await self._end_step(step, True, done(result) if done else None)
+        return result
+
+    async def _carry_disk(
+        self, row: Instance, src: HostTarget, dst: HostTarget, path: str
+    ) -> tuple[str, int]:
+        """A disk from one host to another through this machine (the hosts need not
+        reach each other), into the destination's incoming directory: its path there
+        and its size."""
+        async with self.db.session() as db:
+            config = await load_guest_config(db, row)
+        await asyncio.gather(*(self.conductor.images.ensure(dst, i) for i in config.images))
+        remote = f"{dst.agent_dir}/images/incoming/{row.uuid}.migrating"
+        with tempfile.TemporaryDirectory(prefix="herd-migrate-") as tmp:
+            local = Path(tmp) / "disk"
+            size = await (await self.pool.session(src)).download(path, local)
+            await (await self.pool.session(dst)).upload(local, remote)
+        return remote, size
 
     async def _move(
         self, row: Instance, source: Host, dest: Host, action_id: int, was_running: bool,
@@ -381,49 +412,54 @@ class ServerActions:
     ) -> dict:  # fmt: skip
         src, dst = target_of(source), target_of(dest)
         if was_running:
-            step = await self._step(action_id, "stop_source", source.name)
-            self.progress.update(row, "stopping", host=source.name)
-            try:
-                await self._job(
-                    src,
-                    "power",
-                    {"uuid": row.uuid, "action": "stop", "timeout": timeout},
-                    timeout + FOLLOW_MARGIN,
-                )
-            except HerdError as exc:
-                await self._end_step(step, False, str(exc))
-                raise
-            await self._end_step(step, True)
-        step = await self._step(action_id, "copy_disk", dest.name)
+            await self._stop_for_move(row, source, action_id, timeout)
         self.progress.update(row, "copying disk", host=dest.name)
-        try:
+        remote, _ = await self._stepped(
+            action_id, "copy_disk", dest.name,
+            self._carry_disk(row, src, dst, f"{src.agent_dir}/instances/{row.uuid}/disk"),
+            lambda carried: f"{carried[1]} bytes from {source.name} to {dest.name}",
+        )  # fmt: skip
+        return await self._spawn(row, dest, action_id, {"disk_from": remote, "start": was_running})
+
+    async def _stop_for_move(self, row: Instance, host: Host, action_id: int, timeout: int) -> None:
+        self.progress.update(row, "stopping", host=host.name)
+        args = {"uuid": row.uuid, "action": "stop", "timeout": timeout}
+        work = self._job(target_of(host), "power", args, timeout + FOLLOW_MARGIN)
+        await self._stepped(action_id, "stop_source", host.name, work)
+
+    async def _spawn(
+        self,
+        row: Instance,
+        host: Host,
+        action_id: int,
+        extra: dict[str, object],
+        *,
+        flavor: dict[str, object] | None = None,
+        event: str = "spawn",
+        cleanup: bool = True,
+    ) -> dict:
+        """Define (and start) the server on ``host`` from a disk it already has there:
+        a fresh seed, the given flavor (default: the server's own). On failure,
+        ``cleanup`` removes whatever half-made copy the build left."""
+        self.progress.update(row, "spawning", host=host.name)
+
+        async def build() -> dict:
             async with self.db.session() as db:
                 config = await load_guest_config(db, row)
-            await asyncio.gather(*(self.conductor.images.ensure(dst, i) for i in config.images))
-            remote = f"{dst.agent_dir}/images/incoming/{row.uuid}.migrating"
-            with tempfile.TemporaryDirectory(prefix="herd-migrate-") as tmp:
-                local = Path(tmp) / "disk"
-                session = await self.pool.session(src)
-                size = await session.download(f"{src.agent_dir}/instances/{row.uuid}/disk", local)
-                await (await self.pool.session(dst)).upload(local, remote)
-        except HerdError as exc:
-            await self._end_step(step, False, str(exc))
-            raise
-        await self._end_step(step, True, f"{size} bytes from {source.name} to {dest.name}")
-        step = await self._step(action_id, "spawn", dest.name)
-        self.progress.update(row, "spawning", host=dest.name)
-        try:
+            if flavor is not None:
+                config = dataclasses.replace(config, flavor=flavor)
             seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
-            args = config.build_args(row, dest.domain_type or "qemu", seed)
-            args.update(rebuild=True, start=was_running, disk_from=remote)
-            result = await self._job(dst, "build", args, self.conductor.build_timeout)
-        except HerdError as exc:
-            await self._end_step(step, False, str(exc))
-            with contextlib.suppress(HerdError):  # leave no half-made copy behind
-                await self._job(dst, "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+            args = config.build_args(row, host.domain_type or "qemu", seed)
+            args.update(rebuild=True, **extra)
+            return await self._job(target_of(host), "build", args, self.conductor.build_timeout)
+
+        try:
+            return await self._stepped(action_id, event, host.name, build())
+        except HerdError:
+            if cleanup:
+                with contextlib.suppress(HerdError):  # leave no half-made copy behind
+                    await self._job(target_of(host), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
             raise
-        await self._end_step(step, True)
-        return result
 
     async def _put_back(self, row: Instance, source: Host, was_running: bool) -> None:
         if not was_running:

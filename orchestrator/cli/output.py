@@ -36,6 +36,7 @@ STATE_STYLES = {
     "spawning": "yellow",
     "scheduling": "yellow",
     "deleting": "yellow",
+    "resized": "cyan",
     "error": "red",
     "down": "red",
     "failed": "red",

@@ -14,7 +14,9 @@ from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Outcome
+from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
+from orchestrator.resize import ServerResize
 from orchestrator.scheduler.scheduler import Plan
 from orchestrator.server_actions import ServerActions
 
@@ -240,6 +242,7 @@ def show(
         {"message": f.message, "host": f.host, "code": f.code, "created_at": f.created_at}
         for f in view.faults
     ]
+    data["resize"] = view.resize
     data["jobs"] = [
         {
             "id": j.id,
@@ -266,6 +269,13 @@ def show(
     for port in view.ports:
         where = f"{port.ip}/{port.prefixlen}" if port.ip else "no fixed IP"
         grid.add_row("address", f"{port.network}: {where}, mac {port.mac}")
+    if view.resize:
+        r = view.resize
+        grid.add_row(
+            "resize",
+            f"{r['old_flavor']} on {r['source']} -> {r['new_flavor']} ({r['status']}; "
+            "`herd server resize --confirm` or `--revert`)",
+        )
     for fault in view.faults[:5]:  # newest first: a reschedule leaves one per host
         grid.add_row("fault", f"[red]{fault.message}[/red] ({age(fault.created_at)})")
     pending = [j for j in view.jobs if j.collected_at is None]
@@ -531,3 +541,50 @@ def migrate(
                 return [await actions.migrate(instance, host, timeout=timeout)]
 
     show_outcomes(run_async(main()), as_json, "migrate")
+
+
+@app.command()
+def resize(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    flavor: Annotated[str | None, typer.Option(help="The new flavor.")] = None,
+    confirm: Annotated[
+        bool, typer.Option("--confirm", help="Keep the new size; free the old disk and claim.")
+    ] = False,
+    revert: Annotated[
+        bool, typer.Option("--revert", help="Go back to the old size, from the kept disk.")
+    ] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Resize onto this host (default: its own if it fits, else any)."),
+    ] = None,
+    timeout: TimeoutOpt = 60,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resize to another flavor; the old disk is kept until --confirm or --revert."""
+    chosen = [flag for flag, on in (("--flavor", flavor), ("--confirm", confirm),
+                                    ("--revert", revert)) if on]  # fmt: skip
+    if len(chosen) != 1:
+        raise InvalidInput("give exactly one of --flavor F, --confirm or --revert")
+    if host and not flavor:
+        raise InvalidInput("--host goes with --flavor")
+
+    async def run(actions: ServerResize, instance: Instance) -> Outcome:
+        if confirm:
+            return await actions.confirm(instance)
+        if revert:
+            return await actions.revert(instance)
+        assert flavor is not None
+        return await actions.resize(instance, flavor, host, timeout=timeout)
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress("Resizing")
+        async with herd(progress) as h:
+            (instance,) = await api.find_servers(h.db, [name])
+            actions = ServerResize(h.conductor)
+            if progress is None:
+                return [await run(actions, instance)]
+            with progress:
+                return [await run(actions, instance)]
+
+    verb = "confirm the resize" if confirm else "revert the resize" if revert else "resize"
+    show_outcomes(run_async(main()), as_json, verb)

@@ -34,6 +34,7 @@ class VmState(enum.StrEnum):
     STOPPED = "stopped"
     PAUSED = "paused"
     SUSPENDED = "suspended"
+    RESIZED = "resized"  # running on the new size, the old disk kept until confirmed
     ERROR = "error"
     DELETED = "deleted"
 
@@ -332,6 +333,49 @@ class Allocation(SQLModel, table=True):
     ram_mb: int
     disk_gb: int
     created_at: datetime | None = _ts()
+
+
+class MigrationStatus(enum.StrEnum):
+    MIGRATING = "migrating"
+    FINISHED = "finished"  # a resize waiting for --confirm or --revert
+    CONFIRMED = "confirmed"
+    REVERTED = "reverted"
+    ERROR = "error"
+    DELETED = "deleted"  # the server was deleted while the resize waited
+
+
+OPEN_MIGRATIONS = (MigrationStatus.MIGRATING, MigrationStatus.FINISHED)
+
+
+class Migration(SQLModel, table=True):
+    """One move of a server between sizes or hosts (Nova's migrations table).
+
+    Its ``uuid`` is also the consumer of the source's claim while the move is open,
+    as Nova's migration-based allocations are: the old size stays held on the source
+    until a resize is confirmed (or is given back to the server on revert), so the
+    scheduler never hands out room the server may still return to.
+    """
+
+    __tablename__ = "migrations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(sa_column=Column(String(36), unique=True, nullable=False))
+    instance_uuid: str = Field(index=True)
+    kind: str = "resize"
+    status: str = MigrationStatus.MIGRATING
+    source_host_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="SET NULL"), nullable=True),
+    )
+    dest_host_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="SET NULL"), nullable=True),
+    )
+    old_flavor: dict[str, Any] = _json()
+    new_flavor: dict[str, Any] = _json()
+    old_vm_state: str = VmState.ACTIVE
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
 
 
 class InstanceAction(SQLModel, table=True):

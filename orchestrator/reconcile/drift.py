@@ -69,6 +69,8 @@ class Snapshot:
     open_jobs: Sequence[AgentJob]  # not yet collected
     image_names: dict[str, list[str]]  # sha256 -> image names
     now: float = field(default_factory=time.time)
+    # Claims held by an open migration (a resize's old size on its source), by uuid.
+    migration_claims: frozenset[str] = frozenset()
 
 
 def _epoch(moment: datetime | None) -> float:
@@ -234,7 +236,13 @@ def _domain_findings(
             and instance.uuid not in busy
             and instance.task_state is None
             and instance.vm_state
-            in (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED)
+            in (
+                VmState.ACTIVE,
+                VmState.STOPPED,
+                VmState.PAUSED,
+                VmState.SUSPENDED,
+                VmState.RESIZED,
+            )
         ):
             found.append(
                 Finding(
@@ -317,8 +325,13 @@ def _claim_findings(snapshot: Snapshot, config: ReconcileConfig) -> list[Finding
     found = []
     claims = {a.instance_uuid: a for a in snapshot.allocations}
     by_uuid = {i.uuid: i for i in snapshot.instances}
-    holds = (VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED, VmState.BUILDING)
+    holds = (
+        VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED, VmState.BUILDING,
+        VmState.RESIZED,
+    )  # fmt: skip
     for uuid, claim in claims.items():
+        if uuid in snapshot.migration_claims:
+            continue
         instance = by_uuid.get(uuid)
         host = snapshot.hosts.get(claim.host_id)
         where = host.name if host else None

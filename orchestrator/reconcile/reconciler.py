@@ -21,11 +21,14 @@ from sqlmodel import col, delete, select
 from orchestrator.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor import Conductor, apply_facts, target_of
 from orchestrator.db.models import (
+    OPEN_MIGRATIONS,
     AgentJob,
     Allocation,
     Host,
     Image,
     Instance,
+    Migration,
+    MigrationStatus,
     PowerState,
     VmState,
     utcnow,
@@ -34,7 +37,7 @@ from orchestrator.errors import HerdError
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding, Snapshot, detect
 from orchestrator.reconcile.survey import HostSurvey, survey_hosts
-from orchestrator.scheduler.claims import release
+from orchestrator.scheduler.claims import hand_over, release
 
 EXIT_CLEAN, EXIT_FIXED, EXIT_UNFIXED = 0, 1, 2
 REAP_TIMEOUT = 120.0
@@ -119,7 +122,14 @@ class Reconciler:
             for image in (await db.exec(select(Image))).all():
                 if image.sha256:
                     names.setdefault(image.sha256, []).append(image.name)
-        return Snapshot(hosts, instances, allocations, jobs, names)
+            migrations = (
+                await db.exec(
+                    select(Migration.uuid).where(col(Migration.status).in_(OPEN_MIGRATIONS))
+                )
+            ).all()
+        return Snapshot(
+            hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations)
+        )
 
     async def _census(self) -> tuple[dict[str, int], dict[str, int]]:
         async with self.db.session() as db:
@@ -261,6 +271,20 @@ class Reconciler:
             record_fault(db, row.uuid, message, host=finding.host)
             row.task_state, row.updated_at = None, utcnow()
             db.add(row)
+            # A resize killed half-way: its old claim goes back to the server, which the
+            # DB still places on the source; the domain rules then judge what is there.
+            for migration in (
+                await db.exec(
+                    select(Migration).where(
+                        Migration.instance_uuid == row.uuid,
+                        Migration.status == MigrationStatus.MIGRATING,
+                    )
+                )
+            ).all():
+                await release(db, row.uuid)
+                await hand_over(db, migration.uuid, row.uuid)
+                migration.status, migration.updated_at = MigrationStatus.ERROR, utcnow()
+                db.add(migration)
 
     async def _missing_domain(self, finding: Finding) -> None:
         async with self.db.session() as db:

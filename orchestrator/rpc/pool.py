@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from orchestrator.errors import HostUnreachable
+from orchestrator.errors import HerdError, HostUnreachable
 from orchestrator.rpc.session import AgentSession
 from orchestrator.rpc.ssh import HostTarget
 
@@ -88,6 +88,20 @@ class AgentPool:
             )
             if record.get("state") in FINISHED:
                 return record
+
+    async def run(
+        self, target: HostTarget, op: str, args: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """A job as one step of a longer workflow (a migration, a resize): cast, follow,
+        forget it on the host, and raise with the agent's own message if it failed."""
+        job_id = f"{op}-{uuid.uuid4()}"
+        await self.cast(target, op, args, job_id)
+        record = await self.follow(target, job_id, timeout)
+        with contextlib.suppress(HerdError):
+            await self.call(target, "job_forget", {"job_id": job_id})
+        if record.get("state") != "succeeded":
+            raise HerdError((record.get("error") or {}).get("message") or f"{op} failed")
+        return record.get("result") or {}
 
     async def close(self, names: Iterable[str] | None = None) -> None:
         chosen = (

@@ -53,3 +53,14 @@ async def release(session: AsyncSession, instance_uuid: str) -> None:
         await session.exec(
             update(Host).where(Host.id == host_id).values(generation=Host.generation + 1)  # type: ignore[arg-type]
         )
+
+
+async def hand_over(session: AsyncSession, from_consumer: str, to_consumer: str) -> None:
+    """Move a claim to another consumer on the same host, unchanged: a server's old size
+    to its migration while a resize is open, and back on revert (Nova's migration
+    allocations). The host's usage does not change, so neither does its generation."""
+    await session.exec(
+        update(Allocation)
+        .where(Allocation.instance_uuid == from_consumer)  # type: ignore[arg-type]
+        .values(instance_uuid=to_consumer)
+    )

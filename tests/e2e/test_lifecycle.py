@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -203,3 +204,111 @@ def test_cold_migration_moves_the_guest_with_its_uuid_and_ip_and_frees_the_sourc
     herd.ok("server", "migrate", "mig", "--host", "lab-3")
     assert herd.server("mig")["host"] == "lab-3"
     assert states(herd, lab, "mig") == ("stopped", "shutdown", "shut off")
+
+
+def ram_used(herd: HerdCli) -> dict[str, int]:
+    return {h["name"]: h["ram_mb"]["used"] for h in herd.ok("host", "list", "--json").json()}
+
+
+def memory_kib(lab, host: str, instance_uuid: str) -> int:
+    done = lab.exec_in(host, [*VIRSH, "dumpxml", f"herd-{instance_uuid}"], check=True)
+    return int(re.search(r"<memory unit='KiB'>(\d+)</memory>", done.stdout).group(1))
+
+
+def kept(lab, host: str, instance_uuid: str) -> bool:
+    """Whether the host keeps a resize's old directory for the server."""
+    path = f"/var/lib/herd/instances/{instance_uuid}.resize"
+    return lab.exec_in(host, ["test", "-d", path]).returncode == 0
+
+
+def test_resize_same_host_revert_then_other_host_confirm(herd: HerdCli, lab) -> None:
+    server = boot(herd, "rsz", "--host", "lab-1", image="herd-test", flavor="m1.tiny")
+    uuid = server["uuid"]
+    assert guest_report(herd, "rsz")["root-disk-bytes"] == [str(1 << 30)]
+    assert_one_line_error(
+        herd.run("server", "resize", "rsz", "--flavor", "m1.tiny"), code=2, contains="already has"
+    )
+    assert_one_line_error(
+        herd.run("server", "resize", "rsz", "--flavor", "m1.nano"), code=2, contains="needs 128 MiB"
+    )
+    base = ram_used(herd)
+    # m1.small fits on lab-1 too: resized in place, both sizes held until confirmed.
+    herd.ok("server", "resize", "rsz", "--flavor", "m1.small", "--timeout", "2")
+    resized = herd.server("rsz")
+    assert (resized["vm_state"], resized["host"], resized["flavor"]) == (
+        "resized", "lab-1", "m1.small",
+    )  # fmt: skip
+    assert domain_state(lab, "lab-1", uuid) == "running"
+    assert memory_kib(lab, "lab-1", uuid) == 256 * 1024
+    assert kept(lab, "lab-1", uuid)
+    assert ram_used(herd)["lab-1"] == base["lab-1"] + 256
+    assert guest_report(herd, "rsz")["root-disk-bytes"] == [str(2 << 30)]  # grown
+    # A resized server waits for confirm or revert; other actions are refused.
+    assert_one_line_error(herd.run("server", "stop", "rsz"), code=4, contains="vm_state resized")
+    herd.ok("server", "resize", "rsz", "--revert")
+    reverted = herd.server("rsz")
+    assert (reverted["vm_state"], reverted["host"], reverted["flavor"]) == (
+        "active", "lab-1", "m1.tiny",
+    )  # fmt: skip
+    assert memory_kib(lab, "lab-1", uuid) == 128 * 1024
+    assert not kept(lab, "lab-1", uuid)
+    assert ram_used(herd) == base
+    after = guest_report(herd, "rsz")
+    assert after["root-disk-bytes"] == [str(1 << 30)] and after["instance-id"] == [uuid]
+    # Onto another host, then confirmed: the source's kept disk and old claim go.
+    herd.ok("server", "resize", "rsz", "--flavor", "m1.small", "--host", "lab-2", "--timeout", "2")
+    assert herd.server("rsz")["host"] == "lab-2" and kept(lab, "lab-1", uuid)
+    assert domain_state(lab, "lab-1", uuid) is None
+    assert domain_state(lab, "lab-2", uuid) == "running"
+    used = ram_used(herd)
+    assert (used["lab-1"], used["lab-2"]) == (base["lab-1"], base["lab-2"] + 256)
+    herd.ok("server", "resize", "rsz", "--confirm")
+    confirmed = herd.server("rsz")
+    assert (confirmed["vm_state"], confirmed["host"], confirmed["flavor"]) == (
+        "active", "lab-2", "m1.small",
+    )  # fmt: skip
+    assert not kept(lab, "lab-1", uuid)
+    used = ram_used(herd)
+    assert (used["lab-1"], used["lab-2"]) == (base["lab-1"] - 128, base["lab-2"] + 256)
+    moved = guest_report(herd, "rsz")
+    assert moved["instance-id"] == [uuid] and moved["ip"] == after["ip"]
+    assert moved["root-disk-bytes"] == [str(2 << 30)]
+    assert herd.ok("reconcile", "--json").json()["exit_code"] == 0  # nothing looks drifted
+    names = [a["action"] for a in herd.ok("server", "actions", "rsz", "--json").json()]
+    assert names[-4:] == ["resize", "revert_resize", "resize", "confirm_resize"]
+
+
+def test_a_resize_that_fails_on_the_destination_goes_back_to_the_source(herd: HerdCli, lab) -> None:
+    server = boot(herd, "rszf", "--host", "lab-1")
+    uuid = server["uuid"]
+    base = ram_used(herd)
+    lab.stop_service("lab-2", "libvirtd")  # its agent answers, but nothing can be defined
+    try:
+        result = herd.run(
+            "server", "resize", "rszf", "--flavor", "m1.tiny", "--host", "lab-2", "--timeout", "2"
+        )
+    finally:
+        lab.start_service("lab-2", "libvirtd")
+    assert result.code == 1 and "resize to m1.tiny on lab-2 failed" in result.stdout, result
+    back = herd.server("rszf")
+    assert (back["vm_state"], back["task_state"], back["host"], back["flavor"]) == (
+        "active", None, "lab-1", "m1.nano",
+    )  # fmt: skip
+    assert "resize to m1.tiny on lab-2 failed" in back["faults"][0]["message"]
+    assert domain_state(lab, "lab-1", uuid) == "running"
+    assert memory_kib(lab, "lab-1", uuid) == 64 * 1024
+    assert domain_state(lab, "lab-2", uuid) is None
+    assert lab.exec_in("lab-2", ["test", "-e", f"/var/lib/herd/instances/{uuid}"]).returncode
+    assert not kept(lab, "lab-1", uuid)
+    assert ram_used(herd) == base  # the new claim released, the old one back
+    (resize,) = [a for a in herd.ok("server", "actions", "rszf", "--json").json()
+                 if a["action"] == "resize"]  # fmt: skip
+    events = [(e["event"], e["result"]) for e in resize["events"]]
+    assert ("spawn", "error") in events and ("revert_source", "success") in events, events
+    # Deleting a server whose resize waits removes the disk kept on its source too.
+    herd.ok("server", "resize", "rszf", "--flavor", "m1.tiny", "--host", "lab-2", "--timeout", "2")
+    assert kept(lab, "lab-1", uuid)
+    herd.ok("server", "delete", "rszf")
+    assert not kept(lab, "lab-1", uuid) and domain_state(lab, "lab-2", uuid) is None
+    used = ram_used(herd)
+    assert (used["lab-1"], used["lab-2"]) == (base["lab-1"] - 64, base["lab-2"])

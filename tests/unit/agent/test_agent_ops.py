@@ -193,3 +193,48 @@ def test_delete_removes_a_leftover_dir_without_a_domain(state_dir: Path) -> None
 def test_delete_never_touches_a_domain_that_is_not_herds(state_dir: Path) -> None:
     with pytest.raises(BadRequest, match="not herd's"):
         delete(state_dir, FakeVirsh(state="running", name="someone-elses"), str(uuid.uuid4()))
+
+
+def virtual_size(disk: Path) -> int:
+    argv = ["qemu-img", "info", "--output=json", str(disk)]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)[
+        "virtual-size"
+    ]
+
+
+@needs_qemu_img
+def test_a_resize_stashes_the_old_dir_builds_a_grown_copy_and_drop_removes_the_stash(
+    state_dir: Path, base_image: str
+) -> None:
+    args = build_args(sha256=base_image, disk_gb=1)
+    instance = args["instance"]["uuid"]
+    virsh = FakeVirsh()
+    build(state_dir, virsh, args)
+    spec = DeleteSpec.from_args({"uuid": instance})
+    ctx = ops.Context(state_dir, virsh)
+    stash = state_dir / "instances" / f"{instance}.resize"
+    assert ops.resize_stash(ctx, spec) == {"disk": str(stash / "disk")}
+    assert virsh.domain is None and not (state_dir / "instances" / instance).exists()
+    assert ops.resize_stash(ctx, spec) == {"disk": str(stash / "disk")}  # repeated: same
+    # The stash keeps its base image in use: the cache cannot prune it.
+    assert images.users(state_dir)[base_image] == [f"{instance}.resize"]
+    bigger = {**args, "flavor": {**args["flavor"], "disk_gb": 2}}
+    bigger.update(rebuild=True, disk_from=str(stash / "disk"), keep_disk_from=True)
+    build(state_dir, virsh, bigger)
+    assert virtual_size(state_dir / "instances" / instance / "disk") == 2 << 30
+    assert virtual_size(stash / "disk") == 1 << 30  # the kept copy is untouched
+    assert ops.resize_drop(ctx, spec) == {"existed": True}
+    assert not stash.exists() and ops.resize_drop(ctx, spec) == {"existed": False}
+
+
+def test_stash_of_an_instance_with_nothing_here_is_not_found(state_dir: Path) -> None:
+    spec = DeleteSpec.from_args({"uuid": str(uuid.uuid4())})
+    with pytest.raises(NotFound, match="no directory"):
+        ops.resize_stash(ops.Context(state_dir, FakeVirsh()), spec)
+
+
+def test_delete_removes_a_resize_stash_too(state_dir: Path) -> None:
+    instance = str(uuid.uuid4())
+    (state_dir / "instances" / f"{instance}.resize").mkdir(parents=True)
+    assert delete(state_dir, FakeVirsh(), instance) == {"existed": False}
+    assert not (state_dir / "instances" / f"{instance}.resize").exists()

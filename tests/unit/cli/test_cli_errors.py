@@ -219,3 +219,17 @@ def test_image_create_checks_its_source_and_references(herd: HerdCli, tmp_path: 
     assert_one_line_error(herd.run("image", "create", "x", "--url", "https://a/x"), code=4)
     herd.ok("image", "delete", "x")
     assert_one_line_error(herd.run("image", "delete", "x"), code=3)
+
+
+def test_resize_wants_exactly_one_of_flavor_confirm_revert(herd: HerdCli) -> None:
+    for args in ((), ("--flavor", "m1.small", "--confirm"), ("--confirm", "--revert")):
+        line = assert_one_line_error(herd.run("server", "resize", "web", *args), code=2)
+        assert "exactly one of --flavor F, --confirm or --revert" in line
+    assert_one_line_error(
+        herd.run("server", "resize", "web", "--confirm", "--host", "hv1"),
+        code=2,
+        contains="--host goes with --flavor",
+    )
+    assert_one_line_error(
+        herd.run("server", "resize", "web", "--flavor", "m1.small"), code=3, contains="web"
+    )

@@ -49,10 +49,14 @@ def survey(
     )
 
 
-def findings(instances, surveys, allocations=(), jobs=(), config=ReconcileConfig(), hosts=(H1, H2)):
+def findings(
+    instances, surveys, allocations=(), jobs=(), config=ReconcileConfig(), hosts=(H1, H2),
+    migrations=frozenset(),
+):  # fmt: skip
     snapshot = Snapshot(
-        {h.id: h for h in hosts}, instances, list(allocations), list(jobs), {}, now=time.time()
-    )
+        {h.id: h for h in hosts}, instances, list(allocations), list(jobs), {}, now=time.time(),
+        migration_claims=migrations,
+    )  # fmt: skip
     return [
         (f.kind, f.server or f.uuid or f.host, f.policy)
         for f in detect(snapshot, surveys, config)
@@ -186,6 +190,17 @@ def test_claims_that_disagree_with_the_servers_are_found() -> None:
         ("claim", "gone", "fix"),
         ("claim", "moved", "fix"),
     ]
+
+
+def test_a_waiting_resize_holds_two_claims_and_neither_is_drift() -> None:
+    """The new size on the destination (the server's), the old on the source (the
+    migration's, until confirm or revert): the rules must not release either."""
+    r = server("r", "u-r", host=H2, vm_state=VmState.RESIZED)
+    old = Allocation(instance_uuid="m-1", host_id=H1.id, vcpus=1, ram_mb=64, disk_gb=1)
+    surveys = [survey(H1), survey(H2, {"u-r": "running"})]
+    assert findings([r], surveys, [claim(r, H2), old], migrations=frozenset({"m-1"})) == []
+    # Once the migration is closed, a claim still held by it is a leak.
+    assert findings([r], surveys, [claim(r, H2), old]) == [("claim", "m-1", "fix")]
 
 
 def test_hosts_go_down_after_n_missed_surveys_and_up_when_they_answer() -> None:

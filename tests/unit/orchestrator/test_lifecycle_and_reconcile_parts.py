@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlmodel import select
 
 from orchestrator import lifecycle
 from orchestrator.db.engine import Database, open_database
-from orchestrator.db.models import Host, Instance, PowerState, VmState
+from orchestrator.db.models import Allocation, Host, Instance, Migration, PowerState, VmState
 from orchestrator.errors import Conflict
 from orchestrator.reconcile import metrics
+from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding
 from orchestrator.reconcile.lock import ReconcileLocked, file_lock, lock_path
-from orchestrator.reconcile.reconciler import RunReport
+from orchestrator.reconcile.reconciler import Reconciler, RunReport
 from orchestrator.reconcile.survey import HostSurvey
 
 
@@ -139,3 +141,26 @@ def test_prometheus_text_is_well_formed_and_written_atomically(tmp_path: Path) -
     target = tmp_path / "herd.prom"
     metrics.write_textfile(target, text)
     assert target.read_text() == text and list(tmp_path.iterdir()) == [target]
+
+
+async def test_reconcile_gives_a_killed_resize_its_old_claim_back(db: Database) -> None:
+    """herd killed mid-resize: clearing the abandoned task also closes the migration,
+    and the old size's claim returns to the server (which the DB places on its source)."""
+    async with db.session() as session:
+        host = Host(name="hv1", address="127.0.0.1")
+        session.add(host)
+    server = await add_server(db, host_id=host.id)
+    async with db.session() as session:
+        row = (await session.exec(select(Instance))).one()
+        row.task_state = "resize_prep"
+        session.add(row)
+        session.add(Migration(uuid="m-1", instance_uuid=server.uuid, source_host_id=host.id))
+        session.add(Allocation(instance_uuid="m-1", host_id=host.id, vcpus=1, ram_mb=64, disk_gb=1))
+    reconciler = Reconciler(SimpleNamespace(db=db, pool=None), ReconcileConfig())  # type: ignore[arg-type]
+    finding = Finding("stuck_task", "resize_prep for 60 min", "fix", host="hv1", uuid=server.uuid)
+    await reconciler._clear_task(finding)
+    async with db.session() as session:
+        (claim,) = (await session.exec(select(Allocation))).all()
+        migration = (await session.exec(select(Migration))).one()
+        row = (await session.exec(select(Instance))).one()
+    assert (claim.instance_uuid, migration.status, row.task_state) == (server.uuid, "error", None)

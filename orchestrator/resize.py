@@ -1,0 +1,390 @@
+"""Resize: a server onto another flavor, kept aside until the operator confirms.
+
+Nova's resize in herd's terms. The new size is claimed on the server's own host when
+it fits there (both sizes held at once, as Nova's allow_resize_to_same_host), else
+through the scheduler on another host. The source's domain goes, but its directory
+is kept whole as ``<uuid>.resize`` (Nova's ``_resize`` directory) and its claim moves
+to the migration's UUID, so the source keeps the room the server may return to.
+The server then runs at the new size in vm_state ``resized`` until:
+
+- ``--confirm``: the kept directory and the old claim go;
+- ``--revert``: the new copy goes and the server is built again on the source from
+  the kept disk, at the old size, with its old claim.
+
+A failure anywhere before the server runs at its new size is a revert done at once:
+the new claim is released and the server is back on its source, as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from typing import Any
+
+from sqlmodel import col, select
+
+from orchestrator.actions import finish_action, record_event
+from orchestrator.conductor import Outcome, outcome_of, target_of
+from orchestrator.db.models import (
+    POWER_OF,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Migration,
+    MigrationStatus,
+    PowerState,
+    VmState,
+    utcnow,
+)
+from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
+from orchestrator.guest_config import load_guest_config
+from orchestrator.scheduler.claims import hand_over, release
+from orchestrator.scheduler.loader import spec_of
+from orchestrator.server_actions import FOLLOW_MARGIN, POWER_TIMEOUT, ServerActions, guard_outcome
+
+
+def flavor_record(flavor: Flavor) -> dict[str, Any]:
+    """A flavor as the build job and the migration row carry it."""
+    return {
+        "name": flavor.name,
+        "vcpus": flavor.vcpus,
+        "ram_mb": flavor.ram_mb,
+        "disk_gb": flavor.disk_gb,
+        "extra_specs": dict(flavor.extra_specs),
+    }
+
+
+def wear(instance: Instance, flavor: dict[str, Any]) -> None:
+    """The server takes on a flavor: the copy embedded in it, and what the scheduler
+    will ask for it from now on."""
+    instance.flavor_name = flavor["name"]
+    instance.vcpus, instance.ram_mb, instance.disk_gb = (
+        flavor["vcpus"],
+        flavor["ram_mb"],
+        flavor["disk_gb"],
+    )
+    instance.request_spec = {**instance.request_spec, "extra_specs": dict(flavor["extra_specs"])}
+
+
+def stash_disk(host: Host, instance_uuid: str) -> str:
+    return f"{target_of(host).agent_dir}/instances/{instance_uuid}.resize/disk"
+
+
+class ServerResize(ServerActions):
+    async def resize(
+        self,
+        instance: Instance,
+        flavor_name: str,
+        host_name: str | None = None,
+        *,
+        timeout: int = POWER_TIMEOUT,
+    ) -> Outcome:
+        flavor = await self._new_flavor(instance, flavor_name)
+        try:
+            row, action_id, source = await self._begin(instance, "resize")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        if source is None:
+            return await self._abort(row, action_id, None, "the server is on no host")
+        was_running = row.vm_state == VmState.ACTIVE
+        async with self.db.session() as db:
+            old = (await load_guest_config(db, row)).flavor
+            migration = Migration(
+                uuid=str(uuid.uuid4()), instance_uuid=row.uuid, source_host_id=source.id,
+                old_flavor=old, new_flavor=flavor, old_vm_state=row.vm_state,
+                created_at=utcnow(), updated_at=utcnow(),
+            )  # fmt: skip
+            db.add(migration)
+            await hand_over(db, row.uuid, migration.uuid)
+        self.progress.update(row, "scheduling", host=source.name)
+        try:
+            dest = await self._schedule(row, flavor, source, host_name)
+        except NoValidHost as exc:
+            await self._settle(row, migration, MigrationStatus.ERROR, back_to=source)
+            failed = await self._abort(row, action_id, source.name, f"resize: {exc}")
+            return dataclasses.replace(failed, failed_at="schedule")
+        async with self.db.session() as db:
+            await record_event(db, action_id, "schedule", True, dest.name)
+        stashed = False
+        try:
+            if was_running:
+                await self._stop_for_move(row, source, action_id, timeout)
+            stash = await self._stepped(
+                action_id, "stash_source", source.name,
+                self._job(target_of(source), "resize_stash", {"uuid": row.uuid}, FOLLOW_MARGIN),
+            )  # fmt: skip
+            stashed = True
+            if dest.id == source.id:
+                disk: dict[str, object] = {"disk_from": stash["disk"], "keep_disk_from": True}
+            else:
+                self.progress.update(row, "copying disk", host=dest.name)
+                remote, _ = await self._stepped(
+                    action_id, "copy_disk", dest.name,
+                    self._carry_disk(row, target_of(source), target_of(dest), stash["disk"]),
+                    lambda carried: f"{carried[1]} bytes from {source.name} to {dest.name}",
+                )  # fmt: skip
+                disk = {"disk_from": remote}
+            result = await self._spawn(
+                row, dest, action_id, {**disk, "start": was_running}, flavor=flavor,
+                cleanup=dest.id != source.id,
+            )  # fmt: skip
+        except HerdError as exc:
+            return await self._undo(
+                row, migration, source, dest, action_id, stashed,
+                f"resize to {flavor_name} on {dest.name} failed: {exc}",
+            )  # fmt: skip
+        async with self.db.session() as db:
+            fresh = await self._row(db, row.uuid)
+            wear(fresh, flavor)
+            fresh.host_id = dest.id
+            fresh.vm_state, fresh.task_state = VmState.RESIZED, None
+            fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+            fresh.updated_at = utcnow()
+            db.add(fresh)
+            mig = await self._migration(db, migration.uuid)
+            mig.status, mig.dest_host_id, mig.updated_at = (
+                MigrationStatus.FINISHED,
+                dest.id,
+                utcnow(),
+            )
+            db.add(mig)
+            await finish_action(db, action_id)
+        self.progress.update(
+            fresh, VmState.RESIZED, host=dest.name, detail="confirm or revert the resize"
+        )
+        return outcome_of(fresh, dest.name)
+
+    async def confirm(self, instance: Instance) -> Outcome:
+        """The new size stays: the source's kept disk and old claim go."""
+        try:
+            row, action_id, host = await self._begin(instance, "confirm_resize")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        migration, source = await self._open(row)
+        if migration is None or source is None:
+            return await self._abort(row, action_id, None, "no resize of it is waiting")
+        try:
+            await self._stepped(
+                action_id, "drop_source", source.name,
+                self._job(target_of(source), "resize_drop", {"uuid": row.uuid}, FOLLOW_MARGIN),
+            )  # fmt: skip
+        except HerdError as exc:
+            return await self._abort(
+                row, action_id, source.name,
+                f"confirm: could not remove the old disk on {source.name}: {exc} "
+                "(the resize stays open: confirm again)",
+            )  # fmt: skip
+        async with self.db.session() as db:
+            await release(db, migration.uuid)
+            fresh = await self._row(db, row.uuid)
+            fresh.vm_state = (
+                VmState.STOPPED if fresh.power_state == PowerState.SHUTDOWN else VmState.ACTIVE
+            )
+            fresh.task_state, fresh.updated_at = None, utcnow()
+            db.add(fresh)
+            await self._close(db, migration.uuid, MigrationStatus.CONFIRMED)
+            await finish_action(db, action_id)
+        where = host.name if host else None
+        self.progress.update(fresh, fresh.vm_state, host=where, detail="resize confirmed")
+        return outcome_of(fresh, where)
+
+    async def revert(self, instance: Instance) -> Outcome:
+        """Back to the old size on the source, from the disk kept there."""
+        try:
+            row, action_id, dest = await self._begin(instance, "revert_resize")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        migration, source = await self._open(row)
+        if migration is None or source is None:
+            return await self._abort(row, action_id, None, "no resize of it is waiting")
+        if dest is not None and dest.id != source.id:
+            try:
+                await self._stepped(
+                    action_id, "remove_dest", dest.name,
+                    self._job(target_of(dest), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN),
+                )  # fmt: skip
+            except HerdError as exc:
+                return await self._abort(
+                    row, action_id, dest.name,
+                    f"revert: could not remove the resized copy on {dest.name}: {exc} "
+                    "(the resize stays open: revert again)",
+                )  # fmt: skip
+        return await self._undo(row, migration, source, dest, action_id, True, None)
+
+    # -- steps -------------------------------------------------------------------
+
+    async def _new_flavor(self, instance: Instance, name: str) -> dict[str, Any]:
+        async with self.db.session() as db:
+            flavor = (await db.exec(select(Flavor).where(Flavor.name == name))).first()
+            image = await db.get(Image, instance.image_id) if instance.image_id else None
+        if flavor is None:
+            raise NotFound(f"flavor {name!r} not found")
+        if flavor.name == instance.flavor_name:
+            raise InvalidInput(f"server {instance.name} already has flavor {name}")
+        if flavor.disk_gb < instance.disk_gb:
+            raise InvalidInput(
+                f"flavor {name} has a {flavor.disk_gb} GiB disk, smaller than server "
+                f"{instance.name}'s {instance.disk_gb} GiB: disks cannot shrink"
+            )
+        if image is not None and (
+            image.min_ram_mb > flavor.ram_mb or image.min_disk_gb > flavor.disk_gb
+        ):
+            raise InvalidInput(
+                f"image {image.name!r} needs {image.min_ram_mb} MiB RAM and "
+                f"{image.min_disk_gb} GiB disk; flavor {name} has {flavor.ram_mb} MiB "
+                f"and {flavor.disk_gb} GiB"
+            )
+        return flavor_record(flavor)
+
+    async def _schedule(
+        self, row: Instance, flavor: dict[str, Any], source: Host, host_name: str | None
+    ) -> Host:
+        """The server's own host if the new size fits there too, else anywhere the
+        filters allow; ``host_name`` asks for one host only."""
+        base = dataclasses.replace(
+            spec_of(row, None), vcpus=flavor["vcpus"], ram_mb=flavor["ram_mb"],
+            disk_gb=flavor["disk_gb"], extra_specs=dict(flavor["extra_specs"]),
+            requested_host=None,
+        )  # fmt: skip
+        tries = (
+            [dataclasses.replace(base, requested_host=host_name)]
+            if host_name
+            else [
+                dataclasses.replace(base, requested_host=source.name),
+                dataclasses.replace(base, ignore_hosts=frozenset({source.name})),
+            ]
+        )
+        refusal = NoValidHost("no host fits the new size")
+        for spec in tries:
+            try:
+                plan = await self.conductor.scheduler.place([spec])
+            except NoValidHost as exc:
+                refusal = exc
+                continue
+            async with self.db.session() as db:
+                dest = await db.get(Host, plan.placements[0].host_id)
+            assert dest is not None
+            return dest
+        raise refusal
+
+    async def _undo(
+        self,
+        row: Instance,
+        migration: Migration,
+        source: Host,
+        dest: Host | None,
+        action_id: int,
+        stashed: bool,
+        error: str | None,
+    ) -> Outcome:
+        """Put the server back on its source at its old size: after a failed resize
+        (``error``), or as a revert. The new copy is already gone from another host;
+        on the same host the rebuild replaces it."""
+        old_running = migration.old_vm_state == VmState.ACTIVE
+        result: dict[str, Any] = {}
+        if stashed:
+            try:
+                result = await self._spawn(
+                    row, source, action_id,
+                    {"disk_from": stash_disk(source, row.uuid), "keep_disk_from": True,
+                     "start": old_running},
+                    flavor=migration.old_flavor, event="revert_source", cleanup=False,
+                )  # fmt: skip
+            except HerdError as exc:
+                return await self._lost(row, migration, source, action_id, error, exc)
+            # A stash left behind is harmless: the next resize replaces it, delete removes it.
+            with contextlib.suppress(HerdError):
+                await self._stepped(
+                    action_id, "drop_stash", source.name,
+                    self._job(target_of(source), "resize_drop", {"uuid": row.uuid}, FOLLOW_MARGIN),
+                )  # fmt: skip
+        else:  # stopped, perhaps, but still defined there: start it again if it ran
+            await self._put_back(row, source, old_running)
+        status = MigrationStatus.ERROR if error else MigrationStatus.REVERTED
+        async with self.db.session() as db:
+            fresh = await self._row(db, row.uuid)
+            wear(fresh, migration.old_flavor)
+            fresh.host_id = source.id
+            fresh.vm_state = migration.old_vm_state
+            if result:
+                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+            db.add(fresh)
+        await self._settle(row, migration, status, back_to=source)
+        if error:
+            return await self._abort(row, action_id, source.name, error)
+        async with self.db.session() as db:
+            fresh = await self._row(db, row.uuid)
+            fresh.task_state, fresh.updated_at = None, utcnow()
+            db.add(fresh)
+            await finish_action(db, action_id)
+        self.progress.update(fresh, fresh.vm_state, host=source.name, detail="resize reverted")
+        return outcome_of(fresh, source.name)
+
+    async def _lost(
+        self,
+        row: Instance,
+        migration: Migration,
+        source: Host,
+        action_id: int,
+        error: str | None,
+        exc: HerdError,
+    ) -> Outcome:
+        """Not even the old size could be rebuilt on the source: the server goes to
+        ERROR there, still holding its old claim; its disk stays kept aside."""
+        async with self.db.session() as db:
+            fresh = await self._row(db, row.uuid)
+            wear(fresh, migration.old_flavor)
+            fresh.host_id, fresh.vm_state = source.id, VmState.ERROR
+            fresh.power_state = PowerState.NOSTATE
+            db.add(fresh)
+        await self._settle(row, migration, MigrationStatus.ERROR, back_to=source)
+        why = f"{error}; " if error else ""
+        return await self._abort(
+            row, action_id, source.name,
+            f"{why}restoring it on {source.name} failed too: {exc} "
+            f"(its disk is kept at {stash_disk(source, row.uuid)})",
+        )  # fmt: skip
+
+    async def _settle(
+        self, row: Instance, migration: Migration, status: str, *, back_to: Host
+    ) -> None:
+        """The server is back where it came from: its new claim (if any) is released
+        and its old one handed back from the migration."""
+        async with self.db.session() as db:
+            await release(db, row.uuid)
+            await hand_over(db, migration.uuid, row.uuid)
+            await self._close(db, migration.uuid, status)
+
+    async def _open(self, row: Instance) -> tuple[Migration | None, Host | None]:
+        async with self.db.session() as db:
+            migration = (
+                await db.exec(
+                    select(Migration)
+                    .where(
+                        Migration.instance_uuid == row.uuid,
+                        Migration.status == MigrationStatus.FINISHED,
+                    )
+                    .order_by(col(Migration.id).desc())
+                )
+            ).first()
+            source = (
+                await db.get(Host, migration.source_host_id)
+                if migration and migration.source_host_id
+                else None
+            )
+        return migration, source
+
+    @staticmethod
+    async def _row(db: Any, instance_uuid: str) -> Instance:
+        return (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).one()
+
+    @staticmethod
+    async def _migration(db: Any, migration_uuid: str) -> Migration:
+        return (await db.exec(select(Migration).where(Migration.uuid == migration_uuid))).one()
+
+    async def _close(self, db: Any, migration_uuid: str, status: str) -> None:
+        mig = await self._migration(db, migration_uuid)
+        mig.status, mig.updated_at = status, utcnow()
+        db.add(mig)
