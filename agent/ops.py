@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping
 from agent import domain, images, proc
 from agent.errors import BadRequest, NotFound
 from agent.fsutil import DIR_MODE, FILE_MODE, atomic_write_bytes, ensure_dir
-from agent.specs import BuildSpec, DeleteSpec, PowerSpec
+from agent.specs import BuildSpec, DeleteSpec, LiveMigrateSpec, PowerSpec
 from agent.virt import DomainInfo, Virsh, domain_name
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
         xml_text = domain.render(spec, platform.machine(), files)
         xml_path = inst_dir / "domain.xml"
         atomic_write_bytes(xml_path, xml_text.encode("utf-8"))
+        if not spec.define:
+            log.info("prepared %s (%s) for an incoming migration", name, spec.instance.name)
+            return {"domain": name, "state": "prepared", "disk_path": str(disk)}
         virsh.define(str(xml_path))
         undo.append(lambda: remove_domain(virsh, name))
         if spec.start:
@@ -335,6 +338,34 @@ def resize_drop(ctx: Context, spec: DeleteSpec) -> Dict[str, Any]:
     return {"existed": existed}
 
 
+def live_migrate(ctx: Context, spec: LiveMigrateSpec) -> Dict[str, Any]:
+    """The source half of a live migration; the destination was prepared by a build
+    with define=false. libvirt keeps the guest running here until the destination has
+    it, so a failure leaves it where it was; on success the domain is gone from here
+    (--undefinesource) and so goes its directory."""
+    virsh = ctx.virsh
+    name = domain_name(spec.uuid)
+    info = virsh.dominfo(spec.uuid)
+    if info is None:
+        raise NotFound(f"no domain for instance {spec.uuid} on this host")
+    if info.name != name:
+        raise BadRequest(f"the domain with UUID {spec.uuid} is not herd's: {info.name}")
+    if info.state != "running":
+        raise BadRequest(f"{name} is {info.state}: only a running guest migrates live")
+    try:
+        virsh.migrate_live(
+            name, f"qemu+unix:///system?socket={spec.socket}", spec.address, spec.timeout
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(spec.socket)  # the tunnel's end, which sshd leaves behind
+    inst_dir = ctx.instance_dir(spec.uuid)
+    if inst_dir.exists():
+        shutil.rmtree(inst_dir)
+    log.info("%s migrated live to %s", name, spec.address)
+    return {"state": "migrated"}
+
+
 @dataclass(frozen=True)
 class JobKind:
     """How to check a job's args and run it."""
@@ -349,4 +380,5 @@ JOBS: Dict[str, JobKind] = {
     "power": JobKind(parse=PowerSpec.from_args, run=power),
     "resize_stash": JobKind(parse=DeleteSpec.from_args, run=resize_stash),
     "resize_drop": JobKind(parse=DeleteSpec.from_args, run=resize_drop),
+    "live_migrate": JobKind(parse=LiveMigrateSpec.from_args, run=live_migrate),
 }

@@ -244,6 +244,9 @@ class BuildSpec:
     # Copy disk_from rather than move it: it is the only copy (a resize's stash), which
     # must survive this build failing.
     keep_disk_from: bool = False
+    # A live migration's destination: everything but the domain, which the migration
+    # brings (at the very same paths).
+    define: bool = True
 
     @property
     def image_digests(self) -> List[str]:
@@ -287,6 +290,7 @@ class BuildSpec:
             start=_flag(args, "start", True),
             disk_from=_disk_from(args),
             keep_disk_from=_flag(args, "keep_disk_from", False),
+            define=_flag(args, "define", True),
         )
 
     @property
@@ -303,6 +307,37 @@ class DeleteSpec:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> DeleteSpec:
         return cls(uuid=uuid(args, "uuid", "delete: "))
+
+    @property
+    def lock_key(self) -> str:
+        return self.uuid
+
+
+@dataclass(frozen=True)
+class LiveMigrateSpec:
+    """Move a running domain to the libvirtd reached through ``socket`` (a tunnel the
+    orchestrator holds open), streaming to the destination's ``address``."""
+
+    uuid: str
+    socket: str
+    address: str
+    timeout: int
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> LiveMigrateSpec:
+        where = "live_migrate: "
+        socket = text(args, "socket", where, max_len=107)  # sun_path's limit
+        if not socket.startswith("/") or "/../" in socket:
+            raise BadRequest(f"{where}socket must be an absolute path")
+        address = text(args, "address", where)
+        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", address):
+            raise BadRequest(f"{where}address must be a host name or IP address")
+        return cls(
+            uuid=uuid(args, "uuid", where),
+            socket=socket,
+            address=address,
+            timeout=integer(args, "timeout", where, 1, 86400),
+        )
 
     @property
     def lock_key(self) -> str:

@@ -45,6 +45,7 @@ RULES: dict[str, ActionRule] = {
     "resume": ActionRule((V.SUSPENDED,), "resuming", "resume", V.ACTIVE),
     "rebuild": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR), "rebuilding"),
     "migrate": ActionRule((V.ACTIVE, V.STOPPED), "migrating"),
+    "live_migrate": ActionRule((V.ACTIVE,), "migrating"),
     "resize": ActionRule((V.ACTIVE, V.STOPPED), "resize_prep"),
     "confirm_resize": ActionRule((V.RESIZED,), "resize_confirming"),
     "revert_resize": ActionRule((V.RESIZED,), "resize_reverting"),

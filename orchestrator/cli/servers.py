@@ -16,6 +16,7 @@ from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Outcome
 from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
+from orchestrator.live_migration import LiveMigration
 from orchestrator.resize import ServerResize
 from orchestrator.scheduler.scheduler import Plan
 from orchestrator.server_actions import ServerActions
@@ -588,3 +589,30 @@ def resize(
 
     verb = "confirm the resize" if confirm else "revert the resize" if revert else "resize"
     show_outcomes(run_async(main()), as_json, verb)
+
+
+@app.command("live-migrate")
+def live_migrate(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    host: Annotated[
+        str | None, typer.Option(help="Destination (default: the scheduler chooses).")
+    ] = None,
+    timeout: Annotated[
+        int,
+        typer.Option(help="Seconds of copying before a busy guest is paused to finish."),
+    ] = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a running server to another host without stopping it (libvirt live migration)."""
+
+    async def main() -> list[Outcome]:
+        progress = None if as_json else LiveProgress("Live-migrating")
+        async with herd(progress) as h:
+            (instance,) = await api.find_servers(h.db, [name])
+            actions = LiveMigration(h.conductor)
+            if progress is None:
+                return [await actions.live_migrate(instance, host, timeout=timeout)]
+            with progress:
+                return [await actions.live_migrate(instance, host, timeout=timeout)]
+
+    show_outcomes(run_async(main()), as_json, "live-migrate")

@@ -339,6 +339,7 @@ class MigrationStatus(enum.StrEnum):
     MIGRATING = "migrating"
     FINISHED = "finished"  # a resize waiting for --confirm or --revert
     CONFIRMED = "confirmed"
+    COMPLETED = "completed"  # a live migration
     REVERTED = "reverted"
     ERROR = "error"
     DELETED = "deleted"  # the server was deleted while the resize waited

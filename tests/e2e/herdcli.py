@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,3 +91,47 @@ def domain_state(lab: Any, host: str, instance_uuid: str) -> str | None:
     """The domain's state in that lab host's own libvirtd, or None when it has none."""
     done = lab.exec_in(host, ["virsh", "-c", "qemu:///system", "domstate", f"herd-{instance_uuid}"])
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+class GuestConsole:
+    """`herd server console NAME` on a pty, as an operator's terminal: type a line,
+    wait for what the guest's shell answers, detach with Ctrl-]."""
+
+    def __init__(self, herd: HerdCli, name: str) -> None:
+        self.leader, follower = pty.openpty()
+        self.process = subprocess.Popen(
+            herd.command("server", "console", name),
+            env=herd.env,
+            stdin=follower,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+        )
+        os.close(follower)
+        self.seen = b""
+        time.sleep(2)  # virsh console is connected
+
+    def type(self, line: str) -> None:
+        os.write(self.leader, b"\r" + line.encode() + b"\r")
+
+    def expect(self, needle: bytes, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{needle!r} never came; got {self.seen[-500:]!r}"
+            ready, _, _ = select.select([self.leader], [], [], left)
+            if ready:
+                try:
+                    self.seen += os.read(self.leader, 4096)
+                except OSError:
+                    break
+
+    def detach(self) -> tuple[int, str]:
+        """Ctrl-] (virsh console's escape); the exit code and stderr."""
+        try:
+            os.write(self.leader, b"\x1d")
+            code = self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            os.close(self.leader)
+        return code, self.process.stderr.read().decode() if self.process.stderr else ""

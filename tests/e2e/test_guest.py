@@ -7,9 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import pty
 import re
-import select
 import shutil
 import subprocess
 import threading
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.herdcli import HerdCli, assert_one_line_error, domain_state
+from tests.e2e.herdcli import GuestConsole, HerdCli, assert_one_line_error, domain_state
 
 pytestmark = pytest.mark.e2e
 
@@ -288,41 +286,11 @@ def test_url_and_host_path_images_boot_and_a_tampered_or_truncated_image_is_refu
 def test_console_attaches_to_the_guest_shell_and_ctrl_bracket_detaches(herd: HerdCli) -> None:
     herd.ok("server", "create", "tty", "--flavor", "m1.tiny", "--image", "herd-test")
     guest_report(herd, "tty")
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        herd.command("server", "console", "tty"),
-        env=herd.env,
-        stdin=follower,
-        stdout=follower,
-        stderr=subprocess.PIPE,
-    )
-    os.close(follower)
-    seen = b""
-
-    def read_until(needle: bytes, timeout: float = 30) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while needle not in seen:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{needle!r} never came; got {seen[-500:]!r}"
-            ready, _, _ = select.select([leader], [], [], left)
-            if ready:
-                try:
-                    seen += os.read(leader, 4096)
-                except OSError:
-                    break
-
-    try:
-        time.sleep(2)  # virsh console is connected
-        os.write(leader, b"\recho answer-$((6 * 7))\r")
-        read_until(b"answer-42")
-        os.write(leader, b"\x1d")  # Ctrl-]: virsh console's escape
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(leader)
-    stderr = process.stderr.read().decode() if process.stderr else ""
+    console = GuestConsole(herd, "tty")
+    console.type("echo answer-$((6 * 7))")
+    console.expect(b"answer-42")
+    code, stderr = console.detach()
+    assert code == 0
     assert "press Ctrl-] to detach" in stderr
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.herdcli import HerdCli, assert_one_line_error, domain_state
+from tests.e2e.herdcli import GuestConsole, HerdCli, assert_one_line_error, domain_state
 from tests.e2e.test_guest import guest_report
 
 pytestmark = pytest.mark.e2e
@@ -312,3 +313,62 @@ def test_a_resize_that_fails_on_the_destination_goes_back_to_the_source(herd: He
     assert not kept(lab, "lab-1", uuid) and domain_state(lab, "lab-2", uuid) is None
     used = ram_used(herd)
     assert (used["lab-1"], used["lab-2"]) == (base["lab-1"] - 64, base["lab-2"])
+
+
+def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, lab) -> None:
+    server = boot(herd, "live", "--host", "lab-1", image="herd-test", flavor="m1.tiny")
+    uuid = server["uuid"]
+    guest_report(herd, "live")
+    console = GuestConsole(herd, "live")
+    console.type("echo kept-$((40 + 2)) > /tmp/mark; cat /tmp/mark")  # RAM: initramfs
+    console.expect(b"kept-42")
+    console.detach()
+    base = ram_used(herd)
+    # A destination whose libvirtd is down: libvirt keeps the guest where it was.
+    lab.stop_service("lab-2", "libvirtd")
+    try:
+        failed = herd.run("server", "live-migrate", "live", "--host", "lab-2")
+    finally:
+        lab.start_service("lab-2", "libvirtd")
+    assert failed.code == 1, failed
+    assert "live migration to lab-2 failed, the server still runs on lab-1" in failed.stdout
+    assert states(herd, lab, "live") == ("active", "running", "running")
+    assert herd.server("live")["host"] == "lab-1"
+    assert lab.exec_in("lab-2", ["test", "-e", f"/var/lib/herd/instances/{uuid}"]).returncode
+    assert ram_used(herd) == base
+    # A pair of hosts that cannot: said before anything moves.
+    with sqlite3.connect(herd.db_path) as db:
+        db.execute("UPDATE hosts SET domain_type = 'kvm' WHERE name = 'lab-3'")
+    try:
+        refused = herd.run("server", "live-migrate", "live", "--host", "lab-3")
+    finally:
+        with sqlite3.connect(herd.db_path) as db:
+            db.execute("UPDATE hosts SET domain_type = 'qemu' WHERE name = 'lab-3'")
+    assert refused.code == 5, refused
+    assert (
+        "herd: error: live-migrate: cannot live-migrate live from lab-1: lab-3: lab-1 runs "
+        "qemu guests and lab-3 runs kvm"
+    ) in refused.stderr
+    herd.ok("server", "live-migrate", "live", "--host", "lab-2")
+    moved = herd.server("live")
+    assert (moved["host"], moved["vm_state"], moved["uuid"]) == ("lab-2", "active", uuid)
+    assert domain_state(lab, "lab-2", uuid) == "running"
+    assert domain_state(lab, "lab-1", uuid) is None
+    assert lab.exec_in("lab-1", ["test", "-e", f"/var/lib/herd/instances/{uuid}"]).returncode
+    used = ram_used(herd)
+    assert (used["lab-1"], used["lab-2"]) == (base["lab-1"] - 128, base["lab-2"] + 128)
+    # The same guest, never rebooted: what it kept in RAM is still there.
+    console = GuestConsole(herd, "live")
+    console.type("cat /tmp/mark")
+    console.expect(b"kept-42")
+    console.detach()
+    log = herd.ok("server", "console-log", "live", "--json").json()["lines"]
+    assert not any("HERD-TEST ready" in line for line in log), log
+    (live,) = [
+        a
+        for a in herd.ok("server", "actions", "live", "--json").json()
+        if a["action"] == "live_migrate" and a["message"] is None
+    ]
+    assert [(e["event"], e["result"]) for e in live["events"]] == [
+        ("schedule", "success"), ("prepare_dest", "success"), ("live_migrate", "success"),
+    ]  # fmt: skip

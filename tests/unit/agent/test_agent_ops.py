@@ -15,7 +15,7 @@ from agent_testlib import build_args, needs_qemu_img
 
 from agent import images, ops
 from agent.errors import BadRequest, LibvirtError, NotFound
-from agent.specs import BuildSpec, DeleteSpec
+from agent.specs import BuildSpec, DeleteSpec, LiveMigrateSpec
 from agent.virt import DomainInfo, domain_name
 
 
@@ -238,3 +238,23 @@ def test_delete_removes_a_resize_stash_too(state_dir: Path) -> None:
     (state_dir / "instances" / f"{instance}.resize").mkdir(parents=True)
     assert delete(state_dir, FakeVirsh(), instance) == {"existed": False}
     assert not (state_dir / "instances" / f"{instance}.resize").exists()
+
+
+def test_a_live_migration_spec_is_checked_before_anything_runs() -> None:
+    good = {"uuid": str(uuid.uuid4()), "socket": "/var/lib/herd/m.sock", "address": "10.0.0.2"}
+    assert LiveMigrateSpec.from_args({**good, "timeout": 30}).address == "10.0.0.2"
+    for bad, match in (
+        ({"socket": "m.sock"}, "socket must be an absolute path"),
+        ({"address": "10.0.0.2; reboot"}, "address must be a host name"),
+        ({"timeout": 0}, "timeout must be an integer"),
+    ):
+        with pytest.raises(BadRequest, match=match):
+            LiveMigrateSpec.from_args({**good, "timeout": 30, **bad})
+
+
+def test_live_migrate_refuses_a_guest_that_is_not_running(state_dir: Path) -> None:
+    spec = LiveMigrateSpec(str(uuid.uuid4()), "/x.sock", "10.0.0.2", 30)
+    virsh = FakeVirsh(state="shutoff").bind(spec.uuid)
+    with pytest.raises(BadRequest, match="only a running guest migrates live"):
+        ops.live_migrate(ops.Context(state_dir, virsh), spec)
+    assert virsh.calls == []

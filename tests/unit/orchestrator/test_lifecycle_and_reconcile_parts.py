@@ -13,6 +13,7 @@ from orchestrator import lifecycle
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Allocation, Host, Instance, Migration, PowerState, VmState
 from orchestrator.errors import Conflict
+from orchestrator.live_migration import incompatibility
 from orchestrator.reconcile import metrics
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding
@@ -164,3 +165,14 @@ async def test_reconcile_gives_a_killed_resize_its_old_claim_back(db: Database) 
         migration = (await session.exec(select(Migration))).one()
         row = (await session.exec(select(Instance))).one()
     assert (claim.instance_uuid, migration.status, row.task_state) == (server.uuid, "error", None)
+
+
+def test_live_migration_names_why_a_pair_of_hosts_cannot() -> None:
+    src = Host(id=1, name="hv1", address="a", domain_type="kvm")
+    same = Host(id=2, name="hv2", address="b", domain_type="kvm")
+    tcg = Host(id=3, name="hv3", address="c", domain_type="qemu")
+    elsewhere = Host(id=4, name="hv4", address="d", domain_type="kvm", agent_dir="/srv/herd")
+    assert incompatibility(src, same) is None
+    assert "hv1 runs kvm guests and hv3 runs qemu" in (incompatibility(src, tcg) or "")
+    assert "agent directories differ" in (incompatibility(src, elsewhere) or "")
+    assert incompatibility(src, src) == "it is already there"

@@ -1,0 +1,227 @@
+"""Live migration: a running server moves to another host without stopping.
+
+The destination is prepared first (images cached, an empty overlay, kernel, seed: the
+same files at the same paths, but no domain). Then the source's libvirtd migrates the
+guest peer-to-peer over a tunnel herd holds between its SSH connections
+(orchestrator/rpc/tunnel.py), copying the disk's overlay as the guest runs. libvirt
+keeps the guest on the source until the destination has it, so a failure leaves it
+running where it was. Both claims are held while it moves (the old one by the
+migration's UUID, as for a resize); one is given back at the end.
+
+Not every pair of hosts can do it, and herd says which and why before anything
+moves: the guests must be of the same kind (KVM or TCG) and the agent directory the
+same (the domain keeps its disk paths). The hosts must also reach each other at
+their inventory addresses, on libvirt's migration ports (49152-49215); libvirt's own
+refusals (a CPU the destination lacks) are passed on as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from typing import Any
+
+from sqlmodel import select
+
+from orchestrator import cloudinit
+from orchestrator.actions import finish_action, record_event
+from orchestrator.conductor import Outcome, outcome_of, target_of
+from orchestrator.db.models import (
+    Host,
+    Instance,
+    Migration,
+    MigrationStatus,
+    PowerState,
+    VmState,
+    utcnow,
+)
+from orchestrator.errors import Conflict, HerdError, NoValidHost
+from orchestrator.guest_config import load_guest_config
+from orchestrator.rpc.tunnel import libvirt_tunnel
+from orchestrator.scheduler.claims import hand_over, release
+from orchestrator.scheduler.loader import spec_of
+from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, guard_outcome
+
+MIGRATION_TIMEOUT = 300  # seconds of pre-copy before a busy guest is paused to finish
+MAX_TRIES = 5  # hosts the scheduler may offer before herd gives up finding a fit
+
+
+def incompatibility(source: Host, dest: Host) -> str | None:
+    """Why a running guest cannot move from ``source`` to ``dest`` live, or None."""
+    if dest.id == source.id:
+        return "it is already there"
+    if (source.domain_type or "qemu") != (dest.domain_type or "qemu"):
+        return (
+            f"{source.name} runs {source.domain_type} guests and {dest.name} runs "
+            f"{dest.domain_type}: a live guest cannot change accelerator"
+        )
+    if target_of(source).agent_dir != target_of(dest).agent_dir:
+        return (
+            f"their agent directories differ ({target_of(source).agent_dir} and "
+            f"{target_of(dest).agent_dir}): the guest's disk paths must stay the same"
+        )
+    return None
+
+
+class LiveMigration(ServerActions):
+    async def live_migrate(
+        self, instance: Instance, host_name: str | None = None, *, timeout: int = MIGRATION_TIMEOUT
+    ) -> Outcome:
+        try:
+            row, action_id, source = await self._begin(instance, "live_migrate")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        if source is None:
+            return await self._abort(row, action_id, None, "the server is on no host")
+        async with self.db.session() as db:
+            migration = Migration(
+                uuid=str(uuid.uuid4()), instance_uuid=row.uuid, kind="live-migration",
+                source_host_id=source.id, old_vm_state=row.vm_state,
+                created_at=utcnow(), updated_at=utcnow(),
+            )  # fmt: skip
+            db.add(migration)
+            await hand_over(db, row.uuid, migration.uuid)
+        self.progress.update(row, "scheduling", host=source.name)
+        try:
+            dest = await self._destination(row, source, host_name)
+        except NoValidHost as exc:
+            await self._give_back(row, migration, MigrationStatus.ERROR)
+            failed = await self._abort(row, action_id, source.name, f"live-migrate: {exc}")
+            return dataclasses.replace(failed, failed_at="schedule")
+        async with self.db.session() as db:
+            await record_event(db, action_id, "schedule", True, dest.name)
+        try:
+            await self._stepped(action_id, "prepare_dest", dest.name, self._prepare(row, dest))
+            self.progress.update(row, "migrating live", host=dest.name)
+            await self._stepped(
+                action_id, "live_migrate", source.name,
+                self._migrate(row, source, dest, timeout),
+                lambda _: f"from {source.name} to {dest.name}",
+            )  # fmt: skip
+        except HerdError as exc:
+            return await self._failed(row, migration, source, dest, action_id, exc)
+        return await self._moved(row, migration, source, dest, action_id)
+
+    async def _moved(
+        self, row: Instance, migration: Migration, source: Host, dest: Host, action_id: int
+    ) -> Outcome:
+        async with self.db.session() as db:
+            await release(db, migration.uuid)
+            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
+            fresh.host_id, fresh.task_state = dest.id, None
+            fresh.power_state, fresh.updated_at = PowerState.RUNNING, utcnow()
+            db.add(fresh)
+            await self._set_status(db, migration.uuid, MigrationStatus.COMPLETED, dest.id)
+            await finish_action(db, action_id)
+        self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=f"from {source.name}")
+        return outcome_of(fresh, dest.name)
+
+    async def _destination(self, row: Instance, source: Host, host_name: str | None) -> Host:
+        """A host the scheduler accepts and the pair check too: ``host_name`` only, or
+        the scheduler's choices in turn, each unfit one set aside."""
+        ignored = {source.name}
+        reasons: list[str] = []
+        for _ in range(1 if host_name else MAX_TRIES):
+            spec = dataclasses.replace(
+                spec_of(row, None), requested_host=host_name, ignore_hosts=frozenset(ignored)
+            )
+            try:
+                plan = await self.conductor.scheduler.place([spec])
+            except NoValidHost:
+                if reasons:
+                    break
+                raise
+            async with self.db.session() as db:
+                dest = await db.get(Host, plan.placements[0].host_id)
+            assert dest is not None
+            why = incompatibility(source, dest)
+            if why is None:
+                return dest
+            async with self.db.session() as db:
+                await release(db, row.uuid)
+            reasons.append(f"{dest.name}: {why}")
+            ignored.add(dest.name)
+        raise NoValidHost(
+            f"cannot live-migrate {row.name} from {source.name}: {'; '.join(reasons)}"
+        )
+
+    async def _prepare(self, row: Instance, dest: Host) -> dict[str, Any]:
+        target = target_of(dest)
+        async with self.db.session() as db:
+            config = await load_guest_config(db, row)
+        for image in config.images:
+            await self.conductor.images.ensure(target, image)
+        seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
+        args = config.build_args(row, dest.domain_type or "qemu", seed)
+        args.update(rebuild=True, define=False)
+        return await self._job(target, "build", args, self.conductor.build_timeout)
+
+    async def _migrate(self, row: Instance, source: Host, dest: Host, timeout: int) -> None:
+        src, dst = target_of(source), target_of(dest)
+        source_conn = (await self.pool.session(src)).conn
+        dest_conn = (await self.pool.session(dst)).conn
+        listen = f"{src.agent_dir}/migrate-{uuid.uuid4().hex[:12]}.sock"
+        async with libvirt_tunnel(source_conn, dest_conn, listen):
+            args = {"uuid": row.uuid, "socket": listen, "address": dest.address, "timeout": timeout}
+            await self._job(src, "live_migrate", args, timeout + FOLLOW_MARGIN)
+
+    async def _failed(
+        self,
+        row: Instance,
+        migration: Migration,
+        source: Host,
+        dest: Host,
+        action_id: int,
+        exc: HerdError,
+    ) -> Outcome:
+        """libvirt leaves the guest on the source when a migration fails; herd looks
+        before it removes what it prepared on the destination, so that a migration
+        which did finish, but whose answer was lost, never loses the guest."""
+        if await self._runs_on(source, row.uuid):
+            try:
+                await self._job(target_of(dest), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+            except HerdError as cleanup:
+                exc = HerdError(f"{exc}; and {dest.name} kept its prepared files: {cleanup}")
+            await self._give_back(row, migration, MigrationStatus.ERROR)
+            return await self._abort(
+                row, action_id, source.name,
+                f"live migration to {dest.name} failed, the server still runs on "
+                f"{source.name}: {exc}",
+            )  # fmt: skip
+        if await self._runs_on(dest, row.uuid):  # it moved; only the answer was lost
+            return await self._moved(row, migration, source, dest, action_id)
+        async with self.db.session() as db:
+            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
+            fresh.vm_state, fresh.power_state = VmState.ERROR, PowerState.NOSTATE
+            db.add(fresh)
+        await self._give_back(row, migration, MigrationStatus.ERROR)
+        return await self._abort(
+            row, action_id, source.name,
+            f"live migration to {dest.name} failed and neither host shows the guest "
+            f"running: {exc}",
+        )  # fmt: skip
+
+    async def _runs_on(self, host: Host, instance_uuid: str) -> bool:
+        try:
+            listed = await self.pool.call(target_of(host), "list", {})
+        except HerdError:
+            return False
+        return any(
+            d.get("uuid") == instance_uuid and d.get("state") == "running"
+            for d in listed.get("domains", [])
+        )
+
+    async def _give_back(self, row: Instance, migration: Migration, status: str) -> None:
+        async with self.db.session() as db:
+            await release(db, row.uuid)
+            await hand_over(db, migration.uuid, row.uuid)
+            await self._set_status(db, migration.uuid, status, None)
+
+    @staticmethod
+    async def _set_status(db: Any, migration_uuid: str, status: str, dest_id: int | None) -> None:
+        row = (await db.exec(select(Migration).where(Migration.uuid == migration_uuid))).one()
+        row.status, row.updated_at = status, utcnow()
+        if dest_id is not None:
+            row.dest_host_id = dest_id
+        db.add(row)
