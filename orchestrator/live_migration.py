@@ -40,7 +40,6 @@ from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
 from orchestrator.rpc.tunnel import libvirt_tunnel
 from orchestrator.scheduler.claims import hand_over, release
-from orchestrator.scheduler.loader import spec_of
 from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, guard_outcome
 
 MIGRATION_TIMEOUT = 300  # seconds of pre-copy before a busy guest is paused to finish
@@ -124,7 +123,7 @@ class LiveMigration(ServerActions):
         reasons: list[str] = []
         for _ in range(1 if host_name else MAX_TRIES):
             spec = dataclasses.replace(
-                spec_of(row, None), requested_host=host_name, ignore_hosts=frozenset(ignored)
+                await self._spec(row), requested_host=host_name, ignore_hosts=frozenset(ignored)
             )
             try:
                 plan = await self.conductor.scheduler.place([spec])

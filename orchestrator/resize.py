@@ -41,7 +41,6 @@ from orchestrator.db.models import (
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
 from orchestrator.scheduler.claims import hand_over, release
-from orchestrator.scheduler.loader import spec_of
 from orchestrator.server_actions import FOLLOW_MARGIN, POWER_TIMEOUT, ServerActions, guard_outcome
 
 
@@ -244,7 +243,7 @@ class ServerResize(ServerActions):
         """The server's own host if the new size fits there too, else anywhere the
         filters allow; ``host_name`` asks for one host only."""
         base = dataclasses.replace(
-            spec_of(row, None), vcpus=flavor["vcpus"], ram_mb=flavor["ram_mb"],
+            await self._spec(row), vcpus=flavor["vcpus"], ram_mb=flavor["ram_mb"],
             disk_gb=flavor["disk_gb"], extra_specs=dict(flavor["extra_specs"]),
             requested_host=None,
         )  # fmt: skip

@@ -45,7 +45,8 @@ from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoV
 from orchestrator.guest_config import load_guest_config
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release
-from orchestrator.scheduler.loader import spec_of
+from orchestrator.scheduler.loader import request_specs
+from orchestrator.scheduler.request import RequestSpec
 
 POWER_TIMEOUT = 60  # seconds a guest gets to shut down before it is forced (Nova's default)
 FOLLOW_MARGIN = 180.0
@@ -100,6 +101,13 @@ class ServerActions:
                 db.add(job)
         self.progress.update(row, "error", host=host, detail=error)
         return outcome_of(row, host, error)
+
+    async def _spec(self, row: Instance) -> RequestSpec:
+        """What the scheduler is asked for the server, with its group's members where
+        they are now: a move keeps the group's (anti-)affinity as a boot does."""
+        async with self.db.session() as db:
+            (spec,) = await request_specs(db, [row])
+        return spec
 
     @staticmethod
     async def _close_open_events(db: AsyncSession, action_id: int, error: str) -> None:
@@ -279,9 +287,9 @@ class ServerActions:
         was_stopped = row.vm_state == VmState.STOPPED
         async with self.db.session() as db:
             await release(db, row.uuid)  # its claim moves with it
-            spec = dataclasses.replace(
-                spec_of(row, None), requested_host=None, ignore_hosts=frozenset({source.name})
-            )
+        spec = dataclasses.replace(
+            await self._spec(row), requested_host=None, ignore_hosts=frozenset({source.name})
+        )
         self.progress.update(row, "scheduling", host=source.name)
         try:
             plan = await self.conductor.scheduler.place([spec])
@@ -317,10 +325,9 @@ class ServerActions:
         was_running = row.vm_state == VmState.ACTIVE
         async with self.db.session() as db:
             await release(db, row.uuid)  # the claim moves with the server
-            spec = dataclasses.replace(
-                spec_of(row, None), requested_host=host_name,
-                ignore_hosts=frozenset({source.name}),
-            )  # fmt: skip
+        spec = dataclasses.replace(
+            await self._spec(row), requested_host=host_name, ignore_hosts=frozenset({source.name})
+        )
         self.progress.update(row, "scheduling", host=source.name)
         try:
             plan = await self.conductor.scheduler.place([spec])

@@ -372,3 +372,15 @@ def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, l
     assert [(e["event"], e["result"]) for e in live["events"]] == [
         ("schedule", "success"), ("prepare_dest", "success"), ("live_migrate", "success"),
     ]  # fmt: skip
+
+
+def test_a_move_keeps_the_server_groups_policy(herd: HerdCli, lab) -> None:
+    herd.ok("group", "create", "apart", "--policy", "anti-affinity")
+    boot(herd, "apart-1", "--group", "apart", "--host", "lab-1")
+    boot(herd, "apart-2", "--group", "apart", "--host", "lab-2")
+    herd.ok("server", "migrate", "apart-1", "--timeout", "2")
+    assert herd.server("apart-1")["host"] == "lab-3"  # never lab-2, where apart-2 runs
+    refused = herd.run("server", "migrate", "apart-2", "--host", "lab-3", "--timeout", "2")
+    assert refused.code == 5, refused
+    assert states(herd, lab, "apart-2") == ("active", "running", "running")
+    herd.ok("server", "delete", "apart-1", "apart-2")
