@@ -70,7 +70,7 @@ class Agent:
             "image_list": self.image_list,
             "image_remove": self.image_remove,
             "console_log": self.console_log,
-            "power": self.power,
+            "domain_power": self.domain_power,
             "job_start": self.job_start,
             "job_status": self.job_status,
             "job_wait": self.job_wait,
@@ -197,7 +197,7 @@ class Agent:
         tail = text.splitlines()[-lines:]
         return {"lines": tail, "size": size, "truncated": size > CONSOLE_MAX_BYTES}
 
-    def power(self, args: Mapping[str, Any]) -> Dict[str, Any]:
+    def domain_power(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         """Start, or hard-stop, one of herd's domains (what reconcile's repairs need).
 
         Only a domain named ``herd-<uuid>`` is touched; the answer is its state after.

@@ -473,7 +473,10 @@ class ServerActions:
             return
         with contextlib.suppress(HerdError):
             await self.pool.call(
-                target_of(source), "power", {"uuid": row.uuid, "action": "start"}, timeout=120
+                target_of(source),
+                "domain_power",
+                {"uuid": row.uuid, "action": "start"},
+                timeout=120,
             )
 
     async def _claim_back(self, row: Instance, source: Host) -> None:

@@ -224,7 +224,9 @@ class Reconciler:
         if finding.policy == "restore":
             action = "start" if finding.data["domain"] == "stopped" else "stop"
             await self.pool.call(
-                await self._target(finding.host), "power", {"uuid": finding.uuid, "action": action}
+                await self._target(finding.host),
+                "domain_power",
+                {"uuid": finding.uuid, "action": action},
             )
             return
         async with self.db.session() as db:
@@ -253,7 +255,7 @@ class Reconciler:
             raise Skipped("the server changed in the database meanwhile; left alone")
         target = await self._target(finding.host)
         if finding.policy == "shutdown":
-            await self.pool.call(target, "power", {"uuid": finding.uuid, "action": "stop"})
+            await self.pool.call(target, "domain_power", {"uuid": finding.uuid, "action": "stop"})
             return
         job_id = f"reconcile-{uuidlib.uuid4()}"
         await self.pool.cast(target, "delete", {"uuid": finding.uuid}, job_id)
