@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from orchestrator import api, cloudinit, console
+from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table
@@ -366,20 +369,44 @@ def wait_(
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress("Waiting")
         async with herd(progress) as h:
-            uuids = [i.uuid for i in await api.find_servers(h.db, names)] if names else None
-            jobs = await api.pending_jobs(h.db, uuids)
-            if not jobs:
-                return []
-            if progress is None:
-                return await h.conductor.collect(jobs, timeout)
-            with progress:
-                return await h.conductor.collect(jobs, timeout)
+            named = await api.find_servers(h.db, names) if names else []
+            jobs = await api.pending_jobs(h.db, [i.uuid for i in named] if names else None)
+            outcomes: list[Outcome] = []
+            if jobs:
+                if progress is None:
+                    outcomes = await h.conductor.collect(jobs, timeout)
+                else:
+                    with progress:
+                        outcomes = await h.conductor.collect(jobs, timeout)
+            # A task herd itself drives (a migration, a resize), maybe in the
+            # background after --no-wait: it has no job on a host to follow.
+            followed = {o.uuid for o in outcomes}
+            busy = [i for i in named if i.task_state and i.uuid not in followed]
+            return outcomes + await _until_idle(h.db, busy, timeout)
 
     outcomes = run_async(main())
     if not outcomes and not as_json:
         err.print("nothing to wait for")
         return
     show_outcomes(outcomes, as_json, "finish")
+
+
+async def _until_idle(db: Any, busy: list[Instance], timeout: float) -> list[Outcome]:
+    outcomes = []
+    deadline = time.monotonic() + timeout
+    for instance in busy:
+        while True:
+            view = await api.show_server(db, instance.uuid)
+            row = view.instance
+            if row.task_state is None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(1)
+        failed = row.task_state is None and view.actions and view.actions[-1][0].message
+        error = view.faults[0].message if failed and view.faults else None
+        if row.task_state is not None:
+            error = f"still {row.task_state} after {timeout:g}s"
+        outcomes.append(Outcome(row.uuid, row.name, view.host, row.vm_state, row.task_state, error))
+    return outcomes
 
 
 @app.command("console-log")
@@ -520,6 +547,15 @@ def rebuild(
     show_outcomes(run_async(main()), as_json, "rebuild")
 
 
+def _background(name: str, verb: str, as_json: bool) -> None:
+    outcome, log = run_in_background(name, verb)
+    show_outcomes([outcome], as_json, verb)
+    err.print(
+        f"{verb} of {name} goes on in the background (output: {log}); "
+        f"`herd server wait {name}` follows it"
+    )
+
+
 @app.command()
 def migrate(
     name: Annotated[str, typer.Argument(help="Name or UUID.")],
@@ -527,9 +563,13 @@ def migrate(
         str | None, typer.Option(help="Destination (default: the scheduler chooses).")
     ] = None,
     timeout: TimeoutOpt = 60,
+    wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Cold-migrate: stop, copy the disk to another host, start it there, free the source."""
+    if not wait:
+        _background(name, "migrate", as_json)
+        return
 
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress("Migrating")
@@ -559,6 +599,7 @@ def resize(
         typer.Option(help="Resize onto this host (default: its own if it fits, else any)."),
     ] = None,
     timeout: TimeoutOpt = 60,
+    wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Resize to another flavor; the old disk is kept until --confirm or --revert."""
@@ -568,6 +609,9 @@ def resize(
         raise InvalidInput("give exactly one of --flavor F, --confirm or --revert")
     if host and not flavor:
         raise InvalidInput("--host goes with --flavor")
+    if not wait:
+        _background(name, "resize", as_json)
+        return
 
     async def run(actions: ServerResize, instance: Instance) -> Outcome:
         if confirm:
@@ -601,9 +645,13 @@ def live_migrate(
         int,
         typer.Option(help="Seconds of copying before a busy guest is paused to finish."),
     ] = 300,
+    wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Move a running server to another host without stopping it (libvirt live migration)."""
+    if not wait:
+        _background(name, "live-migrate", as_json)
+        return
 
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress("Live-migrating")

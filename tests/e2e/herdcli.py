@@ -35,6 +35,7 @@ class HerdCli:
             "HERD_DATABASE_URL": f"sqlite:///{self.db_path}",
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_DATA_HOME": str(home / "data"),
+            "XDG_STATE_HOME": str(home / "state"),
             "COLUMNS": "200",
         }
 

@@ -202,7 +202,10 @@ def test_cold_migration_moves_the_guest_with_its_uuid_and_ip_and_frees_the_sourc
     ]  # fmt: skip
     # A stopped server migrates stopped.
     herd.ok("server", "stop", "mig", "--timeout", "2")
-    herd.ok("server", "migrate", "mig", "--host", "lab-3")
+    started = herd.ok("server", "migrate", "mig", "--host", "lab-3", "--no-wait", "--json")
+    assert [(o["name"], o["task_state"]) for o in started.json()] == [("mig", "migrating")]
+    waited = herd.ok("server", "wait", "mig", "--json").json()  # follows the background run
+    assert [(o["host"], o["task_state"], o["error"]) for o in waited] == [("lab-3", None, None)]
     assert herd.server("mig")["host"] == "lab-3"
     assert states(herd, lab, "mig") == ("stopped", "shutdown", "shut off")
 

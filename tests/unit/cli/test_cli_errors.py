@@ -233,3 +233,14 @@ def test_resize_wants_exactly_one_of_flavor_confirm_revert(herd: HerdCli) -> Non
     assert_one_line_error(
         herd.run("server", "resize", "web", "--flavor", "m1.small"), code=3, contains="web"
     )
+
+
+def test_no_wait_moves_of_an_unknown_server_fail_before_anything_starts(
+    herd: HerdCli, tmp_path: Path
+) -> None:
+    for verb in (("migrate",), ("live-migrate",), ("resize", "--flavor", "m1.small")):
+        result = herd.run("server", *verb, "ghost", "--no-wait")
+        assert_one_line_error(result, code=3, contains="ghost")
+    assert not (tmp_path / "state" / "herd").exists() or not any(
+        (tmp_path / "state" / "herd").iterdir()
+    )  # no background process was started, so no log either
