@@ -379,10 +379,11 @@ def wait_(
                     with progress:
                         outcomes = await h.conductor.collect(jobs, timeout)
             # A task herd itself drives (a migration, a resize), maybe in the
-            # background after --no-wait: it has no job on a host to follow.
+            # background after --no-wait, has no job on a host to follow: wait for the
+            # task to clear. A named server that is idle already is shown as it is.
             followed = {o.uuid for o in outcomes}
-            busy = [i for i in named if i.task_state and i.uuid not in followed]
-            return outcomes + await _until_idle(h.db, busy, timeout)
+            rest = [i for i in named if i.uuid not in followed]
+            return outcomes + await _until_idle(h.db, rest, timeout)
 
     outcomes = run_async(main())
     if not outcomes and not as_json:

@@ -228,7 +228,6 @@ def kept(lab, host: str, instance_uuid: str) -> bool:
 def test_resize_same_host_revert_then_other_host_confirm(herd: HerdCli, lab) -> None:
     server = boot(herd, "rsz", "--host", "lab-1", image="herd-test", flavor="m1.tiny")
     uuid = server["uuid"]
-    assert guest_report(herd, "rsz")["root-disk-bytes"] == [str(1 << 30)]
     assert_one_line_error(
         herd.run("server", "resize", "rsz", "--flavor", "m1.tiny"), code=2, contains="already has"
     )

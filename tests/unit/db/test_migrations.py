@@ -7,11 +7,12 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
 import orchestrator.db.models  # noqa: F401  (registers the tables)
-from orchestrator.db.migrate import alembic_config, upgrade_to_head
+from orchestrator.db.migrate import alembic_config, head_revision, upgrade_to_head
 
 
 def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
@@ -30,3 +31,23 @@ def test_every_migration_downgrades_and_upgrades_again(tmp_path: Path) -> None:
     config = alembic_config(url)
     command.downgrade(config, "base")
     command.upgrade(config, "head")
+
+
+def test_the_head_read_from_file_names_is_alembics_head(tmp_path: Path) -> None:
+    config = alembic_config(f"sqlite:///{tmp_path / 'herd.db'}")
+    assert head_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_a_database_behind_head_is_upgraded_and_one_at_head_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'herd.db'}"
+    upgrade_to_head(url)
+    command.downgrade(alembic_config(url), "0004")
+    upgrade_to_head(url)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head_revision()
+        assert "migrations" in inspect(connection).get_table_names()
+    engine.dispose()
+    upgrade_to_head(url)  # at head: nothing to do, nothing fails
