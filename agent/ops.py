@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,7 +359,8 @@ def live_migrate(ctx: Context, spec: LiveMigrateSpec) -> Dict[str, Any]:
         )
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(spec.socket)  # the tunnel's end, which sshd leaves behind
+            if stat.S_ISSOCK(os.lstat(spec.socket).st_mode):
+                os.unlink(spec.socket)  # the tunnel's end, which sshd leaves behind
     inst_dir = ctx.instance_dir(spec.uuid)
     if inst_dir.exists():
         shutil.rmtree(inst_dir)

@@ -208,6 +208,8 @@ def _domain_findings(
         if instance.vm_state == VmState.DELETED or instance.host_id != host.id:
             if config.deleted_running == "noop":
                 continue
+            if instance.vm_state != VmState.DELETED and instance.task_state is not None:
+                continue  # mid-move (migrate, resize, live-migrate): both hosts have it
             elsewhere = snapshot.hosts.get(instance.host_id or -1)
             why = (
                 "the server is deleted"

@@ -203,6 +203,16 @@ def test_a_waiting_resize_holds_two_claims_and_neither_is_drift() -> None:
     assert findings([r], surveys, [claim(r, H2), old]) == [("claim", "m-1", "fix")]
 
 
+def test_a_server_mid_move_may_have_a_domain_on_its_destination() -> None:
+    """A migration, resize or live migration defines the destination's domain before the
+    DB moves the server there: reaping it would kill the move (or, live, the guest)."""
+    moving = server("m", "u-m", task_state="migrating")
+    surveys = [survey(H1, {"u-m": "running"}), survey(H2, {"u-m": "paused"})]
+    assert findings([moving], surveys, [claim(moving)]) == []
+    moving.task_state = None  # the move is over and the DB says hv1: hv2's copy is stale
+    assert findings([moving], surveys, [claim(moving)]) == [("deleted_running", "m", "reap")]
+
+
 def test_hosts_go_down_after_n_missed_surveys_and_up_when_they_answer() -> None:
     flaky = Host(id=1, name="hv1", address="a", missed_surveys=1)
     config = ReconcileConfig(down_after=3)
