@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from sqlmodel import col, select
 
-from orchestrator import cloudinit, lifecycle
+from orchestrator import cloudinit, lifecycle, migration_records
 from orchestrator.actions import (
     finish_action,
     finish_event,
@@ -570,11 +570,7 @@ class Conductor:
                     "%s: the resize's kept disk on %s stays: %s", instance.name, source.name, exc
                 )
         async with self.db.session() as db:
-            await release(db, migration.uuid)
-            row = await db.get(Migration, migration.id)
-            if row is not None:
-                row.status, row.updated_at = MigrationStatus.DELETED, utcnow()
-                db.add(row)
+            await migration_records.finish(db, migration.uuid, MigrationStatus.DELETED)
 
     async def _fail_delete(
         self, instance: Instance, host: str, action_id: int | None, error: str

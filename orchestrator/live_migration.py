@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from orchestrator import cloudinit
+from orchestrator import cloudinit, migration_records
 from orchestrator.actions import finish_action, record_event
 from orchestrator.conductor import Outcome, outcome_of, target_of
 from orchestrator.db.models import (
@@ -39,7 +39,7 @@ from orchestrator.db.models import (
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
 from orchestrator.rpc.tunnel import libvirt_tunnel
-from orchestrator.scheduler.claims import hand_over, release
+from orchestrator.scheduler.claims import release
 from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, guard_outcome
 
 MIGRATION_TIMEOUT = 300  # seconds of pre-copy before a busy guest is paused to finish
@@ -74,13 +74,7 @@ class LiveMigration(ServerActions):
         if source is None:
             return await self._abort(row, action_id, None, "the server is on no host")
         async with self.db.session() as db:
-            migration = Migration(
-                uuid=str(uuid.uuid4()), instance_uuid=row.uuid, kind="live-migration",
-                source_host_id=source.id, old_vm_state=row.vm_state,
-                created_at=utcnow(), updated_at=utcnow(),
-            )  # fmt: skip
-            db.add(migration)
-            await hand_over(db, row.uuid, migration.uuid)
+            migration = await migration_records.begin(db, row, source, "live-migration")
         self.progress.update(row, "scheduling", host=source.name)
         try:
             dest = await self._destination(row, source, host_name)
@@ -106,12 +100,13 @@ class LiveMigration(ServerActions):
         self, row: Instance, migration: Migration, source: Host, dest: Host, action_id: int
     ) -> Outcome:
         async with self.db.session() as db:
-            await release(db, migration.uuid)
+            await migration_records.finish(
+                db, migration.uuid, MigrationStatus.COMPLETED, dest_id=dest.id
+            )
             fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
             fresh.host_id, fresh.task_state = dest.id, None
             fresh.power_state, fresh.updated_at = PowerState.RUNNING, utcnow()
             db.add(fresh)
-            await self._set_status(db, migration.uuid, MigrationStatus.COMPLETED, dest.id)
             await finish_action(db, action_id)
         self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=f"from {source.name}")
         return outcome_of(fresh, dest.name)
@@ -213,14 +208,4 @@ class LiveMigration(ServerActions):
 
     async def _give_back(self, row: Instance, migration: Migration, status: str) -> None:
         async with self.db.session() as db:
-            await release(db, row.uuid)
-            await hand_over(db, migration.uuid, row.uuid)
-            await self._set_status(db, migration.uuid, status, None)
-
-    @staticmethod
-    async def _set_status(db: Any, migration_uuid: str, status: str, dest_id: int | None) -> None:
-        row = (await db.exec(select(Migration).where(Migration.uuid == migration_uuid))).one()
-        row.status, row.updated_at = status, utcnow()
-        if dest_id is not None:
-            row.dest_host_id = dest_id
-        db.add(row)
+            await migration_records.give_back(db, row.uuid, migration.uuid, status)

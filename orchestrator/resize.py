@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import uuid
 from typing import Any
 
 from sqlmodel import col, select
 
+from orchestrator import migration_records
 from orchestrator.actions import finish_action, record_event
 from orchestrator.conductor import Outcome, outcome_of, target_of
 from orchestrator.db.models import (
@@ -40,7 +40,6 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
-from orchestrator.scheduler.claims import hand_over, release
 from orchestrator.server_actions import FOLLOW_MARGIN, POWER_TIMEOUT, ServerActions, guard_outcome
 
 
@@ -90,18 +89,14 @@ class ServerResize(ServerActions):
         was_running = row.vm_state == VmState.ACTIVE
         async with self.db.session() as db:
             old = (await load_guest_config(db, row)).flavor
-            migration = Migration(
-                uuid=str(uuid.uuid4()), instance_uuid=row.uuid, source_host_id=source.id,
-                old_flavor=old, new_flavor=flavor, old_vm_state=row.vm_state,
-                created_at=utcnow(), updated_at=utcnow(),
-            )  # fmt: skip
-            db.add(migration)
-            await hand_over(db, row.uuid, migration.uuid)
+            migration = await migration_records.begin(
+                db, row, source, "resize", old_flavor=old, new_flavor=flavor
+            )
         self.progress.update(row, "scheduling", host=source.name)
         try:
             dest = await self._schedule(row, flavor, source, host_name)
         except NoValidHost as exc:
-            await self._settle(row, migration, MigrationStatus.ERROR, back_to=source)
+            await self._give_back(row, migration, MigrationStatus.ERROR)
             failed = await self._abort(row, action_id, source.name, f"resize: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
         async with self.db.session() as db:
@@ -142,13 +137,9 @@ class ServerResize(ServerActions):
             fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
             fresh.updated_at = utcnow()
             db.add(fresh)
-            mig = await self._migration(db, migration.uuid)
-            mig.status, mig.dest_host_id, mig.updated_at = (
-                MigrationStatus.FINISHED,
-                dest.id,
-                utcnow(),
+            await migration_records.mark(
+                db, migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
             )
-            db.add(mig)
             await finish_action(db, action_id)
         self.progress.update(
             fresh, VmState.RESIZED, host=dest.name, detail="confirm or revert the resize"
@@ -176,14 +167,13 @@ class ServerResize(ServerActions):
                 "(the resize stays open: confirm again)",
             )  # fmt: skip
         async with self.db.session() as db:
-            await release(db, migration.uuid)
+            await migration_records.finish(db, migration.uuid, MigrationStatus.CONFIRMED)
             fresh = await self._row(db, row.uuid)
             fresh.vm_state = (
                 VmState.STOPPED if fresh.power_state == PowerState.SHUTDOWN else VmState.ACTIVE
             )
             fresh.task_state, fresh.updated_at = None, utcnow()
             db.add(fresh)
-            await self._close(db, migration.uuid, MigrationStatus.CONFIRMED)
             await finish_action(db, action_id)
         where = host.name if host else None
         self.progress.update(fresh, fresh.vm_state, host=where, detail="resize confirmed")
@@ -310,7 +300,7 @@ class ServerResize(ServerActions):
             if result:
                 fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
             db.add(fresh)
-        await self._settle(row, migration, status, back_to=source)
+        await self._give_back(row, migration, status)
         if error:
             return await self._abort(row, action_id, source.name, error)
         async with self.db.session() as db:
@@ -338,7 +328,7 @@ class ServerResize(ServerActions):
             fresh.host_id, fresh.vm_state = source.id, VmState.ERROR
             fresh.power_state = PowerState.NOSTATE
             db.add(fresh)
-        await self._settle(row, migration, MigrationStatus.ERROR, back_to=source)
+        await self._give_back(row, migration, MigrationStatus.ERROR)
         why = f"{error}; " if error else ""
         return await self._abort(
             row, action_id, source.name,
@@ -346,15 +336,9 @@ class ServerResize(ServerActions):
             f"(its disk is kept at {stash_disk(source, row.uuid)})",
         )  # fmt: skip
 
-    async def _settle(
-        self, row: Instance, migration: Migration, status: str, *, back_to: Host
-    ) -> None:
-        """The server is back where it came from: its new claim (if any) is released
-        and its old one handed back from the migration."""
+    async def _give_back(self, row: Instance, migration: Migration, status: str) -> None:
         async with self.db.session() as db:
-            await release(db, row.uuid)
-            await hand_over(db, migration.uuid, row.uuid)
-            await self._close(db, migration.uuid, status)
+            await migration_records.give_back(db, row.uuid, migration.uuid, status)
 
     async def _open(self, row: Instance) -> tuple[Migration | None, Host | None]:
         async with self.db.session() as db:
@@ -378,12 +362,3 @@ class ServerResize(ServerActions):
     @staticmethod
     async def _row(db: Any, instance_uuid: str) -> Instance:
         return (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).one()
-
-    @staticmethod
-    async def _migration(db: Any, migration_uuid: str) -> Migration:
-        return (await db.exec(select(Migration).where(Migration.uuid == migration_uuid))).one()
-
-    async def _close(self, db: Any, migration_uuid: str, status: str) -> None:
-        mig = await self._migration(db, migration_uuid)
-        mig.status, mig.updated_at = status, utcnow()
-        db.add(mig)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlmodel import col, delete, select
 
+from orchestrator import migration_records
 from orchestrator.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor import Conductor, apply_facts, target_of
 from orchestrator.db.models import (
@@ -37,7 +38,7 @@ from orchestrator.errors import HerdError
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding, Snapshot, detect
 from orchestrator.reconcile.survey import HostSurvey, survey_hosts
-from orchestrator.scheduler.claims import hand_over, release
+from orchestrator.scheduler.claims import release
 
 EXIT_CLEAN, EXIT_FIXED, EXIT_UNFIXED = 0, 1, 2
 REAP_TIMEOUT = 120.0
@@ -283,10 +284,9 @@ class Reconciler:
                     )
                 )
             ).all():
-                await release(db, row.uuid)
-                await hand_over(db, migration.uuid, row.uuid)
-                migration.status, migration.updated_at = MigrationStatus.ERROR, utcnow()
-                db.add(migration)
+                await migration_records.give_back(
+                    db, row.uuid, migration.uuid, MigrationStatus.ERROR
+                )
 
     async def _missing_domain(self, finding: Finding) -> None:
         async with self.db.session() as db:
