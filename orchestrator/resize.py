@@ -87,11 +87,14 @@ class ServerResize(ServerActions):
         if source is None:
             return await self._abort(row, action_id, None, "the server is on no host")
         was_running = row.vm_state == VmState.ACTIVE
-        async with self.db.session() as db:
-            old = (await load_guest_config(db, row)).flavor
-            migration = await migration_records.begin(
-                db, row, source, "resize", old_flavor=old, new_flavor=flavor
-            )
+        try:
+            async with self.db.session() as db:
+                old = (await load_guest_config(db, row)).flavor
+                migration = await migration_records.begin(
+                    db, row, source, "resize", old_flavor=old, new_flavor=flavor
+                )
+        except HerdError as exc:  # its image is gone, say: nothing has moved yet
+            return await self._abort(row, action_id, source.name, f"resize: {exc}")
         self.progress.update(row, "scheduling", host=source.name)
         try:
             dest = await self._schedule(row, flavor, source, host_name)
