@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +18,7 @@ from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
-from orchestrator.conductor import Outcome
+from orchestrator.conductor import Conductor, Outcome
 from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
 from orchestrator.live_migration import LiveMigration
@@ -535,17 +537,25 @@ def rebuild(
 ) -> None:
     """A new root disk from the image: same UUID, host, addresses and user data."""
 
+    outcomes = _act_on_one(
+        name, "Rebuilding", as_json, lambda c, i: ServerActions(c).rebuild(i, image, wait=wait)
+    )
+    show_outcomes(outcomes, as_json, "rebuild")
+
+
+def _act_on_one(
+    name: str, label: str, as_json: bool, work: Callable[[Conductor, Instance], Awaitable[Outcome]]
+) -> list[Outcome]:
+    """One server, one workflow, shown with live progress unless --json."""
+
     async def main() -> list[Outcome]:
-        progress = None if as_json else LiveProgress("Rebuilding")
+        progress = None if as_json else LiveProgress(label)
         async with herd(progress) as h:
             (instance,) = await api.find_servers(h.db, [name])
-            actions = ServerActions(h.conductor)
-            if progress is None:
-                return [await actions.rebuild(instance, image, wait=wait)]
-            with progress:
-                return [await actions.rebuild(instance, image, wait=wait)]
+            with progress or contextlib.nullcontext():
+                return [await work(h.conductor, instance)]
 
-    show_outcomes(run_async(main()), as_json, "rebuild")
+    return run_async(main())
 
 
 def _background(name: str, verb: str, as_json: bool) -> None:
@@ -572,17 +582,11 @@ def migrate(
         _background(name, "migrate", as_json)
         return
 
-    async def main() -> list[Outcome]:
-        progress = None if as_json else LiveProgress("Migrating")
-        async with herd(progress) as h:
-            (instance,) = await api.find_servers(h.db, [name])
-            actions = ServerActions(h.conductor)
-            if progress is None:
-                return [await actions.migrate(instance, host, timeout=timeout)]
-            with progress:
-                return [await actions.migrate(instance, host, timeout=timeout)]
-
-    show_outcomes(run_async(main()), as_json, "migrate")
+    outcomes = _act_on_one(
+        name, "Migrating", as_json,
+        lambda c, i: ServerActions(c).migrate(i, host, timeout=timeout),
+    )  # fmt: skip
+    show_outcomes(outcomes, as_json, "migrate")
 
 
 @app.command()
@@ -614,26 +618,17 @@ def resize(
         _background(name, "resize", as_json)
         return
 
-    async def run(actions: ServerResize, instance: Instance) -> Outcome:
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        actions = ServerResize(conductor)
         if confirm:
-            return await actions.confirm(instance)
+            return actions.confirm(instance)
         if revert:
-            return await actions.revert(instance)
+            return actions.revert(instance)
         assert flavor is not None
-        return await actions.resize(instance, flavor, host, timeout=timeout)
-
-    async def main() -> list[Outcome]:
-        progress = None if as_json else LiveProgress("Resizing")
-        async with herd(progress) as h:
-            (instance,) = await api.find_servers(h.db, [name])
-            actions = ServerResize(h.conductor)
-            if progress is None:
-                return [await run(actions, instance)]
-            with progress:
-                return [await run(actions, instance)]
+        return actions.resize(instance, flavor, host, timeout=timeout)
 
     verb = "confirm the resize" if confirm else "revert the resize" if revert else "resize"
-    show_outcomes(run_async(main()), as_json, verb)
+    show_outcomes(_act_on_one(name, "Resizing", as_json, work), as_json, verb)
 
 
 @app.command("live-migrate")
@@ -654,14 +649,8 @@ def live_migrate(
         _background(name, "live-migrate", as_json)
         return
 
-    async def main() -> list[Outcome]:
-        progress = None if as_json else LiveProgress("Live-migrating")
-        async with herd(progress) as h:
-            (instance,) = await api.find_servers(h.db, [name])
-            actions = LiveMigration(h.conductor)
-            if progress is None:
-                return [await actions.live_migrate(instance, host, timeout=timeout)]
-            with progress:
-                return [await actions.live_migrate(instance, host, timeout=timeout)]
-
-    show_outcomes(run_async(main()), as_json, "live-migrate")
+    outcomes = _act_on_one(
+        name, "Live-migrating", as_json,
+        lambda c, i: LiveMigration(c).live_migrate(i, host, timeout=timeout),
+    )  # fmt: skip
+    show_outcomes(outcomes, as_json, "live-migrate")
