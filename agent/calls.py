@@ -20,11 +20,11 @@ from agent.errors import BadRequest, NotFound, UnknownOp
 from agent.fsutil import DIR_MODE, ensure_dir
 from agent.jobs import RUNNING, Journal, check_job_id
 from agent.kvm import BackgroundProbe
-from agent.ops import JOBS
+from agent.ops import JOBS, herd_domain
 from agent.runner import Runners
 from agent.specs import sha256
 from agent.specs import uuid as uuid_arg
-from agent.virt import Virsh, domain_name
+from agent.virt import Virsh
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,7 @@ class Agent:
         if action not in ("start", "stop"):
             raise BadRequest("action must be start or stop")
         virsh = Virsh(self.session.libvirt_uri)
-        info = virsh.dominfo(uuid)
-        if info is None:
-            raise NotFound(f"no domain with UUID {uuid} on this host")
-        if info.name != domain_name(uuid):
-            raise BadRequest(f"the domain with UUID {uuid} is not herd's: {info.name}")
+        info = herd_domain(virsh, uuid)
         if action == "start" and info.state in ("shutoff", "crashed"):
             virsh.start(info.name)
         elif action == "stop" and info.state != "shutoff":

@@ -233,6 +233,16 @@ def _wait_for(virsh: Virsh, uuid: str, states: tuple, timeout: float) -> bool:
         time.sleep(POLL)
 
 
+def herd_domain(virsh: Virsh, uuid: str) -> DomainInfo:
+    """The domain of instance ``uuid`` here; never one with that UUID that is not herd's."""
+    info = virsh.dominfo(uuid)
+    if info is None:
+        raise NotFound(f"no domain for instance {uuid} on this host")
+    if info.name != domain_name(uuid):
+        raise BadRequest(f"the domain with UUID {uuid} is not herd's: {info.name}")
+    return info
+
+
 def power(ctx: Context, spec: PowerSpec) -> Dict[str, Any]:
     """One power action, idempotent: an action whose end state already holds is done.
 
@@ -240,12 +250,8 @@ def power(ctx: Context, spec: PowerSpec) -> Dict[str, Any]:
     Nova's libvirt driver does; the result says whether it had to.
     """
     virsh = ctx.virsh
-    name = domain_name(spec.uuid)
-    info = virsh.dominfo(spec.uuid)
-    if info is None:
-        raise NotFound(f"no domain for instance {spec.uuid} on this host")
-    if info.name != name:
-        raise BadRequest(f"the domain with UUID {spec.uuid} is not herd's: {info.name}")
+    info = herd_domain(virsh, spec.uuid)
+    name = info.name
     state, forced = info.state, False
     action = spec.action
     if action == "start" and state in _STARTABLE:
@@ -345,12 +351,8 @@ def live_migrate(ctx: Context, spec: LiveMigrateSpec) -> Dict[str, Any]:
     it, so a failure leaves it where it was; on success the domain is gone from here
     (--undefinesource) and so goes its directory."""
     virsh = ctx.virsh
-    name = domain_name(spec.uuid)
-    info = virsh.dominfo(spec.uuid)
-    if info is None:
-        raise NotFound(f"no domain for instance {spec.uuid} on this host")
-    if info.name != name:
-        raise BadRequest(f"the domain with UUID {spec.uuid} is not herd's: {info.name}")
+    info = herd_domain(virsh, spec.uuid)
+    name = info.name
     if info.state != "running":
         raise BadRequest(f"{name} is {info.state}: only a running guest migrates live")
     try:
