@@ -2,7 +2,8 @@
 
 There is no silent accept: a key that is not in known_hosts is refused with a message
 that says how to trust it (``herd host trust NAME``), which records the key after the
-operator has seen its fingerprint.
+operator has seen its fingerprint. The client key comes from ``client_keys``: whatever
+is wrong with it fails that host alone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import asyncssh
 
-from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable
+from orchestrator.errors import HerdError, HostCredentialsError, HostKeyNotTrusted, HostUnreachable
+from orchestrator.rpc.client_keys import ClientKey, load_client_key
 
 CONNECT_TIMEOUT = 10.0
 
@@ -62,13 +64,23 @@ def _known_hosts(target: HostTarget) -> asyncssh.SSHKnownHosts:
     return asyncssh.read_known_hosts(files)
 
 
+def _client_key(target: HostTarget) -> tuple[ClientKey | None, dict[str, object]]:
+    """The host's client key and the options that log in with it; a bad key file fails
+    this host only."""
+    if not target.key:
+        return None, {}
+    try:
+        key = load_client_key(Path(target.key))
+        return key, key.connect_options()
+    except HostCredentialsError as exc:
+        raise HostCredentialsError(f"host {target.name}: {exc}") from None
+
+
 async def connect(
     target: HostTarget, timeout: float = CONNECT_TIMEOUT
 ) -> asyncssh.SSHClientConnection:
     """Open a verified SSH connection, turning every failure into one line."""
-    options: dict[str, object] = {}
-    if target.key:
-        options["client_keys"] = [str(Path(target.key).expanduser())]
+    client_key, options = _client_key(target)
     try:
         return await asyncssh.connect(
             target.address,
@@ -89,12 +101,17 @@ async def connect(
             f"({exc.reason}; looked in {files}); check it and run `herd host trust {target.name}`"
         ) from exc
     except asyncssh.PermissionDenied as exc:
-        raise HostUnreachable(
-            f"host {target.name}: SSH login as {target.endpoint} was refused ({exc.reason})"
+        hint = client_key.refused() if client_key is not None else ""
+        raise HostCredentialsError(
+            f"host {target.name}: SSH login as {target.endpoint} was refused ({exc.reason}){hint}"
         ) from exc
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise HostUnreachable(
             f"host {target.name}: cannot reach {target.endpoint}: {_why(exc)}"
+        ) from exc
+    except ValueError as exc:  # asyncssh's word for an option it cannot use
+        raise HostUnreachable(
+            f"host {target.name}: cannot connect to {target.endpoint}: {exc}"
         ) from exc
 
 
