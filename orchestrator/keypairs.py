@@ -67,6 +67,8 @@ def parse_public_key(text: str, origin: str) -> tuple[str, str]:
     key, an authorized_keys line with options (``command="..."``), a comment with
     control characters."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "PRIVATE KEY-----" in text:
+        raise InvalidInput(f"{origin}: is a private key; give its public half (the .pub file)")
     if not lines:
         raise InvalidInput(f"{origin}: empty; expected one OpenSSH public key line")
     if len(lines) > 1:
@@ -166,6 +168,8 @@ class PrivateKeyFile:
             fd = os.open(self.path, flags, 0o600)
         except FileExistsError:
             raise Conflict(f"{what} exists; not overwriting it") from None
+        except FileNotFoundError:
+            raise InvalidInput(f"{what}: no such directory {self.path.parent}") from None
         except OSError as exc:
             raise InvalidInput(f"{what}: {os_reason(exc)}") from None
         self._written = True

@@ -147,7 +147,10 @@ def trust(
         async with herd() as h:
             (host,) = await api.find_hosts(h.db, [name])
         target = target_of(host)
-        known = host_keys(target)
+        try:
+            known = host_keys(target)
+        except HostKeyNotTrusted as exc:
+            raise HostKeyNotTrusted(f"host {name}: {exc}") from None
         return target, known, await _offered_key(target, known)
 
     target, known, key = run_async(main())

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from orchestrator.errors import HostKeyNotTrusted
+from orchestrator.errors import HerdError, HostKeyNotTrusted
 from orchestrator.files import os_reason, read_limited
 
 if TYPE_CHECKING:
@@ -222,17 +222,20 @@ def record_host_key(target: HostTarget, key: asyncssh.SSHKey, *, replace: bool =
     line for it goes, since a reinstalled host has new keys of every type. ``@revoked``
     and ``@cert-authority`` lines always stay."""
     path = Path(os.path.realpath(target.trust_file().expanduser()))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
-    with _locked(path.parent):
-        kept = []
-        for line in read_lines(path):
-            names = names_exactly(line.entries, target) if line.entries is not None else []
-            if names and (replace or any(k.get_algorithm() == algorithm for k in names)):
-                continue
-            kept.append(line.text)
-        kept.append(f"{target.known_hosts_entry()} {algorithm} {blob}")
-        _write_atomically(path, "".join(f"{line}\n" for line in kept))
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _locked(path.parent):
+            kept = []
+            for line in read_lines(path):
+                names = names_exactly(line.entries, target) if line.entries is not None else []
+                if names and (replace or any(k.get_algorithm() == algorithm for k in names)):
+                    continue
+                kept.append(line.text)
+            kept.append(f"{target.known_hosts_entry()} {algorithm} {blob}")
+            _write_atomically(path, "".join(f"{line}\n" for line in kept))
+    except OSError as exc:
+        raise HerdError(f"known_hosts {path}: cannot write it: {os_reason(exc)}") from None
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,4 +71,23 @@ def test_a_private_key_path_that_cannot_be_written_loses_nothing(
 def test_a_key_pair_name_with_a_newline_is_refused(herd: HerdCli) -> None:
     result = herd.run("keypair", "create", "me\nssh-rsa AAAAB3NzaC1yc2E evil")
     assert_one_line_error(result, code=2, contains="is invalid")
+    assert herd.ok("keypair", "list", "--json").json() == []
+
+
+def test_a_private_key_that_cannot_be_printed_is_not_stored(herd: HerdCli) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            herd.command("keypair", "create", "me"),
+            env=herd.env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert (
+        done.stderr.strip() == "herd: error: cannot print the private key: no space left on device"
+    )
     assert herd.ok("keypair", "list", "--json").json() == []

@@ -103,6 +103,11 @@ async def test_a_pair_stored_before_names_were_checked_can_still_be_deleted(
         pytest.param("{key} me\x00x", "control characters", id="comment-nul"),
         pytest.param("{key} me\u202eevil", "control characters", id="comment-bidi"),
         pytest.param("", "empty", id="empty"),
+        pytest.param(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n-----END OPENSSH PRIVATE KEY-----\n",
+            "is a private key; give its public half",
+            id="private-key",
+        ),
         pytest.param("ssh-ed25519", "not an SSH public key", id="no-blob"),
         pytest.param("ssh-ed25519 AAAA", "not an SSH public key", id="bad-blob"),
         pytest.param("x" * 20000, "longer than", id="huge"),
@@ -134,7 +139,7 @@ async def test_a_private_key_file_that_cannot_be_made_stores_nothing(
     db: Database, tmp_path: Path
 ) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "key"
-    with pytest.raises(InvalidInput, match="no such file"):
+    with pytest.raises(InvalidInput, match=f"no such directory {missing.parent}"):
         await keypairs.create_key_pair(db, "me", keypairs.PrivateKeyFile(missing))
     assert await stored(db) == []
     good = tmp_path / "key"

@@ -157,6 +157,27 @@ def test_a_new_trust_file_is_0644_in_a_0700_directory(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
+def test_a_trust_file_that_cannot_be_written_is_one_line_and_left_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from orchestrator.errors import HerdError
+    from orchestrator.rpc.known_hosts import record_host_key
+
+    path = tmp_path / "ssh" / "known"
+    path.parent.mkdir()
+    path.write_text("# kept\n")
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(HerdError, match="cannot write it: read-only file system"):
+        record_host_key(target(tmp_path), asyncssh.generate_private_key("ssh-ed25519"))
+    assert path.read_text() == "# kept\n"
+
+
 def test_replacing_removes_this_hosts_lines_only(tmp_path: Path) -> None:
     from orchestrator.rpc.known_hosts import host_keys, record_host_key
 
