@@ -42,6 +42,12 @@ class HostKeyNotTrusted(HostUnreachable):
     """The host's SSH key is unknown or changed; we never accept it silently."""
 
 
+class HostCredentialsError(HostUnreachable):
+    """herd cannot log in to the host with what it was given: its SSH key file is missing,
+    unreadable, malformed or protected by a passphrase, or the host refused the login.
+    A ``HostUnreachable``, so it fails that host's work and no one else's."""
+
+
 class AgentError(HerdError):
     """The agent answered, and the answer was an error (libvirt said no, disk full...)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import asyncssh
 import typer
 from sqlmodel import select
 
@@ -14,8 +15,9 @@ from orchestrator.cli.progress import LiveProgress
 from orchestrator.cli.servers import show_outcomes
 from orchestrator.conductor import HostContact, Outcome, target_of
 from orchestrator.db.models import Host, utcnow
-from orchestrator.errors import HerdError, HostUnreachable, NotFound
-from orchestrator.rpc.ssh import fetch_host_key, fingerprint, record_host_key
+from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound
+from orchestrator.rpc.known_hosts import HostKeys, host_keys, record_host_key
+from orchestrator.rpc.ssh import HostTarget, fetch_host_key, fingerprint, host_key_changed
 from orchestrator.server_actions import ServerActions
 
 app = typer.Typer(help="Hypervisors: capacity, usage, contact and trust.", no_args_is_help=True)
@@ -131,30 +133,74 @@ def trust(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask; trust what the host offers.")
     ] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="The host's key CHANGED (reinstalled): replace the known one."
+        ),
+    ] = False,
 ) -> None:
-    """Record a host's SSH key in known_hosts after showing its fingerprint."""
+    """Record a host's SSH key in known_hosts after showing its fingerprint; a key that
+    differs from the known one is refused unless --replace, as OpenSSH does."""
 
-    async def main() -> tuple[api.Host, object]:
+    async def main() -> tuple[HostTarget, HostKeys, asyncssh.SSHKey]:
         async with herd() as h:
             (host,) = await api.find_hosts(h.db, [name])
-        return host, await fetch_host_key(target_of(host))
+        target = target_of(host)
+        try:
+            known = host_keys(target)
+        except HostKeyNotTrusted as exc:
+            raise HostKeyNotTrusted(f"host {name}: {exc}") from None
+        return target, known, await _offered_key(target, known)
 
-    host, key = run_async(main())
-    target = target_of(host)
-    seen = fingerprint(key)  # type: ignore[arg-type]
+    target, known, key = run_async(main())
+    seen = fingerprint(key)
+    revoked = known.revokes(key)
+    if revoked is not None:
+        raise HostKeyNotTrusted(
+            f"host {name}: offered key {seen} is marked @revoked ({revoked.where}); not trusted"
+        )
+    if known.trusts(key):
+        err.print(f"host {name}: {seen} is already trusted", markup=False, highlight=False)
+        return
+    if known.trusted and not replace:
+        raise HostKeyNotTrusted(host_key_changed(target, known, key))
     if fingerprint_ is not None:
         if fingerprint_ != seen:
             raise HerdError(
                 f"host {name}: offered key {seen} does not match {fingerprint_}; not trusted"
             )
     elif not yes:
+        if known.trusted:
+            err.print(
+                host_key_changed(target, known, key, advice=False), markup=False, highlight=False
+            )
         err.print(
             f"host {name} ({target.address}:{target.port}) offers {key.get_algorithm()} key {seen}"
-        )  # type: ignore[attr-defined]
+        )
         if not typer.confirm("Trust it?", err=True):
             raise typer.Exit(1)
-    path = record_host_key(target, key)  # type: ignore[arg-type]
-    err.print(f"host {name}: trusted {seen}, recorded in {path}")
+    path = record_host_key(target, key, replace=replace)
+    err.print(f"host {name}: trusted {seen}, recorded in {path}", markup=False, highlight=False)
+    for stale in known.trusted:
+        if stale.path.resolve() != path:
+            err.print(
+                f"host {name}: the old key is still trusted by {stale.where}; remove it there "
+                f"(ssh-keygen -R '{target.known_hosts_entry()}' -f {stale.path})",
+                markup=False,
+                highlight=False,
+            )
+
+
+async def _offered_key(target: HostTarget, known: HostKeys) -> asyncssh.SSHKey:
+    """The host's key of a type known_hosts holds for it, as `connect()` would check;
+    any key when the host no longer offers any of those (that, too, is a change)."""
+    try:
+        return await fetch_host_key(target, algorithms=known.algorithms())
+    except HostUnreachable as exc:
+        if not known.trusted or not isinstance(exc.__cause__, asyncssh.KeyExchangeFailed):
+            raise
+    return await fetch_host_key(target)
 
 
 async def _set_enabled(name: str, enabled: bool, reason: str | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,8 @@ from orchestrator import keypairs
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import age, err, out, print_json, table
 from orchestrator.db.models import KeyPair, Network, Port
-from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.errors import HerdError, InvalidInput
+from orchestrator.files import os_reason, read_limited
 from orchestrator.networking import pool_addresses
 
 app = typer.Typer(help="Key pairs: SSH public keys given to guests.", no_args_is_help=True)
@@ -31,32 +31,46 @@ def create(
     name: Annotated[str, typer.Argument(help="Key pair name.")],
     private_key: Annotated[
         Path | None,
-        typer.Option("--private-key", help="Write the private key here (mode 0600)."),
+        typer.Option("--private-key", help="Write the private key here (a new file, mode 0600)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate an Ed25519 key pair; herd keeps the public key, you get the private one."""
-    if private_key is not None and private_key.exists():
-        raise Conflict(f"--private-key {private_key} exists; not overwriting it")
+    delivery: keypairs.PrivateKeyDelivery = (
+        keypairs.PrivateKeyFile(private_key) if private_key is not None else _Printed(as_json)
+    )
 
     async def main() -> keypairs.NewKeyPair:
         async with herd() as h:
-            return await keypairs.create_key_pair(h.db, name)
+            return await keypairs.create_key_pair(h.db, name, delivery)
 
     new = run_async(main())
-    assert new.private_key is not None
     if private_key is not None:
-        fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new.private_key)
-        err.print(f"private key written to {private_key}")
-    if as_json:
-        data = _key_dict(new.key)
-        if private_key is None:
-            data["private_key"] = new.private_key
-        print_json(data)
-    elif private_key is None:
-        sys.stdout.write(new.private_key)  # as `openstack keypair create` does
+        err.print(f"private key written to {private_key}", markup=False, highlight=False)
+        if as_json:
+            print_json(_key_dict(new.key))
+
+
+class _Printed:
+    """The private key on stdout (as `openstack keypair create` does), printed before
+    the pair is stored: if stdout is gone, nothing is stored and a retry just works."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def save(self, new: keypairs.NewKeyPair) -> None:
+        assert new.private_key is not None
+        try:
+            if self.as_json:
+                print_json({**_key_dict(new.key), "private_key": new.private_key})
+            else:
+                sys.stdout.write(new.private_key)
+            sys.stdout.flush()
+        except OSError as exc:
+            raise HerdError(f"cannot print the private key: {os_reason(exc)}") from None
+
+    def undo(self) -> None:
+        """What was printed cannot be taken back; the error says it was not stored."""
 
 
 @app.command("import")
@@ -68,20 +82,24 @@ def import_(
     as_json: JsonOpt = False,
 ) -> None:
     """Register an existing public key."""
+    origin = f"--public-key {public_key}"
+    data = read_limited(public_key.expanduser(), keypairs.MAX_PUBLIC_KEY, origin)
     try:
-        text = public_key.expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"--public-key {public_key}: {getattr(exc, 'strerror', exc)}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{origin}: not UTF-8 text ({exc.reason})") from None
 
     async def main() -> keypairs.NewKeyPair:
         async with herd() as h:
-            return await keypairs.import_key_pair(h.db, name, text, f"--public-key {public_key}")
+            return await keypairs.import_key_pair(h.db, name, text, origin)
 
     key = run_async(main()).key
     if as_json:
         print_json(_key_dict(key))
     else:
-        err.print(f"key pair {key.name} imported ({key.fingerprint})")
+        err.print(
+            f"key pair {key.name} imported ({key.fingerprint})", markup=False, highlight=False
+        )
 
 
 @app.command("list")

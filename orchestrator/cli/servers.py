@@ -21,6 +21,7 @@ from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Conductor, Outcome
 from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
+from orchestrator.files import read_limited
 from orchestrator.live_migration import LiveMigration
 from orchestrator.resize import ServerResize
 from orchestrator.scheduler.scheduler import Plan
@@ -76,11 +77,8 @@ def _hints(hints: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _read_user_data(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"--user-data {path}: {exc.strerror}") from None
-    return cloudinit.check_user_data(data, f"--user-data {path}")
+    origin = f"--user-data {path}"
+    return cloudinit.check_user_data(read_limited(path, cloudinit.MAX_USER_DATA, origin), origin)
 
 
 @app.command()

@@ -2,19 +2,24 @@
 
 There is no silent accept: a key that is not in known_hosts is refused with a message
 that says how to trust it (``herd host trust NAME``), which records the key after the
-operator has seen its fingerprint.
+operator has seen its fingerprint; a key that differs from the one known is refused as
+CHANGED, with both fingerprints. The client key comes from ``client_keys``: whatever is
+wrong with it fails that host alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable
+from orchestrator.errors import HerdError, HostCredentialsError, HostKeyNotTrusted, HostUnreachable
+from orchestrator.rpc.client_keys import ClientKey, load_client_key
+from orchestrator.rpc.known_hosts import HostKeys, host_keys
 
 CONNECT_TIMEOUT = 10.0
 
@@ -55,26 +60,49 @@ class HostTarget:
         return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
 
 
-def _known_hosts(target: HostTarget) -> asyncssh.SSHKnownHosts:
-    files = [str(p) for p in target.known_hosts_files() if p.is_file()]
-    if not files:
-        return asyncssh.import_known_hosts("")
-    return asyncssh.read_known_hosts(files)
+def _client_key(target: HostTarget) -> tuple[ClientKey | None, dict[str, object]]:
+    """The host's client key and the options that log in with it; a bad key file fails
+    this host only."""
+    if not target.key:
+        return None, {}
+    try:
+        key = load_client_key(Path(target.key))
+        return key, key.connect_options()
+    except HostCredentialsError as exc:
+        raise HostCredentialsError(f"host {target.name}: {exc}") from None
+
+
+class _KeyRecorder(asyncssh.SSHClient):
+    """Remembers the host key asyncssh could not verify (it is asked only then), so the
+    refusal can show its fingerprint; it never trusts anything itself."""
+
+    def __init__(self) -> None:
+        self.offered: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.offered = key
+        return False
 
 
 async def connect(
     target: HostTarget, timeout: float = CONNECT_TIMEOUT
 ) -> asyncssh.SSHClientConnection:
     """Open a verified SSH connection, turning every failure into one line."""
-    options: dict[str, object] = {}
-    if target.key:
-        options["client_keys"] = [str(Path(target.key).expanduser())]
+    try:
+        known = host_keys(target)
+    except HostKeyNotTrusted as exc:
+        raise HostKeyNotTrusted(f"host {target.name}: {exc}") from None
+    client_key, options = _client_key(target)
+    recorder = _KeyRecorder()
     try:
         return await asyncssh.connect(
             target.address,
             target.port,
             username=target.user,
-            known_hosts=_known_hosts(target),
+            known_hosts=known.known_hosts,
+            client_factory=lambda: recorder,
             config=None,
             connect_timeout=timeout,
             login_timeout=timeout,
@@ -83,19 +111,72 @@ async def connect(
             **options,  # type: ignore[arg-type]
         )
     except asyncssh.HostKeyNotVerifiable as exc:
-        files = ", ".join(str(p) for p in target.known_hosts_files())
-        raise HostKeyNotTrusted(
-            f"host {target.name}: SSH host key of {target.address}:{target.port} is not trusted "
-            f"({exc.reason}; looked in {files}); check it and run `herd host trust {target.name}`"
-        ) from exc
+        raise HostKeyNotTrusted(_not_trusted(target, known, recorder.offered, exc)) from exc
+    except asyncssh.KeyExchangeFailed as exc:
+        if not known.trusted or "host key" not in exc.reason:
+            raise HostUnreachable(
+                f"host {target.name}: cannot reach {target.endpoint}: {exc.reason}"
+            ) from exc
+        # asyncssh asks only for the key types known_hosts holds for the host.
+        raise HostKeyNotTrusted(host_key_changed(target, known, None)) from exc
     except asyncssh.PermissionDenied as exc:
-        raise HostUnreachable(
-            f"host {target.name}: SSH login as {target.endpoint} was refused ({exc.reason})"
+        hint = client_key.refused() if client_key is not None else ""
+        raise HostCredentialsError(
+            f"host {target.name}: SSH login as {target.endpoint} was refused ({exc.reason}){hint}"
         ) from exc
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise HostUnreachable(
             f"host {target.name}: cannot reach {target.endpoint}: {_why(exc)}"
         ) from exc
+    except ValueError as exc:  # asyncssh's word for an option it cannot use
+        raise HostUnreachable(
+            f"host {target.name}: cannot connect to {target.endpoint}: {exc}"
+        ) from exc
+
+
+def _not_trusted(
+    target: HostTarget,
+    known: HostKeys,
+    offered: asyncssh.SSHKey | None,
+    exc: asyncssh.HostKeyNotVerifiable,
+) -> str:
+    where = f"{target.address}:{target.port}"
+    if offered is not None and known.trusted:
+        return host_key_changed(target, known, offered)
+    if known.revoked and "revoked" in exc.reason:
+        return (
+            f"host {target.name}: SSH host key of {where} is revoked ("
+            + ", ".join(f"@revoked {k.describe()}" for k in known.revoked)
+            + "); not connecting"
+        )
+    files = ", ".join(str(p) for p in target.known_hosts_files())
+    return (
+        f"host {target.name}: SSH host key of {where} is not trusted "
+        f"({exc.reason}; looked in {files}); check it and run `herd host trust {target.name}`"
+    )
+
+
+def host_key_changed(
+    target: HostTarget, known: HostKeys, offered: asyncssh.SSHKey | None, advice: bool = True
+) -> str:
+    """OpenSSH's "REMOTE HOST IDENTIFICATION HAS CHANGED", in one line. ``offered`` is
+    None when the host offers no key of the known types at all."""
+    now = (
+        f"offered {offered.get_algorithm()} {fingerprint(offered)}"
+        if offered is not None
+        else "the host offers no key of those types"
+    )
+    message = (
+        f"host {target.name}: host key CHANGED for {target.address}:{target.port}: known "
+        + ", ".join(k.describe() for k in known.trusted)
+        + f"; {now}"
+    )
+    if not advice:
+        return message
+    return (
+        f"{message}; someone may be impersonating the host, or it was reinstalled: check "
+        f"the new key, then run `herd host trust {target.name} --replace`"
+    )
 
 
 def _why(exc: BaseException) -> str:
@@ -106,10 +187,20 @@ def _why(exc: BaseException) -> str:
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
-async def fetch_host_key(target: HostTarget, timeout: float = CONNECT_TIMEOUT) -> asyncssh.SSHKey:
+async def fetch_host_key(
+    target: HostTarget, timeout: float = CONNECT_TIMEOUT, algorithms: Sequence[str] = ()
+) -> asyncssh.SSHKey:
+    """The key the host offers; with ``algorithms``, of one of those types (the ones
+    known_hosts already holds for it, as ``connect()`` would ask)."""
     try:
         key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(target.address, target.port, config=None), timeout
+            asyncssh.get_server_host_key(
+                target.address,
+                target.port,
+                config=None,
+                server_host_key_algs=list(algorithms) if algorithms else (),
+            ),
+            timeout,
         )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         raise HostUnreachable(
@@ -122,21 +213,3 @@ async def fetch_host_key(target: HostTarget, timeout: float = CONNECT_TIMEOUT) -
 
 def fingerprint(key: asyncssh.SSHKey) -> str:
     return key.get_fingerprint("sha256")
-
-
-def record_host_key(target: HostTarget, key: asyncssh.SSHKey) -> Path:
-    """Append the key to the host's known_hosts file, replacing older lines for it."""
-    path = target.trust_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = target.known_hosts_entry()
-    algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
-    kept = []
-    if path.exists():
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if not (line.split(" ", 1)[0] == entry and line.split()[1:2] == [algorithm])
-        ]
-    kept.append(f"{entry} {algorithm} {blob}")
-    path.write_text("\n".join(kept) + "\n")
-    return path
