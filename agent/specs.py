@@ -28,6 +28,67 @@ _SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 MAX_SEED_BYTES = 4 * 1024 * 1024
 MAX_CMDLINE = 2048
 MAX_NICS = 16
+# sun_path holds 107 bytes and a NUL; herd opens sockets in the state directory (live
+# migration's `migrate-<12 hex>.sock`, 26 characters), so the directory leaves room.
+MAX_SOCKET_PATH = 107
+MAX_STATE_DIR = 80
+# POSIX's portable file name characters: nothing a shell, a libvirt URI (`?socket=`)
+# or a log line could read twice.
+_PATH_PART_RE = re.compile(r"[A-Za-z0-9._-]+")
+# Directories of the system itself. One component (`/srv`, `/opt`, `/home`) is refused
+# anyway: herd's state gets a directory of its own.
+_SYSTEM_DIRS = frozenset(
+    {
+        "/var/backups",
+        "/var/cache",
+        "/var/crash",
+        "/var/lib",
+        "/var/local",
+        "/var/lock",
+        "/var/log",
+        "/var/mail",
+        "/var/opt",
+        "/var/spool",
+        "/var/tmp",
+        "/var/lib/libvirt",  # libvirt's own: its images/ is libvirt's default pool
+    }
+)
+# Trees that belong to the distribution: herd writes nothing under them.
+_SYSTEM_TREES = ("/etc", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Virtual or volatile file systems: not a disk, or emptied at every boot, while the
+# journal and the image cache must outlive a reboot.
+_VOLATILE_TREES = ("/proc", "/sys", "/dev", "/run", "/var/run")
+
+
+def _under(path: str, trees: Tuple[str, ...]) -> bool:
+    return any(path == tree or path.startswith(tree + "/") for tree in trees)
+
+
+def check_state_dir(value: Any) -> str:
+    """``value`` if it can be herd's state directory on a host, else ``ValueError``.
+
+    One rule for the inventory's ``agent_dir`` and the agent's ``hello``. A path that
+    could name its directory two ways (``..``, ``//``, a trailing ``/``) is refused,
+    not normalised: hosts are compared by their agent_dir strings (live migration
+    keeps disk paths), and the operator should see the path herd will use.
+    """
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must be an absolute path on the host (start with /)")
+    if len(value) > MAX_STATE_DIR:
+        raise ValueError(
+            f"must be at most {MAX_STATE_DIR} characters (sockets herd opens there "
+            f"must fit in {MAX_SOCKET_PATH})"
+        )
+    parts = value[1:].split("/")
+    if value != "/" and any(part in ("", ".", "..") for part in parts):
+        raise ValueError("must be written in normal form: no '//', '.', '..' or trailing '/'")
+    if value != "/" and not all(_PATH_PART_RE.fullmatch(part) for part in parts):
+        raise ValueError("must use only letters, digits, '.', '_' and '-' between its slashes")
+    if _under(value, _VOLATILE_TREES):
+        raise ValueError("must not be under /proc, /sys, /dev or /run (not kept across reboots)")
+    if len(parts) < 2 or value in _SYSTEM_DIRS or _under(value, _SYSTEM_TREES):
+        raise ValueError(f"must be a directory of herd's own, not {value} (a system directory)")
+    return value
 
 
 def obj(args: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
@@ -326,7 +387,7 @@ class LiveMigrateSpec:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> LiveMigrateSpec:
         where = "live_migrate: "
-        socket = text(args, "socket", where, max_len=107)  # sun_path's limit
+        socket = text(args, "socket", where, max_len=MAX_SOCKET_PATH)
         if not socket.startswith("/") or "/../" in socket:
             raise BadRequest(f"{where}socket must be an absolute path")
         address = text(args, "address", where)

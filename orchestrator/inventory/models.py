@@ -33,6 +33,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from agent import specs as agent_specs
+
 SourceKind = Literal["local", "host", "url"]
 
 
@@ -160,6 +162,9 @@ HostName = Annotated[str, AfterValidator(_host_name)]
 ResourceName = Annotated[str, AfterValidator(_resource_name)]
 OperatorPath = Annotated[Path, AfterValidator(_operator_path)]
 HostPath = Annotated[str, AfterValidator(_absolute_on_host)]
+AgentDir = Annotated[str, AfterValidator(agent_specs.check_state_dir)]
+"""The agent's state directory: the agent's own rule, so a host it would refuse is
+refused here, with the file and line."""
 # Amounts end up in database integer columns; PostgreSQL's `integer` is 32-bit.
 _DB_INT_MAX = 2**31 - 1
 Count = Annotated[int, Strict(), Field(gt=0, le=_DB_INT_MAX)]
@@ -245,7 +250,7 @@ class HostSpec(_Spec):
     address: Annotated[str, AfterValidator(_address)]
     ssh: SshSpec = Field(default_factory=SshSpec)
     libvirt_uri: Annotated[str, AfterValidator(_libvirt_uri)] = "qemu:///system"
-    agent_dir: HostPath = "/var/lib/herd"
+    agent_dir: AgentDir = "/var/lib/herd"
     labels: StrMap = Field(default_factory=dict)
     availability_zone: Annotated[str, AfterValidator(_zone)] = "default"
     capacity: Capacity = Field(default_factory=Capacity)

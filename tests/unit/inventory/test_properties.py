@@ -25,6 +25,8 @@ from orchestrator.inventory import (
 
 _SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,9}"
 absolute_paths = st.from_regex(rf"(/{_SEGMENT}){{1,4}}", fullmatch=True)
+# A directory of herd's own (agent.specs.check_state_dir): never a system directory.
+agent_dirs = st.from_regex(rf"/(srv|data)(/{_SEGMENT}){{1,3}}", fullmatch=True)
 string_maps = st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=4)
 counts = st.integers(min_value=1, max_value=2**31 - 1)
 amounts = st.integers(min_value=0, max_value=2**31 - 1)
@@ -67,7 +69,7 @@ def hosts(draw: st.DrawFn) -> HostSpec:
             known_hosts=draw(st.none() | absolute_paths.map(Path)),
         ),
         libvirt_uri=draw(st.sampled_from(["qemu:///system", "qemu:///session", "test:///default"])),
-        agent_dir=draw(absolute_paths),
+        agent_dir=draw(agent_dirs),
         labels=draw(string_maps),
         availability_zone=draw(zones),
         capacity=capacity,
