@@ -23,7 +23,7 @@ from agent.jobs import RUNNING, Journal, check_job_id
 from agent.kvm import BackgroundProbe
 from agent.ops import JOBS, herd_domain
 from agent.runner import Runners
-from agent.specs import check_state_dir, sha256
+from agent.specs import check_libvirt_uri, check_state_dir, sha256
 from agent.specs import uuid as uuid_arg
 from agent.virt import Virsh
 
@@ -142,8 +142,10 @@ class Agent:
             check_state_dir(state_dir)
         except ValueError as exc:
             raise BadRequest(f"state_dir {state_dir!r} {exc}") from None
-        if not isinstance(uri, str) or not uri or uri.startswith("-"):
-            raise BadRequest("libvirt_uri must be a libvirt URI")
+        try:
+            check_libvirt_uri(uri)
+        except ValueError as exc:
+            raise BadRequest(f"libvirt_uri {exc}") from None
         if mode not in DOMAIN_TYPE_MODES:
             raise BadRequest(f"domain_type must be one of {', '.join(DOMAIN_TYPE_MODES)}")
         root = Path(state_dir)

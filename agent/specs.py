@@ -1,7 +1,12 @@
-"""Job arguments, checked once and turned into typed records.
+"""Job arguments, checked once and turned into typed records; and the rules behind them.
 
 The orchestrator is trusted, but a malformed request must fail as ``BadRequest`` at
 ``job_start`` (answered at once) rather than halfway through a build.
+
+The ``check_*`` functions and the limits are the single source of what a host accepts:
+the orchestrator's inventory models, CLI and API call them too, so a value the agent
+would refuse is refused there, before any resource is claimed. They raise
+``ValueError`` with a message that reads after the field's name ("must be ...").
 """
 
 from __future__ import annotations
@@ -23,11 +28,23 @@ DOMAIN_TYPES = ("kvm", "qemu")
 IMAGE_FORMATS = ("qcow2", "raw")
 NIC_KINDS = ("user", "bridge", "network")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-# Bridge and libvirt network names: what `ip link` and `virsh net-define` accept.
-_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# A Linux interface name (the kernel's dev_valid_name: under IFNAMSIZ, no '/', ':' or
+# space) and a libvirt network name, as `ip link` and `virsh net-define` take them.
+_BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+# What libvirt's migration URI (tcp://ADDRESS) can carry unescaped: a host name, an
+# IPv4 address or a bracketed or bare IPv6 address; no zone index ('%' needs escaping).
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 MAX_SEED_BYTES = 4 * 1024 * 1024
 MAX_CMDLINE = 2048
 MAX_NICS = 16
+MAX_TEXT = 255  # names, as the domain XML's title and metadata carry them
+MAX_HOSTNAME = 253  # a DNS name
+# A flavor's sizes: 1 to 1024 vCPUs, 16 MiB to 16 TiB of RAM, a root disk of up to 1 PiB
+# (0: the image's own size).
+VCPUS = (1, 1024)
+RAM_MB = (16, 16 * 1024 * 1024)
+DISK_GB = (0, 1024 * 1024)
 # sun_path holds 107 bytes and a NUL; herd opens sockets in the state directory (live
 # migration's `migrate-<12 hex>.sock`, 26 characters), so the directory leaves room.
 MAX_SOCKET_PATH = 107
@@ -91,6 +108,54 @@ def check_state_dir(value: Any) -> str:
     return value
 
 
+def check_source(kind: str, value: Any) -> str:
+    """What a NIC of ``kind`` "bridge" or "network" attaches to: the bridge's name or
+    the libvirt network's."""
+    if kind == "bridge":
+        if isinstance(value, str) and _BRIDGE_RE.fullmatch(value):
+            return value
+        raise ValueError(
+            "must be a Linux bridge name: 1 to 15 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    if isinstance(value, str) and _NETWORK_RE.fullmatch(value):
+        return value
+    raise ValueError(
+        "must be a libvirt network name: 1 to 64 letters, digits, '_', '.', ':' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+def check_cmdline(value: Any) -> str:
+    """A direct-boot kernel command line (the image property ``os_command_line``)."""
+    if not isinstance(value, str) or len(value) > MAX_CMDLINE or _CONTROL_RE.search(value):
+        raise ValueError(
+            f"must be one line of at most {MAX_CMDLINE} characters, without control characters"
+        )
+    return value
+
+
+def check_address(value: Any) -> str:
+    """A host's address as a live migration's destination (``tcp://ADDRESS``)."""
+    if not isinstance(value, str) or not _ADDRESS_RE.fullmatch(value):
+        raise ValueError(
+            "must be a host name or an IP address (no zone index: libvirt's URI cannot carry it)"
+        )
+    return value
+
+
+def check_libvirt_uri(value: Any) -> str:
+    """A libvirt connection URI, as ``virsh -c`` takes it: one word, never an option."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or value.startswith("-")
+        or any(char.isspace() or not char.isprintable() for char in value)
+    ):
+        raise ValueError("must be a libvirt URI such as qemu:///system (one word)")
+    return value
+
+
 def obj(args: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     value = args.get(key)
     if not isinstance(value, Mapping):
@@ -98,7 +163,7 @@ def obj(args: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return value
 
 
-def text(args: Mapping[str, Any], key: str, where: str, max_len: int = 255) -> str:
+def text(args: Mapping[str, Any], key: str, where: str, max_len: int = MAX_TEXT) -> str:
     value = args.get(key)
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise BadRequest(f"{where}{key} must be a string of 1 to {max_len} characters")
@@ -191,10 +256,10 @@ def _boot(args: Mapping[str, Any]) -> Optional[BootFiles]:
     if not isinstance(raw, Mapping):
         raise BadRequest("build: boot must be an object")
     cmdline = raw.get("cmdline", "")
-    if not isinstance(cmdline, str) or len(cmdline) > MAX_CMDLINE or _CONTROL_RE.search(cmdline):
-        raise BadRequest(
-            f"build: boot.cmdline must be one line of at most {MAX_CMDLINE} characters"
-        )
+    try:
+        check_cmdline(cmdline)
+    except ValueError as exc:
+        raise BadRequest(f"build: boot.cmdline {exc}") from None
     return BootFiles(
         kernel=sha256(raw, "kernel", "build: boot."),
         ramdisk=sha256(raw, "ramdisk", "build: boot.") if raw.get("ramdisk") is not None else None,
@@ -218,8 +283,11 @@ def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:
         source = item.get("source")
         if kind == "user":
             source = None
-        elif not isinstance(source, str) or not _SOURCE_RE.match(source):
-            raise BadRequest(f"{where}source must name the {kind} to attach to")
+        else:
+            try:
+                check_source(kind, source)
+            except ValueError as exc:
+                raise BadRequest(f"{where}source {exc}") from None
         nics.append(Nic(mac=mac, kind=kind, source=source))
     return tuple(nics)
 
@@ -328,13 +396,13 @@ class BuildSpec:
             instance=Instance(
                 uuid=uuid(inst, "uuid", "build: instance."),
                 name=text(inst, "name", "build: instance."),
-                hostname=text(inst, "hostname", "build: instance.", max_len=253),
+                hostname=text(inst, "hostname", "build: instance.", max_len=MAX_HOSTNAME),
             ),
             flavor=Flavor(
                 name=text(flav, "name", "build: flavor."),
-                vcpus=integer(flav, "vcpus", "build: flavor.", 1, 1024),
-                ram_mb=integer(flav, "ram_mb", "build: flavor.", 16, 16 * 1024 * 1024),
-                disk_gb=integer(flav, "disk_gb", "build: flavor.", 0, 1024 * 1024),
+                vcpus=integer(flav, "vcpus", "build: flavor.", *VCPUS),
+                ram_mb=integer(flav, "ram_mb", "build: flavor.", *RAM_MB),
+                disk_gb=integer(flav, "disk_gb", "build: flavor.", *DISK_GB),
                 extra_specs=mapping(flav, "extra_specs", "build: flavor."),
             ),
             image=Image(
@@ -390,9 +458,11 @@ class LiveMigrateSpec:
         socket = text(args, "socket", where, max_len=MAX_SOCKET_PATH)
         if not socket.startswith("/") or "/../" in socket:
             raise BadRequest(f"{where}socket must be an absolute path")
-        address = text(args, "address", where)
-        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", address):
-            raise BadRequest(f"{where}address must be a host name or IP address")
+        address = args.get("address")
+        try:
+            check_address(address)
+        except ValueError as exc:
+            raise BadRequest(f"{where}address {exc}") from None
         return cls(
             uuid=uuid(args, "uuid", where),
             socket=socket,

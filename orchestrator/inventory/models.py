@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agent import specs as agent_specs
+from orchestrator.guest_config import CMDLINE_PROPERTY
 
 SourceKind = Literal["local", "host", "url"]
 
@@ -105,15 +107,27 @@ def _address(value: str) -> str:
             # An all-digit last label is a mistyped IPv4 address (192.0.2.300), not a name.
             and not labels[-1].isdigit()
         ):
-            return value
+            return _migratable(value)
         raise ValueError("must be an IP address or a DNS name") from None
-    return value
+    return _migratable(value)
+
+
+def _migratable(address: str) -> str:
+    # Live migration gives the address to libvirt as tcp://ADDRESS; the agent refuses
+    # what that URI cannot carry (an IPv6 zone index such as fe80::1%eth0).
+    try:
+        return agent_specs.check_address(address)
+    except ValueError:
+        raise ValueError(
+            "must be an IP address or a DNS name, without an IPv6 zone (%eth0)"
+        ) from None
 
 
 def _libvirt_uri(value: str) -> str:
+    # urlsplit drops tabs and newlines before it looks: the agent's rule catches them.
     if not urlsplit(value).scheme or "://" not in value:
         raise ValueError("must be a libvirt URI such as qemu:///system")
-    return value
+    return agent_specs.check_libvirt_uri(value)
 
 
 def _zone(value: str) -> str:
@@ -121,6 +135,8 @@ def _zone(value: str) -> str:
     # host; herd keeps that door open.
     if not value.strip() or value != value.strip() or ":" in value:
         raise ValueError("must be a non-empty name without ':' or surrounding spaces")
+    if not value.isprintable():
+        raise ValueError("must not contain control characters (it is shown in listings)")
     return value
 
 
@@ -172,6 +188,15 @@ Count = Annotated[int, Strict(), Field(gt=0, le=_DB_INT_MAX)]
 Amount = Annotated[int, Strict(), Field(ge=0, le=_DB_INT_MAX)]
 """A whole number of vCPUs, MiB or GiB where zero means none."""
 Ratio = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+
+
+# A flavor's sizes: what the agent builds (agent.specs), or refused here.
+Vcpus = Annotated[int, Strict(), Field(ge=agent_specs.VCPUS[0], le=agent_specs.VCPUS[1])]
+RamMb = Annotated[int, Strict(), Field(ge=agent_specs.RAM_MB[0], le=agent_specs.RAM_MB[1])]
+DiskGb = Annotated[int, Strict(), Field(ge=agent_specs.DISK_GB[0], le=agent_specs.DISK_GB[1])]
+
+BridgeName = Annotated[str, AfterValidator(partial(agent_specs.check_source, "bridge"))]
+LibvirtNetworkName = Annotated[str, AfterValidator(partial(agent_specs.check_source, "network"))]
 StrMap = dict[str, str]
 """Labels, extra specs, properties: the loader reads their unquoted values as strings."""
 
@@ -307,9 +332,9 @@ class FlavorSpec(_Spec):
     """A size an instance can be booted with."""
 
     name: ResourceName
-    vcpus: Count
-    ram_mb: Count
-    disk_gb: Amount
+    vcpus: Vcpus
+    ram_mb: RamMb
+    disk_gb: DiskGb
     """Root disk in GiB; 0, as in Nova, means "as large as the image needs"."""
     extra_specs: StrMap = Field(default_factory=dict)
 
@@ -327,6 +352,26 @@ class ImageSpec(_Spec):
     min_ram_mb: Amount = 0
     min_disk_gb: Amount = 0
     properties: StrMap = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cmdline_boots(self) -> Self:
+        """The kernel command line goes to the agent as is: its rule applies here."""
+        cmdline = self.properties.get(CMDLINE_PROPERTY)
+        if cmdline is not None:
+            try:
+                agent_specs.check_cmdline(cmdline)
+            except ValueError as exc:
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError("cmdline", str(exc)),
+                            loc=("properties", CMDLINE_PROPERTY),
+                            input=cmdline,
+                        )
+                    ],
+                ) from None
+        return self
 
     @property
     def source_kind(self) -> SourceKind:
@@ -357,8 +402,8 @@ class NetworkSpec(_Spec):
     type: Literal["user", "bridge", "network"]
     """user: QEMU user-mode networking (no host set-up; the lab's choice); bridge: a
     Linux bridge that exists on every host; network: a libvirt network on every host."""
-    bridge: str | None = None
-    libvirt_network: str | None = None
+    bridge: BridgeName | None = None
+    libvirt_network: LibvirtNetworkName | None = None
     subnet: ipaddress.IPv4Network | None = None
     gateway: ipaddress.IPv4Address | None = None
     allocation_pool: AllocationPool | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import specs as agent_specs
 from orchestrator.inventory import InventoryError, load_inventory
 
 HOST = "hosts:\n  - name: hv1\n    address: 192.0.2.10\n"
@@ -62,3 +63,102 @@ def test_an_agent_dir_the_agent_would_refuse_is_refused_with_its_line(
 def test_an_agent_dir_in_defaults_is_checked_too() -> None:
     (problem,) = problems_of("defaults:\n  agent_dir: /tmp\n" + HOST)
     assert problem.startswith("inventory.yaml:2: defaults.agent_dir: must be a directory")
+
+
+FLAVOR_LIMITS = [
+    pytest.param("vcpus", agent_specs.VCPUS, id="vcpus"),
+    pytest.param("ram_mb", agent_specs.RAM_MB, id="ram_mb"),
+    pytest.param("disk_gb", agent_specs.DISK_GB, id="disk_gb"),
+]
+
+
+@pytest.mark.parametrize(("field", "limits"), FLAVOR_LIMITS)
+def test_flavor_sizes_outside_the_agents_range_are_refused(
+    field: str, limits: tuple[int, int]
+) -> None:
+    low, high = limits
+    for value in (low, high):
+        loads(FLAVOR.replace(f"{field}: ", f"{field}: {value} #"))
+    (problem,) = problems_of(FLAVOR.replace(f"{field}: ", f"{field}: {high + 1} #"))
+    assert problem.endswith(f"flavors[0] (m1).{field}: must be at most {high}")
+    if low > 0:
+        (problem,) = problems_of(FLAVOR.replace(f"{field}: ", f"{field}: {low - 1} #"))
+        assert f"flavors[0] (m1).{field}: must be at least {low}" in problem
+
+
+def test_sixteen_tib_and_more_of_ram_is_refused_at_validate() -> None:
+    (problem,) = problems_of(FLAVOR.replace("ram_mb: 512", "ram_mb: 16777217"))
+    assert problem == "inventory.yaml:4: flavors[0] (m1).ram_mb: must be at most 16777216"
+
+
+NETWORKS = [
+    pytest.param("bridge", '"br0; reboot"', id="bridge-shell-text"),
+    pytest.param("bridge", "br0:1", id="bridge-colon"),
+    pytest.param("bridge", "a-bridge-name-longer", id="bridge-past-ifnamsiz"),
+    pytest.param("bridge", '"br0\\n"', id="bridge-trailing-newline"),
+    pytest.param("bridge", "-br0", id="bridge-leading-dash"),
+    pytest.param("network", '"default network"', id="network-space"),
+    pytest.param("network", "n/../x", id="network-slash"),
+    pytest.param("network", '"default\\n"', id="network-trailing-newline"),
+    pytest.param("network", "x" * 65, id="network-too-long"),
+]
+
+
+@pytest.mark.parametrize(("kind", "source"), NETWORKS)
+def test_a_bridge_or_network_name_the_agent_would_refuse_is_refused(kind: str, source: str) -> None:
+    key = "bridge" if kind == "bridge" else "libvirt_network"
+    (problem,) = problems_of(f"networks:\n  - name: lan\n    type: {kind}\n    {key}: {source}\n")
+    assert problem.startswith(f"inventory.yaml:4: networks[0] (lan).{key}: must be a ")
+
+
+@pytest.mark.parametrize(
+    ("kind", "source"),
+    [("bridge", "br0"), ("bridge", "virbr-lan.100"), ("network", "default"), ("network", "a:b")],
+)
+def test_ordinary_bridge_and_network_names_are_accepted(kind: str, source: str) -> None:
+    key = "bridge" if kind == "bridge" else "libvirt_network"
+    loads(f"networks:\n  - name: lan\n    type: {kind}\n    {key}: {source}\n")
+
+
+CMDLINES = [
+    pytest.param('"console=ttyS0\\0"', id="nul"),
+    pytest.param('"console=ttyS0\\ninit=/bin/sh"', id="newline"),
+    pytest.param('"console=ttyS0\\e[2J"', id="escape"),
+    pytest.param("x" * (agent_specs.MAX_CMDLINE + 1), id="too-long"),
+]
+
+
+@pytest.mark.parametrize("cmdline", CMDLINES)
+def test_a_kernel_command_line_the_agent_would_refuse_is_refused(cmdline: str) -> None:
+    (problem,) = problems_of(IMAGE + f"    properties:\n      os_command_line: {cmdline}\n")
+    assert problem.startswith(
+        "inventory.yaml:5: images[0] (img).properties.os_command_line: must be one line "
+    )
+
+
+def test_the_longest_kernel_command_line_is_accepted() -> None:
+    cmdline = "x" * agent_specs.MAX_CMDLINE
+    loads(IMAGE + f"    properties:\n      os_command_line: {cmdline}\n")
+
+
+HOST_SETTINGS = [
+    pytest.param("address", "fe80::1%eth0", "IP address or a DNS name", id="scoped-address"),
+    pytest.param("libvirt_uri", '"qemu:///system\\n"', "libvirt URI", id="uri-newline"),
+    pytest.param("libvirt_uri", '"qemu:///system x"', "libvirt URI", id="uri-space"),
+    pytest.param("availability_zone", '"az1\\n"', "surrounding spaces", id="zone-newline"),
+    pytest.param("availability_zone", '"a\\nz"', "control characters", id="zone-inner-newline"),
+    pytest.param("availability_zone", '"a\\e[31mz"', "control characters", id="zone-escape"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), HOST_SETTINGS)
+def test_host_settings_the_agent_or_a_listing_would_trip_on_are_refused(
+    key: str, value: str, message: str
+) -> None:
+    host = {"name": "hv1", "address": "192.0.2.10", key: value}
+    text = "hosts:\n" + "".join(
+        f"{'  - ' if i == 0 else '    '}{k}: {v}\n" for i, (k, v) in enumerate(host.items())
+    )
+    (problem,) = problems_of(text)
+    assert f"hosts[0] (hv1).{key}: must" in problem
+    assert message in problem

@@ -10,6 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import specs as agent_specs
 from orchestrator.inventory import (
     AllocationRatios,
     Capacity,
@@ -35,7 +36,9 @@ addresses = st.one_of(
     st.ip_addresses().map(str),
     st.from_regex(rf"{dns_label}(\.{dns_label}){{0,3}}", fullmatch=True),
 )
-zones = st.text(min_size=1, max_size=12).filter(lambda z: z == z.strip() and z and ":" not in z)
+zones = st.text(min_size=1, max_size=12).filter(
+    lambda z: z == z.strip() and z and ":" not in z and z.isprintable()
+)
 
 
 @st.composite
@@ -84,9 +87,9 @@ resource_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=Tru
 flavors = st.builds(
     FlavorSpec,
     name=resource_names,
-    vcpus=counts,
-    ram_mb=counts,
-    disk_gb=amounts,
+    vcpus=st.integers(*agent_specs.VCPUS),
+    ram_mb=st.integers(*agent_specs.RAM_MB),
+    disk_gb=st.integers(*agent_specs.DISK_GB),
     extra_specs=string_maps,
 )
 images = st.builds(
