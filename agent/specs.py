@@ -7,6 +7,9 @@ The ``check_*`` functions and the limits are the single source of what a host ac
 the orchestrator's inventory models, CLI and API call them too, so a value the agent
 would refuse is refused there, before any resource is claimed. They raise
 ``ValueError`` with a message that reads after the field's name ("must be ...").
+
+Every pattern is applied with ``fullmatch``: ``$`` also matches before a trailing
+newline, so ``re.match("^[a-z]+$", "db\\n")`` accepts ``"db\\n"``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from agent.errors import BadRequest
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # XML 1.0 cannot carry most control characters even escaped; names are one line anyway.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 DOMAIN_TYPES = ("kvm", "qemu")
 IMAGE_FORMATS = ("qcow2", "raw")
 NIC_KINDS = ("user", "bridge", "network")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 # A Linux interface name (the kernel's dev_valid_name: under IFNAMSIZ, no '/', ':' or
 # space) and a libvirt network name, as `ip link` and `virsh net-define` take them.
 _BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
@@ -188,14 +191,14 @@ def choice(args: Mapping[str, Any], key: str, where: str, allowed: tuple) -> str
 
 def uuid(args: Mapping[str, Any], key: str, where: str = "") -> str:
     value = args.get(key)
-    if not isinstance(value, str) or not UUID_RE.match(value.lower()):
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value.lower()):
         raise BadRequest(f"{where}{key} must be a UUID in canonical form")
     return value.lower()
 
 
 def sha256(args: Mapping[str, Any], key: str, where: str = "") -> str:
     value = args.get(key)
-    if not isinstance(value, str) or not SHA256_RE.match(value):
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
         raise BadRequest(f"{where}{key} must be 64 lowercase hex digits")
     return value
 
@@ -277,7 +280,7 @@ def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:
         if not isinstance(item, Mapping):
             raise BadRequest(f"build: nics[{index}] must be an object")
         mac = item.get("mac")
-        if not isinstance(mac, str) or not MAC_RE.match(mac):
+        if not isinstance(mac, str) or not MAC_RE.fullmatch(mac):
             raise BadRequest(f"{where}mac must be a MAC address like 02:68:64:0a:0b:0c")
         kind = choice(item, "kind", where, NIC_KINDS)
         source = item.get("source")

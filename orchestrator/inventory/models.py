@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agent import specs as agent_specs
 from orchestrator.guest_config import CMDLINE_PROPERTY
+from orchestrator.names import is_name
 
 SourceKind = Literal["local", "host", "url"]
 
@@ -71,7 +72,6 @@ def _absolute_on_host(value: str) -> str:
 
 
 _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
-_RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -88,7 +88,7 @@ def _host_name(value: str) -> str:
 def _resource_name(value: str) -> str:
     # Flavor and image names follow Nova's habits (m1.small, ds512M) but stay usable as
     # file names in the hosts' image cache.
-    if not _RESOURCE_NAME.fullmatch(value):
+    if not is_name(value):
         raise ValueError(
             "must be 1 to 63 characters of letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
