@@ -48,6 +48,9 @@ MAX_HOSTNAME = 253  # a DNS name
 VCPUS = (1, 1024)
 RAM_MB = (16, 16 * 1024 * 1024)
 DISK_GB = (0, 1024 * 1024)
+# Seconds: a graceful stop or soft reboot before it is forced; a live migration's copy.
+STOP_TIMEOUT = (0, 3600)
+MIGRATION_TIMEOUT = (1, 86400)
 # sun_path holds 107 bytes and a NUL; herd opens sockets in the state directory (live
 # migration's `migrate-<12 hex>.sock`, 26 characters), so the directory leaves room.
 MAX_SOCKET_PATH = 107
@@ -349,7 +352,7 @@ class PowerSpec:
         return cls(
             uuid=uuid(args, "uuid", "power: "),
             action=choice(args, "action", "power: ", POWER_ACTIONS),
-            timeout=integer(args, "timeout", "power: ", 0, 3600) if "timeout" in args else 60,
+            timeout=integer(args, "timeout", "power: ", *STOP_TIMEOUT) if "timeout" in args else 60,
         )
 
     @property
@@ -470,7 +473,7 @@ class LiveMigrateSpec:
             uuid=uuid(args, "uuid", where),
             socket=socket,
             address=address,
-            timeout=integer(args, "timeout", where, 1, 86400),
+            timeout=integer(args, "timeout", where, *MIGRATION_TIMEOUT),
         )
 
     @property

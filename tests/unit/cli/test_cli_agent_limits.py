@@ -71,3 +71,29 @@ def test_an_image_property_the_agent_would_refuse_is_one_line(herd: HerdCli) -> 
     )
     assert_one_line_error(result, code=2, contains="properties.os_command_line: must be one line")
     assert herd.ok("image", "list", "--json").json() == []
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+def test_a_timeout_the_agent_would_refuse_is_refused_before_the_task_is_taken(
+    herd: HerdCli, tmp_path: Path
+) -> None:
+    image = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1M"], check=True)
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(CATALOG.format(image=image))
+    herd.ok("inventory", "apply", str(inventory))
+    assert herd.run("server", "create", "web", "--flavor", "m1.small", "--image", "blank").code == 5
+    before = herd.server("web")
+    actions = herd.ok("server", "actions", "web", "--json").json()
+    for command, limits in [
+        (("server", "stop", "web", "--timeout", "3601"), "0 to 3600"),
+        (("server", "reboot", "web", "--timeout", "-1"), "0 to 3600"),
+        (("server", "migrate", "web", "--timeout", "86400"), "0 to 3600"),
+        (("server", "live-migrate", "web", "--timeout", "0"), "1 to 86400"),
+    ]:
+        assert_one_line_error(
+            herd.run(*command), code=2, contains=f"--timeout must be {limits} seconds"
+        )
+    after = herd.server("web")
+    assert (after["task_state"], after["vm_state"]) == (before["task_state"], before["vm_state"])
+    assert herd.ok("server", "actions", "web", "--json").json() == actions  # none begun
