@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from agent.jobs import RUNNING, Journal, check_job_id
 from agent.kvm import BackgroundProbe
 from agent.ops import JOBS, herd_domain
 from agent.runner import Runners
-from agent.specs import sha256
+from agent.specs import check_libvirt_uri, check_state_dir, sha256
 from agent.specs import uuid as uuid_arg
 from agent.virt import Virsh
 
@@ -50,6 +51,37 @@ class Session:
     def context(self) -> Dict[str, Any]:
         """What a job runner needs to know of the session."""
         return {"state_dir": str(self.state_dir), "libvirt_uri": self.libvirt_uri}
+
+
+def _make_state_dir(root: Path) -> None:
+    """Create the state directory and its subdirectories, or refuse one that is not herd's.
+
+    The agent runs as root and trusts what it finds there (job records name processes,
+    the cache holds disks), so a directory anyone may write to, or someone else owns,
+    is refused rather than used; its mode is left as it was either way.
+    """
+    try:
+        ensure_dir(root, DIR_MODE)
+        info = root.stat()
+    except OSError as exc:
+        raise _cannot_create(root, exc) from None
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH:
+        raise BadRequest(f"state_dir {root} is writable by everyone (mode {mode:04o}): not herd's")
+    if info.st_uid not in (0, os.geteuid()):
+        raise BadRequest(f"state_dir {root} belongs to uid {info.st_uid}, not to the agent's user")
+    if not mode & stat.S_IXOTH:
+        log.warning("state_dir %s is mode %04o: QEMU may not reach the disks in it", root, mode)
+    try:
+        for sub in ("images", "instances", "jobs", "locks", "state"):
+            ensure_dir(root / sub, DIR_MODE)
+    except OSError as exc:
+        raise _cannot_create(root, exc) from None
+
+
+def _cannot_create(root: Path, exc: OSError) -> BadRequest:
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+    return BadRequest(f"cannot create state_dir {root}{where}: {exc.strerror or exc}")
 
 
 class Agent:
@@ -106,16 +138,18 @@ class Agent:
         state_dir = args.get("state_dir", "/var/lib/herd")
         uri = args.get("libvirt_uri", "qemu:///system")
         mode = args.get("domain_type", "auto")
-        if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
-            raise BadRequest("state_dir must be an absolute path")
-        if not isinstance(uri, str) or not uri or uri.startswith("-"):
-            raise BadRequest("libvirt_uri must be a libvirt URI")
+        try:
+            check_state_dir(state_dir)
+        except ValueError as exc:
+            raise BadRequest(f"state_dir {state_dir!r} {exc}") from None
+        try:
+            check_libvirt_uri(uri)
+        except ValueError as exc:
+            raise BadRequest(f"libvirt_uri {exc}") from None
         if mode not in DOMAIN_TYPE_MODES:
             raise BadRequest(f"domain_type must be one of {', '.join(DOMAIN_TYPE_MODES)}")
-        root = Path(os.path.normpath(state_dir))
-        ensure_dir(root, DIR_MODE)
-        for sub in ("images", "instances", "jobs", "locks", "state"):
-            ensure_dir(root / sub, DIR_MODE)
+        root = Path(state_dir)
+        _make_state_dir(root)
         with self._hello_lock:
             old = self._session
             probe = None

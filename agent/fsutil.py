@@ -23,10 +23,25 @@ FILE_MODE = 0o644
 
 
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """Create ``path`` (and parents) and force its mode, whatever the umask says."""
-    path.mkdir(parents=True, exist_ok=True)
-    if (path.stat().st_mode & 0o7777) != mode:
-        os.chmod(path, mode)
+    """Create ``path`` and its missing parents with ``mode``, whatever the umask says.
+
+    Only the directories made here get ``mode``: one that exists is someone's choice
+    (``/tmp``'s sticky bit, an operator's 0750), and forcing 0755 on it once stripped
+    /tmp's sticky bit. Raises ``OSError`` when a component exists and is not a directory.
+    """
+    missing = []
+    current = path
+    while not current.is_dir() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if directory.is_dir():
+                continue  # another request or job made it first: it set the mode
+            raise
+        os.chmod(directory, mode)  # mkdir's mode went through the umask
     return path
 
 

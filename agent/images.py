@@ -36,7 +36,7 @@ from agent.fsutil import (
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")  # with fullmatch: `$` lets "\n" through
 DOWNLOAD_TIMEOUT = 60.0  # per read, not for the whole transfer
 USES_FILE = "images.json"  # in each instance directory: the cached images it uses
 
@@ -214,7 +214,7 @@ def list_cached(state_dir: Path) -> List[Dict[str, Any]]:
     in_use = users(state_dir)
     entries = []
     for path in sorted(images_dir(state_dir).iterdir()):
-        if not _SHA_RE.match(path.name) or not path.is_file():
+        if not _SHA_RE.fullmatch(path.name) or not path.is_file():
             continue
         st = path.stat()
         entries.append(

@@ -30,7 +30,7 @@ FAILED = "failed"
 LOST = "lost"
 FINISHED = (SUCCEEDED, FAILED, LOST)
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # with fullmatch
 JOURNAL_LOCK_TIMEOUT = 30.0
 # A runner records its pid within milliseconds; one that has not after this long
 # never started (its parent died between writing the journal and spawning it).
@@ -41,7 +41,7 @@ _WIRE_FIELDS = ("job_id", "op", "state", "result", "error", "started_at", "finis
 
 def check_job_id(job_id: Any) -> str:
     """Job ids become file names: only a safe alphabet, never a path."""
-    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
         raise BadRequest(
             "job_id must be 1-128 characters of [A-Za-z0-9._:-], not starting with ._:-"
         )
@@ -195,7 +195,7 @@ class Journal:
             return record
 
     def job_ids(self) -> List[str]:
-        return sorted(p.stem for p in self.dir.glob("*.json") if JOB_ID_RE.match(p.stem))
+        return sorted(p.stem for p in self.dir.glob("*.json") if JOB_ID_RE.fullmatch(p.stem))
 
     def all(self) -> List[JobRecord]:
         records = (self.get(job_id) for job_id in self.job_ids())

@@ -5,23 +5,31 @@ slow ``job_wait`` never holds up a quick ``facts`` (the orchestrator matches
 answers to requests by id). Responses are written whole, one per line, under a
 lock. ``hello`` runs on the reading thread itself: it configures the session, and
 every request after it must see that.
+
+Nothing a line holds may stop the loop: a line too deep for the parser, a number no
+protocol value needs, a lone surrogate that UTF-8 cannot encode back, a result that
+is not JSON. Each costs its own request an error answer, and the next line is read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Set, Tuple
 
 from agent import PROTOCOL_VERSION
-from agent.errors import AgentError, BadRequest, VersionMismatch, internal
+from agent.errors import AgentError, BadRequest, Busy, VersionMismatch, internal
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[str, Mapping[str, Any]], Dict[str, Any]]
 
 MAX_LINE = 64 * 1024 * 1024
+# No protocol number needs more (an int64 has 19 digits); Python before 3.11 turns a
+# digit string into an int in quadratic time, on the reading thread.
+MAX_DIGITS = 100
 MAX_IN_FLIGHT = 128  # past this the loop stops reading until a request finishes
 DRAIN_TIMEOUT = 5.0
 
@@ -68,30 +76,52 @@ class MessageLoop:
             thread.join(timeout)
 
     def handle_line(self, line: bytes) -> None:
-        parsed = self._parse(line)
-        if parsed is None:
-            return
-        req_id, op, args = parsed
-        if op in self.inline_ops:
-            self._run(req_id, op, args, slot=False)
-            return
+        """Answer one request line, or start the thread that will; never raises."""
+        try:
+            parsed = self._parse(line)
+            if parsed is None:
+                return
+            req_id, op, args = parsed
+            if op in self.inline_ops:
+                self._run(req_id, op, args, slot=False)
+                return
+            self._start(req_id, op, args)
+        except Exception as exc:  # a bug reached by a line: answer it, read the next
+            log.exception("request line could not be handled")
+            self._respond(None, error=internal(exc))
+
+    def _start(self, req_id: Any, op: str, args: Mapping[str, Any]) -> None:
         self._slots.acquire()
         thread = threading.Thread(
             target=self._run,
             args=(req_id, op, args),
-            name=f"req-{str(req_id)[:32]}-{op}",
+            name=f"req-{op[:32]}",
             daemon=True,
         )
         with self._threads_lock:
             self._threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            with self._threads_lock:
+                self._threads.discard(thread)
+            self._slots.release()
+            self._reject(req_id, Busy(f"the agent cannot start a thread for {op!r}: {exc}"))
 
     def _parse(self, line: bytes) -> Optional[Tuple[Any, str, Mapping[str, Any]]]:
         """(id, op, args) of a well-formed request; anything else is answered here."""
         try:
-            msg = json.loads(line.decode("utf-8"))
+            msg = json.loads(
+                line.decode("utf-8"),
+                parse_int=_bounded_int,
+                parse_float=_finite_float,
+                parse_constant=_no_constant,
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             self._reject(None, BadRequest(f"not a JSON request: {exc}"))
+            return None
+        except RecursionError:
+            self._reject(None, BadRequest("not a JSON request: nested too deeply"))
             return None
         if not isinstance(msg, dict):
             self._reject(None, BadRequest("a request must be a JSON object"))
@@ -144,16 +174,19 @@ class MessageLoop:
         else:
             msg.update(ok=True, result=result if result is not None else {})
         try:
-            data = json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            log.exception("request %s: unserialisable result", req_id)
+            data = _encode(msg)
+        except _NOT_JSON as exc:
+            log.error("request %r: the result is not JSON: %s", req_id, exc)
             failure = {"v": PROTOCOL_VERSION, "id": req_id, "ok": False, "error": internal(exc)}
-            data = json.dumps(failure)
+            try:
+                data = _encode(failure)
+            except _NOT_JSON:  # the id itself, nested past the recursion limit
+                data = _encode({**failure, "id": None})
         with self._write_lock:
             if self.closed:
                 return
             try:
-                self.out.write(data.encode("utf-8") + b"\n")
+                self.out.write(data + b"\n")
                 self.out.flush()
             except (BrokenPipeError, OSError) as exc:
                 log.warning("cannot write to the orchestrator (%s); stopping", exc)
@@ -168,3 +201,38 @@ class MessageLoop:
             chunk = inp.readline(MAX_LINE)
             if not chunk or chunk.endswith(b"\n"):
                 return
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number of {len(text)} digits (at most {MAX_DIGITS})")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# What json.dumps raises for NaN, a foreign object, or nesting past the recursion limit.
+_NOT_JSON = (TypeError, ValueError, RecursionError)
+
+
+def _encode(msg: Dict[str, Any]) -> bytes:
+    """One protocol line; raises one of ``_NOT_JSON`` when ``msg`` cannot be JSON.
+
+    UTF-8 as is, except text with a lone surrogate (a JSON ``\\ud800`` escape read
+    back): UTF-8 cannot encode it, so that message is written with ASCII escapes and
+    the orchestrator reads back the very same string.
+    """
+    text = json.dumps(msg, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(msg, allow_nan=False, separators=(",", ":")).encode("ascii")

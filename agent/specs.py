@@ -1,7 +1,15 @@
-"""Job arguments, checked once and turned into typed records.
+"""Job arguments, checked once and turned into typed records; and the rules behind them.
 
 The orchestrator is trusted, but a malformed request must fail as ``BadRequest`` at
 ``job_start`` (answered at once) rather than halfway through a build.
+
+The ``check_*`` functions and the limits are the single source of what a host accepts:
+the orchestrator's inventory models, CLI and API call them too, so a value the agent
+would refuse is refused there, before any resource is claimed. They raise
+``ValueError`` with a message that reads after the field's name ("must be ...").
+
+Every pattern is applied with ``fullmatch``: ``$`` also matches before a trailing
+newline, so ``re.match("^[a-z]+$", "db\\n")`` accepts ``"db\\n"``.
 """
 
 from __future__ import annotations
@@ -14,20 +22,144 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from agent.errors import BadRequest
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # XML 1.0 cannot carry most control characters even escaped; names are one line anyway.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 DOMAIN_TYPES = ("kvm", "qemu")
 IMAGE_FORMATS = ("qcow2", "raw")
 NIC_KINDS = ("user", "bridge", "network")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-# Bridge and libvirt network names: what `ip link` and `virsh net-define` accept.
-_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+# A Linux interface name (the kernel's dev_valid_name: under IFNAMSIZ, no '/', ':' or
+# space) and a libvirt network name, as `ip link` and `virsh net-define` take them.
+_BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+# What libvirt's migration URI (tcp://ADDRESS) can carry unescaped: a host name, an
+# IPv4 address or a bracketed or bare IPv6 address; no zone index ('%' needs escaping).
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 MAX_SEED_BYTES = 4 * 1024 * 1024
 MAX_CMDLINE = 2048
 MAX_NICS = 16
+MAX_TEXT = 255  # names, as the domain XML's title and metadata carry them
+MAX_HOSTNAME = 253  # a DNS name
+# A flavor's sizes: 1 to 1024 vCPUs, 16 MiB to 16 TiB of RAM, a root disk of up to 1 PiB
+# (0: the image's own size).
+VCPUS = (1, 1024)
+RAM_MB = (16, 16 * 1024 * 1024)
+DISK_GB = (0, 1024 * 1024)
+# Seconds: a graceful stop or soft reboot before it is forced; a live migration's copy.
+STOP_TIMEOUT = (0, 3600)
+MIGRATION_TIMEOUT = (1, 86400)
+# sun_path holds 107 bytes and a NUL; herd opens sockets in the state directory (live
+# migration's `migrate-<12 hex>.sock`, 26 characters), so the directory leaves room.
+MAX_SOCKET_PATH = 107
+MAX_STATE_DIR = 80
+# POSIX's portable file name characters: nothing a shell, a libvirt URI (`?socket=`)
+# or a log line could read twice.
+_PATH_PART_RE = re.compile(r"[A-Za-z0-9._-]+")
+# Directories of the system itself. One component (`/srv`, `/opt`, `/home`) is refused
+# anyway: herd's state gets a directory of its own.
+_SYSTEM_DIRS = frozenset(
+    {
+        "/var/backups",
+        "/var/cache",
+        "/var/crash",
+        "/var/lib",
+        "/var/local",
+        "/var/lock",
+        "/var/log",
+        "/var/mail",
+        "/var/opt",
+        "/var/spool",
+        "/var/tmp",
+        "/var/lib/libvirt",  # libvirt's own: its images/ is libvirt's default pool
+    }
+)
+# Trees that belong to the distribution: herd writes nothing under them.
+_SYSTEM_TREES = ("/etc", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Virtual or volatile file systems: not a disk, or emptied at every boot, while the
+# journal and the image cache must outlive a reboot.
+_VOLATILE_TREES = ("/proc", "/sys", "/dev", "/run", "/var/run")
+
+
+def _under(path: str, trees: Tuple[str, ...]) -> bool:
+    return any(path == tree or path.startswith(tree + "/") for tree in trees)
+
+
+def check_state_dir(value: Any) -> str:
+    """``value`` if it can be herd's state directory on a host, else ``ValueError``.
+
+    One rule for the inventory's ``agent_dir`` and the agent's ``hello``. A path that
+    could name its directory two ways (``..``, ``//``, a trailing ``/``) is refused,
+    not normalised: hosts are compared by their agent_dir strings (live migration
+    keeps disk paths), and the operator should see the path herd will use.
+    """
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must be an absolute path on the host (start with /)")
+    if len(value) > MAX_STATE_DIR:
+        raise ValueError(
+            f"must be at most {MAX_STATE_DIR} characters (sockets herd opens there "
+            f"must fit in {MAX_SOCKET_PATH})"
+        )
+    parts = value[1:].split("/")
+    if value != "/" and any(part in ("", ".", "..") for part in parts):
+        raise ValueError("must be written in normal form: no '//', '.', '..' or trailing '/'")
+    if value != "/" and not all(_PATH_PART_RE.fullmatch(part) for part in parts):
+        raise ValueError("must use only letters, digits, '.', '_' and '-' between its slashes")
+    if _under(value, _VOLATILE_TREES):
+        raise ValueError("must not be under /proc, /sys, /dev or /run (not kept across reboots)")
+    if len(parts) < 2 or value in _SYSTEM_DIRS or _under(value, _SYSTEM_TREES):
+        raise ValueError(f"must be a directory of herd's own, not {value} (a system directory)")
+    return value
+
+
+def check_source(kind: str, value: Any) -> str:
+    """What a NIC of ``kind`` "bridge" or "network" attaches to: the bridge's name or
+    the libvirt network's."""
+    if kind == "bridge":
+        if isinstance(value, str) and _BRIDGE_RE.fullmatch(value):
+            return value
+        raise ValueError(
+            "must be a Linux bridge name: 1 to 15 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    if isinstance(value, str) and _NETWORK_RE.fullmatch(value):
+        return value
+    raise ValueError(
+        "must be a libvirt network name: 1 to 64 letters, digits, '_', '.', ':' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+def check_cmdline(value: Any) -> str:
+    """A direct-boot kernel command line (the image property ``os_command_line``)."""
+    if not isinstance(value, str) or len(value) > MAX_CMDLINE or _CONTROL_RE.search(value):
+        raise ValueError(
+            f"must be one line of at most {MAX_CMDLINE} characters, without control characters"
+        )
+    return value
+
+
+def check_address(value: Any) -> str:
+    """A host's address as a live migration's destination (``tcp://ADDRESS``)."""
+    if not isinstance(value, str) or not _ADDRESS_RE.fullmatch(value):
+        raise ValueError(
+            "must be a host name or an IP address (no zone index: libvirt's URI cannot carry it)"
+        )
+    return value
+
+
+def check_libvirt_uri(value: Any) -> str:
+    """A libvirt connection URI, as ``virsh -c`` takes it: one word, never an option."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or value.startswith("-")
+        or any(char.isspace() or not char.isprintable() for char in value)
+    ):
+        raise ValueError("must be a libvirt URI such as qemu:///system (one word)")
+    return value
 
 
 def obj(args: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
@@ -37,7 +169,7 @@ def obj(args: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return value
 
 
-def text(args: Mapping[str, Any], key: str, where: str, max_len: int = 255) -> str:
+def text(args: Mapping[str, Any], key: str, where: str, max_len: int = MAX_TEXT) -> str:
     value = args.get(key)
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise BadRequest(f"{where}{key} must be a string of 1 to {max_len} characters")
@@ -62,14 +194,14 @@ def choice(args: Mapping[str, Any], key: str, where: str, allowed: tuple) -> str
 
 def uuid(args: Mapping[str, Any], key: str, where: str = "") -> str:
     value = args.get(key)
-    if not isinstance(value, str) or not UUID_RE.match(value.lower()):
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value.lower()):
         raise BadRequest(f"{where}{key} must be a UUID in canonical form")
     return value.lower()
 
 
 def sha256(args: Mapping[str, Any], key: str, where: str = "") -> str:
     value = args.get(key)
-    if not isinstance(value, str) or not SHA256_RE.match(value):
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
         raise BadRequest(f"{where}{key} must be 64 lowercase hex digits")
     return value
 
@@ -130,10 +262,10 @@ def _boot(args: Mapping[str, Any]) -> Optional[BootFiles]:
     if not isinstance(raw, Mapping):
         raise BadRequest("build: boot must be an object")
     cmdline = raw.get("cmdline", "")
-    if not isinstance(cmdline, str) or len(cmdline) > MAX_CMDLINE or _CONTROL_RE.search(cmdline):
-        raise BadRequest(
-            f"build: boot.cmdline must be one line of at most {MAX_CMDLINE} characters"
-        )
+    try:
+        check_cmdline(cmdline)
+    except ValueError as exc:
+        raise BadRequest(f"build: boot.cmdline {exc}") from None
     return BootFiles(
         kernel=sha256(raw, "kernel", "build: boot."),
         ramdisk=sha256(raw, "ramdisk", "build: boot.") if raw.get("ramdisk") is not None else None,
@@ -151,14 +283,17 @@ def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:
         if not isinstance(item, Mapping):
             raise BadRequest(f"build: nics[{index}] must be an object")
         mac = item.get("mac")
-        if not isinstance(mac, str) or not MAC_RE.match(mac):
+        if not isinstance(mac, str) or not MAC_RE.fullmatch(mac):
             raise BadRequest(f"{where}mac must be a MAC address like 02:68:64:0a:0b:0c")
         kind = choice(item, "kind", where, NIC_KINDS)
         source = item.get("source")
         if kind == "user":
             source = None
-        elif not isinstance(source, str) or not _SOURCE_RE.match(source):
-            raise BadRequest(f"{where}source must name the {kind} to attach to")
+        else:
+            try:
+                check_source(kind, source)
+            except ValueError as exc:
+                raise BadRequest(f"{where}source {exc}") from None
         nics.append(Nic(mac=mac, kind=kind, source=source))
     return tuple(nics)
 
@@ -217,7 +352,7 @@ class PowerSpec:
         return cls(
             uuid=uuid(args, "uuid", "power: "),
             action=choice(args, "action", "power: ", POWER_ACTIONS),
-            timeout=integer(args, "timeout", "power: ", 0, 3600) if "timeout" in args else 60,
+            timeout=integer(args, "timeout", "power: ", *STOP_TIMEOUT) if "timeout" in args else 60,
         )
 
     @property
@@ -267,13 +402,13 @@ class BuildSpec:
             instance=Instance(
                 uuid=uuid(inst, "uuid", "build: instance."),
                 name=text(inst, "name", "build: instance."),
-                hostname=text(inst, "hostname", "build: instance.", max_len=253),
+                hostname=text(inst, "hostname", "build: instance.", max_len=MAX_HOSTNAME),
             ),
             flavor=Flavor(
                 name=text(flav, "name", "build: flavor."),
-                vcpus=integer(flav, "vcpus", "build: flavor.", 1, 1024),
-                ram_mb=integer(flav, "ram_mb", "build: flavor.", 16, 16 * 1024 * 1024),
-                disk_gb=integer(flav, "disk_gb", "build: flavor.", 0, 1024 * 1024),
+                vcpus=integer(flav, "vcpus", "build: flavor.", *VCPUS),
+                ram_mb=integer(flav, "ram_mb", "build: flavor.", *RAM_MB),
+                disk_gb=integer(flav, "disk_gb", "build: flavor.", *DISK_GB),
                 extra_specs=mapping(flav, "extra_specs", "build: flavor."),
             ),
             image=Image(
@@ -326,17 +461,19 @@ class LiveMigrateSpec:
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> LiveMigrateSpec:
         where = "live_migrate: "
-        socket = text(args, "socket", where, max_len=107)  # sun_path's limit
+        socket = text(args, "socket", where, max_len=MAX_SOCKET_PATH)
         if not socket.startswith("/") or "/../" in socket:
             raise BadRequest(f"{where}socket must be an absolute path")
-        address = text(args, "address", where)
-        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", address):
-            raise BadRequest(f"{where}address must be a host name or IP address")
+        address = args.get("address")
+        try:
+            check_address(address)
+        except ValueError as exc:
+            raise BadRequest(f"{where}address {exc}") from None
         return cls(
             uuid=uuid(args, "uuid", where),
             socket=socket,
             address=address,
-            timeout=integer(args, "timeout", where, 1, 86400),
+            timeout=integer(args, "timeout", where, *MIGRATION_TIMEOUT),
         )
 
     @property

@@ -40,7 +40,7 @@ _STATES = {
     "blocked": "blocked",
 }
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _MARK = "@@herd-domain"
 _SECTION_RE = re.compile(_MARK + r" (\S+) @@(.*?)(?=" + _MARK + r" |\Z)", re.DOTALL)
 _LIST_CHUNK = 100  # domains per virsh batch: keeps the argv well below ARG_MAX
@@ -210,7 +210,7 @@ class Virsh:
         ("cmd ; cmd") carries no request data; we still re-check their form.
         """
         out = self.run(["list", "--all", "--uuid"], timeout=LIST_TIMEOUT)
-        uuids = [u for u in (line.strip() for line in out.splitlines()) if _UUID_RE.match(u)]
+        uuids = [u for u in (line.strip() for line in out.splitlines()) if _UUID_RE.fullmatch(u)]
         found: List[DomainSummary] = []
         for start in range(0, len(uuids), _LIST_CHUNK):
             found.extend(self._describe(uuids[start : start + _LIST_CHUNK]))

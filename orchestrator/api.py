@@ -36,6 +36,7 @@ from orchestrator.db.models import (
     utcnow,
 )
 from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.names import check_name
 from orchestrator.networking import (
     PortView,
     allocate_ports,
@@ -47,7 +48,6 @@ from orchestrator.scheduler.loader import request_specs
 from orchestrator.scheduler.request import GROUP_POLICIES
 from orchestrator.scheduler.scheduler import FilterScheduler, Plan
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_COUNT = 100
 
 
@@ -115,11 +115,7 @@ def instance_names(name: str, count: int) -> list[str]:
         raise InvalidInput(f"--count must be between 1 and {MAX_COUNT}, not {count}")
     names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
     for candidate in names:
-        if not NAME.match(candidate):
-            raise InvalidInput(
-                f"server name {candidate!r} is invalid: use letters, digits, '.', '_' or '-', "
-                "start with a letter or digit, at most 63 characters"
-            )
+        check_name("server", candidate)
     return names
 
 
@@ -536,11 +532,7 @@ class GroupView:
 
 
 async def create_group(db: Database, name: str, policy: str) -> ServerGroup:
-    if not NAME.match(name):
-        raise InvalidInput(
-            f"group name {name!r} is invalid: use letters, digits, '.', '_' or '-', "
-            "start with a letter or digit, at most 63 characters"
-        )
+    check_name("group", name)
     if policy not in GROUP_POLICIES:
         raise InvalidInput(f"policy {policy!r} is not one of {', '.join(GROUP_POLICIES)}")
     async with db.session() as session:

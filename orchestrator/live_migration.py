@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlmodel import select
 
+from agent import specs as agent_specs
 from orchestrator import cloudinit, migration_records
 from orchestrator.actions import finish_action, record_event
 from orchestrator.conductor import Outcome, outcome_of, target_of
@@ -40,7 +41,7 @@ from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
 from orchestrator.rpc.tunnel import libvirt_tunnel
 from orchestrator.scheduler.claims import release
-from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, guard_outcome
+from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, check_timeout, guard_outcome
 
 MIGRATION_TIMEOUT = 300  # seconds of pre-copy before a busy guest is paused to finish
 MAX_TRIES = 5  # hosts the scheduler may offer before herd gives up finding a fit
@@ -67,6 +68,7 @@ class LiveMigration(ServerActions):
     async def live_migrate(
         self, instance: Instance, host_name: str | None = None, *, timeout: int = MIGRATION_TIMEOUT
     ) -> Outcome:
+        check_timeout(timeout, agent_specs.MIGRATION_TIMEOUT)
         try:
             row, action_id, source = await self._begin(instance, "live_migrate")
         except Conflict as exc:

@@ -19,8 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from agent.specs import MAX_NICS
 from orchestrator.db.models import Network, Port, utcnow
-from orchestrator.errors import Conflict, NotFound
+from orchestrator.errors import Conflict, InvalidInput, NotFound
 
 # Locally administered (0x02), then "hd": never a vendor's, and the same on every NIC.
 MAC_PREFIX = "02:68:64"
@@ -78,6 +79,8 @@ def pool_addresses(network: Network) -> list[ipaddress.IPv4Address]:
 
 async def resolve_networks(db: AsyncSession, names: Sequence[str]) -> list[Network]:
     """The networks named (in order), or the default one when none is named."""
+    if len(names) > MAX_NICS:
+        raise InvalidInput(f"{len(names)} --network options: a server has at most {MAX_NICS} NICs")
     if not names:
         default = (await db.exec(select(Network).where(col(Network.is_default)))).first()
         return [default] if default is not None else []

@@ -18,6 +18,7 @@ from typing import TypeVar
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from agent import specs as agent_specs
 from orchestrator import cloudinit, lifecycle
 from orchestrator.actions import (
     finish_action,
@@ -49,6 +50,17 @@ from orchestrator.scheduler.loader import request_specs
 from orchestrator.scheduler.request import RequestSpec
 
 POWER_TIMEOUT = 60  # seconds a guest gets to shut down before it is forced (Nova's default)
+
+
+def check_timeout(timeout: int, limits: tuple[int, int]) -> int:
+    """``--timeout`` within what the agent takes (agent.specs), checked before any task
+    is taken or claim moved: the agent would refuse it only once the work had begun."""
+    low, high = limits
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not low <= timeout <= high:
+        raise InvalidInput(f"--timeout must be {low} to {high} seconds, not {timeout}")
+    return timeout
+
+
 FOLLOW_MARGIN = 180.0
 T = TypeVar("T")
 
@@ -160,6 +172,7 @@ class ServerActions:
     ) -> list[Outcome]:
         """start, stop, reboot, hard_reboot, pause, unpause, suspend, resume — on many
         servers at once; one refused or failing server does not hold up the others."""
+        check_timeout(timeout, agent_specs.STOP_TIMEOUT)
         rule = lifecycle.RULES[action]
 
         async def one(instance: Instance) -> Outcome:
@@ -316,6 +329,7 @@ class ServerActions:
         over SFTP (source → here → destination; hosts need not reach each other), start
         on the destination from the same disk with a fresh seed, then remove the source
         copy. Any failure before the destination runs puts everything back."""
+        check_timeout(timeout, agent_specs.STOP_TIMEOUT)
         try:
             row, action_id, source = await self._begin(instance, "migrate")
         except Conflict as exc:

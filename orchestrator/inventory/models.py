@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -32,6 +33,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from agent import specs as agent_specs
+from orchestrator.guest_config import CMDLINE_PROPERTY
+from orchestrator.names import is_name
 
 SourceKind = Literal["local", "host", "url"]
 
@@ -67,7 +72,6 @@ def _absolute_on_host(value: str) -> str:
 
 
 _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
-_RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -84,7 +88,7 @@ def _host_name(value: str) -> str:
 def _resource_name(value: str) -> str:
     # Flavor and image names follow Nova's habits (m1.small, ds512M) but stay usable as
     # file names in the hosts' image cache.
-    if not _RESOURCE_NAME.fullmatch(value):
+    if not is_name(value):
         raise ValueError(
             "must be 1 to 63 characters of letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"
@@ -103,15 +107,27 @@ def _address(value: str) -> str:
             # An all-digit last label is a mistyped IPv4 address (192.0.2.300), not a name.
             and not labels[-1].isdigit()
         ):
-            return value
+            return _migratable(value)
         raise ValueError("must be an IP address or a DNS name") from None
-    return value
+    return _migratable(value)
+
+
+def _migratable(address: str) -> str:
+    # Live migration gives the address to libvirt as tcp://ADDRESS; the agent refuses
+    # what that URI cannot carry (an IPv6 zone index such as fe80::1%eth0).
+    try:
+        return agent_specs.check_address(address)
+    except ValueError:
+        raise ValueError(
+            "must be an IP address or a DNS name, without an IPv6 zone (%eth0)"
+        ) from None
 
 
 def _libvirt_uri(value: str) -> str:
+    # urlsplit drops tabs and newlines before it looks: the agent's rule catches them.
     if not urlsplit(value).scheme or "://" not in value:
         raise ValueError("must be a libvirt URI such as qemu:///system")
-    return value
+    return agent_specs.check_libvirt_uri(value)
 
 
 def _zone(value: str) -> str:
@@ -119,6 +135,8 @@ def _zone(value: str) -> str:
     # host; herd keeps that door open.
     if not value.strip() or value != value.strip() or ":" in value:
         raise ValueError("must be a non-empty name without ':' or surrounding spaces")
+    if not value.isprintable():
+        raise ValueError("must not contain control characters (it is shown in listings)")
     return value
 
 
@@ -160,6 +178,9 @@ HostName = Annotated[str, AfterValidator(_host_name)]
 ResourceName = Annotated[str, AfterValidator(_resource_name)]
 OperatorPath = Annotated[Path, AfterValidator(_operator_path)]
 HostPath = Annotated[str, AfterValidator(_absolute_on_host)]
+AgentDir = Annotated[str, AfterValidator(agent_specs.check_state_dir)]
+"""The agent's state directory: the agent's own rule, so a host it would refuse is
+refused here, with the file and line."""
 # Amounts end up in database integer columns; PostgreSQL's `integer` is 32-bit.
 _DB_INT_MAX = 2**31 - 1
 Count = Annotated[int, Strict(), Field(gt=0, le=_DB_INT_MAX)]
@@ -167,6 +188,15 @@ Count = Annotated[int, Strict(), Field(gt=0, le=_DB_INT_MAX)]
 Amount = Annotated[int, Strict(), Field(ge=0, le=_DB_INT_MAX)]
 """A whole number of vCPUs, MiB or GiB where zero means none."""
 Ratio = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+
+
+# A flavor's sizes: what the agent builds (agent.specs), or refused here.
+Vcpus = Annotated[int, Strict(), Field(ge=agent_specs.VCPUS[0], le=agent_specs.VCPUS[1])]
+RamMb = Annotated[int, Strict(), Field(ge=agent_specs.RAM_MB[0], le=agent_specs.RAM_MB[1])]
+DiskGb = Annotated[int, Strict(), Field(ge=agent_specs.DISK_GB[0], le=agent_specs.DISK_GB[1])]
+
+BridgeName = Annotated[str, AfterValidator(partial(agent_specs.check_source, "bridge"))]
+LibvirtNetworkName = Annotated[str, AfterValidator(partial(agent_specs.check_source, "network"))]
 StrMap = dict[str, str]
 """Labels, extra specs, properties: the loader reads their unquoted values as strings."""
 
@@ -245,7 +275,7 @@ class HostSpec(_Spec):
     address: Annotated[str, AfterValidator(_address)]
     ssh: SshSpec = Field(default_factory=SshSpec)
     libvirt_uri: Annotated[str, AfterValidator(_libvirt_uri)] = "qemu:///system"
-    agent_dir: HostPath = "/var/lib/herd"
+    agent_dir: AgentDir = "/var/lib/herd"
     labels: StrMap = Field(default_factory=dict)
     availability_zone: Annotated[str, AfterValidator(_zone)] = "default"
     capacity: Capacity = Field(default_factory=Capacity)
@@ -302,9 +332,9 @@ class FlavorSpec(_Spec):
     """A size an instance can be booted with."""
 
     name: ResourceName
-    vcpus: Count
-    ram_mb: Count
-    disk_gb: Amount
+    vcpus: Vcpus
+    ram_mb: RamMb
+    disk_gb: DiskGb
     """Root disk in GiB; 0, as in Nova, means "as large as the image needs"."""
     extra_specs: StrMap = Field(default_factory=dict)
 
@@ -322,6 +352,26 @@ class ImageSpec(_Spec):
     min_ram_mb: Amount = 0
     min_disk_gb: Amount = 0
     properties: StrMap = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cmdline_boots(self) -> Self:
+        """The kernel command line goes to the agent as is: its rule applies here."""
+        cmdline = self.properties.get(CMDLINE_PROPERTY)
+        if cmdline is not None:
+            try:
+                agent_specs.check_cmdline(cmdline)
+            except ValueError as exc:
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError("cmdline", str(exc)),
+                            loc=("properties", CMDLINE_PROPERTY),
+                            input=cmdline,
+                        )
+                    ],
+                ) from None
+        return self
 
     @property
     def source_kind(self) -> SourceKind:
@@ -352,8 +402,8 @@ class NetworkSpec(_Spec):
     type: Literal["user", "bridge", "network"]
     """user: QEMU user-mode networking (no host set-up; the lab's choice); bridge: a
     Linux bridge that exists on every host; network: a libvirt network on every host."""
-    bridge: str | None = None
-    libvirt_network: str | None = None
+    bridge: BridgeName | None = None
+    libvirt_network: LibvirtNetworkName | None = None
     subnet: ipaddress.IPv4Network | None = None
     gateway: ipaddress.IPv4Address | None = None
     allocation_pool: AllocationPool | None = None

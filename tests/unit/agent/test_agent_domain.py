@@ -81,10 +81,13 @@ def test_a_disk_image_boots_from_its_disk_without_seed_or_nics() -> None:
     [
         ([{"mac": "nope", "kind": "user"}], "nics[0].mac must be a MAC address"),
         ([{"mac": "02:68:64:00:00:01", "kind": "tap"}], "nics[0].kind must be one of"),
-        ([{"mac": "02:68:64:00:00:01", "kind": "bridge"}], "nics[0].source must name the bridge"),
+        (
+            [{"mac": "02:68:64:00:00:01", "kind": "bridge"}],
+            "nics[0].source must be a Linux bridge name",
+        ),
         (
             [{"mac": "02:68:64:00:00:01", "kind": "bridge", "source": "br0'/><x"}],
-            "nics[0].source must name the bridge",
+            "nics[0].source must be a Linux bridge name",
         ),
     ],
 )

@@ -99,8 +99,8 @@ MISTAKES = [
         id="float-is-not-a-count",
     ),
     pytest.param(
-        "flavors:\n  - {name: m1.huge, vcpus: 1, ram_mb: 4294967296, disk_gb: 1}\n",
-        "inventory.yaml:2: flavors[0] (m1.huge).ram_mb: must be at most 2147483647",
+        "images:\n  - {name: big, source: host:///big.qcow2, min_ram_mb: 4294967296}\n",
+        "inventory.yaml:2: images[0] (big).min_ram_mb: must be at most 2147483647",
         id="count-beyond-a-database-integer",
     ),
     pytest.param(
@@ -329,7 +329,7 @@ def test_all_problems_are_told_at_once_in_line_order(in_tmp: Path):
         "inventory.yaml:4: hosts[0] (hv1).ssh.port: must be at least 1",
         "inventory.yaml:5: hosts[1] (hv2).address: is required",
         "inventory.yaml:6: hosts[1] (hv2): unknown key 'adress' (did you mean 'address'?)",
-        "inventory.yaml:8: flavors[0] (m1.tiny).vcpus: must be greater than 0",
+        "inventory.yaml:8: flavors[0] (m1.tiny).vcpus: must be at least 1",
     ]
 
 
@@ -397,9 +397,7 @@ def test_the_error_is_invalid_input_with_structured_problems(in_tmp: Path):
         load_inventory(path)
     assert isinstance(caught.value, InventoryError)
     assert caught.value.problems == [
-        InventoryProblem(
-            "inventory.yaml", 2, "flavors[0] (m1.tiny).vcpus", "must be greater than 0"
-        )
+        InventoryProblem("inventory.yaml", 2, "flavors[0] (m1.tiny).vcpus", "must be at least 1")
     ]
     assert caught.value.exit_code == 2
 

@@ -10,6 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import specs as agent_specs
 from orchestrator.inventory import (
     AllocationRatios,
     Capacity,
@@ -25,6 +26,8 @@ from orchestrator.inventory import (
 
 _SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,9}"
 absolute_paths = st.from_regex(rf"(/{_SEGMENT}){{1,4}}", fullmatch=True)
+# A directory of herd's own (agent.specs.check_state_dir): never a system directory.
+agent_dirs = st.from_regex(rf"/(srv|data)(/{_SEGMENT}){{1,3}}", fullmatch=True)
 string_maps = st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=4)
 counts = st.integers(min_value=1, max_value=2**31 - 1)
 amounts = st.integers(min_value=0, max_value=2**31 - 1)
@@ -33,7 +36,9 @@ addresses = st.one_of(
     st.ip_addresses().map(str),
     st.from_regex(rf"{dns_label}(\.{dns_label}){{0,3}}", fullmatch=True),
 )
-zones = st.text(min_size=1, max_size=12).filter(lambda z: z == z.strip() and z and ":" not in z)
+zones = st.text(min_size=1, max_size=12).filter(
+    lambda z: z == z.strip() and z and ":" not in z and z.isprintable()
+)
 
 
 @st.composite
@@ -67,7 +72,7 @@ def hosts(draw: st.DrawFn) -> HostSpec:
             known_hosts=draw(st.none() | absolute_paths.map(Path)),
         ),
         libvirt_uri=draw(st.sampled_from(["qemu:///system", "qemu:///session", "test:///default"])),
-        agent_dir=draw(absolute_paths),
+        agent_dir=draw(agent_dirs),
         labels=draw(string_maps),
         availability_zone=draw(zones),
         capacity=capacity,
@@ -82,9 +87,9 @@ resource_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=Tru
 flavors = st.builds(
     FlavorSpec,
     name=resource_names,
-    vcpus=counts,
-    ram_mb=counts,
-    disk_gb=amounts,
+    vcpus=st.integers(*agent_specs.VCPUS),
+    ram_mb=st.integers(*agent_specs.RAM_MB),
+    disk_gb=st.integers(*agent_specs.DISK_GB),
     extra_specs=string_maps,
 )
 images = st.builds(
