@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,15 +22,13 @@ import asyncssh
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
+from orchestrator import names
 from orchestrator.db.engine import Database
 from orchestrator.db.models import KeyPair, utcnow
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.files import os_reason
 
 MAX_PUBLIC_KEY = 16 * 1024
-# The alphabet of server and group names (orchestrator.api.NAME), matched whole: a
-# generated key carries its pair's name as its comment, into guests' authorized_keys.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -51,13 +48,9 @@ class PrivateKeyDelivery(Protocol):
 
 
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name):
-        shown = repr(name) if len(name) <= 64 else f"{name[:64]!r}... ({len(name)} characters)"
-        raise InvalidInput(
-            f"key pair name {shown} is invalid: use letters, digits, '.', '_' or '-', "
-            "start with a letter or digit, at most 63 characters"
-        )
-    return name
+    """Names as for servers: a generated key carries its pair's name as its comment,
+    into guests' authorized_keys, so a newline in it would add a line there."""
+    return names.check_name("key pair", name)
 
 
 def parse_public_key(text: str, origin: str) -> tuple[str, str]:

@@ -27,5 +27,7 @@ def check_name(kind: str, value: str) -> str:
     """``value`` if it is a valid name, else ``InvalidInput`` naming the ``kind``
     ("server", "group", "key pair")."""
     if not is_name(value):
-        raise InvalidInput(f"{kind} name {value!r} is invalid: {NAME_RULE}")
+        # A 5,000-character name is not echoed back whole.
+        shown = repr(value) if len(value) <= 64 else f"{value[:64]!r}... ({len(value)} characters)"
+        raise InvalidInput(f"{kind} name {shown} is invalid: {NAME_RULE}")
     return value
