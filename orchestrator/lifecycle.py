@@ -187,20 +187,20 @@ async def held(db: AsyncSession, instance_uuid: str, action_id: int | None, doin
 
 async def take_over(db: AsyncSession, instance_uuid: str, seen: TaskSeen) -> Instance | None:
     """Reconcile's explicit takeover of a task it judged abandoned: the row, locked, if
-    the task is still exactly as seen (no step taken since), else None."""
-    result = await db.exec(
+    the task is still exactly as seen (no step taken since), else None.
+
+    Compared here rather than in SQL: a timestamp an operator wrote by hand
+    ('2026-12-01 20:00:00') would never equal the one SQLAlchemy binds for it."""
+    await db.exec(  # lock the row (the database, on SQLite) before reading it
         update(Instance)  # type: ignore[call-overload]
-        .where(
-            col(Instance.uuid) == instance_uuid,
-            col(Instance.task_state).is_not_distinct_from(seen.task_state),
-            col(Instance.task_action_id).is_not_distinct_from(seen.task_action_id),
-            col(Instance.updated_at).is_not_distinct_from(seen.updated_at),
-        )
-        .values(updated_at=utcnow())
+        .where(col(Instance.uuid) == instance_uuid)
+        .values(updated_at=col(Instance.updated_at))
     )
-    if result.rowcount != 1:
+    row = await _reread(db, instance_uuid)
+    if TaskSeen.of(row) != seen:
         return None
-    return await _reread(db, instance_uuid)
+    row.updated_at = utcnow()
+    return row
 
 
 def end_task(instance: Instance) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
 from orchestrator import api
@@ -260,3 +261,20 @@ async def test_a_move_whose_herd_was_killed_is_cleared_by_reconcile_then_the_del
     await Reconciler(Conductor(db, FakePool()), ReconcileConfig())._clear_task(finding)
     (deleted,) = await Conductor(db, FakePool()).delete([server])
     assert deleted.error is None and (await state(db)).vm_state == VmState.DELETED
+
+
+async def test_reconcile_clears_a_task_whose_timestamp_was_written_by_hand(
+    db: Database, server: Instance
+) -> None:
+    """An operator's `UPDATE ... updated_at=datetime('now', '-2 hours')` stores another
+    text format than SQLAlchemy's: the task is still the one reconcile saw."""
+    async with db.session() as session:
+        await session.exec(
+            text(
+                "UPDATE instances SET task_state='migrating', "
+                "updated_at=datetime('now', '-2 hours') WHERE uuid='u-s'"
+            )
+        )
+    (finding,) = await stuck_findings(db)
+    await Reconciler(Conductor(db, FakePool()), ReconcileConfig())._clear_task(finding)
+    assert (await state(db)).task_state is None
