@@ -170,7 +170,7 @@ async def test_a_change_under_a_live_server_is_refused_and_nothing_is_applied(
 ) -> None:
     before = await snapshot(fleet)
     # Something harmless in the same file must not be applied either.
-    text = text.replace("  - name: big\n", "  - name: new\n    vcpus: 1\n    ram_mb: 1\n"
+    text = text.replace("  - name: big\n", "  - name: new\n    vcpus: 1\n    ram_mb: 64\n"
                         "    disk_gb: 1\n  - name: big\n")  # fmt: skip
     with pytest.raises(Conflict, match=message):
         await apply_inventory(fleet, load(tmp_path, text, "changed.yaml"))
@@ -287,6 +287,8 @@ async def test_a_host_where_an_open_resize_keeps_a_claim_is_in_use(
     gone = changed(BASE, "  - name: hv2\n    address: 127.0.0.2\n", "")
     with pytest.raises(Conflict, match=r"host hv2 is not in the inventory but still has .*web-1"):
         await apply_inventory(fleet, load(tmp_path, gone, "gone.yaml"))
-    moved = changed(BASE, "    address: 127.0.0.2\n", "    address: 127.0.0.2\n    agent_dir: /x\n")
+    moved = changed(
+        BASE, "    address: 127.0.0.2\n", "    address: 127.0.0.2\n    agent_dir: /srv/herd-2\n"
+    )
     with pytest.raises(Conflict, match=r"host hv2: agent_dir cannot change .*\(web-1\)"):
         await apply_inventory(fleet, load(tmp_path, moved, "moved.yaml"))
