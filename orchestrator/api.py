@@ -187,8 +187,9 @@ async def create_servers(db: Database, request: CreateRequest) -> list[Instance]
         instances = await _new_instances(session, request)
         networks = await resolve_networks(session, request.networks)
         for instance in instances:
+            action = await start_action(session, instance.uuid, "create", request_id)
+            instance.task_action_id = action.id  # the build's task is the create's
             session.add(instance)
-            await start_action(session, instance.uuid, "create", request_id)
             await allocate_ports(session, instance.uuid, networks)
     return instances
 

@@ -45,7 +45,7 @@ from orchestrator.db.models import (
     VmState,
     utcnow,
 )
-from orchestrator.errors import HerdError, HostUnreachable, NoValidHost
+from orchestrator.errors import Conflict, HerdError, HostUnreachable, NoValidHost
 from orchestrator.guest_config import load_guest_config
 from orchestrator.image_delivery import Delivery, ImageDelivery
 from orchestrator.networking import release_ports
@@ -123,6 +123,14 @@ def outcome_of(instance: Instance, host: str | None, error: str | None = None) -
     return Outcome(
         instance.uuid, instance.name, host, instance.vm_state, instance.task_state, error
     )
+
+
+def guard_outcome(instance: Instance, error: str) -> Outcome:
+    """Refused by the server's state before anything started (exit 4 at the CLI)."""
+    return Outcome(
+        instance.uuid, instance.name, None, instance.vm_state, instance.task_state, error,
+        failed_at="guard",
+    )  # fmt: skip
 
 
 def apply_facts(host: Host, facts: dict[str, Any], agent_version: str | None) -> None:
@@ -249,15 +257,20 @@ class Conductor:
         skipped: list[Outcome] = []
         async with self.db.session() as db:
             for instance, spec in zip(instances, specs, strict=True):
-                row = await self._instance(db, instance.uuid)
-                placement = plan.host_of(instance.uuid)
                 action = await self._action(db, instance.uuid, "create")
+                row = await lifecycle.hold(db, instance.uuid, action)
+                if row is None:  # deleted while it was scheduled: the claim goes back
+                    await release(db, instance.uuid)
+                    skipped.append(outcome_of(await self._instance(db, instance.uuid), None))
+                    continue
+                placement = plan.host_of(instance.uuid)
                 if placement is None:
                     # --min-count was met without it: like Nova, it is not booted at all.
                     why = plan.unplaced.get(instance.uuid, "no valid host")
                     await record_event(db, action, "schedule", False, None, why)
                     await finish_action(db, action, "not booted")
-                    row.vm_state, row.task_state = VmState.DELETED, None
+                    row.vm_state = VmState.DELETED
+                    lifecycle.end_task(row)
                     row.deleted_at = row.updated_at = utcnow()
                     await release_ports(db, row.uuid)
                     db.add(row)
@@ -317,18 +330,20 @@ class Conductor:
             hosts = await self._hosts()
             host = hosts[chosen.host_id]
             async with self.db.session() as db:
-                row = await self._instance(db, instance.uuid)
-                row.host_id, row.task_state = chosen.host_id, TaskState.BLOCK_DEVICE_MAPPING
-                row.updated_at = utcnow()
-                db.add(row)
                 action = await self._action(db, instance.uuid, "create")
+                row = await lifecycle.hold(db, instance.uuid, action)
+                if row is None:  # deleted while it was rescheduled
+                    await release(db, instance.uuid)
+                    return outcome_of(await self._instance(db, instance.uuid), None)
+                row.host_id, row.task_state = chosen.host_id, TaskState.BLOCK_DEVICE_MAPPING
+                db.add(row)
                 await record_event(db, action, "schedule", True, host.name)
 
     async def _give_up_host(
         self, db: Any, instance: Instance, host_name: str, error: str
     ) -> Outcome:
         """A build failed where it may be retried: record it, free the host, go back to
-        scheduling (in the caller's transaction)."""
+        scheduling (in the caller's transaction, which holds the task)."""
         row = await self._instance(db, instance.uuid)
         record_fault(db, row.uuid, f"{error} (rescheduling)", host=host_name)
         await release(db, row.uuid)
@@ -354,6 +369,9 @@ class Conductor:
             job_id = await self.record_job(instance, host, "build", TaskState.SPAWNING)
             self.progress.update(instance, "spawning", host=host.name)
             await self.pool.cast(target, "build", args, job_id)
+        except lifecycle.TaskTaken as exc:  # deleted meanwhile: stop, cast nothing
+            async with self.db.session() as db:
+                return outcome_of(await self._instance(db, instance.uuid), host.name, str(exc))
         except HerdError as exc:
             if can_retry and wait:
                 return await self._retry_before_cast(instance, host, str(exc))
@@ -373,6 +391,9 @@ class Conductor:
         message = f"build failed on {host.name}: {error}"
         async with self.db.session() as db:
             action = await self._action(db, instance.uuid, "create")
+            row = await lifecycle.hold(db, instance.uuid, action)
+            if row is None:  # deleted meanwhile: nothing to retry
+                return outcome_of(await self._instance(db, instance.uuid), host.name, message)
             open_event = await self._open_event(db, action, "build")
             if open_event is not None:
                 await finish_event(db, open_event, False, error)
@@ -445,10 +466,16 @@ class Conductor:
                 host.failed_builds = 0 if ok else host.failed_builds + 1
                 db.add(host)
             gave_up: Outcome | None = None
-            if job.op == "build" and retry and not ok and instance.vm_state == VmState.BUILDING:
+            held = await lifecycle.hold(db, instance.uuid, job.action_id)
+            if held is None:
+                # Another action took the server's task while the job ran (a delete, say):
+                # the result is the record of its own action, not the server's state.
+                await finish_action(db, job.action_id, None if ok else "error")
+            elif job.op == "build" and retry and not ok and held.vm_state == VmState.BUILDING:
                 message = f"build failed on {host_name}: {error}"
-                gave_up = await self._give_up_host(db, instance, host_name or "?", message)
+                gave_up = await self._give_up_host(db, held, host_name or "?", message)
             else:
+                instance = held
                 if job.op == "build":
                     self._apply_build(instance, ok)
                 elif job.op == "delete":
@@ -477,9 +504,7 @@ class Conductor:
 
     @staticmethod
     def _apply_build(instance: Instance, ok: bool) -> None:
-        if instance.vm_state == VmState.DELETED or instance.task_state == TaskState.DELETING:
-            return  # deleted meanwhile: a late build result must not resurrect it
-        instance.task_state = None
+        lifecycle.end_task(instance)
         if ok:
             instance.vm_state = VmState.ACTIVE
             instance.power_state = PowerState.RUNNING
@@ -489,7 +514,7 @@ class Conductor:
 
     @staticmethod
     def _apply_delete(instance: Instance, ok: bool) -> None:
-        instance.task_state = None
+        lifecycle.end_task(instance)
         if ok:
             instance.vm_state = VmState.DELETED
             instance.power_state = PowerState.NOSTATE
@@ -504,31 +529,32 @@ class Conductor:
     # -- delete --------------------------------------------------------------
 
     async def delete(self, instances: Sequence[Instance], *, wait: bool = True) -> list[Outcome]:
-        hosts = await self._hosts()
-        return list(
-            await asyncio.gather(
-                *(
-                    self._delete_one(i, hosts.get(i.host_id) if i.host_id else None, wait=wait)
-                    for i in instances
-                )
-            )
-        )
+        return list(await asyncio.gather(*(self._delete_one(i, wait=wait) for i in instances)))
 
-    async def _delete_one(self, instance: Instance, host: Host | None, *, wait: bool) -> Outcome:
+    async def _delete_one(self, instance: Instance, *, wait: bool) -> Outcome:
         request_id = f"req-{uuid.uuid4()}"
-        async with self.db.session() as db:
-            row = await self._instance(db, instance.uuid)
-            action = await start_action(db, instance.uuid, "delete", request_id)
-            if host is None:
-                # Never placed: nothing exists on any host.
-                row.vm_state, row.task_state = VmState.DELETED, None
-                row.deleted_at = row.updated_at = utcnow()
-                await release(db, row.uuid)
-                await release_ports(db, row.uuid)
-                await finish_action(db, action.id)
-                db.add(row)
-                self.progress.update(row, "deleted")
-                return outcome_of(row, None)
+        try:
+            async with self.db.session() as db:
+                action = await start_action(db, instance.uuid, "delete", request_id)
+                assert action.id is not None
+                row = await lifecycle.begin_delete(db, instance, action.id)
+                if row is None:  # another delete finished first
+                    await finish_action(db, action.id, "already deleted")
+                    return outcome_of(await self._instance(db, instance.uuid), None)
+                host = await db.get(Host, row.host_id) if row.host_id else None
+                if host is None:
+                    # Never placed: nothing exists on any host.
+                    row.vm_state = VmState.DELETED
+                    lifecycle.end_task(row)
+                    row.deleted_at = row.updated_at = utcnow()
+                    await release(db, row.uuid)
+                    await release_ports(db, row.uuid)
+                    await finish_action(db, action.id)
+                    db.add(row)
+                    self.progress.update(row, "deleted")
+                    return outcome_of(row, None)
+        except Conflict as exc:  # a move runs: refused, and nothing recorded
+            return guard_outcome(instance, str(exc))
         if row.vm_state == VmState.RESIZED:
             await self._end_resize(row)
         self.progress.update(instance, "deleting", host=host.name)
@@ -576,10 +602,12 @@ class Conductor:
         self, instance: Instance, host: str, action_id: int | None, error: str
     ) -> Outcome:
         async with self.db.session() as db:
-            row = await self._instance(db, instance.uuid)
-            row.task_state = None
-            row.updated_at = utcnow()
-            db.add(row)
+            row = await lifecycle.hold(db, instance.uuid, action_id)
+            if row is not None:  # only the task this delete took, never another's
+                lifecycle.end_task(row)
+                db.add(row)
+            else:
+                row = await self._instance(db, instance.uuid)
             await record_event(db, action_id, "delete", False, host, error)
             await finish_action(db, action_id, "error")
             record_fault(db, row.uuid, f"delete failed: {error}", host=host)
@@ -613,16 +641,15 @@ class Conductor:
     async def record_job(
         self, instance: Instance, host: Host, op: str, task_state: str, action_id: int | None = None
     ) -> str:
-        """Write the job row before casting, so a crash after the cast loses nothing."""
+        """Write the job row before casting, so a crash after the cast loses nothing;
+        ``TaskTaken`` if the action no longer holds the server's task."""
         job_id = str(uuid.uuid4())
         async with self.db.session() as db:
-            row = await self._instance(db, instance.uuid)
             if action_id is None:
                 action_id = await self._action(db, instance.uuid, "create" if op == "build" else op)
-            event = await start_event(db, action_id, op, host.name)
-            del event
+            row = await lifecycle.held(db, instance.uuid, action_id, op)
+            await start_event(db, action_id, op, host.name)
             row.task_state = task_state
-            row.updated_at = utcnow()
             db.add(row)
             db.add(
                 AgentJob(
@@ -645,11 +672,18 @@ class Conductor:
                 db.add(job)
 
     async def fail(
-        self, instance: Instance, error: str, *, event: str, host: str | None
+        self,
+        instance: Instance,
+        error: str,
+        *,
+        event: str,
+        host: str | None,
+        abandoned: lifecycle.TaskSeen | None = None,
     ) -> Outcome:
-        """The instance goes to ERROR with a fault, and gives back its claim."""
+        """The build failed: the instance goes to ERROR with a fault, and gives back its
+        claim, if its create action still holds its task (reconcile passes the
+        ``abandoned`` task it saw, to end whichever that was)."""
         async with self.db.session() as db:
-            row = await self._instance(db, instance.uuid)
             action = await self._action(db, instance.uuid, "create")
             open_event = await self._open_event(db, action, event)
             if open_event is not None:
@@ -657,6 +691,15 @@ class Conductor:
             else:
                 await record_event(db, action, event, False, host, error)
             await finish_action(db, action, "error")
+            row = await (
+                lifecycle.take_over(db, instance.uuid, abandoned)
+                if abandoned is not None
+                else lifecycle.hold(db, instance.uuid, action)
+            )
+            if row is None and abandoned is not None:  # alive after all: nothing recorded
+                raise lifecycle.TaskTaken(f"server {instance.name}: its task moved on")
+            if row is None:  # deleted meanwhile: the delete's outcome says the rest
+                return outcome_of(await self._instance(db, instance.uuid), host, error)
             record_fault(db, row.uuid, error, host=host)
             await release(db, row.uuid)
             await db.exec(  # a job row that was never cast is over
@@ -666,8 +709,8 @@ class Conductor:
                     state=JobState.FAILED, error=error, finished_at=utcnow(), collected_at=utcnow()
                 )
             )
-            row.vm_state, row.task_state = VmState.ERROR, None
-            row.updated_at = utcnow()
+            row.vm_state = VmState.ERROR
+            lifecycle.end_task(row)
             db.add(row)
         self.progress.update(row, "error", host=host, detail=error)
         return outcome_of(row, host, error)

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import InvalidInput
+from orchestrator.inventory.source import UnreadableYaml, read_yaml
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.scheduler.config import SchedulerConfig
 
@@ -36,21 +36,22 @@ def config_path() -> Path:
 def load_config(path: Path | None = None) -> HerdConfig:
     path = path or config_path()
     try:
-        text = path.read_text()
+        # The inventory's reader: its size and alias limits, duplicate keys refused.
+        document = read_yaml(path)
     except FileNotFoundError:
         if os.environ.get("HERD_CONFIG"):
             raise InvalidInput(f"{path}: no such file (named by HERD_CONFIG)") from None
         return HerdConfig()
     except OSError as exc:
         raise InvalidInput(f"{path}: {exc.strerror}") from None
-    try:
-        data: Any = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise InvalidInput(
-            f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
+    except UnreadableYaml as exc:
+        line = f":{exc.line}" if exc.line is not None else ""
+        raise InvalidInput(f"{path}{line}: {exc.message}") from None
+    if document.issues:
+        issue = document.issues[0]
+        more = f" (+{len(document.issues) - 1} more)" if len(document.issues) > 1 else ""
+        raise InvalidInput(f"{path}:{issue.line}: {issue.message}{more}")
+    data: Any = document.data or {}
     try:
         return HerdConfig.model_validate(data)
     except ValidationError as exc:

@@ -22,10 +22,8 @@ import dataclasses
 import uuid
 from typing import Any
 
-from sqlmodel import select
-
 from agent import specs as agent_specs
-from orchestrator import cloudinit, migration_records
+from orchestrator import cloudinit, lifecycle, migration_records
 from orchestrator.actions import finish_action, record_event
 from orchestrator.conductor import Outcome, outcome_of, target_of
 from orchestrator.db.models import (
@@ -35,7 +33,6 @@ from orchestrator.db.models import (
     MigrationStatus,
     PowerState,
     VmState,
-    utcnow,
 )
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
@@ -101,15 +98,20 @@ class LiveMigration(ServerActions):
     async def _moved(
         self, row: Instance, migration: Migration, source: Host, dest: Host, action_id: int
     ) -> Outcome:
-        async with self.db.session() as db:
-            await migration_records.finish(
-                db, migration.uuid, MigrationStatus.COMPLETED, dest_id=dest.id
-            )
-            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
-            fresh.host_id, fresh.task_state = dest.id, None
-            fresh.power_state, fresh.updated_at = PowerState.RUNNING, utcnow()
-            db.add(fresh)
-            await finish_action(db, action_id)
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(
+                    db, row.uuid, action_id, f"live-migrate to {dest.name}"
+                )
+                await migration_records.finish(
+                    db, migration.uuid, MigrationStatus.COMPLETED, dest_id=dest.id
+                )
+                fresh.host_id, fresh.power_state = dest.id, PowerState.RUNNING
+                lifecycle.end_task(fresh)
+                db.add(fresh)
+                await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:
+            return await self._abort(row, action_id, source.name, f"{exc}; it runs on {dest.name}")
         self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=f"from {source.name}")
         return outcome_of(fresh, dest.name)
 
@@ -188,10 +190,13 @@ class LiveMigration(ServerActions):
         if await self._runs_on(dest, row.uuid):  # it moved; only the answer was lost
             return await self._moved(row, migration, source, dest, action_id)
         async with self.db.session() as db:
-            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
-            fresh.vm_state, fresh.power_state = VmState.ERROR, PowerState.NOSTATE
-            db.add(fresh)
-        await self._give_back(row, migration, MigrationStatus.ERROR)
+            fresh = await lifecycle.hold(db, row.uuid, action_id)
+            if fresh is not None:  # else the taker (reconcile) closed the migration already
+                fresh.vm_state, fresh.power_state = VmState.ERROR, PowerState.NOSTATE
+                db.add(fresh)
+                await migration_records.give_back(
+                    db, row.uuid, migration.uuid, MigrationStatus.ERROR
+                )
         return await self._abort(
             row, action_id, source.name,
             f"live migration to {dest.name} failed and neither host shows the guest "

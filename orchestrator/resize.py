@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from orchestrator import migration_records
+from orchestrator import lifecycle, migration_records
 from orchestrator.actions import finish_action, record_event
 from orchestrator.conductor import Outcome, outcome_of, target_of
 from orchestrator.db.models import (
@@ -36,7 +36,6 @@ from orchestrator.db.models import (
     MigrationStatus,
     PowerState,
     VmState,
-    utcnow,
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
@@ -132,18 +131,21 @@ class ServerResize(ServerActions):
                 row, migration, source, dest, action_id, stashed,
                 f"resize to {flavor_name} on {dest.name} failed: {exc}",
             )  # fmt: skip
-        async with self.db.session() as db:
-            fresh = await self._row(db, row.uuid)
-            wear(fresh, flavor)
-            fresh.host_id = dest.id
-            fresh.vm_state, fresh.task_state = VmState.RESIZED, None
-            fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
-            fresh.updated_at = utcnow()
-            db.add(fresh)
-            await migration_records.mark(
-                db, migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
-            )
-            await finish_action(db, action_id)
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, f"resize on {dest.name}")
+                wear(fresh, flavor)
+                fresh.host_id = dest.id
+                fresh.vm_state = VmState.RESIZED
+                lifecycle.end_task(fresh)
+                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+                db.add(fresh)
+                await migration_records.mark(
+                    db, migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
+                )
+                await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:  # the kept disk on the source stays
+            return await self._abort(row, action_id, source.name, str(exc))
         self.progress.update(
             fresh, VmState.RESIZED, host=dest.name, detail="confirm or revert the resize"
         )
@@ -169,15 +171,18 @@ class ServerResize(ServerActions):
                 f"confirm: could not remove the old disk on {source.name}: {exc} "
                 "(the resize stays open: confirm again)",
             )  # fmt: skip
-        async with self.db.session() as db:
-            await migration_records.finish(db, migration.uuid, MigrationStatus.CONFIRMED)
-            fresh = await self._row(db, row.uuid)
-            fresh.vm_state = (
-                VmState.STOPPED if fresh.power_state == PowerState.SHUTDOWN else VmState.ACTIVE
-            )
-            fresh.task_state, fresh.updated_at = None, utcnow()
-            db.add(fresh)
-            await finish_action(db, action_id)
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, "confirm")
+                await migration_records.finish(db, migration.uuid, MigrationStatus.CONFIRMED)
+                fresh.vm_state = (
+                    VmState.STOPPED if fresh.power_state == PowerState.SHUTDOWN else VmState.ACTIVE
+                )
+                lifecycle.end_task(fresh)
+                db.add(fresh)
+                await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:
+            return await self._abort(row, action_id, source.name, str(exc))
         where = host.name if host else None
         self.progress.update(fresh, fresh.vm_state, host=where, detail="resize confirmed")
         return outcome_of(fresh, where)
@@ -295,22 +300,23 @@ class ServerResize(ServerActions):
         else:  # stopped, perhaps, but still defined there: start it again if it ran
             await self._put_back(row, source, old_running)
         status = MigrationStatus.ERROR if error else MigrationStatus.REVERTED
-        async with self.db.session() as db:
-            fresh = await self._row(db, row.uuid)
-            wear(fresh, migration.old_flavor)
-            fresh.host_id = source.id
-            fresh.vm_state = migration.old_vm_state
-            if result:
-                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
-            db.add(fresh)
-        await self._give_back(row, migration, status)
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, "revert")
+                wear(fresh, migration.old_flavor)
+                fresh.host_id = source.id
+                fresh.vm_state = migration.old_vm_state
+                if result:
+                    fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+                db.add(fresh)
+                await migration_records.give_back(db, row.uuid, migration.uuid, status)
+                if not error:
+                    lifecycle.end_task(fresh)
+                    await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:
+            return await self._abort(row, action_id, source.name, f"{error or 'revert'}; {exc}")
         if error:
             return await self._abort(row, action_id, source.name, error)
-        async with self.db.session() as db:
-            fresh = await self._row(db, row.uuid)
-            fresh.task_state, fresh.updated_at = None, utcnow()
-            db.add(fresh)
-            await finish_action(db, action_id)
         self.progress.update(fresh, fresh.vm_state, host=source.name, detail="resize reverted")
         return outcome_of(fresh, source.name)
 
@@ -325,14 +331,17 @@ class ServerResize(ServerActions):
     ) -> Outcome:
         """Not even the old size could be rebuilt on the source: the server goes to
         ERROR there, still holding its old claim; its disk stays kept aside."""
-        async with self.db.session() as db:
-            fresh = await self._row(db, row.uuid)
-            wear(fresh, migration.old_flavor)
-            fresh.host_id, fresh.vm_state = source.id, VmState.ERROR
-            fresh.power_state = PowerState.NOSTATE
-            db.add(fresh)
-        await self._give_back(row, migration, MigrationStatus.ERROR)
         why = f"{error}; " if error else ""
+        async with self.db.session() as db:
+            fresh = await lifecycle.hold(db, row.uuid, action_id)
+            if fresh is not None:  # else the taker (reconcile) closed the migration already
+                wear(fresh, migration.old_flavor)
+                fresh.host_id, fresh.vm_state = source.id, VmState.ERROR
+                fresh.power_state = PowerState.NOSTATE
+                db.add(fresh)
+                await migration_records.give_back(
+                    db, row.uuid, migration.uuid, MigrationStatus.ERROR
+                )
         return await self._abort(
             row, action_id, source.name,
             f"{why}restoring it on {source.name} failed too: {exc} "
@@ -361,7 +370,3 @@ class ServerResize(ServerActions):
                 else None
             )
         return migration, source
-
-    @staticmethod
-    async def _row(db: Any, instance_uuid: str) -> Instance:
-        return (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).one()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +29,7 @@ from orchestrator.actions import (
     start_action,
     start_event,
 )
-from orchestrator.conductor import Conductor, Outcome, outcome_of, target_of
+from orchestrator.conductor import Conductor, Outcome, guard_outcome, outcome_of, target_of
 from orchestrator.db.models import (
     POWER_OF,
     AgentJob,
@@ -36,6 +37,7 @@ from orchestrator.db.models import (
     Host,
     Image,
     Instance,
+    InstanceAction,
     InstanceActionEvent,
     JobState,
     PowerState,
@@ -65,13 +67,6 @@ FOLLOW_MARGIN = 180.0
 T = TypeVar("T")
 
 
-def guard_outcome(instance: Instance, error: str) -> Outcome:
-    return Outcome(
-        instance.uuid, instance.name, None, instance.vm_state, instance.task_state, error,
-        failed_at="guard",
-    )  # fmt: skip
-
-
 class ServerActions:
     def __init__(self, conductor: Conductor) -> None:
         self.conductor = conductor
@@ -82,24 +77,29 @@ class ServerActions:
     # -- shared steps -------------------------------------------------------
 
     async def _begin(self, instance: Instance, action: str) -> tuple[Instance, int, Host | None]:
-        """Take the task (or raise Conflict) and open the instance action."""
+        """Open the instance action and take the task for it (or raise Conflict, and
+        record nothing)."""
         async with self.db.session() as db:
-            row = await lifecycle.begin(db, instance, action)
-            act = await start_action(db, row.uuid, action, f"req-{uuid.uuid4()}")
+            act = await start_action(db, instance.uuid, action, f"req-{uuid.uuid4()}")
+            assert act.id is not None
+            row = await lifecycle.begin(db, instance, action, act.id)
             host = await db.get(Host, row.host_id) if row.host_id else None
-        assert act.id is not None
         return row, act.id, host
 
     async def _abort(
         self, instance: Instance, action_id: int, host: str | None, error: str
     ) -> Outcome:
-        """The action failed before its job ran: nothing changed on the host."""
+        """The action failed before its job ran: nothing changed on the host. Its task
+        ends, if it still holds it; one another action took meanwhile is left alone."""
         async with self.db.session() as db:
-            row = (await db.exec(select(Instance).where(Instance.uuid == instance.uuid))).one()
-            row.task_state, row.updated_at = None, utcnow()
-            db.add(row)
+            row = await lifecycle.hold(db, instance.uuid, action_id)
+            if row is not None:
+                lifecycle.end_task(row)
+                db.add(row)
+                record_fault(db, row.uuid, error, host=host)
+            else:
+                row = (await db.exec(select(Instance).where(Instance.uuid == instance.uuid))).one()
             await finish_action(db, action_id, "error")
-            record_fault(db, row.uuid, error, host=host)
             await self._close_open_events(db, action_id, error)
             for job in (
                 await db.exec(
@@ -206,7 +206,9 @@ class ServerActions:
             return await self._abort(row, action_id, None, "the server is on no host")
         if image is not None:
             async with self.db.session() as db:
-                fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
+                fresh = await lifecycle.hold(db, row.uuid, action_id)
+                if fresh is None:
+                    return await self._abort(row, action_id, host.name, "its task was taken over")
                 fresh.image_id, fresh.image_name = image.id, image.name
                 fresh.request_spec = {
                     **fresh.request_spec,
@@ -311,10 +313,15 @@ class ServerActions:
             return dataclasses.replace(failed, failed_at="schedule")
         placement = plan.placements[0]
         async with self.db.session() as db:
-            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
-            fresh.host_id = placement.host_id
-            db.add(fresh)
+            fresh = await lifecycle.hold(db, row.uuid, action_id)
+            if fresh is None:
+                await release(db, row.uuid)  # the claim just made for it on the destination
+            else:
+                fresh.host_id = placement.host_id
+                db.add(fresh)
             dest = await db.get(Host, placement.host_id)
+        if fresh is None:
+            return await self._abort(row, action_id, source.name, "its task was taken over")
         assert dest is not None
         return await self._build_on(
             fresh, dest, "evacuate", action_id, start=not was_stopped, wait=True
@@ -363,22 +370,35 @@ class ServerActions:
             return await self._abort(
                 row, action_id, source.name, f"migrate to {dest.name} failed: {exc}"
             )
-        async with self.db.session() as db:
-            fresh = (await db.exec(select(Instance).where(Instance.uuid == row.uuid))).one()
-            fresh.host_id = dest.id
-            fresh.task_state = None
-            fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
-            fresh.updated_at = utcnow()
-            db.add(fresh)
-            await finish_action(db, action_id)
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, f"migrate to {dest.name}")
+                fresh.host_id = dest.id
+                lifecycle.end_task(fresh)
+                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+                db.add(fresh)
+                await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:  # the source copy stays: never lose the only one
+            return await self._abort(
+                row, action_id, source.name,
+                f"{exc}; its copy on {source.name} is kept, the one started on {dest.name} "
+                "is left for `herd reconcile`",
+            )  # fmt: skip
         await self._remove_source_copy(fresh, source, action_id)
         self.progress.update(
             fresh, fresh.vm_state, host=dest.name, detail=f"moved from {source.name}"
         )
         return outcome_of(fresh, dest.name)
 
-    async def _step(self, action_id: int, event: str, host: str) -> int:
+    async def _step(self, action_id: int, event: str, host: str, *, owned: bool = True) -> int:
+        """Record the step before its side effect. An ``owned`` step is taken only while
+        the action still holds the server's task (``TaskTaken`` otherwise): a move whose
+        server was taken from it stops there, before it acts again."""
         async with self.db.session() as db:
+            if owned:
+                action = await db.get(InstanceAction, action_id)
+                assert action is not None
+                await lifecycle.held(db, action.instance_uuid, action_id, event.replace("_", " "))
             row = await start_event(db, action_id, event, host)
             assert row is not None and row.id is not None
             return row.id
@@ -402,7 +422,12 @@ class ServerActions:
     ) -> T:
         """One recorded step of a workflow: its event is closed with the outcome (and
         ``done(result)`` as its detail)."""
-        step = await self._step(action_id, event, host)
+        try:
+            step = await self._step(action_id, event, host)
+        except HerdError:
+            if inspect.iscoroutine(work):
+                work.close()  # never started
+            raise
         try:
             result = await work
         except HerdError as exc:
@@ -506,7 +531,7 @@ class ServerActions:
     async def _remove_source_copy(self, row: Instance, source: Host, action_id: int) -> None:
         """Best effort: if the source is unreachable now, reconcile reaps the copy later
         (the DB places the server elsewhere)."""
-        step = await self._step(action_id, "cleanup_source", source.name)
+        step = await self._step(action_id, "cleanup_source", source.name, owned=False)
         try:
             await self._job(target_of(source), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
         except HerdError as exc:

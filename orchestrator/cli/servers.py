@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -365,6 +366,8 @@ def wait_(
     as_json: JsonOpt = False,
 ) -> None:
     """Follow jobs that were cast but not collected (after --no-wait, or a killed herd)."""
+    if not math.isfinite(timeout) or timeout < 0:  # nan would wait for ever
+        raise InvalidInput(f"--timeout {timeout:g}: must be a finite number of seconds, 0 or more")
 
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress("Waiting")

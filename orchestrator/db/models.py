@@ -312,6 +312,10 @@ class Instance(SQLModel, table=True):
     user_data: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     vm_state: str = VmState.BUILDING
     task_state: str | None = TaskState.SCHEDULING
+    # The instance action that holds the task: only it moves the task on or ends it
+    # (Nova's expected_task_state, by owner rather than by name, since two actions one
+    # after the other take the same task_state). Reconcile alone clears another's.
+    task_action_id: int | None = None
     power_state: str = PowerState.NOSTATE
     created_at: datetime | None = _ts()
     updated_at: datetime | None = _ts()

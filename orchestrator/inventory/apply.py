@@ -7,20 +7,24 @@ refused change (a host that still has servers) leaves the DB exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy import or_
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
+    OPEN_MIGRATIONS,
     Allocation,
     Flavor,
     Host,
     Image,
     Instance,
+    Migration,
     Network,
     Port,
     VmState,
@@ -204,26 +208,6 @@ async def _sync(
     return changes, removed
 
 
-async def _refuse_busy_hosts(session: AsyncSession, hosts: list[Host]) -> None:
-    for host in hosts:
-        live = (
-            await session.exec(
-                select(Instance.name).where(
-                    Instance.host_id == host.id, Instance.vm_state != VmState.DELETED
-                )
-            )
-        ).all()
-        claims = (
-            await session.exec(select(Allocation.id).where(Allocation.host_id == host.id))
-        ).all()
-        if live or claims:
-            names = ", ".join(sorted(live)[:5]) or f"{len(claims)} claims"
-            raise Conflict(
-                f"host {host.name} is not in the inventory but still has servers ({names}); "
-                "delete or move them before removing the host"
-            )
-
-
 class _RollBack(Exception):
     def __init__(self, changes: list[Change]) -> None:
         self.changes = changes
@@ -239,14 +223,102 @@ async def apply_inventory(
         return planned.changes
 
 
-async def _refuse_busy_networks(session: AsyncSession, networks: list[Network]) -> None:
-    for network in networks:
-        ports = (await session.exec(select(Port.id).where(Port.network_id == network.id))).all()
-        if ports:
-            raise Conflict(
-                f"network {network.name} is not in the inventory but {len(ports)} server "
-                "port(s) still use it; delete those servers before removing the network"
+# -- what live servers use ------------------------------------------------------
+#
+# A row that a server not deleted (building, active, error, resized...) depends on is
+# neither removed nor changed where the server would notice; every other change is
+# free. Each check returns its problems, one line each, so that an apply refused for
+# three reasons says all three at once.
+
+# A host's servers have their disks under agent_dir and their domains in libvirt_uri's
+# libvirtd: changing either loses them all. The address, SSH settings, labels, ratios
+# and reservations may change (a re-IP'd host keeps its guests).
+HOST_FIELDS_IN_USE = ("libvirt_uri", "agent_dir")
+# Claims were made with the old sizes, and a flavor name must mean one size (Nova's
+# flavors are immutable once used). Extra specs may change: servers carry their own
+# copy in their request spec, so only new boots and resizes see the new ones.
+FLAVOR_FIELDS_IN_USE = ("vcpus", "ram_mb", "disk_gb")
+# Guests were given their addresses, gateway and NIC's bridge when they booted. DNS and
+# the default flag affect new servers only; the pool may change if it keeps every
+# address already handed out.
+NETWORK_FIELDS_IN_USE = ("kind", "source", "cidr", "gateway")
+
+
+def _names(names: list[str]) -> str:
+    """Up to five names, and how many more: enough to find them, still one line."""
+    shown = ", ".join(names[:5])
+    return f"{shown} and {len(names) - 5} more" if len(names) > 5 else shown
+
+
+async def _instance_names(session: AsyncSession, uuids: set[str]) -> dict[str, str]:
+    """Server names by UUID, a migration's UUID (the consumer of the claim it holds)
+    included; deleted servers are left out."""
+    if not uuids:
+        return {}
+    migrations = (await session.exec(select(Migration).where(col(Migration.uuid).in_(uuids)))).all()
+    owner = {m.uuid: m.instance_uuid for m in migrations}
+    rows = (
+        await session.exec(
+            select(Instance).where(
+                col(Instance.uuid).in_(set(owner.values()) | uuids),
+                Instance.vm_state != VmState.DELETED,
             )
+        )
+    ).all()
+    by_uuid = {i.uuid: i.name for i in rows}
+    return {
+        uuid: by_uuid[owner.get(uuid, uuid)] for uuid in uuids if owner.get(uuid, uuid) in by_uuid
+    }
+
+
+async def servers_on_host(session: AsyncSession, host_id: int | None) -> list[str]:
+    """Servers placed on the host, or holding a claim there (a resize's kept disk, a
+    move on its way), sorted."""
+    placed = (
+        await session.exec(
+            select(Instance.name).where(
+                Instance.host_id == host_id, Instance.vm_state != VmState.DELETED
+            )
+        )
+    ).all()
+    consumers = (
+        await session.exec(select(Allocation.instance_uuid).where(Allocation.host_id == host_id))
+    ).all()
+    moving = (
+        await session.exec(
+            select(Migration.instance_uuid).where(
+                col(Migration.status).in_(OPEN_MIGRATIONS),
+                or_(Migration.source_host_id == host_id, Migration.dest_host_id == host_id),
+            )
+        )
+    ).all()
+    claimed = await _instance_names(session, {*consumers, *moving})
+    names = sorted({*placed, *claimed.values()})
+    unnamed = len(consumers) - len([c for c in consumers if c in claimed])
+    return names + ([f"{unnamed} claim(s) of no live server"] if unnamed else [])
+
+
+async def servers_using_flavor(session: AsyncSession, name: str) -> list[str]:
+    """Live servers of the flavor, and those an open resize may take back to it."""
+    live = (
+        await session.exec(
+            select(Instance.name).where(
+                Instance.flavor_name == name, Instance.vm_state != VmState.DELETED
+            )
+        )
+    ).all()
+    open_moves = (
+        await session.exec(select(Migration).where(col(Migration.status).in_(OPEN_MIGRATIONS)))
+    ).all()
+    reverting = await _instance_names(
+        session,
+        {
+            m.instance_uuid
+            for m in open_moves
+            if name in ((m.old_flavor or {}).get("name"), (m.new_flavor or {}).get("name"))
+        },
+    )
+    return sorted({*live, *reverting.values()})
 
 
 async def servers_using_image(session: AsyncSession, image_id: int | None) -> list[str]:
@@ -259,14 +331,167 @@ async def servers_using_image(session: AsyncSession, image_id: int | None) -> li
     return sorted(rows.all())
 
 
-async def _refuse_busy_images(session: AsyncSession, images: list[Image]) -> None:
-    for image in images:
-        live = await servers_using_image(session, image.id)
-        if live:
-            raise Conflict(
-                f"image {image.name} is not in the inventory but servers still use it "
-                f"({', '.join(live[:5])}); delete them before removing the image"
+async def _servers_with_ports(session: AsyncSession, network_id: int | None) -> list[Port]:
+    return list((await session.exec(select(Port).where(Port.network_id == network_id))).all())
+
+
+async def _host_problems(
+    session: AsyncSession, changes: list[Change], removed: list[Host]
+) -> list[str]:
+    problems = []
+    rows = {h.name: h for h in (await session.exec(select(Host))).all()}
+    for change in changes:
+        fields = [f for f in HOST_FIELDS_IN_USE if f in change.fields]
+        if change.verb == "update" and fields:
+            users = await servers_on_host(session, rows[change.name].id)
+            if users:
+                problems.append(
+                    f"host {change.name}: {', '.join(fields)} cannot change while servers are "
+                    f"on it ({_names(users)}): their disks and domains stay where they are; "
+                    "move or delete them first"
+                )
+    for host in removed:
+        users = await servers_on_host(session, host.id)
+        if users:
+            problems.append(
+                f"host {host.name} is not in the inventory but still has servers "
+                f"({_names(users)}); delete or move them before removing the host"
             )
+    return problems
+
+
+async def _flavor_problems(
+    session: AsyncSession, changes: list[Change], removed: list[Flavor]
+) -> list[str]:
+    problems = []
+    for change in changes:
+        fields = [f for f in FLAVOR_FIELDS_IN_USE if f in change.fields]
+        if change.verb == "update" and fields:
+            users = await servers_using_flavor(session, change.name)
+            if users:
+                problems.append(
+                    f"flavor {change.name}: {', '.join(fields)} cannot change while servers "
+                    f"use it ({_names(users)}): their claims hold the old size; add a new "
+                    "flavor and resize them to it"
+                )
+    for flavor in removed:
+        users = await servers_using_flavor(session, flavor.name)
+        if users:
+            problems.append(
+                f"flavor {flavor.name} is not in the inventory but servers still use it "
+                f"({_names(users)}); resize or delete them before removing the flavor"
+            )
+    return problems
+
+
+async def _image_problems(
+    session: AsyncSession,
+    changes: list[Change],
+    removed: list[Image],
+    wanted: dict[str, dict[str, Any]],
+) -> list[str]:
+    problems = []
+    rows = {i.name: i for i in (await session.exec(select(Image))).all()}
+    for change in changes:
+        if change.verb != "update":
+            continue
+        data = [f for f in ("format", "sha256") if f in change.fields]
+        if "source" in change.fields and "sha256" not in wanted[change.name]:
+            data.append("source, with no sha256 to hold it to the same bytes")
+        if not data:
+            continue
+        users = await servers_using_image(session, rows[change.name].id)
+        if users:
+            problems.append(
+                f"image {change.name}: its data ({', '.join(data)}) cannot change while "
+                f"servers use it ({_names(users)}): their disks are overlays on the old "
+                "bytes; add the new file as a new image"
+            )
+    gone = {image.name for image in removed}
+    for image in removed:
+        users = await servers_using_image(session, image.id)
+        if users:
+            problems.append(
+                f"image {image.name} is not in the inventory but servers still use it "
+                f"({_names(users)}); delete them before removing the image"
+            )
+        referrers = sorted(
+            f"{other.name} ({key})"
+            for other in rows.values()
+            if other.name not in gone
+            for key in IMAGE_REFERENCES
+            if other.properties.get(key) == image.name
+        )
+        if referrers:
+            problems.append(
+                f"image {image.name} is not in the inventory but images still name it: "
+                f"{_names(referrers)}; change or delete them before removing the image"
+            )
+    return problems
+
+
+def _network_fields(spec: NetworkSpec, fields: list[str]) -> list[str]:
+    """Column names as the inventory spells them."""
+    spelt = {"kind": "type", "cidr": "subnet", "pool_start": "allocation_pool"}
+    spelt["pool_end"] = spelt["pool_start"]
+    spelt["source"] = "bridge" if spec.type == "bridge" else "libvirt_network"
+    return list(dict.fromkeys(spelt.get(f, f) for f in fields))
+
+
+def _outside_pool(values: dict[str, Any], ports: list[Port]) -> list[Port]:
+    if not (values["pool_start"] and values["pool_end"]):
+        return [p for p in ports if p.ip]
+    start, end = (ipaddress.ip_address(values[k]) for k in ("pool_start", "pool_end"))
+    return [p for p in ports if p.ip and not start <= ipaddress.ip_address(p.ip) <= end]
+
+
+async def _network_problems(
+    session: AsyncSession,
+    changes: list[Change],
+    removed: list[Network],
+    specs: dict[str, NetworkSpec],
+    wanted: dict[str, dict[str, Any]],
+) -> list[str]:
+    problems = []
+    rows = {n.name: n for n in (await session.exec(select(Network))).all()}
+    for change in changes:
+        if change.verb != "update":
+            continue
+        ports = await _servers_with_ports(session, rows[change.name].id)
+        if not ports:
+            continue
+        names = await _instance_names(session, {p.instance_uuid for p in ports})
+        users = sorted(set(names.values())) or [f"{len(ports)} port(s)"]
+        if any(f in change.fields for f in NETWORK_FIELDS_IN_USE):
+            fields = _network_fields(specs[change.name], list(change.fields))
+            fields = [f for f in fields if f not in ("dns", "is_default")]
+            problems.append(
+                f"network {change.name}: {', '.join(fields)} cannot change while servers "
+                f"have ports on it ({_names(users)}): their guests were configured with "
+                "the old ones; delete them first"
+            )
+            continue
+        outside = _outside_pool(wanted[change.name], ports)
+        if {"pool_start", "pool_end"} & set(change.fields) and outside:
+            values = wanted[change.name]
+            held = sorted(
+                f"{names.get(p.instance_uuid, p.instance_uuid)} ({p.ip})" for p in outside
+            )
+            problems.append(
+                f"network {change.name}: the new allocation pool {values['pool_start']}-"
+                f"{values['pool_end']} leaves out the addresses of {_names(held)}; "
+                "keep them in the pool or delete those servers first"
+            )
+    for network in removed:
+        ports = await _servers_with_ports(session, network.id)
+        if ports:
+            names = await _instance_names(session, {p.instance_uuid for p in ports})
+            problems.append(
+                f"network {network.name} is not in the inventory but {len(ports)} server "
+                f"port(s) still use it ({_names(sorted(set(names.values())))}); delete "
+                "those servers before removing the network"
+            )
+    return problems
 
 
 async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Change]:
@@ -275,6 +500,7 @@ async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Chan
     images = {spec.name: await image_values(spec) for spec in inventory.images}
     for values in images.values():
         values["managed_by"] = "inventory"
+    networks = {s.name: network_values(s) for s in inventory.networks}
     async with db.session() as session:
         wanted_hosts = {s.name: host_values(s) for s in inventory.hosts}
         for row in (await session.exec(select(Host))).all():
@@ -282,27 +508,34 @@ async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Chan
             if values is not None and row.disabled_reason and values["enabled"]:
                 del values["enabled"]  # `herd host disable` outlives an apply of the files
         changes, removed_hosts = await _sync(session, Host, "host", wanted_hosts)
-        await _refuse_busy_hosts(session, removed_hosts)
         flavor_changes, removed_flavors = await _sync(
             session, Flavor, "flavor", {s.name: flavor_values(s) for s in inventory.flavors}
         )
         image_changes, removed_images = await _sync(
             session, Image, "image", images, owned=lambda row: row.managed_by == "inventory"
         )
-        await _refuse_busy_images(session, removed_images)
         for change in image_changes:
             if change.verb == "update" and "source" in change.fields:
                 row = (await session.exec(select(Image).where(Image.name == change.name))).one()
                 if "sha256" not in images[change.name]:
                     row.sha256, row.size = None, None  # learnt for the old source only
                     session.add(row)
-        network_changes, removed_networks = await _sync(
-            session,
-            Network,
-            "network",
-            {s.name: network_values(s) for s in inventory.networks},
-        )
-        await _refuse_busy_networks(session, removed_networks)
+        network_changes, removed_networks = await _sync(session, Network, "network", networks)
+        # Every refusal at once; raising here rolls back everything _sync wrote.
+        problems = [
+            *await _host_problems(session, changes, removed_hosts),
+            *await _flavor_problems(session, flavor_changes, removed_flavors),
+            *await _image_problems(session, image_changes, removed_images, images),
+            *await _network_problems(
+                session,
+                network_changes,
+                removed_networks,
+                {s.name: s for s in inventory.networks},
+                networks,
+            ),
+        ]
+        if problems:
+            raise Conflict("\n".join(problems))
         changes += flavor_changes + image_changes + network_changes
         if dry_run:
             raise _RollBack(changes)

@@ -36,7 +36,7 @@ from orchestrator.inventory.models import (
     validation_context,
 )
 from orchestrator.inventory.problems import InventoryError, InventoryProblem
-from orchestrator.inventory.source import DataPath, Document, UnreadableYaml, parse
+from orchestrator.inventory.source import DataPath, Document, UnreadableYaml, read_yaml
 
 _SECTIONS = ("defaults", "hosts", "flavors", "images", "networks")
 _KINDS: dict[str, type[BaseModel]] = {
@@ -114,12 +114,10 @@ class _FileLoader:
 
     def load(self) -> None:
         try:
-            source = self.path.read_bytes()
+            self.doc = read_yaml(self.path, _verbatim)
         except OSError as exc:
             self.tell(InventoryProblem(self.file, None, "", f"cannot read: {_reason(exc)}"))
             return
-        try:
-            self.doc = parse(source, _verbatim)
         except UnreadableYaml as exc:
             self.tell(InventoryProblem(self.file, exc.line, "", exc.message))
             return

@@ -16,7 +16,8 @@ FixOrReport = Literal["fix", "report"]
 
 
 class ReconcileConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An infinite timeout would never let an abandoned task clear ("never" is null).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     host_timeout: float = Field(default=20.0, gt=0, le=600)
     """Seconds one host's survey may take (handshake, facts, domains, jobs)."""

@@ -23,6 +23,7 @@ from orchestrator.db.models import (
     PowerState,
     VmState,
 )
+from orchestrator.lifecycle import TaskSeen
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.survey import HostSurvey
 
@@ -318,6 +319,8 @@ def _stuck_builds(snapshot: Snapshot, busy: set[str], config: ReconcileConfig) -
                 host=host.name if host else None,
                 server=instance.name,
                 uuid=instance.uuid,
+                # The repair ends this task only, not one taken since the snapshot.
+                data={"seen": TaskSeen.of(instance)},
             )
         )
     return found

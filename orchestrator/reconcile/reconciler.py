@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlmodel import col, delete, select
 
-from orchestrator import migration_records
+from orchestrator import lifecycle, migration_records
 from orchestrator.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor import Conductor, apply_facts, target_of
 from orchestrator.db.models import (
@@ -183,7 +183,13 @@ class Reconciler:
         elif kind == "stuck_build":
             instance = await self._instance(finding.uuid)
             message = f"build stuck: {finding.detail} (found by reconcile)"
-            await self.conductor.fail(instance, message, event="build", host=finding.host)
+            try:
+                await self.conductor.fail(
+                    instance, message, event="build", host=finding.host,
+                    abandoned=finding.data["seen"],
+                )  # fmt: skip
+            except lifecycle.TaskTaken:
+                raise Skipped("the server's task moved on since the survey; left alone") from None
         elif kind == "stuck_task":
             await self._clear_task(finding)
         elif kind in ("power_state", "power_seen"):
@@ -222,6 +228,8 @@ class Reconciler:
 
     async def _fix_power(self, finding: Finding) -> None:
         power = finding.data["power"]
+        if (await self._instance(finding.uuid)).task_state is not None:
+            raise Skipped("an action began on the server since the survey; left alone")
         if finding.policy == "restore":
             action = "start" if finding.data["domain"] == "stopped" else "stop"
             await self.pool.call(
@@ -267,12 +275,16 @@ class Reconciler:
 
     async def _clear_task(self, finding: Finding) -> None:
         """The task was abandoned: clear it (with a fault saying so) so the server can
-        be acted on again; the power-state rule then records what the host really has."""
+        be acted on again; the power-state rule then records what the host really has.
+        The one place herd ends a task it did not take, and only the task as surveyed:
+        one that took a step since, or was taken anew, is alive."""
         async with self.db.session() as db:
-            row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
+            row = await lifecycle.take_over(db, finding.uuid or "", finding.data["seen"])
+            if row is None:
+                raise Skipped("the server's task moved on since the survey; left alone")
             message = f"task {row.task_state} abandoned: {finding.detail} (cleared by reconcile)"
             record_fault(db, row.uuid, message, host=finding.host)
-            row.task_state, row.updated_at = None, utcnow()
+            lifecycle.end_task(row)
             db.add(row)
             # A resize killed half-way: its old claim goes back to the server, which the
             # DB still places on the source; the domain rules then judge what is there.
@@ -291,7 +303,9 @@ class Reconciler:
     async def _missing_domain(self, finding: Finding) -> None:
         async with self.db.session() as db:
             row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
-            row.vm_state, row.power_state, row.task_state = VmState.ERROR, PowerState.NOSTATE, None
+            if row.task_state is not None:  # an action began since the survey: its business
+                raise Skipped("the server changed in the database meanwhile; left alone")
+            row.vm_state, row.power_state = VmState.ERROR, PowerState.NOSTATE
             row.updated_at = utcnow()
             record_fault(db, row.uuid, f"{finding.detail} (found by reconcile)", host=finding.host)
             await release(db, row.uuid)

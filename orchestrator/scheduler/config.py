@@ -55,7 +55,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 
 
 class SchedulerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN or an infinity would make every weighed score NaN and the ranking random.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled_filters: list[str] = Field(default_factory=lambda: list(DEFAULT_FILTER_NAMES))
     # Missing names take their defaults, so a config says only what it changes.
@@ -80,6 +81,13 @@ class SchedulerConfig(BaseModel):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"filter(s) listed twice: {', '.join(repeated)}")
+        if ComputeFilter.name not in names:
+            # Without it `herd host disable` and a down host mean nothing to placement:
+            # builds, moves and evacuations would land on them.
+            raise ValueError(
+                f"{'is empty' if not names else 'lacks compute'}: it must include 'compute', "
+                "or disabled and down hosts are chosen too"
+            )
         return names
 
     @field_validator("weights")

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import orchestrator.db.models  # noqa: F401  (registers the tables)
@@ -51,3 +51,38 @@ def test_a_database_behind_head_is_upgraded_and_one_at_head_is_left_alone(
         assert "migrations" in inspect(connection).get_table_names()
     engine.dispose()
     upgrade_to_head(url)  # at head: nothing to do, nothing fails
+
+
+def test_a_task_running_at_the_upgrade_belongs_to_the_servers_newest_action(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'herd.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0005")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for uuid, task in (("u-busy", "migrating"), ("u-idle", None)):
+            connection.execute(
+                text(
+                    "INSERT INTO instances (uuid, name, flavor_name, vcpus, ram_mb, disk_gb, "
+                    "image_name, request_spec, vm_state, task_state, power_state) VALUES "
+                    "(:uuid, :uuid, 'f', 1, 1, 1, 'i', '{}', 'active', :task, 'running')"
+                ),
+                {"uuid": uuid, "task": task},
+            )
+            for action in ("create", "migrate"):
+                connection.execute(
+                    text(
+                        "INSERT INTO instance_actions (instance_uuid, action, request_id) "
+                        "VALUES (:uuid, :action, 'req')"
+                    ),
+                    {"uuid": uuid, "action": action},
+                )
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        owners = dict(connection.execute(text("SELECT uuid, task_action_id FROM instances")).all())
+        newest = connection.execute(
+            text("SELECT max(id) FROM instance_actions WHERE instance_uuid = 'u-busy'")
+        ).scalar()
+    engine.dispose()
+    assert owners == {"u-busy": newest, "u-idle": None}

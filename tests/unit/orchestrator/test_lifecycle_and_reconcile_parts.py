@@ -47,13 +47,13 @@ async def test_an_action_is_refused_from_the_wrong_state_with_both_states_named(
             Conflict,
             match=r"cannot start server s: it is vm_state active, task_state none \(needs vm_state stopped",
         ):
-            await lifecycle.begin(session, server, "start")
+            await lifecycle.begin(session, server, "start", action_id=1)
     async with db.session() as session:
-        taken = await lifecycle.begin(session, server, "stop")
-    assert taken.task_state == "powering-off"
+        taken = await lifecycle.begin(session, server, "stop", action_id=2)
+    assert (taken.task_state, taken.task_action_id) == ("powering-off", 2)
     async with db.session() as session:
         with pytest.raises(Conflict, match="task_state powering-off"):
-            await lifecycle.begin(session, server, "reboot")
+            await lifecycle.begin(session, server, "reboot", action_id=3)
 
 
 async def test_two_processes_racing_for_one_server_get_exactly_one_task(db_url: str) -> None:
@@ -61,16 +61,16 @@ async def test_two_processes_racing_for_one_server_get_exactly_one_task(db_url: 
     server = await add_server(setup)
     handles = [await open_database(db_url) for _ in range(6)]
 
-    async def take(handle: Database) -> bool:
+    async def take(handle: Database, action_id: int) -> bool:
         try:
             async with handle.session() as session:
-                await lifecycle.begin(session, server, "stop")
+                await lifecycle.begin(session, server, "stop", action_id)
         except Conflict:
             return False
         return True
 
     try:
-        won = await asyncio.gather(*(take(h) for h in handles))
+        won = await asyncio.gather(*(take(h, n) for n, h in enumerate(handles)))
     finally:
         for handle in [setup, *handles]:
             await handle.dispose()
@@ -158,7 +158,12 @@ async def test_reconcile_gives_a_killed_resize_its_old_claim_back(db: Database) 
         session.add(Migration(uuid="m-1", instance_uuid=server.uuid, source_host_id=host.id))
         session.add(Allocation(instance_uuid="m-1", host_id=host.id, vcpus=1, ram_mb=64, disk_gb=1))
     reconciler = Reconciler(SimpleNamespace(db=db, pool=None), ReconcileConfig())  # type: ignore[arg-type]
-    finding = Finding("stuck_task", "resize_prep for 60 min", "fix", host="hv1", uuid=server.uuid)
+    async with db.session() as session:
+        seen = lifecycle.TaskSeen.of((await session.exec(select(Instance))).one())
+    finding = Finding(
+        "stuck_task", "resize_prep for 60 min", "fix", host="hv1", uuid=server.uuid,
+        data={"seen": seen},
+    )  # fmt: skip
     await reconciler._clear_task(finding)
     async with db.session() as session:
         (claim,) = (await session.exec(select(Allocation))).all()

@@ -130,5 +130,5 @@ def test_build_weighers_drops_zero_multipliers_and_caps_counters() -> None:
     assert "num_instances" not in names
     io_ops = next(w for w in weighers if isinstance(w, IoOpsWeigher))
     assert io_ops.ceiling == 8
-    uncapped = build_weighers(SchedulerConfig(enabled_filters=["ram"]))
+    uncapped = build_weighers(SchedulerConfig(enabled_filters=["compute", "ram"]))
     assert next(w for w in uncapped if isinstance(w, IoOpsWeigher)).ceiling is None
