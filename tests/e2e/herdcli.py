@@ -109,10 +109,26 @@ class GuestConsole:
         )
         os.close(follower)
         self.seen = b""
-        time.sleep(2)  # virsh console is connected
+        # virsh prints this once it holds the guest's pty; what is typed before is lost.
+        # A loaded machine (herd's start, SSH, virsh) can take well over a second.
+        self.expect(b"Escape character", timeout=60)
 
     def type(self, line: str) -> None:
         os.write(self.leader, b"\r" + line.encode() + b"\r")
+
+    def ask(self, line: str, answer: bytes, timeout: float = 60, every: float = 10) -> None:
+        """Type ``line`` until ``answer`` comes back. The guest's shell may still be
+        starting (or busy under TCG) and drop the first keys, so the line is typed again
+        every ``every`` seconds: it must be harmless to repeat."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.type(line)
+            try:
+                self.expect(answer, timeout=min(every, max(0.1, deadline - time.monotonic())))
+                return
+            except AssertionError:
+                if self.process.poll() is not None or time.monotonic() >= deadline:
+                    raise
 
     def expect(self, needle: bytes, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -124,7 +140,8 @@ class GuestConsole:
                 try:
                     self.seen += os.read(self.leader, 4096)
                 except OSError:
-                    break
+                    break  # the console closed: the needle can no longer come
+        assert needle in self.seen, f"the console closed before {needle!r}: {self.seen[-500:]!r}"
 
     def detach(self) -> tuple[int, str]:
         """Ctrl-] (virsh console's escape); the exit code and stderr."""

@@ -287,8 +287,7 @@ def test_console_attaches_to_the_guest_shell_and_ctrl_bracket_detaches(herd: Her
     herd.ok("server", "create", "tty", "--flavor", "m1.tiny", "--image", "herd-test")
     guest_report(herd, "tty")
     console = GuestConsole(herd, "tty")
-    console.type("echo answer-$((6 * 7))")
-    console.expect(b"answer-42")
+    console.ask("echo answer-$((6 * 7))", b"answer-42")
     code, stderr = console.detach()
     assert code == 0
     assert "press Ctrl-] to detach" in stderr

@@ -322,8 +322,7 @@ def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, l
     uuid = server["uuid"]
     guest_report(herd, "live")
     console = GuestConsole(herd, "live")
-    console.type("echo kept-$((40 + 2)) > /tmp/mark; cat /tmp/mark")  # RAM: initramfs
-    console.expect(b"kept-42")
+    console.ask("echo kept-$((40 + 2)) > /tmp/mark; cat /tmp/mark", b"kept-42")  # RAM: initramfs
     console.detach()
     base = ram_used(herd)
     # A destination whose libvirtd is down: libvirt keeps the guest where it was.
@@ -361,8 +360,7 @@ def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, l
     assert (used["lab-1"], used["lab-2"]) == (base["lab-1"] - 128, base["lab-2"] + 128)
     # The same guest, never rebooted: what it kept in RAM is still there.
     console = GuestConsole(herd, "live")
-    console.type("cat /tmp/mark")
-    console.expect(b"kept-42")
+    console.ask("cat /tmp/mark", b"kept-42")
     console.detach()
     log = herd.ok("server", "console-log", "live", "--json").json()["lines"]
     assert not any("HERD-TEST ready" in line for line in log), log
