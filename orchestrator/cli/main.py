@@ -10,6 +10,7 @@ import typer
 
 from orchestrator import __version__
 from orchestrator.cli import catalog, groups, hosts, inventory, keypairs, lab, reconcile, servers
+from orchestrator.cli.output import visible
 from orchestrator.errors import HerdError
 
 app = typer.Typer(
@@ -61,7 +62,7 @@ def run() -> None:
         app()
     except HerdError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            sys.stderr.write(f"herd: error: {line}\n")
+            sys.stderr.write(f"herd: error: {visible(line)}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("herd: interrupted\n")
@@ -69,6 +70,6 @@ def run() -> None:
     except Exception as exc:
         if os.environ.get("HERD_DEBUG"):
             raise
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        why = visible(f"{type(exc).__name__}: {exc}".splitlines()[0])
         sys.stderr.write(f"herd: internal error: {why} (HERD_DEBUG=1 shows the traceback)\n")
         sys.exit(70)

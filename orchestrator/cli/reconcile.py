@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from orchestrator.cli.context import herd, run_async
-from orchestrator.cli.output import err, out, print_json, table
+from orchestrator.cli.output import err, out, print_json, table, text
 from orchestrator.db.engine import database_url
 from orchestrator.reconcile import metrics
 from orchestrator.reconcile.lock import reconcile_lock
@@ -67,9 +68,11 @@ def _show(report: RunReport, verbose: bool) -> None:
                         f.kind,
                         f.host,
                         f.server or (f.uuid or "")[:13],
-                        f.detail + (f" [red]({f.error})[/red]" if f.error else ""),
+                        Text.assemble(
+                            text(f.detail), text(f" ({f.error})", "red") if f.error else ""
+                        ),
                         f.policy,
-                        f"[{OUTCOME_STYLE.get(f.outcome, 'white')}]{f.outcome}[/]",
+                        text(f.outcome, OUTCOME_STYLE.get(f.outcome, "white")),
                     )
                     for f in report.findings
                 ),

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from orchestrator import api, cloudinit, console
 from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
-from orchestrator.cli.output import age, err, out, print_json, styled, table
+from orchestrator.cli.output import age, err, out, print_json, styled, table, text
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Conductor, Outcome
 from orchestrator.db.models import Instance
@@ -262,32 +263,33 @@ def show(
     if as_json:
         print_json(data)
         return
-    grid = table(None, ("field", "value"), [])
-    for key in (
-        "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
-        "vcpus", "ram_mb", "disk_gb", "group", "hostname", "key_name", "created_at",
-        "launched_at", "deleted_at",
-    ):  # fmt: skip
-        value = data[key]
-        grid.add_row(
-            key, styled(value) if key == "vm_state" else ("-" if value is None else str(value))
+    rows: list[tuple[str, Any]] = [
+        (key, styled(data[key]) if key == "vm_state" else data[key])
+        for key in (
+            "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
+            "vcpus", "ram_mb", "disk_gb", "group", "hostname", "key_name", "created_at",
+            "launched_at", "deleted_at",
         )
+    ]  # fmt: skip
     for port in view.ports:
         where = f"{port.ip}/{port.prefixlen}" if port.ip else "no fixed IP"
-        grid.add_row("address", f"{port.network}: {where}, mac {port.mac}")
+        rows.append(("address", f"{port.network}: {where}, mac {port.mac}"))
     if view.resize:
         r = view.resize
-        grid.add_row(
-            "resize",
-            f"{r['old_flavor']} on {r['source']} -> {r['new_flavor']} ({r['status']}; "
-            "`herd server resize --confirm` or `--revert`)",
+        rows.append(
+            (
+                "resize",
+                f"{r['old_flavor']} on {r['source']} -> {r['new_flavor']} ({r['status']}; "
+                "`herd server resize --confirm` or `--revert`)",
+            )
         )
     for fault in view.faults[:5]:  # newest first: a reschedule leaves one per host
-        grid.add_row("fault", f"[red]{fault.message}[/red] ({age(fault.created_at)})")
+        message = Text.assemble(text(fault.message, "red"), f" ({age(fault.created_at)})")
+        rows.append(("fault", message))
     pending = [j for j in view.jobs if j.collected_at is None]
     if pending:
-        grid.add_row("pending job", f"{pending[-1].op} {pending[-1].id} ({pending[-1].state})")
-    out.print(grid)
+        rows.append(("pending job", f"{pending[-1].op} {pending[-1].id} ({pending[-1].state})"))
+    out.print(table(None, ("field", "value"), rows))
 
 
 @app.command()
@@ -326,7 +328,7 @@ def actions(
     for action, events in view.actions:
         rows.append(
             (
-                f"[bold]{action.action}[/bold]",
+                text(action.action, "bold"),
                 "",
                 action.request_id,
                 age(action.start_time),
