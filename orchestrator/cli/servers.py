@@ -17,7 +17,7 @@ from orchestrator import api, cloudinit, console
 from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
-from orchestrator.cli.output import age, err, out, print_json, styled, table, text
+from orchestrator.cli.output import age, err, out, print_json, styled, table, text, visible
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Conductor, Outcome
 from orchestrator.db.models import Instance
@@ -418,9 +418,19 @@ async def _until_idle(db: Any, busy: list[Instance], timeout: float) -> list[Out
 def console_log(
     name: Annotated[str, typer.Argument(help="Name or UUID.")],
     lines: Annotated[int, typer.Option(help="How many of the last lines to show.")] = 100,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="Write the guest's bytes as they are, escape sequences and all."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the guest's serial console output (what it printed while booting, and since)."""
+    """Show the guest's serial console output (what it printed while booting, and since).
+
+    Control characters are shown escaped (`\\x1b[31m`), tabs and newlines kept:
+    whatever the guest printed must not drive the operator's terminal. `--raw`
+    writes them as they came, as `virsh console` would."""
     if not 1 <= lines <= 100000:
         raise InvalidInput("--lines must be between 1 and 100000")
 
@@ -432,10 +442,12 @@ def console_log(
     if as_json:
         print_json(log.__dict__)
         return
-    # Guest output, not markup: written as it came (control characters and all, as
-    # `virsh console` would show them), never interpreted by rich.
+    # Guest output, never interpreted by rich. The agent decoded it with "replace";
+    # a surrogate in what it sent is escaped rather than crash the write.
     for line in log.lines:
-        sys.stdout.write(line + "\n")
+        shown = line if raw else visible(line)
+        sys.stdout.buffer.write((shown + "\n").encode("utf-8", "backslashreplace"))
+    sys.stdout.flush()
 
 
 @app.command("console")

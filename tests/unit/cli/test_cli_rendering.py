@@ -13,12 +13,15 @@ import asyncio
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from orchestrator.cli import catalog, explain, progress
+from orchestrator.cli import catalog, explain, main, progress, servers
 from orchestrator.cli import reconcile as reconcile_cli
 from orchestrator.cli.output import make_console, table, visible
+from orchestrator.console import ConsoleLog
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     AgentJob,
@@ -289,3 +292,29 @@ def test_reconcile_findings_and_cache_tables_show_host_words_as_text(
     shown = buffer.getvalue()
     for value in (CLOSE, BOLD, LINK, EMOJI, "\\x1b[31mred"):
         assert value in shown
+
+
+GUEST_LINES = ["\x1b]0;owned\x07\x1b[2J\x1b[31mred\tcell", "plain line", "bell\x07 and \r cr"]
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["escaped", "--raw"])
+def test_console_log_shows_guest_control_characters_escaped_unless_raw(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, raw: bool
+) -> None:
+    async def fake_console_log(db: object, pool: object, ref: str, lines: int) -> ConsoleLog:
+        return ConsoleLog(ref, "hv1", GUEST_LINES, truncated=False)
+
+    monkeypatch.setenv("HERD_DATABASE_URL", f"sqlite:///{tmp_path / 'herd.db'}")
+    monkeypatch.setattr(servers.console, "console_log", fake_console_log)
+    args = ["server", "console-log", "web", *(["--raw"] if raw else [])]
+    result = CliRunner().invoke(main.app, args)
+    assert result.exit_code == 0, result.output
+    if raw:
+        assert result.stdout == "".join(line + "\n" for line in GUEST_LINES)
+    else:
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert result.stdout.splitlines() == [
+            "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\tcell",
+            "plain line",
+            "bell\\x07 and \\x0d cr",
+        ]
