@@ -148,6 +148,10 @@ def create(
     if dry_run:
         plan, names = run_async(_dry_run(request))
         show_plan(plan, names, as_json=as_json, explain=explain)
+        # What the same create would do: exit 5 when it could not place enough.
+        shortfall = plan.shortfall(count if min_count is None else min_count)
+        if shortfall is not None:
+            raise NoValidHost(shortfall)
         return
 
     async def main() -> tuple[list[Outcome], Plan | None, dict[str, str]]:
