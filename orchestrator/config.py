@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import InvalidInput
+from orchestrator.inventory.problems import first_validation_problem
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.scheduler.config import SchedulerConfig
 
@@ -54,7 +55,4 @@ def load_config(path: Path | None = None) -> HerdConfig:
     try:
         return HerdConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InvalidInput(f"{path}: {where}: {first['msg']}{more}") from None
+        raise InvalidInput(f"{path}: {first_validation_problem(exc)}") from None

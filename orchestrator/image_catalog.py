@@ -23,6 +23,7 @@ from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
 from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
+from orchestrator.inventory.problems import first_validation_problem
 
 
 async def create_image(db: Database, values: dict[str, Any]) -> Image:
@@ -30,9 +31,7 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
     try:
         spec = ImageSpec.model_validate(values, context=validation_context(Path.cwd()))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"image {where}: {first['msg']}") from None
+        raise InvalidInput(f"image {first_validation_problem(exc)}") from None
     sha256, size = spec.sha256, None
     if spec.source_kind == "local":
         path = Path(spec.source)
