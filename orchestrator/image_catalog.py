@@ -71,7 +71,7 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
 
 
 async def get_image(db: Database, name: str) -> Image:
-    async with db.session() as session:
+    async with db.read() as session:
         row = (await session.exec(select(Image).where(Image.name == name))).first()
         if row is None:
             known = ", ".join(sorted((await session.exec(select(Image.name))).all())) or "none"
@@ -135,7 +135,7 @@ class CacheSurvey:
 
 
 async def _hosts(db: Database, names: list[str] | None) -> list[Host]:
-    async with db.session() as session:
+    async with db.read() as session:
         hosts = list((await session.exec(select(Host).order_by(Host.name))).all())
     if names:
         known = {h.name for h in hosts}
@@ -151,7 +151,7 @@ async def survey_caches(
 ) -> CacheSurvey:
     """Every host's cache, concurrently; a host that does not answer is listed apart."""
     hosts = await _hosts(db, host_names)
-    async with db.session() as session:
+    async with db.read() as session:
         by_digest: dict[str, list[str]] = {}
         for image in (await session.exec(select(Image))).all():
             if image.sha256:

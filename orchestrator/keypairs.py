@@ -61,7 +61,7 @@ async def import_key_pair(db: Database, name: str, public_key: str, origin: str)
 
 
 async def list_key_pairs(db: Database) -> list[KeyPair]:
-    async with db.session() as session:
+    async with db.read() as session:
         return list((await session.exec(select(KeyPair).order_by(KeyPair.name))).all())
 
 

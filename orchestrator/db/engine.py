@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -65,24 +66,70 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
+BUSY_TIMEOUT_MS = 30000
+# Execution option: how this connection's SQLite transactions begin (IMMEDIATE when
+# unset). DEFERRED for pure reads, EXCLUSIVE for the schema upgrade.
+BEGIN = "herd_begin"
+
+
 def configure_sqlite(sync_engine: Any) -> None:
-    """WAL so readers never wait for a writer; IMMEDIATE transactions so two
-    processes claiming at once queue on the write lock instead of failing with
-    SQLITE_BUSY when a reader upgrades to a writer."""
+    """WAL so readers never wait for a writer. A writer's transaction begins
+    IMMEDIATE, so two processes claiming at once queue on the write lock instead of
+    failing with SQLITE_BUSY when a reader upgrades to a writer. A transaction that
+    only reads (``Database.read``, execution option ``herd_begin="DEFERRED"``) begins
+    DEFERRED and never takes the write lock: a `server list` answers while another
+    process writes. It must stay a pure read: in WAL a deferred transaction that
+    writes after reading can fail with SQLITE_BUSY_SNAPSHOT, whatever the timeout."""
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # The timeout first: switching a new file to WAL needs a lock of its own.
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get(BEGIN, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class DatabaseBusy(HerdError):
+    """Another process held the database's lock for longer than we wait for it."""
+
+
+# SQLite's words for SQLITE_BUSY / SQLITE_LOCKED; PostgreSQL's lock_not_available.
+_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a DB error means "someone else holds the lock", not "broken"."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE:
+        return True
+    return any(words in str(orig).lower() for words in _BUSY_MESSAGES)
+
+
+def where(url: str) -> str:
+    """The database as an operator names it: the SQLite file, or the URL sans password."""
+    path = sqlite_file(url) if is_sqlite(url) else None
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+
+
+def busy(url: str) -> DatabaseBusy:
+    return DatabaseBusy(
+        f"the database {where(url)} is locked by another process "
+        f"(waited {BUSY_TIMEOUT_MS // 1000} s); try again when it is done"
+    )
+
+
+def _refuse_writes(session: Any, _context: Any, _instances: Any) -> None:
+    raise RuntimeError("a write in a read-only session (Database.read); use Database.session")
 
 
 class Database:
@@ -96,6 +143,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(async_url(self.url))
         if is_sqlite(self.url):
             configure_sqlite(self.engine.sync_engine)
+        # The same pool; only how a transaction begins differs (see configure_sqlite).
+        self.read_engine: AsyncEngine = self.engine.execution_options(**{BEGIN: "DEFERRED"})
 
     async def migrate(self) -> None:
         from orchestrator.db.migrate import upgrade_to_head
@@ -105,11 +154,30 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits when the block ends without error."""
-        async with (
-            AsyncSession(self.engine, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            yield session
+        try:
+            async with (
+                AsyncSession(self.engine, expire_on_commit=False) as session,
+                session.begin(),
+            ):
+                yield session
+        except OperationalError as exc:
+            if is_busy(exc):
+                raise busy(self.url) from None
+            raise
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only (listings, show, surveys, the scheduler's view of
+        the hosts): on SQLite it never waits for, nor holds up, a writer. A flush
+        in it is a bug and raises; closing the session ends its transaction."""
+        try:
+            async with AsyncSession(self.read_engine, expire_on_commit=False) as session:
+                event.listen(session.sync_session, "before_flush", _refuse_writes)
+                yield session
+        except OperationalError as exc:
+            if is_busy(exc):  # in WAL only a checkpoint or a recovery makes a reader wait
+                raise busy(self.url) from None
+            raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -85,7 +85,7 @@ class FilterScheduler:
 
     async def plan(self, specs: Sequence[RequestSpec]) -> Plan:
         """Where the request would go, claiming nothing: `--dry-run` and `--explain`."""
-        async with self.db.session() as session:
+        async with self.db.read() as session:
             hosts = await load_host_states(session)
             await _refresh_groups(session, specs)
         selection = self._select(hosts, specs)
@@ -115,7 +115,7 @@ class FilterScheduler:
 
     async def _place(self, pending: list[RequestSpec], plan: Plan) -> None:
         for _ in range(MAX_CLAIM_RETRIES):
-            async with self.db.session() as session:
+            async with self.db.read() as session:
                 hosts = await load_host_states(session)
                 await _refresh_groups(session, pending)
             generations = {h.id: h.generation for h in hosts}
