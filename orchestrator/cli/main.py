@@ -11,7 +11,7 @@ import typer
 from orchestrator import __version__
 from orchestrator.cli import catalog, groups, hosts, inventory, keypairs, lab, reconcile, servers
 from orchestrator.cli.output import visible
-from orchestrator.errors import HerdError
+from orchestrator.errors import HerdError, InvalidInput
 
 app = typer.Typer(
     name="herd",
@@ -55,10 +55,19 @@ def main(
         logging.getLogger("asyncssh").setLevel(logging.ERROR)
 
 
+def _refuse_undecodable(args: list[str]) -> None:
+    """An argument that is not UTF-8 reaches Python with surrogate escapes, which no
+    name matches and neither the database nor the terminal can take: say so."""
+    for arg in args:
+        if any("\udc80" <= ch <= "\udcff" for ch in arg):
+            raise InvalidInput(f"argument {visible(arg)} is not valid UTF-8")
+
+
 def run() -> None:
     """Console-script entry: a HerdError is one line on stderr and its exit code; any
     other exception is a bug, reported as one line too (HERD_DEBUG=1 shows the trace)."""
     try:
+        _refuse_undecodable(sys.argv[1:])
         app()
     except HerdError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:

@@ -32,6 +32,7 @@ from orchestrator.db.engine import (
     BUSY_TIMEOUT_MS,
     busy,
     configure_sqlite,
+    engine_options,
     is_busy,
     is_sqlite,
     sync_url,
@@ -110,7 +111,7 @@ def upgrade_to_head(url: str) -> None:
     """Upgrade when behind; one cheap revision check otherwise."""
     head = head_revision()
     sqlite = is_sqlite(url)
-    engine = create_engine(sync_url(url))
+    engine = create_engine(sync_url(url), **engine_options(url))
     if sqlite:
         configure_sqlite(engine)
     try:
