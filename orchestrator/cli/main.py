@@ -38,6 +38,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log lines carry hosts' and agents' words too: control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record))
+
+
 @app.callback()
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what herd does, on stderr."),
@@ -47,10 +54,9 @@ def main(
 
     State lives in SQLite (HERD_DATABASE_URL overrides, e.g. postgresql://...).
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
     if not verbose:
         logging.getLogger("asyncssh").setLevel(logging.ERROR)
 

@@ -318,3 +318,13 @@ def test_console_log_shows_guest_control_characters_escaped_unless_raw(
             "plain line",
             "bell\\x07 and \\x0d cr",
         ]
+
+
+def test_log_lines_show_control_characters_escaped() -> None:
+    import logging
+
+    from orchestrator.cli.main import _VisibleFormatter
+
+    record = logging.LogRecord("herd", logging.WARNING, __file__, 1, "agent said %s", (RED,), None)
+    line = _VisibleFormatter("%(message)s").format(record)
+    assert line == "agent said \\x1b[31mred"
