@@ -36,7 +36,9 @@ from orchestrator.db.engine import (
     is_busy,
     is_sqlite,
     sync_url,
+    where,
 )
+from orchestrator.errors import HerdError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -56,9 +58,14 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def known_revisions() -> set[str]:
+    """Every migration's revision, from its file name (see the module docstring)."""
+    return {p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py")}
+
+
 def head_revision() -> str:
-    """The newest migration's revision, from its file name (see the module docstring)."""
-    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    """The newest migration's revision."""
+    return max(known_revisions())
 
 
 def _no_such_table(exc: DBAPIError) -> bool:
@@ -123,9 +130,15 @@ def upgrade_to_head(url: str) -> None:
             from alembic import command  # before the lock: nobody waits on our import
 
             with _upgrade_lock(connection, sqlite):
-                if _revision_under_lock(connection) == head:  # another process did it
+                current = _revision_under_lock(connection)
+                if current == head:  # another process did it
                     connection.commit()
                     return
+                if current is not None and current not in known_revisions():
+                    raise HerdError(
+                        f"the database {where(url)} has schema revision {current}, which this "
+                        f"herd does not know (its newest is {head}): a newer herd wrote it"
+                    )
                 config = alembic_config(url)
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
