@@ -272,7 +272,7 @@ async def find_servers(
 ) -> list[Instance]:
     """Servers by name or UUID, in the order given; every ref must match exactly one."""
     found: list[Instance] = []
-    async with db.session() as session:
+    async with db.read() as session:
         for ref in refs:
             query = select(Instance).where(or_(Instance.name == ref, Instance.uuid == ref))
             if not include_deleted:
@@ -313,7 +313,7 @@ async def host_names(session: AsyncSession) -> dict[int, str]:
 
 
 async def list_servers(db: Database, *, include_deleted: bool = False) -> list[ServerView]:
-    async with db.session() as session:
+    async with db.read() as session:
         query = select(Instance).order_by(Instance.name, Instance.created_at)
         if not include_deleted:
             query = query.where(Instance.vm_state != VmState.DELETED)
@@ -328,7 +328,7 @@ async def list_servers(db: Database, *, include_deleted: bool = False) -> list[S
 
 async def show_server(db: Database, ref: str) -> ServerView:
     (instance,) = await find_servers(db, [ref], include_deleted=True)
-    async with db.session() as session:
+    async with db.read() as session:
         names = await host_names(session)
         faults = (
             await session.exec(
@@ -390,7 +390,7 @@ async def show_server(db: Database, ref: str) -> ServerView:
 
 async def pending_jobs(db: Database, instance_uuids: list[str] | None = None) -> list[AgentJob]:
     """Jobs cast but not yet collected: what a killed orchestrator left behind."""
-    async with db.session() as session:
+    async with db.read() as session:
         query = select(AgentJob).where(
             col(AgentJob.collected_at).is_(None),
             col(AgentJob.state).in_([JobState.PENDING, JobState.RUNNING]),
@@ -437,7 +437,7 @@ class HostView:
 async def list_hosts(db: Database) -> list[HostView]:
     from orchestrator.scheduler.loader import load_host_states
 
-    async with db.session() as session:
+    async with db.read() as session:
         hosts = {h.id: h for h in (await session.exec(select(Host).order_by(Host.name))).all()}
         states = {s.id: s for s in await load_host_states(session)}
     return [
@@ -454,7 +454,7 @@ async def list_hosts(db: Database) -> list[HostView]:
 
 
 async def find_hosts(db: Database, names: list[str] | None) -> list[Host]:
-    async with db.session() as session:
+    async with db.read() as session:
         hosts = list((await session.exec(select(Host).order_by(Host.name))).all())
     if not names:
         return hosts
@@ -508,7 +508,7 @@ def host_dict(view: HostView) -> dict[str, Any]:
 
 
 async def list_flavors(db: Database) -> list[Flavor]:
-    async with db.session() as session:
+    async with db.read() as session:
         return list(
             (
                 await session.exec(
@@ -519,7 +519,7 @@ async def list_flavors(db: Database) -> list[Flavor]:
 
 
 async def list_images(db: Database) -> list[Image]:
-    async with db.session() as session:
+    async with db.read() as session:
         return list((await session.exec(select(Image).order_by(Image.name))).all())
 
 
@@ -546,7 +546,7 @@ async def create_group(db: Database, name: str, policy: str) -> ServerGroup:
 
 
 async def list_groups(db: Database, names: list[str] | None = None) -> list[GroupView]:
-    async with db.session() as session:
+    async with db.read() as session:
         query = select(ServerGroup).order_by(ServerGroup.name)
         if names:
             query = query.where(col(ServerGroup.name).in_(names))

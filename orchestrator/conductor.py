@@ -211,7 +211,7 @@ class Conductor:
                 db.add(row)
 
     async def _hosts(self, ids: Iterable[int] | None = None) -> dict[int, Host]:
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             query = select(Host)
             if ids is not None:
                 query = query.where(col(Host.id).in_(list(ids)))
@@ -233,7 +233,7 @@ class Conductor:
             await self.contact_hosts(stale)
 
     async def specs_of(self, instances: Sequence[Instance]) -> list[RequestSpec]:
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             return await request_specs(db, instances)
 
     async def build(
@@ -358,7 +358,7 @@ class Conductor:
         target = target_of(host)
         self.progress.update(instance, "preparing image", host=host.name)
         try:
-            async with self.db.session() as db:
+            async with self.db.read() as db:
                 config = await load_guest_config(db, await self._instance(db, instance.uuid))
             deliveries = await asyncio.gather(
                 *(self.images.ensure(target, image) for image in config.images)
@@ -424,7 +424,7 @@ class Conductor:
         try:
             record = await self.pool.follow(target, job_id, timeout or self.build_timeout)
         except HostUnreachable as exc:
-            async with self.db.session() as db:
+            async with self.db.read() as db:
                 job = await db.get(AgentJob, job_id)
                 instance = await self._instance(db, job.instance_uuid) if job else None
             message = f"{exc}; the job is still recorded, `herd server wait` collects its result"

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import InvalidInput
+from orchestrator.inventory.problems import first_validation_problem
 from orchestrator.inventory.source import UnreadableYaml, read_yaml
+from orchestrator.local_files import xdg_dir
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.scheduler.config import SchedulerConfig
 
@@ -29,8 +31,7 @@ def config_path() -> Path:
     explicit = os.environ.get("HERD_CONFIG")
     if explicit:
         return Path(explicit)
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return config_home / "herd" / "config.yaml"
+    return xdg_dir("XDG_CONFIG_HOME", Path.home() / ".config") / "herd" / "config.yaml"
 
 
 def load_config(path: Path | None = None) -> HerdConfig:
@@ -55,7 +56,4 @@ def load_config(path: Path | None = None) -> HerdConfig:
     try:
         return HerdConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InvalidInput(f"{path}: {where}: {first['msg']}{more}") from None
+        raise InvalidInput(f"{path}: {first_validation_problem(exc)}") from None

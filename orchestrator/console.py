@@ -42,7 +42,7 @@ class ConsoleLog:
 
 async def _located(db: Database, ref: str) -> tuple[Instance, Host]:
     (instance,) = await api.find_servers(db, [ref])
-    async with db.session() as session:
+    async with db.read() as session:
         host = await session.get(Host, instance.host_id) if instance.host_id else None
     if host is None:
         raise Conflict(

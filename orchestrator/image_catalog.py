@@ -23,6 +23,7 @@ from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
 from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
+from orchestrator.inventory.problems import first_validation_problem
 
 
 async def create_image(db: Database, values: dict[str, Any]) -> Image:
@@ -30,9 +31,7 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
     try:
         spec = ImageSpec.model_validate(values, context=validation_context(Path.cwd()))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"image {where}: {first['msg']}") from None
+        raise InvalidInput(f"image {first_validation_problem(exc)}") from None
     sha256, size = spec.sha256, None
     if spec.source_kind == "local":
         path = Path(spec.source)
@@ -72,7 +71,7 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
 
 
 async def get_image(db: Database, name: str) -> Image:
-    async with db.session() as session:
+    async with db.read() as session:
         row = (await session.exec(select(Image).where(Image.name == name))).first()
         if row is None:
             known = ", ".join(sorted((await session.exec(select(Image.name))).all())) or "none"
@@ -136,7 +135,7 @@ class CacheSurvey:
 
 
 async def _hosts(db: Database, names: list[str] | None) -> list[Host]:
-    async with db.session() as session:
+    async with db.read() as session:
         hosts = list((await session.exec(select(Host).order_by(Host.name))).all())
     if names:
         known = {h.name for h in hosts}
@@ -152,7 +151,7 @@ async def survey_caches(
 ) -> CacheSurvey:
     """Every host's cache, concurrently; a host that does not answer is listed apart."""
     hosts = await _hosts(db, host_names)
-    async with db.session() as session:
+    async with db.read() as session:
         by_digest: dict[str, list[str]] = {}
         for image in (await session.exec(select(Image))).all():
             if image.sha256:

@@ -192,7 +192,7 @@ def _sync_directory(directory: Path) -> None:
 
 
 async def list_key_pairs(db: Database) -> list[KeyPair]:
-    async with db.session() as session:
+    async with db.read() as session:
         return list((await session.exec(select(KeyPair).order_by(KeyPair.name))).all())
 
 

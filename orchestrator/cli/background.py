@@ -20,6 +20,7 @@ from orchestrator import api
 from orchestrator.cli.context import herd, run_async
 from orchestrator.conductor import Outcome
 from orchestrator.errors import HerdError
+from orchestrator.local_files import make_private_dirs, open_private_append, xdg_dir
 
 TAKE_TIMEOUT = 60.0  # seconds for the background process to start and take the task
 POLL = 0.2
@@ -30,8 +31,7 @@ class BackgroundFailed(HerdError):
 
 
 def log_dir() -> Path:
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return state / "herd"
+    return xdg_dir("XDG_STATE_HOME", Path.home() / ".local" / "state") / "herd"
 
 
 def run_in_background(name: str, verb: str) -> tuple[Outcome, Path]:
@@ -40,11 +40,15 @@ def run_in_background(name: str, verb: str) -> tuple[Outcome, Path]:
     argv = [sys.executable, "-m", "orchestrator"]
     argv += ["--wait" if arg == "--no-wait" else arg for arg in sys.argv[1:]]
     directory = log_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     log = directory / f"{verb}-{name}-{stamp}-{os.getpid()}.log"
     before = _server(name)[1]
-    with open(log, "ab") as out:
+    try:
+        make_private_dirs(directory)  # the logs name servers, hosts and their errors
+        out = os.fdopen(open_private_append(log), "ab")
+    except OSError as exc:
+        raise HerdError(f"cannot write the background log {log}: {exc.strerror}") from None
+    with out:
         child = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
         )

@@ -11,7 +11,7 @@ import typer
 
 from orchestrator import api, image_catalog
 from orchestrator.cli.context import herd, run_async
-from orchestrator.cli.output import err, out, print_json, table
+from orchestrator.cli.output import err, out, print_json, table, text
 from orchestrator.db.models import Image
 from orchestrator.errors import HostUnreachable, InvalidInput
 
@@ -165,12 +165,12 @@ def _show_image(image: Image, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    grid = table(None, ("field", "value"), [])
+    rows = []
     for key, value in data.items():
         if key == "properties":
             value = ", ".join(f"{k}={v}" for k, v in value.items())
-        grid.add_row(key, "-" if value in (None, "") else str(value))
-    out.print(grid)
+        rows.append((key, None if value == "" else value))
+    out.print(table(None, ("field", "value"), rows))
 
 
 @images.command("show")
@@ -211,10 +211,10 @@ def _cache_table(title: str | None, entries: list[image_catalog.CacheEntry]) -> 
         (
             (
                 e.host,
-                ", ".join(e.images) or "[dim](no longer in herd)[/dim]",
+                ", ".join(e.images) or text("(no longer in herd)", "dim"),
                 e.sha256[:12],
                 f"{e.size / 2**20:.1f}",
-                f"{len(e.instances)} server(s)" if e.instances else "[yellow]unused[/yellow]",
+                f"{len(e.instances)} server(s)" if e.instances else text("unused", "yellow"),
                 f"{(now - e.last_used) / 60:.0f} min ago",
             )
             for e in entries
@@ -224,7 +224,7 @@ def _cache_table(title: str | None, entries: list[image_catalog.CacheEntry]) -> 
 
 def _unreachable(survey: image_catalog.CacheSurvey) -> None:
     for host, why in sorted(survey.unreachable.items()):
-        err.print(f"[red]host {host}: {why}[/red]")
+        err.print(text(f"host {host}: {why}", "red"))
     if survey.unreachable:
         raise HostUnreachable(f"{len(survey.unreachable)} host(s) did not answer")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.cli.output import out, print_json, table
+from rich.text import Text
+
+from orchestrator.cli.output import out, print_json, table, text
 from orchestrator.scheduler.engine import HostVerdict
 from orchestrator.scheduler.scheduler import Plan, summarise
 
@@ -68,9 +70,11 @@ def explanation_table(plan: Plan) -> Any:
         if verdict.passed:
             scores = [f"{verdict.scores.get(w, 0.0):.3g}" for w in weighers]
             total = f"{verdict.total:.3g}" if verdict.total is not None else "-"
-            rows.append((verdict.host_name, "[green]pass[/]", "", *scores, total))
+            rows.append((verdict.host_name, text("pass", "green"), "", *scores, total))
         else:
-            refusal = f"[red]{verdict.filter}[/]: {verdict.reason}"
-            rows.append((verdict.host_name, "[red]no[/]", refusal, *("" for _ in weighers), ""))
+            refusal = Text.assemble(text(verdict.filter, "red"), ": ", text(verdict.reason))
+            rows.append(
+                (verdict.host_name, text("no", "red"), refusal, *("" for _ in weighers), "")
+            )
     title = f"scheduler: {summarise(plan.total_hosts, plan.explanation)}"
     return table(title, ("host", "fits", "refused by", *weighers, "total"), rows)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.context import herd, run_async
-from orchestrator.cli.output import err, out, print_json, table
+from orchestrator.cli.output import err, out, print_json, table, text
 from orchestrator.inventory.apply import Change, apply_inventory
 from orchestrator.inventory.loader import load_inventory
 
@@ -33,7 +33,7 @@ def _show(changes: list[Change], as_json: bool, dry_run: bool) -> None:
             f"Inventory changes ({verb} apply)",
             ("kind", "name", "change", "fields"),
             (
-                (c.kind, c.name, f"[{VERB_STYLE[c.verb]}]{c.verb}[/]", ", ".join(c.fields))
+                (c.kind, c.name, text(c.verb, VERB_STYLE[c.verb]), ", ".join(c.fields))
                 for c in shown
             ),
         )

@@ -140,7 +140,7 @@ def list_networks(as_json: JsonOpt = False) -> None:
     """List networks with their subnet and how many addresses are in use."""
 
     async def main() -> list[tuple[Network, int, int]]:
-        async with herd() as h, h.db.session() as session:
+        async with herd() as h, h.db.read() as session:
             rows = (await session.exec(select(Network).order_by(Network.name))).all()
             ports = (await session.exec(select(Port.network_id))).all()
             return [(n, ports.count(n.id), len(pool_addresses(n))) for n in rows]

@@ -14,7 +14,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from orchestrator.cli.output import err, print_json
+from orchestrator.cli.output import err, print_json, table, text
 from orchestrator.lab import (
     DEFAULT_BASE_ADDRESS,
     DEFAULT_HOSTS,
@@ -112,33 +112,34 @@ def down(root: Path = ROOT_OPTION) -> None:
 
 
 def _hosts_table(info: LabInfo) -> Table:
-    grid = Table(title="lab hosts", title_justify="left", header_style="bold")
-    for column in ("name", "address", "directory"):
-        grid.add_column(column)
-    for host in info.hosts:
-        grid.add_row(host.name, f"{host.address}:{host.port}", str(host.dir))
-    return grid
+    return table(
+        "lab hosts",
+        ("name", "address", "directory"),
+        ((host.name, f"{host.address}:{host.port}", host.dir) for host in info.hosts),
+    )
 
 
 def _status_table(rows: list[LabHostStatus]) -> Table:
-    grid = Table(title="lab status", title_justify="left", header_style="bold")
-    for column in ("name", "address", "namespace", "virtlogd", "libvirtd", "sshd", "domains"):
-        grid.add_column(column)
-    for row in rows:
-        grid.add_row(
-            row.name,
-            f"{row.address}:{row.port}",
-            _alive(row.namespace),
-            _alive(row.virtlogd),
-            _alive(row.libvirtd),
-            _alive(row.sshd),
-            "-" if row.domains is None else str(row.domains),
-        )
-    return grid
+    return table(
+        "lab status",
+        ("name", "address", "namespace", "virtlogd", "libvirtd", "sshd", "domains"),
+        (
+            (
+                row.name,
+                f"{row.address}:{row.port}",
+                _alive(row.namespace),
+                _alive(row.virtlogd),
+                _alive(row.libvirtd),
+                _alive(row.sshd),
+                row.domains,
+            )
+            for row in rows
+        ),
+    )
 
 
 def _alive(value: bool) -> str:
-    return "[green]up[/green]" if value else "[red]down[/red]"
+    return text("up", "green") if value else text("down", "red")
 
 
 @app.command()

@@ -2,30 +2,77 @@
 
 JSON goes to stdout alone, so `herd ... --json | jq` always works; progress and logs
 go to stderr.
+
+Everything herd prints comes, somewhere, from a user or a host: names, labels, extra
+specs, image properties, fault messages, agent errors, guest output. Rich would read
+``[/x]`` in any of them as markup (and fail, or style, or link), ``:smile:`` as an
+emoji, and pass an escape sequence to the terminal. So herd's consoles render every
+string as the text it is, with control characters shown escaped (``visible``); colour
+comes only from ``Text`` objects given a style here (``text``, ``styled``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleRenderable, RichCast
+from rich.style import Style
 from rich.table import Table
+from rich.text import Text
+
+# C0 controls but tab and newline, DEL, C1 controls (0x9b is a CSI on some
+# terminals), lone surrogates (undecodable bytes kept by surrogateescape: they
+# cannot even be written to a UTF-8 stream) and the bidi overrides that make text
+# read differently from what it is.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 
 
-def _console(stream: Any) -> Console:
-    """Rich's 80 columns for a pipe would cut UUIDs and addresses in logs and cron
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: str) -> str:
+    """``value`` with every control character shown as its escape (``\\x1b``), so
+    nothing stored or sent by a host can move the cursor, retitle the terminal or
+    hide what follows; tabs and newlines are kept."""
+    return _CONTROL.sub(_escape, value)
+
+
+class _TextConsole(Console):
+    """A console for which every string is data: no markup, no emoji codes, control
+    characters escaped. Rich calls ``render_str`` for each ``str`` it prints, in
+    ``print`` and in table cells and titles alike, so this one place covers them."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs.update(markup=False, emoji=False)
+        return super().render_str(visible(text), **kwargs)
+
+
+def make_console(stream: Any, *, terminal: bool | None = None) -> Console:
+    """A console on ``stream`` (``terminal`` forces rich's idea of it, for tests).
+
+    Rich's 80 columns for a pipe would cut UUIDs and addresses in logs and cron
     mail; a terminal keeps its own width, COLUMNS still wins when set."""
     wide = None if stream.isatty() or "COLUMNS" in os.environ else 200
-    return Console(file=stream, width=wide, highlight=False)
+    return _TextConsole(
+        file=stream,
+        width=wide,
+        force_terminal=terminal,
+        highlight=False,
+        markup=False,
+        emoji=False,
+    )
 
 
-out = _console(sys.stdout)
-err = _console(sys.stderr)
+out = make_console(sys.stdout)
+err = make_console(sys.stderr)
 
 STATE_STYLES = {
     "active": "green",
@@ -45,11 +92,16 @@ STATE_STYLES = {
 }
 
 
-def styled(value: str | None) -> str:
+def text(value: object, style: str | Style = "") -> Text:
+    """``value`` as plain text (never markup), optionally in a style."""
+    return Text(visible(str(value)), style=style)
+
+
+def styled(value: str | None) -> Text:
+    """A state (``active``, ``down: no answer``...) in its colour."""
     if value is None:
-        return "-"
-    style = STATE_STYLES.get(value.split(" ")[0].split(":")[0])
-    return f"[{style}]{value}[/{style}]" if style else value
+        return Text("-")
+    return text(value, STATE_STYLES.get(value.split(" ")[0].split(":")[0], ""))
 
 
 def print_json(data: Any) -> None:
@@ -62,12 +114,21 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def cell(value: Any) -> ConsoleRenderable | RichCast:
+    """A table cell: a renderable as it is, ``None`` as ``-``, anything else as text."""
+    if isinstance(value, ConsoleRenderable | RichCast):
+        return value
+    return text("-" if value is None else value)
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    grid = Table(title=title, title_justify="left", header_style="bold")
+    grid = Table(
+        title=None if title is None else text(title), title_justify="left", header_style="bold"
+    )
     for column in columns:
         grid.add_column(column)
     for row in rows:
-        grid.add_row(*("-" if cell is None else str(cell) for cell in row))
+        grid.add_row(*(cell(value) for value in row))
     return grid
 
 

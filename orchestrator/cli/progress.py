@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.cli.output import err, styled
+from orchestrator.cli.output import err, styled, table
 from orchestrator.db.models import Instance
 
 
@@ -54,9 +54,8 @@ class LiveProgress:
             err.print(f"{instance.name}: {status}{' on ' + row.host if row.host else ''}{suffix}")
 
     def _render(self) -> Table:
-        grid = Table(title=self.title, title_justify="left", header_style="bold")
-        for column in ("server", "host", "status", "detail"):
-            grid.add_column(column)
-        for row in self.rows.values():
-            grid.add_row(row.name, row.host or "-", styled(row.status), row.detail)
-        return grid
+        return table(
+            self.title,
+            ("server", "host", "status", "detail"),
+            ((row.name, row.host, styled(row.status), row.detail) for row in self.rows.values()),
+        )

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from orchestrator.cli.context import herd, run_async
-from orchestrator.cli.output import err, out, print_json, table
-from orchestrator.db.engine import database_url
+from orchestrator.cli.output import err, out, print_json, table, text
 from orchestrator.reconcile import metrics
 from orchestrator.reconcile.lock import reconcile_lock
 from orchestrator.reconcile.reconciler import Reconciler, RunReport
@@ -42,8 +42,12 @@ def reconcile(
     unreachable, 3 another reconcile is running. Safe to run from cron every minute.
     """
 
+    if prometheus_textfile is not None:  # a typo found before the run, not after it
+        metrics.check_textfile(prometheus_textfile)
+
     async def main() -> RunReport:
-        async with reconcile_lock(database_url()), herd() as h:
+        # The database first: a bad HERD_DATABASE_URL is its one-line error, then the lock.
+        async with herd() as h, reconcile_lock(h.db.url):
             return await Reconciler(h.conductor, h.config.reconcile).run(dry_run=dry_run)
 
     report = run_async(main())
@@ -67,9 +71,11 @@ def _show(report: RunReport, verbose: bool) -> None:
                         f.kind,
                         f.host,
                         f.server or (f.uuid or "")[:13],
-                        f.detail + (f" [red]({f.error})[/red]" if f.error else ""),
+                        Text.assemble(
+                            text(f.detail), text(f" ({f.error})", "red") if f.error else ""
+                        ),
                         f.policy,
-                        f"[{OUTCOME_STYLE.get(f.outcome, 'white')}]{f.outcome}[/]",
+                        text(f.outcome, OUTCOME_STYLE.get(f.outcome, "white")),
                     )
                     for f in report.findings
                 ),

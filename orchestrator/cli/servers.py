@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from orchestrator import api, cloudinit, console
 from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
-from orchestrator.cli.output import age, err, out, print_json, styled, table
+from orchestrator.cli.output import age, err, out, print_json, styled, table, text, visible
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.conductor import Conductor, Outcome
 from orchestrator.db.models import Instance
@@ -146,6 +147,10 @@ def create(
     if dry_run:
         plan, names = run_async(_dry_run(request))
         show_plan(plan, names, as_json=as_json, explain=explain)
+        # What the same create would do: exit 5 when it could not place enough.
+        shortfall = plan.shortfall(count if min_count is None else min_count)
+        if shortfall is not None:
+            raise NoValidHost(shortfall)
         return
 
     async def main() -> tuple[list[Outcome], Plan | None, dict[str, str]]:
@@ -261,32 +266,33 @@ def show(
     if as_json:
         print_json(data)
         return
-    grid = table(None, ("field", "value"), [])
-    for key in (
-        "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
-        "vcpus", "ram_mb", "disk_gb", "group", "hostname", "key_name", "created_at",
-        "launched_at", "deleted_at",
-    ):  # fmt: skip
-        value = data[key]
-        grid.add_row(
-            key, styled(value) if key == "vm_state" else ("-" if value is None else str(value))
+    rows: list[tuple[str, Any]] = [
+        (key, styled(data[key]) if key == "vm_state" else data[key])
+        for key in (
+            "name", "uuid", "host", "vm_state", "task_state", "power_state", "flavor", "image",
+            "vcpus", "ram_mb", "disk_gb", "group", "hostname", "key_name", "created_at",
+            "launched_at", "deleted_at",
         )
+    ]  # fmt: skip
     for port in view.ports:
         where = f"{port.ip}/{port.prefixlen}" if port.ip else "no fixed IP"
-        grid.add_row("address", f"{port.network}: {where}, mac {port.mac}")
+        rows.append(("address", f"{port.network}: {where}, mac {port.mac}"))
     if view.resize:
         r = view.resize
-        grid.add_row(
-            "resize",
-            f"{r['old_flavor']} on {r['source']} -> {r['new_flavor']} ({r['status']}; "
-            "`herd server resize --confirm` or `--revert`)",
+        rows.append(
+            (
+                "resize",
+                f"{r['old_flavor']} on {r['source']} -> {r['new_flavor']} ({r['status']}; "
+                "`herd server resize --confirm` or `--revert`)",
+            )
         )
     for fault in view.faults[:5]:  # newest first: a reschedule leaves one per host
-        grid.add_row("fault", f"[red]{fault.message}[/red] ({age(fault.created_at)})")
+        message = Text.assemble(text(fault.message, "red"), f" ({age(fault.created_at)})")
+        rows.append(("fault", message))
     pending = [j for j in view.jobs if j.collected_at is None]
     if pending:
-        grid.add_row("pending job", f"{pending[-1].op} {pending[-1].id} ({pending[-1].state})")
-    out.print(grid)
+        rows.append(("pending job", f"{pending[-1].op} {pending[-1].id} ({pending[-1].state})"))
+    out.print(table(None, ("field", "value"), rows))
 
 
 @app.command()
@@ -325,7 +331,7 @@ def actions(
     for action, events in view.actions:
         rows.append(
             (
-                f"[bold]{action.action}[/bold]",
+                text(action.action, "bold"),
                 "",
                 action.request_id,
                 age(action.start_time),
@@ -417,9 +423,19 @@ async def _until_idle(db: Any, busy: list[Instance], timeout: float) -> list[Out
 def console_log(
     name: Annotated[str, typer.Argument(help="Name or UUID.")],
     lines: Annotated[int, typer.Option(help="How many of the last lines to show.")] = 100,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="Write the guest's bytes as they are, escape sequences and all."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the guest's serial console output (what it printed while booting, and since)."""
+    """Show the guest's serial console output (what it printed while booting, and since).
+
+    Control characters are shown escaped (`\\x1b[31m`), tabs and newlines kept:
+    whatever the guest printed must not drive the operator's terminal. `--raw`
+    writes them as they came, as `virsh console` would."""
     if not 1 <= lines <= 100000:
         raise InvalidInput("--lines must be between 1 and 100000")
 
@@ -431,10 +447,12 @@ def console_log(
     if as_json:
         print_json(log.__dict__)
         return
-    # Guest output, not markup: written as it came (control characters and all, as
-    # `virsh console` would show them), never interpreted by rich.
+    # Guest output, never interpreted by rich. The agent decoded it with "replace";
+    # a surrogate in what it sent is escaped rather than crash the write.
     for line in log.lines:
-        sys.stdout.write(line + "\n")
+        shown = line if raw else visible(line)
+        sys.stdout.buffer.write((shown + "\n").encode("utf-8", "backslashreplace"))
+    sys.stdout.flush()
 
 
 @app.command("console")

@@ -4,26 +4,49 @@ Production code never calls ``create_all``: the schema is what the migrations sa
 so a SQLite file made by an older herd is upgraded in place.
 
 Every command opens the database, so the common case, a database already at head,
-is answered with one SELECT and without importing alembic (a quarter of a second of
-every `herd` invocation otherwise). The head is the newest file in ``versions/``,
-named ``NNNN_*.py`` with revision ``NNNN``; a unit test holds that to alembic's own
-answer.
+is answered with one SELECT in a read transaction (which waits for no writer) and
+without importing alembic (a quarter of a second of every `herd` invocation
+otherwise). The head is the newest file in ``versions/``, named ``NNNN_*.py`` with
+revision ``NNNN``; a unit test holds that to alembic's own answer.
+
+When the database is behind (or new), the check is made again under a lock that
+every herd process takes before upgrading — SQLite: an EXCLUSIVE transaction that
+also carries the migrations; PostgreSQL: an advisory lock — so of many commands
+started at once on a fresh database one creates the schema and the others find it
+made. "No such table" means a new database; "locked" never does: it is waited for
+(the busy timeout), then reported as such.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.db.engine import configure_sqlite, is_sqlite, sync_url
+from orchestrator.db.engine import (
+    BEGIN,
+    BUSY_TIMEOUT_MS,
+    busy,
+    configure_sqlite,
+    engine_options,
+    is_busy,
+    is_sqlite,
+    sync_url,
+    where,
+)
+from orchestrator.errors import HerdError
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# "herd" + 1: not the key reconcile's advisory lock uses (reconcile/lock.py).
+ADVISORY_KEY = 0x68657264 + 1
+_PG_UNDEFINED_TABLE = "42P01"
 
 
 def alembic_config(url: str) -> Config:
@@ -35,32 +58,94 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def known_revisions() -> set[str]:
+    """Every migration's revision, from its file name (see the module docstring)."""
+    return {p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py")}
+
+
 def head_revision() -> str:
-    """The newest migration's revision, from its file name (see the module docstring)."""
-    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    """The newest migration's revision."""
+    return max(known_revisions())
+
+
+def _no_such_table(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == _PG_UNDEFINED_TABLE:
+        return True
+    return "no such table" in str(orig)
+
+
+def _revision(connection: Connection) -> str | None:
+    """The schema's revision; None for a database without alembic's table (a new one).
+    Anything else, "locked" above all, is not "new" and propagates."""
+    try:
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError as exc:
+        if not _no_such_table(exc):
+            raise
+        connection.rollback()
+        return None
+
+
+def _revision_under_lock(connection: Connection) -> str | None:
+    """As ``_revision``, without an error to roll back: that would end the SQLite
+    transaction that is the lock, and let another process in before we upgrade."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@contextmanager
+def _upgrade_lock(connection: Connection, sqlite: bool) -> Iterator[None]:
+    """Hold every other herd's upgrade (and, on SQLite, every writer) off until the
+    block's transaction is committed."""
+    if sqlite:
+        # The next statement begins the transaction EXCLUSIVE; it is the lock.
+        connection.execution_options(**{BEGIN: "EXCLUSIVE"})
+        yield
+        return
+    connection.execute(text(f"SET lock_timeout = '{BUSY_TIMEOUT_MS}ms'"))
+    connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_KEY})
+    try:
+        yield
+    finally:
+        connection.rollback()  # a no-op after the commit; ends an aborted transaction
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+        connection.commit()
 
 
 def upgrade_to_head(url: str) -> None:
     """Upgrade when behind; one cheap revision check otherwise."""
-    engine = create_engine(sync_url(url))
-    if is_sqlite(url):
+    head = head_revision()
+    sqlite = is_sqlite(url)
+    engine = create_engine(sync_url(url), **engine_options(url))
+    if sqlite:
         configure_sqlite(engine)
     try:
         with engine.connect() as connection:
-            try:
-                current = connection.execute(
-                    text("SELECT version_num FROM alembic_version")
-                ).scalar()
-            except DBAPIError:  # a new database: no alembic_version table yet
-                connection.rollback()
-                current = None
-            if current == head_revision():
+            connection.execution_options(**{BEGIN: "DEFERRED"})
+            if _revision(connection) == head:
                 return
-            from alembic import command
+            connection.rollback()
+            from alembic import command  # before the lock: nobody waits on our import
 
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-            connection.commit()
+            with _upgrade_lock(connection, sqlite):
+                current = _revision_under_lock(connection)
+                if current == head:  # another process did it
+                    connection.commit()
+                    return
+                if current is not None and current not in known_revisions():
+                    raise HerdError(
+                        f"the database {where(url)} has schema revision {current}, which this "
+                        f"herd does not know (its newest is {head}): a newer herd wrote it"
+                    )
+                config = alembic_config(url)
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                connection.commit()
+    except DBAPIError as exc:
+        if is_busy(exc):
+            raise busy(url) from None
+        raise
     finally:
         engine.dispose()

@@ -35,7 +35,12 @@ from orchestrator.inventory.models import (
     NetworkSpec,
     validation_context,
 )
-from orchestrator.inventory.problems import InventoryError, InventoryProblem
+from orchestrator.inventory.problems import (
+    InventoryError,
+    InventoryProblem,
+    describe_value,
+    validation_message,
+)
 from orchestrator.inventory.source import DataPath, Document, UnreadableYaml, read_yaml
 
 _SECTIONS = ("defaults", "hosts", "flavors", "images", "networks")
@@ -130,7 +135,7 @@ class _FileLoader:
             self._problem(
                 (),
                 f"the top level must be a mapping with keys {', '.join(_SECTIONS)}, "
-                f"not {_describe(data)}",
+                f"not {describe_value(data)}",
             )
             return
         for key in data:
@@ -146,7 +151,7 @@ class _FileLoader:
             return {}
         if not isinstance(raw, dict):
             self._problem(
-                ("defaults",), f"must be a mapping of host settings, not {_describe(raw)}"
+                ("defaults",), f"must be a mapping of host settings, not {describe_value(raw)}"
             )
             return {}
         try:
@@ -160,13 +165,13 @@ class _FileLoader:
         if raw is None:  # `hosts:` with every entry commented out
             return
         if not isinstance(raw, list):
-            self._problem((kind,), f"must be a list of {kind}, not {_describe(raw)}")
+            self._problem((kind,), f"must be a list of {kind}, not {describe_value(raw)}")
             return
         model = _KINDS[kind]
         for index, item in enumerate(raw):
             at = (kind, index)
             if not isinstance(item, dict):
-                self._problem(at, f"must be a mapping, not {_describe(item)}")
+                self._problem(at, f"must be a mapping, not {describe_value(item)}")
                 continue
             if isinstance(item.get("name"), str):
                 name_at = (*at, "name")
@@ -197,7 +202,7 @@ class _FileLoader:
                 message = _key_message(error, model, loc)
                 self._problem(at[:-1], message, line=self.doc.line_of(at))
             else:
-                self._problem(at, _message(error))
+                self._problem(at, validation_message(error))
 
     def _problem(
         self, at: DataPath, message: str, *, line: int | None = None, field: str | None = None
@@ -285,8 +290,8 @@ def _key_message(error: ErrorDetails, model: type[BaseModel], loc: DataPath) -> 
             return f"unknown key {key!r} (each host needs its own {key})"
         return _unknown_key(key, _keys_at(model, loc[:-1]))
     if error["type"] == "invalid_key":  # YAML read the key as a number or null
-        return f"unknown key {_describe(error['input'])}"
-    return f"a key {_message(error)}"
+        return f"unknown key {describe_value(error['input'])}"
+    return f"a key {validation_message(error)}"
 
 
 def _keys_at(model: type[BaseModel], loc: DataPath) -> list[str]:
@@ -319,62 +324,6 @@ def _name_of(data: Any, at: DataPath) -> str | None:
     except (KeyError, IndexError, TypeError):
         return None
     return name if isinstance(name, str) else None
-
-
-def _describe(value: Any) -> str:
-    """A value as the operator wrote it in YAML, for 'must be X, not Y' messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
-def _number(value: Any) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-_TYPE_MESSAGES = {
-    "int_type": "must be a whole number",
-    "float_type": "must be a number",
-    "bool_type": "must be true or false",
-    "string_type": "must be a string",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "list_type": "must be a list",
-    "path_type": "must be a path",
-}
-
-
-def _message(error: ErrorDetails) -> str:
-    """Pydantic's message, reworded the way the rest of herd speaks."""
-    kind = error["type"]
-    ctx = error.get("ctx", {})
-    if kind in _TYPE_MESSAGES:
-        return f"{_TYPE_MESSAGES[kind]}, not {_describe(error['input'])}"
-    if kind == "literal_error":
-        return f"must be {ctx['expected']}, not {_describe(error['input'])}"
-    if kind == "value_error":
-        return str(ctx["error"])
-    if kind == "missing":
-        return "is required"
-    if kind == "greater_than":
-        return f"must be greater than {_number(ctx['gt'])}"
-    if kind == "greater_than_equal":
-        return f"must be at least {_number(ctx['ge'])}"
-    if kind == "less_than_equal":
-        return f"must be at most {_number(ctx['le'])}"
-    if kind == "finite_number":
-        return "must be a finite number"
-    message = error["msg"]
-    return message[:1].lower() + message[1:]
 
 
 def _reason(exc: OSError) -> str:

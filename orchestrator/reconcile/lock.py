@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from orchestrator.db.engine import async_url, is_sqlite, sqlite_file
+from orchestrator.db.engine import async_url, engine_options, is_sqlite, sqlite_file
 from orchestrator.errors import HerdError
+from orchestrator.local_files import PRIVATE_FILE, make_private_dirs
 
 # "herd" in ASCII: the advisory lock key every herd uses for reconcile.
 ADVISORY_KEY = 0x68657264
@@ -41,10 +43,22 @@ def lock_path(database_url: str) -> Path:
     return Path(runtime) / f"herd-reconcile-{os.getuid()}.lock"
 
 
+def _lock_file_mode(database: Path | None) -> int:
+    """The database file's permission bits, as SQLite gives its -wal and -shm files:
+    private with a private database, shared with the group that shares it."""
+    try:
+        return stat.S_IMODE(database.stat().st_mode) & 0o666 if database else PRIVATE_FILE
+    except OSError:
+        return PRIVATE_FILE
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def file_lock(path: Path, mode: int = PRIVATE_FILE) -> Iterator[None]:
+    make_private_dirs(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    made = os.fstat(fd)
+    if made.st_size == 0 and stat.S_IMODE(made.st_mode) != mode:
+        os.fchmod(fd, mode)  # as SQLite does for its -wal: the mode, whatever the umask
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,7 +76,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def advisory_lock(database_url: str) -> AsyncIterator[None]:
-    engine = create_async_engine(async_url(database_url))
+    engine = create_async_engine(async_url(database_url), **engine_options(database_url))
     try:
         async with engine.connect() as conn:
             got = (
@@ -88,7 +102,7 @@ async def advisory_lock(database_url: str) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def reconcile_lock(database_url: str) -> AsyncIterator[None]:
     if is_sqlite(database_url):
-        with file_lock(lock_path(database_url)):
+        with file_lock(lock_path(database_url), _lock_file_mode(sqlite_file(database_url))):
             yield
     else:
         async with advisory_lock(database_url):

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import HerdError, InvalidInput
 from orchestrator.reconcile.reconciler import RunReport
 
 KINDS = (
@@ -99,17 +99,35 @@ def render(report: RunReport, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_textfile(path: Path) -> None:
+    """What can be known before a run: the file's directory exists and the path is
+    not itself a directory (the rename over it would fail after the run)."""
+    if path.is_dir():
+        raise InvalidInput(f"--prometheus-textfile {path}: is a directory; name a file in it")
+    if path.exists() and not path.is_file():
+        # The rename would put a regular file where a device or a pipe was (as root,
+        # --prometheus-textfile /dev/null would replace /dev/null).
+        raise InvalidInput(f"--prometheus-textfile {path}: exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--prometheus-textfile {path}: directory {path.parent} does not exist")
+
+
 def write_textfile(path: Path, text: str) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        raise InvalidInput(f"--prometheus-textfile {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    check_textfile(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise HerdError(f"--prometheus-textfile {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        # World-readable on purpose: node_exporter, another user, reads it, and it
+        # holds counts and timings only (no names, no user data).
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise HerdError(f"--prometheus-textfile {path}: {exc.strerror}") from None
         raise

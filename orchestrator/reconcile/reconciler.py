@@ -112,7 +112,7 @@ class Reconciler:
         return report
 
     async def _snapshot(self) -> Snapshot:
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             hosts = {h.id: h for h in (await db.exec(select(Host))).all() if h.id is not None}
             instances = list((await db.exec(select(Instance))).all())
             allocations = list((await db.exec(select(Allocation))).all())
@@ -133,7 +133,7 @@ class Reconciler:
         )
 
     async def _census(self) -> tuple[dict[str, int], dict[str, int]]:
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             states = Counter(
                 (
                     await db.exec(
@@ -213,14 +213,14 @@ class Reconciler:
         return next(h for h in snapshot.hosts.values() if h.name == name)
 
     async def _instance(self, instance_uuid: str | None) -> Instance:
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             row = (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).first()
         if row is None:
             raise HerdError(f"server {instance_uuid} vanished from the database")
         return row
 
     async def _target(self, host_name: str | None) -> Any:
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             host = (await db.exec(select(Host).where(Host.name == host_name))).first()
         if host is None:
             raise HerdError(f"host {host_name} vanished from the database")
@@ -252,7 +252,7 @@ class Reconciler:
     async def _remove_domain(self, finding: Finding) -> None:
         # The snapshot is a few seconds old: a server created, or moved here, since
         # then must not be mistaken for an orphan. Read it again right before acting.
-        async with self.db.session() as db:
+        async with self.db.read() as db:
             row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).first()
             host = (await db.exec(select(Host).where(Host.name == finding.host))).first()
         if (

@@ -57,6 +57,15 @@ class Plan:
     def host_of(self, instance_uuid: str) -> Placement | None:
         return next((p for p in self.placements if p.instance_uuid == instance_uuid), None)
 
+    def shortfall(self, wanted: int) -> str | None:
+        """Why the request fails when fewer than ``wanted`` were placed (None if not):
+        the one message a real create and a dry run both give."""
+        if len(self.placements) >= wanted:
+            return None
+        reason = next(iter(self.unplaced.values()), "no valid host")
+        placed = f"{len(self.placements)} of {len(self.placements) + len(self.unplaced)} placeable"
+        return f"no valid host for the request ({placed}, {wanted} needed): {reason}"
+
 
 class FilterScheduler:
     def __init__(
@@ -76,7 +85,7 @@ class FilterScheduler:
 
     async def plan(self, specs: Sequence[RequestSpec]) -> Plan:
         """Where the request would go, claiming nothing: `--dry-run` and `--explain`."""
-        async with self.db.session() as session:
+        async with self.db.read() as session:
             hosts = await load_host_states(session)
             await _refresh_groups(session, specs)
         selection = self._select(hosts, specs)
@@ -98,18 +107,15 @@ class FilterScheduler:
         except BaseException:
             await self._release(plan.placements)
             raise
-        if len(plan.placements) < wanted:
+        shortfall = plan.shortfall(wanted)
+        if shortfall is not None:
             await self._release(plan.placements)
-            reason = next(iter(plan.unplaced.values()), "no valid host")
-            placed = f"{len(plan.placements)} of {len(specs)} placeable"
-            raise NoValidHost(
-                f"no valid host for the request ({placed}, {wanted} needed): {reason}"
-            )
+            raise NoValidHost(shortfall)
         return plan
 
     async def _place(self, pending: list[RequestSpec], plan: Plan) -> None:
         for _ in range(MAX_CLAIM_RETRIES):
-            async with self.db.session() as session:
+            async with self.db.read() as session:
                 hosts = await load_host_states(session)
                 await _refresh_groups(session, pending)
             generations = {h.id: h.generation for h in hosts}

@@ -133,10 +133,12 @@ def test_dry_run_explains_why_no_host_fits_and_creates_nothing(
         "    enabled: false\n"
     )
     herd.ok("inventory", "apply", str(inventory), str(catalog))
-    plan = herd.ok(
+    result = herd.run(
         "server", "create", "x", "--flavor", "m1.small", "--image", "blank",
         "--dry-run", "--explain", "--json",
-    ).json()  # fmt: skip
+    )  # fmt: skip
+    assert_one_line_error(result, code=5, contains="no valid host")  # as without --dry-run
+    plan = result.json()
     assert plan["placements"] == []
     assert [u["server"] for u in plan["unplaced"]] == ["x"]
     assert plan["summary"].startswith("0/2 hosts fit: 2 compute")
@@ -145,7 +147,7 @@ def test_dry_run_explains_why_no_host_fits_and_creates_nothing(
     assert reasons["ghost"].startswith("down")
     assert herd.servers() == []
 
-    table = herd.ok(
+    table = herd.run(
         "server",
         "create",
         "x",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -13,6 +15,7 @@ from sqlmodel import SQLModel
 
 import orchestrator.db.models  # noqa: F401  (registers the tables)
 from orchestrator.db.migrate import alembic_config, head_revision, upgrade_to_head
+from orchestrator.errors import HerdError
 
 
 def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
@@ -86,3 +89,16 @@ def test_a_task_running_at_the_upgrade_belongs_to_the_servers_newest_action(
         ).scalar()
     engine.dispose()
     assert owners == {"u-busy": newest, "u-idle": None}
+
+
+def test_a_database_from_a_newer_herd_is_one_clear_error(tmp_path: Path) -> None:
+    """alembic's "Can't locate revision" was an internal error (exit 70)."""
+    path = tmp_path / "herd.db"
+    upgrade_to_head(f"sqlite:///{path}")
+    newer = f"{int(head_revision()) + 1:04d}"
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE alembic_version SET version_num = ?", (newer,))
+    connection.commit()
+    connection.close()
+    with pytest.raises(HerdError, match=f"schema revision {newer}, which this herd does not know"):
+        upgrade_to_head(f"sqlite:///{path}")
