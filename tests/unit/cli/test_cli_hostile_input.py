@@ -237,11 +237,6 @@ def assert_clean(result: Result, what: str) -> None:
         assert all(line.startswith("herd: error: ") for line in after), f"{what}: {result.stderr}"
 
 
-# Owned by another change of the same issue: finding 10 rewrites `keypair create` to
-# write the private key file before the row (and so to refuse a bad path first).
-ELSEWHERE = {"keypair create --private-key=missing": "finding 10: keypair create order"}
-
-
 @pytest.mark.parametrize(("label", "argv", "env"), CASES, ids=[c[0] for c in CASES])
 def test_hostile_input_is_never_an_internal_error(
     herd: ForkedHerd,
@@ -250,8 +245,6 @@ def test_hostile_input_is_never_an_internal_error(
     argv: tuple[str, ...],
     env: dict[str, str],
 ) -> None:
-    if label in ELSEWHERE:
-        pytest.xfail(ELSEWHERE[label])
     argv = tuple(_fill(a, files) for a in argv)
     saved = dict(herd.env)
     herd.env.update({k: _fill(v, files) for k, v in env.items()})
