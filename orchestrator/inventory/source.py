@@ -31,6 +31,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from orchestrator.files import FileTooLarge, read_bounded
+
 DataPath = tuple[Hashable, ...]
 """Where a value sits in the document: mapping keys and list indices from the top."""
 
@@ -86,14 +88,13 @@ class Document:
 def read_source(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
     """The file's bytes, reading at most ``limit`` + 1 of them (``/dev/zero``, or a 3 GB
     file given by mistake, costs no more than that); raise ``UnreadableYaml`` past the
-    limit, ``OSError`` as ``open`` does."""
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
+    limit, ``OSError`` as ``open`` does (and for a FIFO or a device, which never end)."""
+    try:
+        return read_bounded(path, limit)
+    except FileTooLarge:
         raise UnreadableYaml(
             None, f"larger than {limit // (1024 * 1024)} MiB, the most herd reads of a YAML file"
-        )
-    return data
+        ) from None
 
 
 def read_yaml(path: Path, verbatim: Callable[[DataPath], bool] = lambda _: False) -> Document:

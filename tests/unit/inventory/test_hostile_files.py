@@ -76,6 +76,12 @@ def test_an_alias_bomb_in_the_config_file_is_one_line(tmp_path: Path) -> None:
     assert f"{config}:7: aliases expand" in line
 
 
+def _read(tmp_path: Path, which: str, path: str) -> subprocess.CompletedProcess[str]:
+    if which == "inventory":
+        return herd(tmp_path, "inventory", "validate", path)
+    return herd(tmp_path, "server", "list", HERD_CONFIG=path)
+
+
 @pytest.mark.parametrize("which", ["inventory", "config"])
 def test_a_huge_file_is_refused_after_reading_no_more_than_the_limit(
     tmp_path: Path, which: str
@@ -83,13 +89,18 @@ def test_a_huge_file_is_refused_after_reading_no_more_than_the_limit(
     huge = tmp_path / "huge.yaml"
     with huge.open("wb") as handle:
         handle.truncate(3 * 1024**3)  # sparse: 3 GB that take no disk
-    for path in (str(huge), "/dev/zero"):
-        if which == "inventory":
-            done = herd(tmp_path, "inventory", "validate", path)
-        else:
-            done = herd(tmp_path, "server", "list", HERD_CONFIG=path)
-        line = one_line(done, code=2)
-        assert f"{path}: larger than 4 MiB, the most herd reads of a YAML file" in line
+    line = one_line(_read(tmp_path, which, str(huge)), code=2)
+    assert f"{huge}: larger than 4 MiB, the most herd reads of a YAML file" in line
+
+
+@pytest.mark.parametrize("which", ["inventory", "config"])
+def test_a_device_or_a_fifo_is_refused_without_reading_it(tmp_path: Path, which: str) -> None:
+    """/dev/zero never ends and a FIFO's open waits for a writer: neither is read."""
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        line = one_line(_read(tmp_path, which, path), code=2)
+        assert path in line and "not a regular file" in line, line
 
 
 def test_merge_keys_count_towards_the_limit_too() -> None:
