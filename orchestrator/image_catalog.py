@@ -21,6 +21,7 @@ from orchestrator.conductor import Conductor, sha256_of, target_of
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
+from orchestrator.image_delivery import unsafe_local_image
 from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
 
@@ -38,6 +39,9 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
         path = Path(spec.source)
         if not path.is_file():
             raise InvalidInput(f"--file {path}: no such file")
+        unsafe = await asyncio.to_thread(unsafe_local_image, path, spec.format)
+        if unsafe:
+            raise InvalidInput(f"--file {path} was refused: {unsafe}")
         sha256 = await asyncio.to_thread(sha256_of, path)
         if spec.sha256 and spec.sha256 != sha256:
             raise InvalidInput(f"--file {path} has sha256 {sha256}, not {spec.sha256}")

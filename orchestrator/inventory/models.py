@@ -66,6 +66,45 @@ def _absolute_on_host(value: str) -> str:
     return str(path)
 
 
+# Trees of the host that are never images: devices, kernel interfaces, runtime state.
+_NOT_IMAGES = ("/dev", "/proc", "/sys", "/run")
+# Directories no image directory may be (or contain): the host's own configuration.
+_SYSTEM_DIRS = ("/", "/etc", "/boot", "/root", "/usr", "/bin", "/sbin", "/lib", "/var")
+
+
+def _under(path: PurePosixPath, tree: str) -> bool:
+    return path == PurePosixPath(tree) or PurePosixPath(tree) in path.parents
+
+
+def _clean_host_path(value: str) -> PurePosixPath:
+    """An absolute, normalised host path: what the agent will compare, as written."""
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path on the host (start with /)")
+    if ".." in path.parts or str(path) != value or "\0" in value:
+        raise ValueError("must be a normalised path (no '..', '.', '//' or trailing '/')")
+    return path
+
+
+def _image_file_on_host(value: str) -> str:
+    """The file of a ``host://`` image: a plain path, never a device or kernel file."""
+    path = _clean_host_path(value)
+    if any(_under(path, tree) for tree in _NOT_IMAGES):
+        raise ValueError(f"must not be under {', '.join(_NOT_IMAGES)}: those are not image files")
+    return value
+
+
+def _image_source_dir(value: str) -> str:
+    """A directory ``host://`` images may come from: the agent reads any file below it."""
+    path = _clean_host_path(value)
+    if any(_under(path, tree) for tree in _NOT_IMAGES) or str(path) in _SYSTEM_DIRS:
+        raise ValueError(
+            "must be a directory of images, not a system directory "
+            f"({', '.join(_SYSTEM_DIRS)}, or below {', '.join(_NOT_IMAGES)})"
+        )
+    return value
+
+
 _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 _RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -150,6 +189,7 @@ def _image_source(value: str, info: ValidationInfo) -> str:
             raise ValueError(
                 "must be host:///absolute/path (three slashes: the same path on every host)"
             )
+        _image_file_on_host(rest)
         return value
     raise ValueError(
         f"unknown scheme {scheme!r}: use a local path, host:///path, http:// or https://"
@@ -157,6 +197,7 @@ def _image_source(value: str, info: ValidationInfo) -> str:
 
 
 HostName = Annotated[str, AfterValidator(_host_name)]
+ImageSourceDir = Annotated[str, AfterValidator(_image_source_dir)]
 ResourceName = Annotated[str, AfterValidator(_resource_name)]
 OperatorPath = Annotated[Path, AfterValidator(_operator_path)]
 HostPath = Annotated[str, AfterValidator(_absolute_on_host)]
@@ -253,6 +294,34 @@ class HostSpec(_Spec):
     reserved: Reserved = Field(default_factory=Reserved)
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
     enabled: Annotated[bool, Strict()] = True
+    image_source_dirs: list[ImageSourceDir] = Field(default_factory=list)
+    """Directories on the host that ``host://`` images may be read from; none by default
+    (a host path is then refused). Only trusted users should be able to write there."""
+    max_image_gb: Annotated[int, Strict(), Field(gt=0, le=1024 * 1024)] = 64
+    """The largest image the host takes (uploaded, downloaded or copied), in GiB."""
+
+    @model_validator(mode="after")
+    def _image_dirs_apart_from_agent_dir(self) -> Self:
+        """The agent's own files (journals with user data, caches) are not images."""
+        agent = PurePosixPath(self.agent_dir)
+        for index, value in enumerate(self.image_source_dirs):
+            path = PurePosixPath(value)
+            if _under(path, str(agent)) or _under(agent, value):
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                "image_dir_overlaps_agent_dir",
+                                "must not be or contain the agent_dir ({agent_dir})",
+                                {"agent_dir": self.agent_dir},
+                            ),
+                            loc=("image_source_dirs", index),
+                            input=value,
+                        )
+                    ],
+                )
+        return self
 
     @model_validator(mode="after")
     def _reserved_fits(self) -> Self:
