@@ -256,7 +256,8 @@ class Agent:
             time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
 
     def jobs(self, args: Mapping[str, Any]) -> Dict[str, Any]:
-        return {"jobs": [r.to_wire() for r in self.session.journal.all()]}
+        records, problems = self.session.journal.all()
+        return {"jobs": [r.to_wire() for r in records], "unreadable": problems}
 
     def job_forget(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         self.session.journal.forget(check_job_id(args.get("job_id")))

@@ -137,6 +137,18 @@ class CacheEntry:
 class CacheSurvey:
     entries: list[CacheEntry] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
+    # host -> files it could not read (an instance's images.json): its listing is
+    # complete, but which images those instances use is not known.
+    unreadable: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [
+            f"host {host}: skipped the unreadable {p.get('file')} ({p.get('error')}); "
+            "nothing is pruned there until it is repaired or removed"
+            for host, problems in sorted(self.unreadable.items())
+            for p in problems
+        ]
 
 
 async def _hosts(db: Database, names: list[str] | None) -> list[Host]:
@@ -169,6 +181,8 @@ async def survey_caches(
         except HerdError as exc:
             survey.unreachable[host.name] = str(exc)
             return
+        if result.get("unreadable"):
+            survey.unreadable[host.name] = list(result["unreadable"])
         for item in result["images"]:
             survey.entries.append(
                 CacheEntry(
@@ -196,7 +210,11 @@ async def prune_caches(
     """Remove cache entries no instance uses and not used for ``older_than`` seconds."""
     survey = await survey_caches(db, conductor, host_names)
     now = time.time()
-    doomed = [e for e in survey.entries if not e.in_use and now - e.last_used >= older_than]
+    doomed = [
+        e
+        for e in survey.entries
+        if not e.in_use and now - e.last_used >= older_than and e.host not in survey.unreadable
+    ]
     if dry_run:
         return doomed, survey
     hosts = {h.name: h for h in await _hosts(db, host_names)}
