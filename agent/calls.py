@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from agent import PROTOCOL_VERSION, __version__, image_format, images
+from agent import PROTOCOL_VERSION, __version__, confine, image_format, images
 from agent import facts as host_facts
 from agent.errors import BadRequest, NotFound, UnknownOp
 from agent.fsutil import DIR_MODE, ensure_dir
@@ -274,11 +274,13 @@ def _format(args: Mapping[str, Any]) -> str:
 def _image_policy(args: Mapping[str, Any]) -> images.ImagePolicy:
     """hello's ``image_source_dirs`` and ``max_image_bytes`` (the inventory's)."""
     dirs = args.get("image_source_dirs", [])
-    if not isinstance(dirs, list) or not all(
-        isinstance(d, str) and d.startswith("/") and os.path.normpath(d) == d and d != "/"
-        for d in dirs
-    ):
-        raise BadRequest("image_source_dirs must be a list of absolute, normalised paths")
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        raise BadRequest("image_source_dirs must be a list of directories")
+    for value in dirs:
+        try:
+            confine.check_image_source_dir(value)
+        except ValueError as exc:
+            raise BadRequest(f"image_source_dirs: {value!r} {exc}") from None
     limit = args.get("max_image_bytes", images.DEFAULT_MAX_IMAGE_BYTES)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise BadRequest("max_image_bytes must be a positive integer")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Sequence, Tuple
 
 from agent.errors import BadRequest
@@ -20,6 +20,45 @@ from agent.errors import BadRequest
 
 class PathRefused(BadRequest):
     """A path outside what this request may touch, or not a regular file."""
+
+
+# Trees of the host that are never images: devices, kernel interfaces, runtime state.
+NOT_IMAGES = ("/dev", "/proc", "/sys", "/run")
+# Directories no image directory may be: the host's own system.
+SYSTEM_DIRS = ("/", "/etc", "/boot", "/root", "/usr", "/bin", "/sbin", "/lib", "/var")
+
+
+def under(path: PurePosixPath, tree: str) -> bool:
+    """Is ``path`` the directory ``tree`` or below it (as written, nothing resolved)?"""
+    return path == PurePosixPath(tree) or PurePosixPath(tree) in path.parents
+
+
+def clean_host_path(value: str) -> PurePosixPath:
+    """An absolute, normalised host path; ``ValueError`` (an operator's message) if not.
+    The inventory and the agent both hold host paths to it, so both compare the same."""
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path on the host (start with /)")
+    if ".." in path.parts or str(path) != value or "\0" in value:
+        raise ValueError("must be a normalised path (no '..', '.', '//' or trailing '/')")
+    return path
+
+
+def check_host_image_path(value: str) -> None:
+    """The file of a ``host://`` image: a plain path, never a device or kernel file."""
+    path = clean_host_path(value)
+    if any(under(path, tree) for tree in NOT_IMAGES):
+        raise ValueError(f"must not be under {', '.join(NOT_IMAGES)}: those are not image files")
+
+
+def check_image_source_dir(value: str) -> None:
+    """A directory ``host://`` images may come from: the agent reads any file below it."""
+    path = clean_host_path(value)
+    if any(under(path, tree) for tree in NOT_IMAGES) or str(path) in SYSTEM_DIRS:
+        raise ValueError(
+            "must be a directory of images, not a system directory "
+            f"({', '.join(SYSTEM_DIRS)}, or below {', '.join(NOT_IMAGES)})"
+        )
 
 
 def within(path: str, root: str) -> bool:

@@ -33,6 +33,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from agent import confine
+
 SourceKind = Literal["local", "host", "url"]
 
 
@@ -66,42 +68,16 @@ def _absolute_on_host(value: str) -> str:
     return str(path)
 
 
-# Trees of the host that are never images: devices, kernel interfaces, runtime state.
-_NOT_IMAGES = ("/dev", "/proc", "/sys", "/run")
-# Directories no image directory may be (or contain): the host's own configuration.
-_SYSTEM_DIRS = ("/", "/etc", "/boot", "/root", "/usr", "/bin", "/sbin", "/lib", "/var")
-
-
-def _under(path: PurePosixPath, tree: str) -> bool:
-    return path == PurePosixPath(tree) or PurePosixPath(tree) in path.parents
-
-
-def _clean_host_path(value: str) -> PurePosixPath:
-    """An absolute, normalised host path: what the agent will compare, as written."""
-    path = PurePosixPath(value)
-    if not path.is_absolute():
-        raise ValueError("must be an absolute path on the host (start with /)")
-    if ".." in path.parts or str(path) != value or "\0" in value:
-        raise ValueError("must be a normalised path (no '..', '.', '//' or trailing '/')")
-    return path
-
-
 def _image_file_on_host(value: str) -> str:
-    """The file of a ``host://`` image: a plain path, never a device or kernel file."""
-    path = _clean_host_path(value)
-    if any(_under(path, tree) for tree in _NOT_IMAGES):
-        raise ValueError(f"must not be under {', '.join(_NOT_IMAGES)}: those are not image files")
+    """The file of a ``host://`` image (agent/confine.py's rule)."""
+    confine.check_host_image_path(value)
     return value
 
 
 def _image_source_dir(value: str) -> str:
-    """A directory ``host://`` images may come from: the agent reads any file below it."""
-    path = _clean_host_path(value)
-    if any(_under(path, tree) for tree in _NOT_IMAGES) or str(path) in _SYSTEM_DIRS:
-        raise ValueError(
-            "must be a directory of images, not a system directory "
-            f"({', '.join(_SYSTEM_DIRS)}, or below {', '.join(_NOT_IMAGES)})"
-        )
+    """A directory ``host://`` images may come from (agent/confine.py's rule, which the
+    agent applies to hello's ``image_source_dirs`` too)."""
+    confine.check_image_source_dir(value)
     return value
 
 
@@ -306,7 +282,7 @@ class HostSpec(_Spec):
         agent = PurePosixPath(self.agent_dir)
         for index, value in enumerate(self.image_source_dirs):
             path = PurePosixPath(value)
-            if _under(path, str(agent)) or _under(agent, value):
+            if confine.under(path, str(agent)) or confine.under(agent, value):
                 raise ValidationError.from_exception_data(
                     type(self).__name__,
                     [

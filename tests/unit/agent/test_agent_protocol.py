@@ -285,10 +285,11 @@ def agent_ping(state_dir: Path) -> dict[str, Any]:
         {"image_source_dirs": ["relative"]},
         {"image_source_dirs": ["/srv/../etc"]},
         {"image_source_dirs": ["/"]},
+        {"image_source_dirs": ["/dev/shm"]},
         {"max_image_bytes": 0},
         {"max_image_bytes": True},
     ],
-    ids=["not-a-list", "relative", "dot-dot", "root", "zero-size", "bool-size"],
+    ids=["not-a-list", "relative", "dot-dot", "root", "under-dev", "zero-size", "bool-size"],
 )
 def test_hello_refuses_bad_image_settings(args: dict[str, Any], state_dir: Path) -> None:
     with pytest.raises(BadRequest, match=r"image_source_dirs|max_image_bytes"):
