@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from agent import PROTOCOL_VERSION, __version__, images
+from agent import PROTOCOL_VERSION, __version__, confine, image_format, images
 from agent import facts as host_facts
 from agent.errors import BadRequest, NotFound, UnknownOp
 from agent.fsutil import DIR_MODE, ensure_dir
@@ -46,6 +46,7 @@ class Session:
     domain_type: str
     probe: Optional[BackgroundProbe]
     journal: Journal
+    images: images.ImagePolicy
 
     @property
     def context(self) -> Dict[str, Any]:
@@ -148,6 +149,7 @@ class Agent:
             raise BadRequest(f"libvirt_uri {exc}") from None
         if mode not in DOMAIN_TYPE_MODES:
             raise BadRequest(f"domain_type must be one of {', '.join(DOMAIN_TYPE_MODES)}")
+        policy = _image_policy(args)
         root = Path(state_dir)
         _make_state_dir(root)
         with self._hello_lock:
@@ -156,7 +158,7 @@ class Agent:
             if mode == "auto":
                 same_dir = old is not None and old.state_dir == root and old.probe is not None
                 probe = old.probe if same_dir else BackgroundProbe(root)
-            self._session = Session(root, uri, mode, probe, Journal.of(root))
+            self._session = Session(root, uri, mode, probe, Journal.of(root), policy)
         log.info(
             "hello from orchestrator %s: state_dir=%s uri=%s domain_type=%s",
             args.get("orchestrator_version"),
@@ -193,9 +195,10 @@ class Agent:
     def image_commit(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         digest = sha256(args, "sha256")
         upload = args.get("upload")
-        if not isinstance(upload, str) or not upload:
-            raise BadRequest("upload must be the path of the uploaded file")
-        cached = images.commit(self.session.state_dir, digest, Path(os.path.abspath(upload)))
+        if not isinstance(upload, str) or not upload.startswith("/"):
+            raise BadRequest("upload must be the absolute path of the uploaded file")
+        s = self.session
+        cached = images.commit(s.state_dir, digest, Path(upload), _format(args), s.images)
         return {"path": str(cached.path), "size": cached.size}
 
     def image_fetch(self, args: Mapping[str, Any]) -> Dict[str, Any]:
@@ -204,11 +207,13 @@ class Agent:
         if not isinstance(source, str) or not source:
             raise BadRequest("source must be an http(s) URL or an absolute path")
         digest = sha256(args, "sha256") if args.get("sha256") is not None else None
-        cached, actual = images.fetch(self.session.state_dir, source, digest)
+        s = self.session
+        cached, actual = images.fetch(s.state_dir, source, digest, _format(args), s.images)
         return {"sha256": actual, "path": str(cached.path), "size": cached.size}
 
     def image_list(self, args: Mapping[str, Any]) -> Dict[str, Any]:
-        return {"images": images.list_cached(self.session.state_dir)}
+        entries, problems = images.list_cached(self.session.state_dir)
+        return {"images": entries, "unreadable": problems}
 
     def image_remove(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         return {"removed": images.remove(self.session.state_dir, sha256(args, "sha256"))}
@@ -285,8 +290,32 @@ class Agent:
             time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
 
     def jobs(self, args: Mapping[str, Any]) -> Dict[str, Any]:
-        return {"jobs": [r.to_wire() for r in self.session.journal.all()]}
+        records, problems = self.session.journal.all()
+        return {"jobs": [r.to_wire() for r in records], "unreadable": problems}
 
     def job_forget(self, args: Mapping[str, Any]) -> Dict[str, Any]:
         self.session.journal.forget(check_job_id(args.get("job_id")))
         return {}
+
+
+def _format(args: Mapping[str, Any]) -> str:
+    value = args.get("format")
+    if value not in image_format.FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(image_format.FORMATS)}")
+    return value
+
+
+def _image_policy(args: Mapping[str, Any]) -> images.ImagePolicy:
+    """hello's ``image_source_dirs`` and ``max_image_bytes`` (the inventory's)."""
+    dirs = args.get("image_source_dirs", [])
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        raise BadRequest("image_source_dirs must be a list of directories")
+    for value in dirs:
+        try:
+            confine.check_image_source_dir(value)
+        except ValueError as exc:
+            raise BadRequest(f"image_source_dirs: {value!r} {exc}") from None
+    limit = args.get("max_image_bytes", images.DEFAULT_MAX_IMAGE_BYTES)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise BadRequest("max_image_bytes must be a positive integer")
+    return images.ImagePolicy(tuple(dirs), limit)

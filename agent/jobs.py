@@ -17,9 +17,9 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from agent.errors import BadRequest
+from agent.errors import AgentError, BadRequest
 from agent.fsutil import DIR_MODE, atomic_write_json, ensure_dir, flocked, read_json
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,18 @@ JOURNAL_LOCK_TIMEOUT = 30.0
 RUNNER_START_GRACE = 60.0
 
 _WIRE_FIELDS = ("job_id", "op", "state", "result", "error", "started_at", "finished_at")
+_STATES = (RUNNING, *FINISHED)
+
+
+class Unreadable(AgentError):
+    """A journal file that is not a job record (a crash mid-write on a filesystem
+    without atomic rename, an operator's editor): reported, never fatal to others."""
+
+    type = "Unreadable"
+
+    def __init__(self, job_id: str, path: Path, reason: str) -> None:
+        super().__init__(f"job {job_id}: its journal {path} is unreadable: {reason}")
+        self.problem = {"job_id": job_id, "file": str(path), "error": reason}
 
 
 def check_job_id(job_id: Any) -> str:
@@ -99,9 +111,27 @@ class JobRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> JobRecord:
+    def from_json(cls, data: Any) -> JobRecord:
+        """The record ``data`` describes; ``ValueError`` if it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            record = cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # a field missing
+            raise ValueError(str(exc)) from None
+        numbers = (record.started_at, record.finished_at, record.pid, record.pid_start)
+        if (
+            not isinstance(record.job_id, str)
+            or not isinstance(record.op, str)
+            or not isinstance(record.args, dict)
+            or record.state not in _STATES
+            or not isinstance(record.context, dict)
+            or any(n is not None and not isinstance(n, (int, float)) for n in numbers)
+            or isinstance(record.pid, bool)
+        ):
+            raise ValueError("not a job record")
+        return record
 
     def lost_reason(self, now: float, current_boot: Optional[str]) -> Optional[str]:
         """Why this running job's runner must be dead, or None while it may be alive."""
@@ -145,8 +175,14 @@ class Journal:
             yield
 
     def load(self, job_id: str) -> Optional[JobRecord]:
-        data = read_json(self.path(job_id))
-        return JobRecord.from_json(data) if data is not None else None
+        """The record, None if there is none, ``Unreadable`` if the file is not one."""
+        path = self.path(job_id)
+        try:
+            data = read_json(path)
+            return JobRecord.from_json(data) if data is not None else None
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise Unreadable(job_id, path, reason) from None
 
     def save(self, record: JobRecord) -> None:
         atomic_write_json(self.path(record.job_id), record.to_json(), mode=0o600)
@@ -197,9 +233,20 @@ class Journal:
     def job_ids(self) -> List[str]:
         return sorted(p.stem for p in self.dir.glob("*.json") if JOB_ID_RE.fullmatch(p.stem))
 
-    def all(self) -> List[JobRecord]:
-        records = (self.get(job_id) for job_id in self.job_ids())
-        return [r for r in records if r is not None]
+    def all(self) -> Tuple[List[JobRecord], List[Dict[str, str]]]:
+        """Every record; and the files that are not records, skipped and reported, so
+        one bad file never hides the other jobs (nor makes the host look down)."""
+        records: List[JobRecord] = []
+        problems: List[Dict[str, str]] = []
+        for job_id in self.job_ids():
+            try:
+                record = self.get(job_id)
+            except Unreadable as exc:
+                problems.append(exc.problem)
+                continue
+            if record is not None:
+                records.append(record)
+        return records, problems
 
     def forget(self, job_id: str) -> None:
         self.get(job_id)  # a dead runner's job becomes lost, and so forgettable

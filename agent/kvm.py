@@ -207,9 +207,13 @@ def cached_probe(state_dir: Path) -> Verdict:
     """The probe's verdict, run at most once per boot and QEMU binary."""
     cache = ensure_dir(state_dir / "state", DIR_MODE) / "kvm-probe.json"
     key = _cache_key(qemu_binary())
-    data = read_json(cache)
-    if isinstance(data, dict) and data.get("key") == key:
-        return Verdict(bool(data["usable"]), str(data["reason"]))
+    try:
+        data = read_json(cache)
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the unreadable %s (%s): probing again", cache, exc)
+        data = None
+    if isinstance(data, dict) and data.get("key") == key and "usable" in data:
+        return Verdict(bool(data["usable"]), str(data.get("reason", "")))
     verdict = probe()
     log.info("KVM probe: usable=%s (%s)", verdict.usable, verdict.reason)
     atomic_write_json(cache, {"key": key, "probed_at": time.time(), **asdict(verdict)})

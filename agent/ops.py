@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -19,17 +18,21 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from agent import domain, images, proc
+from agent import confine, domain, image_format, images, proc
 from agent.errors import BadRequest, NotFound
-from agent.fsutil import DIR_MODE, FILE_MODE, atomic_write_bytes, ensure_dir
+from agent.fsutil import DIR_MODE, atomic_write_bytes, ensure_dir
 from agent.specs import BuildSpec, DeleteSpec, LiveMigrateSpec, PowerSpec
 from agent.virt import DomainInfo, Virsh, domain_name
 
 log = logging.getLogger(__name__)
 
 QEMU_IMG_TIMEOUT = 120.0
+# A guest's files (disk, kernel and initramfs copies, seed) are root's alone: the seed
+# carries user data, the disk the guest's own. libvirt's DAC driver hands them to the
+# QEMU user when the guest starts (and back when it stops), as it does the base image.
+GUEST_FILE_MODE = 0o600
 # A domain in one of these states is ours to start; any other state (running,
 # paused, shutting down...) means someone is using it: leave it alone.
 _STARTABLE = ("shutoff", "crashed")
@@ -52,6 +55,7 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
     virsh = ctx.virsh
     inst_dir = ctx.instance_dir(uuid)
     disk = inst_dir / "disk"
+    disk_from = _disk_source(ctx, spec) if spec.disk_from is not None else None
     existing = virsh.dominfo(uuid)
     if existing is not None and spec.rebuild:
         if existing.name != name:
@@ -79,9 +83,11 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
                     raise NotFound(f"image {digest} is not in this host's cache")
                 cached[digest] = entry.path
             images.record_use(inst_dir, spec.image_digests)
-        if spec.disk_from is not None:
+        for digest, declared in _declared_formats(spec):
+            images.check_cached(cached[digest], declared, f"image {digest}")
+        if disk_from is not None:
             adopt_disk(
-                Path(spec.disk_from),
+                disk_from,
                 cached[spec.image.sha256],
                 spec.image.format,
                 disk,
@@ -101,7 +107,7 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
             files = dataclasses.replace(files, kernel=kernel, initrd=initrd)
         if spec.seed is not None:
             seed = inst_dir / "seed.iso"
-            atomic_write_bytes(seed, spec.seed, mode=FILE_MODE)
+            atomic_write_bytes(seed, spec.seed, mode=GUEST_FILE_MODE)
             files = dataclasses.replace(files, seed=seed)
         xml_text = domain.render(spec, platform.machine(), files)
         xml_path = inst_dir / "domain.xml"
@@ -139,6 +145,26 @@ def _adopt(virsh: Virsh, existing: DomainInfo, disk: Path) -> Dict[str, Any]:
     return {"domain": name, "state": state, "disk_path": str(disk)}
 
 
+def _declared_formats(spec: BuildSpec) -> List[Tuple[str, str]]:
+    """Each cached image the build uses, with the format it must be."""
+    pairs = [(spec.image.sha256, spec.image.format)]
+    if spec.boot is not None:
+        pairs.append((spec.boot.kernel, "aki"))
+        if spec.boot.ramdisk:
+            pairs.append((spec.boot.ramdisk, "ari"))
+    return pairs
+
+
+def _disk_source(ctx: Context, spec: BuildSpec) -> Path:
+    """``disk_from`` may only name a disk herd put here for this instance: one carried
+    into the incoming directory (a migration), or the instance's resize stash."""
+    assert spec.disk_from is not None
+    roots = [images.incoming_dir(ctx.state_dir), stash_dir(ctx, spec.instance.uuid)]
+    source = confine.entry_in(spec.disk_from, roots, "disk_from")
+    confine.regular_file(source, "disk_from")
+    return source
+
+
 def create_overlay(base: Path, base_format: str, disk: Path, disk_gb: int) -> None:
     """A qcow2 overlay on the cached base image, created under a temporary name.
 
@@ -151,7 +177,7 @@ def create_overlay(base: Path, base_format: str, disk: Path, disk_gb: int) -> No
         argv.append(f"{disk_gb}G")
     try:
         proc.run(argv, QEMU_IMG_TIMEOUT, what="qemu-img create")
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, GUEST_FILE_MODE)
         os.replace(tmp, disk)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -163,44 +189,66 @@ def adopt_disk(
 ) -> None:
     """A moved server's disk: put in place (moved, or copied when ``keep``), pointed at
     this host's copy of its base image (the cache path may differ from the source
-    host's), and grown to the flavor's size (a resize; disks never shrink)."""
-    if not upload.is_file() or upload.is_symlink():
-        raise BadRequest(f"disk_from {upload} is not a regular file")
+    host's), and grown to the flavor's size (a resize; disks never shrink).
+
+    The disk must be a qcow2 overlay like the ones herd makes: its backing file is
+    replaced without being opened (``rebase -u``), but anything else a header can
+    point at (an external data file) is refused, before and after the rebase.
+    """
+    st = confine.regular_file(upload, "disk_from")
+    images.check_cached(upload, "qcow2", f"disk_from {upload}", backing_allowed=True)
     tmp = disk.with_name(f".{disk.name}.tmp")
     try:
         if keep:
-            shutil.copyfile(upload, tmp)
+            _copy_regular(upload, tmp, st.st_size)
         else:
             shutil.move(str(upload), tmp)
-        argv = ["qemu-img", "rebase", "-u", "-F", base_format, "-b", str(base), str(tmp)]
+        argv = [
+            "qemu-img", "rebase", "-q", "-u", "-f", "qcow2",
+            "-F", base_format, "-b", str(base), str(tmp),
+        ]  # fmt: skip
         proc.run(argv, QEMU_IMG_TIMEOUT, what="qemu-img rebase")
-        if disk_gb and virtual_size(tmp) < disk_gb << 30:
+        info = images.qemu_img_info(tmp, "qcow2")
+        try:
+            image_format.check_qemu_info(info, "qcow2", backing_allowed=True)
+        except image_format.UnsafeImage as exc:
+            raise images.FetchError(f"disk_from {upload} was refused: {exc}") from None
+        if info.get("backing-filename") != str(base):
+            raise images.FetchError(f"disk_from {upload}: rebase left another backing file")
+        if disk_gb and int(info["virtual-size"]) < disk_gb << 30:
             proc.run(
                 ["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), f"{disk_gb}G"],
                 QEMU_IMG_TIMEOUT,
                 what="qemu-img resize",
             )
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, GUEST_FILE_MODE)
         os.replace(tmp, disk)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def virtual_size(path: Path) -> int:
-    """The guest-visible size of a qcow2 disk, without following its backing chain."""
-    info = proc.run(
-        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(path)],
-        QEMU_IMG_TIMEOUT,
-        what="qemu-img info",
-    )
-    return int(json.loads(info)["virtual-size"])
+def _copy_regular(source: Path, target: Path, size: int) -> None:
+    """Copy a regular file of ``size`` bytes, and not a byte more if it grows."""
+    with open(source, "rb") as reader, open(target, "xb") as out:
+        left = size
+        while left > 0:
+            chunk = reader.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            out.write(chunk)
+            left -= len(chunk)
+        if reader.read(1):
+            raise BadRequest(f"{source} grew while it was copied")
 
 
 def copy_file(source: Path, target: Path) -> Path:
+    """A copy of a cached file (kernel, initramfs) for one guest, 0600 like its disk."""
     tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.chmod(tmp, FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    _copy_regular(source, tmp, os.stat(source).st_size)
+    os.chmod(tmp, GUEST_FILE_MODE)
     os.replace(tmp, target)
     return target
 
@@ -351,18 +399,18 @@ def live_migrate(ctx: Context, spec: LiveMigrateSpec) -> Dict[str, Any]:
     it, so a failure leaves it where it was; on success the domain is gone from here
     (--undefinesource) and so goes its directory."""
     virsh = ctx.virsh
+    # The tunnel's socket is herd's, in state_dir: the only file this job may unlink.
+    socket = confine.entry_in(spec.socket, [ctx.state_dir], "socket")
     info = herd_domain(virsh, spec.uuid)
     name = info.name
     if info.state != "running":
         raise BadRequest(f"{name} is {info.state}: only a running guest migrates live")
     try:
-        virsh.migrate_live(
-            name, f"qemu+unix:///system?socket={spec.socket}", spec.address, spec.timeout
-        )
+        virsh.migrate_live(name, f"qemu+unix:///system?socket={socket}", spec.address, spec.timeout)
     finally:
         with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(spec.socket).st_mode):
-                os.unlink(spec.socket)  # the tunnel's end, which sshd leaves behind
+            if stat.S_ISSOCK(os.lstat(socket).st_mode):
+                os.unlink(socket)  # the tunnel's end, which sshd leaves behind
     inst_dir = ctx.instance_dir(spec.uuid)
     if inst_dir.exists():
         shutil.rmtree(inst_dir)

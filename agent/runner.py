@@ -22,13 +22,22 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import agent
 from agent.errors import AgentError, BadRequest, UnknownOp, internal
 from agent.fsutil import DIR_MODE, ensure_dir, flocked
-from agent.jobs import FAILED, RUNNING, SUCCEEDED, JobRecord, Journal, process_start_time
+from agent.jobs import (
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    JobRecord,
+    Journal,
+    Unreadable,
+    process_start_time,
+)
 from agent.ops import JOBS, Context
 from agent.virt import Virsh
 
 log = logging.getLogger(__name__)
 
 INSTANCE_LOCK_TIMEOUT = 900.0
+LOG_MODE = 0o600
 _REAP_INTERVAL = 0.5
 # Resolved now: the bundle may have been started by a relative path.
 _BUNDLE_ROOT = Path(os.path.abspath(agent.__file__)).parent.parent
@@ -89,7 +98,14 @@ class Runners:
         """Start the runner; the caller holds the journal lock, so we save directly."""
         argv, env = runner_command(journal.path(record.job_id))
         try:
-            with open(journal.log_path(record.job_id), "ab") as log_file:
+            # 0600: a job's log may quote what it was given (user data in a seed).
+            fd = os.open(
+                journal.log_path(record.job_id),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                LOG_MODE,
+            )
+            os.fchmod(fd, LOG_MODE)
+            with os.fdopen(fd, "ab") as log_file:
                 child = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -143,7 +159,11 @@ def run_job(journal_path: Path) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     journal = Journal(journal_path.parent)
     job_id = journal_path.name[: -len(".json")]
-    record = journal.load(job_id)
+    try:
+        record = journal.load(job_id)
+    except Unreadable as exc:
+        log.error("%s", exc)
+        return 1
     if record is None:
         log.error("no job journal at %s", journal_path)
         return 1

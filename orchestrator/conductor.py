@@ -116,6 +116,8 @@ def target_of(host: Host) -> HostTarget:
         agent_dir=host.agent_dir,
         libvirt_uri=host.libvirt_uri,
         domain_type=host.domain_type_pref,
+        image_source_dirs=tuple(host.image_source_dirs),
+        max_image_gb=host.max_image_gb,
     )
 
 

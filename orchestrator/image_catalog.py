@@ -21,6 +21,7 @@ from orchestrator.conductor import Conductor, sha256_of, target_of
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
+from orchestrator.image_delivery import unsafe_local_image
 from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
 from orchestrator.inventory.problems import first_validation_problem
@@ -37,6 +38,9 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
         path = Path(spec.source)
         if not path.is_file():
             raise InvalidInput(f"--file {path}: no such file")
+        unsafe = await asyncio.to_thread(unsafe_local_image, path, spec.format)
+        if unsafe:
+            raise InvalidInput(f"--file {path} was refused: {unsafe}")
         sha256 = await asyncio.to_thread(sha256_of, path)
         if spec.sha256 and spec.sha256 != sha256:
             raise InvalidInput(f"--file {path} has sha256 {sha256}, not {spec.sha256}")
@@ -132,6 +136,18 @@ class CacheEntry:
 class CacheSurvey:
     entries: list[CacheEntry] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
+    # host -> files it could not read (an instance's images.json): its listing is
+    # complete, but which images those instances use is not known.
+    unreadable: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [
+            f"host {host}: skipped the unreadable {p.get('file')} ({p.get('error')}); "
+            "nothing is pruned there until it is repaired or removed"
+            for host, problems in sorted(self.unreadable.items())
+            for p in problems
+        ]
 
 
 async def _hosts(db: Database, names: list[str] | None) -> list[Host]:
@@ -164,6 +180,8 @@ async def survey_caches(
         except HerdError as exc:
             survey.unreachable[host.name] = str(exc)
             return
+        if result.get("unreadable"):
+            survey.unreadable[host.name] = list(result["unreadable"])
         for item in result["images"]:
             survey.entries.append(
                 CacheEntry(
@@ -191,7 +209,11 @@ async def prune_caches(
     """Remove cache entries no instance uses and not used for ``older_than`` seconds."""
     survey = await survey_caches(db, conductor, host_names)
     now = time.time()
-    doomed = [e for e in survey.entries if not e.in_use and now - e.last_used >= older_than]
+    doomed = [
+        e
+        for e in survey.entries
+        if not e.in_use and now - e.last_used >= older_than and e.host not in survey.unreadable
+    ]
     if dry_run:
         return doomed, survey
     hosts = {h.name: h for h in await _hosts(db, host_names)}

@@ -3,9 +3,12 @@
 The cache on each host is keyed by sha256, so "is it there?" is one cheap call and a
 second server from the same image on the same host transfers nothing. The three
 sources of the inventory map to two agent calls: a local file is uploaded over SFTP
-and committed (the agent re-hashes it); a URL or a host path is fetched by the agent
-itself (``image_fetch``). An image without a recorded checksum (a URL given without
-one) gets the digest of its first fetch, and every later host is held to it.
+and committed (the agent re-hashes and inspects it); a URL or a host path is fetched
+by the agent itself (``image_fetch``), which inspects it too: both are told the
+image's declared format and refuse anything else (a backing file, an external data
+file, another format), so nothing unsafe reaches a host's cache. An image without a
+recorded checksum (a URL given without one) gets the digest of its first fetch, and
+every later host is held to it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import image_format
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Image, utcnow
 from orchestrator.errors import AgentError, HerdError
@@ -39,6 +43,22 @@ class Delivery:
         if self.how == "pushed":
             return f"{self.image}: pushed {self.bytes_sent} bytes to {host}"
         return f"{self.image}: fetched by {host} from its source"
+
+
+def unsafe_local_image(path: Path, declared: str) -> str | None:
+    """Why a file on this machine must not be registered as a ``declared`` image, or
+    None. The same inspector the agents run (agent/image_format.py), so a bad file is
+    refused before it is stored rather than on the first host it reaches."""
+    try:
+        with path.open("rb") as reader:
+            head = image_format.read_head(reader)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    try:
+        image_format.check_head(head, declared)
+    except image_format.UnsafeImage as exc:
+        return str(exc)
+    return None
 
 
 def source_kind(source: str) -> str:
@@ -91,7 +111,7 @@ class ImageDelivery:
             await self.pool.call(
                 target,
                 "image_commit",
-                {"sha256": image.sha256, "upload": remote},
+                {"sha256": image.sha256, "upload": remote, "format": image.format},
                 timeout=COMMIT_TIMEOUT,
             )
         except AgentError as exc:
@@ -105,7 +125,7 @@ class ImageDelivery:
             result = await self.pool.call(
                 target,
                 "image_fetch",
-                {"source": source, "sha256": image.sha256},
+                {"source": source, "sha256": image.sha256, "format": image.format},
                 timeout=FETCH_TIMEOUT,
             )
         except AgentError as exc:

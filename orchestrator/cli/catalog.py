@@ -223,6 +223,8 @@ def _cache_table(title: str | None, entries: list[image_catalog.CacheEntry]) -> 
 
 
 def _unreachable(survey: image_catalog.CacheSurvey) -> None:
+    for warning in survey.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     for host, why in sorted(survey.unreachable.items()):
         err.print(text(f"host {host}: {why}", "red"))
     if survey.unreachable:
@@ -243,6 +245,7 @@ def cache_list(host: HostOpt = None, as_json: JsonOpt = False) -> None:
             {
                 "images": [e.to_dict() for e in survey.entries],
                 "unreachable": survey.unreachable,
+                "warnings": survey.warnings,
             }
         )
     else:

@@ -55,7 +55,7 @@ def reconcile(
         metrics.write_textfile(prometheus_textfile, metrics.render(report))
     if as_json:
         print_json(report.to_dict())
-    elif report.findings or report.unreachable or verbose:
+    elif report.findings or report.unreachable or report.warnings or verbose:
         _show(report, verbose)
     raise typer.Exit(report.exit_code)
 
@@ -81,11 +81,13 @@ def _show(report: RunReport, verbose: bool) -> None:
                 ),
             )
         )
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     reached = len(report.surveys) - len(report.unreachable)
     summary = (
         f"{reached}/{len(report.surveys)} hosts answered, {len(report.findings)} finding(s), "
         f"{sum(f.outcome == 'fixed' for f in report.findings)} fixed, "
         f"in {report.duration:.2f}s"
     )
-    if verbose or report.findings or report.unreachable:
+    if verbose or report.findings or report.unreachable or report.warnings:
         err.print(summary)

@@ -101,6 +101,12 @@ class Host(SQLModel, table=True):
     labels: dict[str, str] = _json()
     availability_zone: str = "default"
     domain_type_pref: str = "auto"
+    # Where the agent may read host:// images ([]: nowhere), and the largest image
+    # it takes from any source.
+    image_source_dirs: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+    max_image_gb: int = Field(default=64, sa_column_kwargs={"server_default": "64"})
 
     # Capacity overrides from the inventory; None means "what the host reports".
     override_vcpus: int | None = None

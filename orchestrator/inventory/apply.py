@@ -31,6 +31,7 @@ from orchestrator.db.models import (
     utcnow,
 )
 from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.image_delivery import unsafe_local_image
 from orchestrator.inventory.models import (
     FlavorSpec,
     HostSpec,
@@ -73,6 +74,8 @@ def host_values(spec: HostSpec) -> dict[str, Any]:
         "reserved_ram_mb": spec.reserved.ram_mb,
         "reserved_disk_gb": spec.reserved.disk_gb,
         "enabled": spec.enabled,
+        "image_source_dirs": list(spec.image_source_dirs),
+        "max_image_gb": spec.max_image_gb,
     }
 
 
@@ -107,6 +110,11 @@ async def image_values(spec: ImageSpec) -> dict[str, Any]:
         assert path is not None
         if not path.is_file():
             raise InvalidInput(f"{spec.origin}: images ({spec.name}).source: no such file {path}")
+        unsafe = await asyncio.to_thread(unsafe_local_image, path, spec.format)
+        if unsafe:
+            raise InvalidInput(
+                f"{spec.origin}: images ({spec.name}).source: {path} was refused: {unsafe}"
+            )
         digest, size = await asyncio.to_thread(_checksum, path)
         if spec.sha256 and spec.sha256 != digest:
             raise InvalidInput(

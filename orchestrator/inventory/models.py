@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from agent import confine
 from agent import specs as agent_specs
 from orchestrator.guest_config import CMDLINE_PROPERTY
 from orchestrator.names import is_name
@@ -69,6 +70,19 @@ def _absolute_on_host(value: str) -> str:
     if not path.is_absolute():
         raise ValueError("must be an absolute path on the host (start with /)")
     return str(path)
+
+
+def _image_file_on_host(value: str) -> str:
+    """The file of a ``host://`` image (agent/confine.py's rule)."""
+    confine.check_host_image_path(value)
+    return value
+
+
+def _image_source_dir(value: str) -> str:
+    """A directory ``host://`` images may come from (agent/confine.py's rule, which the
+    agent applies to hello's ``image_source_dirs`` too)."""
+    confine.check_image_source_dir(value)
+    return value
 
 
 _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
@@ -168,6 +182,7 @@ def _image_source(value: str, info: ValidationInfo) -> str:
             raise ValueError(
                 "must be host:///absolute/path (three slashes: the same path on every host)"
             )
+        _image_file_on_host(rest)
         return value
     raise ValueError(
         f"unknown scheme {scheme!r}: use a local path, host:///path, http:// or https://"
@@ -175,6 +190,7 @@ def _image_source(value: str, info: ValidationInfo) -> str:
 
 
 HostName = Annotated[str, AfterValidator(_host_name)]
+ImageSourceDir = Annotated[str, AfterValidator(_image_source_dir)]
 ResourceName = Annotated[str, AfterValidator(_resource_name)]
 OperatorPath = Annotated[Path, AfterValidator(_operator_path)]
 HostPath = Annotated[str, AfterValidator(_absolute_on_host)]
@@ -283,6 +299,34 @@ class HostSpec(_Spec):
     reserved: Reserved = Field(default_factory=Reserved)
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
     enabled: Annotated[bool, Strict()] = True
+    image_source_dirs: list[ImageSourceDir] = Field(default_factory=list)
+    """Directories on the host that ``host://`` images may be read from; none by default
+    (a host path is then refused). Only trusted users should be able to write there."""
+    max_image_gb: Annotated[int, Strict(), Field(gt=0, le=1024 * 1024)] = 64
+    """The largest image the host takes (uploaded, downloaded or copied), in GiB."""
+
+    @model_validator(mode="after")
+    def _image_dirs_apart_from_agent_dir(self) -> Self:
+        """The agent's own files (journals with user data, caches) are not images."""
+        agent = PurePosixPath(self.agent_dir)
+        for index, value in enumerate(self.image_source_dirs):
+            path = PurePosixPath(value)
+            if confine.under(path, str(agent)) or confine.under(agent, value):
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                "image_dir_overlaps_agent_dir",
+                                "must not be or contain the agent_dir ({agent_dir})",
+                                {"agent_dir": self.agent_dir},
+                            ),
+                            loc=("image_source_dirs", index),
+                            input=value,
+                        )
+                    ],
+                )
+        return self
 
     @model_validator(mode="after")
     def _reserved_fits(self) -> Self:

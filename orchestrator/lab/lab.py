@@ -178,6 +178,7 @@ class Lab:
                 "qemu-img create",
             )
             say(f"placeholder image {info.image} created")
+        info.host_images.mkdir(mode=0o755, exist_ok=True)
         had_guest = guest_image.paths(info.image.parent).initrd.exists()
         built = guest_image.build(info.image.parent)
         if not had_guest:

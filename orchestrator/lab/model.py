@@ -101,6 +101,12 @@ class LabInfo:
     def image(self) -> Path:
         return self.root / "images" / "blank.qcow2"
 
+    @property
+    def host_images(self) -> Path:
+        """The lab hosts' one ``image_source_dirs`` entry: where ``host://`` images
+        may be read (every lab host sees this machine's files)."""
+        return self.root / "host-images"
+
     def host(self, name: str) -> LabHost:
         for host in self.hosts:
             if host.name == name:

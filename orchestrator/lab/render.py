@@ -115,6 +115,7 @@ def inventory_document(info: LabInfo) -> dict[str, Any]:
                 "agent_dir": AGENT_DIR,
                 "labels": {"lab": "true"},
                 "availability_zone": "lab",
+                "image_source_dirs": [str(info.host_images)],
             }
             for host in info.hosts
         ],

@@ -152,6 +152,11 @@ def _job_findings(
         if job.instance_uuid:
             busy.add(job.instance_uuid)
         return []
+    if record is None and job.id in survey.unreadable_jobs:
+        # The host has a record but it cannot be read: unknown, not lost (reported).
+        if job.instance_uuid:
+            busy.add(job.instance_uuid)
+        return []
     if record is None:
         if now - _epoch(job.created_at) < LOST_CAST_SECONDS:
             if job.instance_uuid:

@@ -62,10 +62,16 @@ class RunReport:
         return [s.host.name for s in self.surveys if not s.ok]
 
     @property
+    def warnings(self) -> list[str]:
+        """What hosts answered around: files they could not read and skipped."""
+        return [w for s in self.surveys for w in s.warnings]
+
+    @property
     def exit_code(self) -> int:
         """0 all well; 1 drift found and all of it fixed; 2 drift left (by policy, a
-        failed repair or a dry run) or a host that did not answer."""
-        if self.unreachable or any(f.outcome != "fixed" for f in self.findings):
+        failed repair or a dry run), a host that did not answer, or a host file that
+        could not be read (someone must repair it)."""
+        if self.unreachable or self.warnings or any(f.outcome != "fixed" for f in self.findings):
             return EXIT_UNFIXED
         return EXIT_FIXED if self.findings else EXIT_CLEAN
 
@@ -76,6 +82,7 @@ class RunReport:
             "duration_seconds": round(self.duration, 3),
             "hosts": {s.host.name: "ok" if s.ok else s.error for s in self.surveys},
             "findings": [f.to_dict() for f in self.findings],
+            "warnings": self.warnings,
             "instances": self.instance_states,
         }
 

@@ -26,6 +26,10 @@ class HostSurvey:
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)  # uuid -> domain
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job_id -> record
     cache: list[dict[str, Any]] | None = None
+    # Files the agent could not read and skipped (a corrupt journal, an images.json):
+    # the host answered, so it is up; what those files hold is unknown.
+    unreadable_jobs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -41,9 +45,24 @@ async def _survey_one(pool: AgentPool, host: Host, with_cache: bool) -> HostSurv
     )
     survey.domains = {d["uuid"]: d for d in listing["domains"]}
     survey.jobs = {j["job_id"]: j for j in jobs["jobs"]}
+    for problem in jobs.get("unreadable", []):
+        survey.unreadable_jobs.add(problem.get("job_id", ""))
+        survey.warnings.append(_skipped(host, problem))
     if with_cache:
-        survey.cache = (await pool.call(target, "image_list", {}))["images"]
+        cache = await pool.call(target, "image_list", {})
+        survey.cache = cache["images"]
+        if cache.get("unreadable"):
+            # Which images those instances use is unknown: prune nothing there.
+            survey.cache = None
+            survey.warnings += [_skipped(host, p) for p in cache["unreadable"]]
     return survey
+
+
+def _skipped(host: Host, problem: dict[str, Any]) -> str:
+    return (
+        f"host {host.name}: skipped the unreadable {problem.get('file')} "
+        f"({problem.get('error')}); repair or remove it"
+    )
 
 
 async def survey_hosts(

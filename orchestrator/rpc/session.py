@@ -95,6 +95,8 @@ class AgentSession:
                 "state_dir": self.target.agent_dir,
                 "libvirt_uri": self.target.libvirt_uri,
                 "domain_type": self.target.domain_type,
+                "image_source_dirs": list(self.target.image_source_dirs),
+                "max_image_bytes": self.target.max_image_gb << 30,
             },
             timeout=HELLO_TIMEOUT,
         )

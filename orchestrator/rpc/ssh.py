@@ -42,6 +42,8 @@ class HostTarget:
     agent_dir: str = "/var/lib/herd"
     libvirt_uri: str = "qemu:///system"
     domain_type: str = "auto"
+    image_source_dirs: tuple[str, ...] = ()
+    max_image_gb: int = 64
 
     @property
     def endpoint(self) -> str:

@@ -87,6 +87,14 @@ def test_the_guest_sees_its_uuid_hostname_fixed_ip_keys_and_user_data(
         assert "# e2e-marker: 7f3a-guest-boot" in facts["user-data"]
         assert facts["root-disk-bytes"] == [str(1 << 30)]  # grown to m1.tiny's 1 GiB
         assert domain_state(lab, server["host"], server["uuid"]) == "running"
+        # The seed (user data: passwords) and the disk are 0600, and the guest read
+        # them all the same: libvirt's DAC driver gave them to QEMU's user.
+        inst = f"/var/lib/herd/instances/{server['uuid']}"
+        modes = lab.exec_in(
+            server["host"], ["stat", "-c", "%n %a %U", f"{inst}/seed.iso", f"{inst}/disk"],
+            check=True,
+        ).stdout.split("\n")  # fmt: skip
+        assert modes[:2] == [f"{inst}/seed.iso 600 libvirt-qemu", f"{inst}/disk 600 libvirt-qemu"]
         seen_macs.add(port["mac"])
         seen_ips.add(port["ip"])
     assert len(seen_macs) == 2 and len(seen_ips) == 2
@@ -238,9 +246,15 @@ def test_url_and_host_path_images_boot_and_a_tampered_or_truncated_image_is_refu
     assert "fetched by" in image_events(herd, "url-vm")
     assert guest_report(herd, "url-vm")["instance-id"] == [herd.server("url-vm")["uuid"]]
 
-    # A path already on the hosts (the lab hosts see this machine's /tmp).
-    herd.ok("image", "create", "on-host", "--host-path", str(disk), *direct_boot())
-    herd.ok("server", "create", "path-vm", "--flavor", "m1.tiny", "--image", "on-host")
+    # A path already on the hosts, in their image_source_dirs (the lab hosts see this
+    # machine's files).
+    on_host = lab.info().host_images / f"{tmp_path.name}.qcow2"
+    shutil.copyfile(disk, on_host)
+    try:
+        herd.ok("image", "create", "on-host", "--host-path", str(on_host), *direct_boot())
+        herd.ok("server", "create", "path-vm", "--flavor", "m1.tiny", "--image", "on-host")
+    finally:
+        on_host.unlink()
     assert herd.server("path-vm")["vm_state"] == "active"
 
     # The bytes differ from the promised sha256: refused on every host, never used.

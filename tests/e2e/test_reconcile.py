@@ -287,3 +287,36 @@ def test_two_runs_at_once_one_works_the_other_exits_3_and_a_killed_runs_lock_is_
     killed.wait()
     after = herd.run("reconcile", "--json")
     assert after.code == 2 and after.json()["hosts"]["hangs"].endswith("no answer within 4s")
+
+
+def test_a_damaged_journal_or_images_json_is_a_warning_and_the_host_stays_up(
+    herd: HerdCli, lab, tmp_path: Path
+) -> None:
+    """One unreadable file on a host (finding 19 of #12) is reported; the host still
+    answers every survey, so it never goes down for it."""
+    configure(herd, tmp_path, down_after=1)
+    journal = "/var/lib/herd/jobs/damaged-e2e.json"
+    uses_dir = f"/var/lib/herd/instances/{uuid.uuid4()}"
+    lab.exec_in(
+        "lab-1",
+        ["sh", "-c", f"mkdir -p /var/lib/herd/jobs {uses_dir}; printf '{{\"job_id\": ' > {journal}; "
+         f"printf '[' > {uses_dir}/images.json"],
+        check=True,
+    )  # fmt: skip
+    try:
+        for _ in range(2):
+            result, report = reconcile(herd)
+            assert result.code == 2, result.stderr
+            assert report["hosts"] == {"lab-1": "ok", "lab-2": "ok", "lab-3": "ok"}
+            assert any(journal in w for w in report["warnings"]), report["warnings"]
+        hosts = {h["name"]: h["status"] for h in herd.ok("host", "list", "--json").json()}
+        assert hosts == {"lab-1": "up", "lab-2": "up", "lab-3": "up"}
+        plain = herd.run("reconcile")
+        assert f"warning: host lab-1: skipped the unreadable {journal}" in plain.stderr
+        cache = herd.run("image", "cache", "list", "--host", "lab-1", "--json")
+        assert cache.code == 0, cache.stderr
+        assert any(f"{uses_dir}/images.json" in w for w in cache.json()["warnings"])
+    finally:
+        lab.exec_in("lab-1", ["rm", "-rf", journal, uses_dir], check=True)
+    result, report = reconcile(herd)
+    assert report["warnings"] == [] and result.code == 0, report

@@ -212,3 +212,37 @@ def wait_finished(journal: Journal, job_id: str, timeout: float = 30) -> JobReco
         if record.state != RUNNING or time.monotonic() > deadline:
             return record
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b'{"job_id": "bad", "op": "del',
+        b"\xff\xfe",
+        b"[]",
+        b'{"job_id": "bad"}',
+        b'{"job_id": "bad", "op": "delete", "args": {}, "state": "weird"}',
+        b'{"job_id": "bad", "op": "delete", "args": {}, "started_at": "yesterday"}',
+    ],
+    ids=["truncated", "not-utf8", "not-an-object", "fields-missing", "bad-state", "bad-time"],
+)
+def test_a_damaged_journal_file_is_skipped_and_reported(journal: Journal, damage: bytes) -> None:
+    journal.save(running_record("good", state=SUCCEEDED))
+    journal.path("bad").write_bytes(damage)
+    records, problems = journal.all()
+    assert [r.job_id for r in records] == ["good"]
+    assert problems == [
+        {"job_id": "bad", "file": str(journal.path("bad")), "error": problems[0]["error"]}
+    ]
+    assert problems[0]["error"]
+    with pytest.raises(jobs.Unreadable, match="is unreadable"):
+        journal.get("bad")
+
+
+@needs_virsh
+def test_a_job_log_is_readable_by_root_only(journal: Journal) -> None:
+    """A runner's stderr may quote its job's arguments (a seed carries user data)."""
+    context = {"state_dir": str(journal.dir.parent), "libvirt_uri": TEST_URI}
+    Runners().start(journal, "l1", "delete", {"uuid": str(uuid.uuid4())}, context)
+    wait_finished(journal, "l1")
+    assert journal.log_path("l1").stat().st_mode & 0o777 == 0o600

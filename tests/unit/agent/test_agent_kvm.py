@@ -110,3 +110,14 @@ def test_a_device_only_root_can_open_is_not_usable_by_qemu(
     device.chmod(mode)  # owned by root:root here, so only "other" bits reach nobody
     assert kvm.user_can_use(str(device), "nobody") is usable
     assert kvm.user_can_use(str(device), "root") is True
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"\xff", b'{"key": 1}', b"[]"])
+def test_a_damaged_probe_cache_is_probed_again(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, damage: bytes
+) -> None:
+    monkeypatch.setattr(kvm, "probe", lambda: kvm.Verdict(True, "a kernel banner"))
+    cache = state_dir / "state" / "kvm-probe.json"
+    cache.parent.mkdir()
+    cache.write_bytes(damage)
+    assert kvm.cached_probe(state_dir) == kvm.Verdict(True, "a kernel banner")

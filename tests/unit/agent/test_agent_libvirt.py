@@ -83,10 +83,13 @@ def image_sha(agent: AgentClient, hello: dict, workdir: Path) -> str:
     blank = workdir / "blank.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(blank), "64M"], check=True)
     sha = images.file_sha256(blank)
-    upload = workdir / "state" / "images" / f".upload-{sha}"
+    upload = workdir / "state" / "images" / "incoming" / f"{sha}.part"
+    upload.parent.mkdir(exist_ok=True)
     shutil.copyfile(blank, upload)
     assert agent.result("image_status", {"sha256": sha})["present"] is False
-    committed = agent.result("image_commit", {"sha256": sha, "upload": str(upload)})
+    committed = agent.result(
+        "image_commit", {"sha256": sha, "upload": str(upload), "format": "qcow2"}
+    )
     assert committed["size"] == blank.stat().st_size
     assert agent.result("image_status", {"sha256": sha})["present"] is True
     return sha

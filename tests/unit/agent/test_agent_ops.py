@@ -5,7 +5,9 @@ A fake virsh records the steps; qemu-img is real, so the overlay is a real file.
 
 from __future__ import annotations
 
+import base64
 import json
+import socket as sockets
 import subprocess
 import uuid
 from pathlib import Path
@@ -71,9 +73,10 @@ class FakeVirsh:
 @pytest.fixture
 def base_image(state_dir: Path) -> str:
     """A blank qcow2 committed to the cache; returns its sha256."""
-    upload = state_dir / "upload"
+    upload = images.incoming_dir(state_dir) / "upload"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(upload), "64M"], check=True)
-    return images.commit(state_dir, images.file_sha256(upload), upload).path.name
+    sha = images.file_sha256(upload)
+    return images.commit(state_dir, sha, upload, "qcow2", images.ImagePolicy()).path.name
 
 
 def build(state_dir: Path, virsh: FakeVirsh, args: dict) -> dict:
@@ -196,7 +199,7 @@ def test_delete_never_touches_a_domain_that_is_not_herds(state_dir: Path) -> Non
 
 
 def virtual_size(disk: Path) -> int:
-    argv = ["qemu-img", "info", "--output=json", str(disk)]
+    argv = ["qemu-img", "info", "--output=json", "-f", "qcow2", str(disk)]
     return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)[
         "virtual-size"
     ]
@@ -241,10 +244,16 @@ def test_delete_removes_a_resize_stash_too(state_dir: Path) -> None:
 
 
 def test_a_live_migration_spec_is_checked_before_anything_runs() -> None:
-    good = {"uuid": str(uuid.uuid4()), "socket": "/var/lib/herd/m.sock", "address": "10.0.0.2"}
+    good = {
+        "uuid": str(uuid.uuid4()),
+        "socket": "/var/lib/herd/migrate-0a1b2c.sock",
+        "address": "10.0.0.2",
+    }
     assert LiveMigrateSpec.from_args({**good, "timeout": 30}).address == "10.0.0.2"
     for bad, match in (
-        ({"socket": "m.sock"}, "socket must be an absolute path"),
+        ({"socket": "migrate-0a1b2c.sock"}, "socket must be an absolute path"),
+        ({"socket": "/run/libvirt/libvirt-sock"}, "migrate-<hex>.sock"),
+        ({"socket": "/var/lib/herd/migrate-0a.sock&mode=direct"}, "migrate-<hex>.sock"),
         ({"address": "10.0.0.2; reboot"}, "address must be a host name"),
         ({"timeout": 0}, "timeout must be an integer"),
     ):
@@ -253,8 +262,158 @@ def test_a_live_migration_spec_is_checked_before_anything_runs() -> None:
 
 
 def test_live_migrate_refuses_a_guest_that_is_not_running(state_dir: Path) -> None:
-    spec = LiveMigrateSpec(str(uuid.uuid4()), "/x.sock", "10.0.0.2", 30)
+    spec = LiveMigrateSpec(str(uuid.uuid4()), f"{state_dir}/migrate-0a.sock", "10.0.0.2", 30)
     virsh = FakeVirsh(state="shutoff").bind(spec.uuid)
     with pytest.raises(BadRequest, match="only a running guest migrates live"):
         ops.live_migrate(ops.Context(state_dir, virsh), spec)
     assert virsh.calls == []
+
+
+def cache_blob(state_dir: Path, data: bytes) -> str:
+    upload = images.incoming_dir(state_dir) / "blob"
+    upload.write_bytes(data)
+    sha = images.file_sha256(upload)
+    return images.commit(state_dir, sha, upload, "raw", images.ImagePolicy()).path.name
+
+
+@needs_qemu_img
+def test_a_guests_files_are_root_s_alone(state_dir: Path, base_image: str) -> None:
+    """The seed carries user data and the disk the guest's own: 0600, which libvirt's
+    DAC driver hands to QEMU's user while the guest runs (checked on the lab)."""
+    kernel = cache_blob(state_dir, b"a kernel")
+    ramdisk = cache_blob(state_dir, b"an initramfs")
+    args = build_args(sha256=base_image)
+    args["boot"] = {"kernel": kernel, "ramdisk": ramdisk, "cmdline": "console=ttyS0"}
+    args["seed"] = base64.b64encode(b"#cloud-config\npassword: hunter2\n").decode()
+    build(state_dir, FakeVirsh(), args)
+    inst = state_dir / "instances" / args["instance"]["uuid"]
+    for name in ("disk", "seed.iso", "kernel", "ramdisk"):
+        assert (inst / name).stat().st_mode & 0o777 == 0o600, name
+    assert (state_dir / "images" / base_image).stat().st_mode & 0o777 == 0o600
+
+
+@needs_qemu_img
+def test_a_cached_base_that_fails_inspection_is_never_used(state_dir: Path, tmp_path: Path) -> None:
+    """A cache filled before images were inspected (or by hand): the build refuses it."""
+    evil = tmp_path / "evil"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/hostname", str(evil)],
+        check=True,
+    )
+    sha = images.file_sha256(evil)
+    (state_dir / "images").mkdir()
+    evil.rename(state_dir / "images" / sha)
+    virsh = FakeVirsh()
+    args = build_args(sha256=sha)
+    with pytest.raises(images.FetchError, match="names a backing file"):
+        build(state_dir, virsh, args)
+    assert virsh.calls == []
+    assert not (state_dir / "instances" / args["instance"]["uuid"]).exists()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(lambda state, tmp, uuid_: tmp / "precious", id="outside"),
+        pytest.param(lambda state, tmp, uuid_: state / "jobs" / "j.json", id="a-journal"),
+        pytest.param(
+            lambda state, tmp, uuid_: (
+                state / "images" / "incoming" / ".." / ".." / "jobs" / "j.json"
+            ),
+            id="dot-dot",
+        ),
+        pytest.param(
+            lambda state, tmp, uuid_: state / "instances" / f"{uuid.uuid4()}.resize" / "disk",
+            id="another-instances-stash",
+        ),
+    ],
+)
+def test_disk_from_never_takes_a_file_herd_did_not_carry_here(
+    state_dir: Path, tmp_path: Path, where
+) -> None:
+    args = build_args()
+    path = where(state_dir, tmp_path, args["instance"]["uuid"])
+    images.incoming_dir(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"precious")
+    args.update(disk_from=str(path))
+    with pytest.raises(BadRequest, match=r"disk_from .*(is not in|must be an absolute path)"):
+        build(state_dir, FakeVirsh(), args)
+    assert path.read_bytes() == b"precious"
+
+
+@needs_qemu_img
+def test_a_carried_disk_is_rebased_on_this_hosts_base_and_a_data_file_refused(
+    state_dir: Path, base_image: str, tmp_path: Path
+) -> None:
+    incoming = images.incoming_dir(state_dir)
+    carried = incoming / "moved.migrating"
+    other_host_base = tmp_path / "elsewhere" / base_image
+    other_host_base.parent.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(other_host_base), "64M"], check=True
+    )
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(other_host_base),
+            str(carried),
+        ],
+        check=True,
+    )
+    other_host_base.unlink()  # only the source host has it: nothing here may open it
+    args = build_args(sha256=base_image)
+    args.update(disk_from=str(carried))
+    build(state_dir, FakeVirsh(), args)
+    disk = state_dir / "instances" / args["instance"]["uuid"] / "disk"
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "-f", "qcow2", str(disk)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert info["backing-filename"] == str(state_dir / "images" / base_image)
+    assert not carried.exists()
+
+    evil = incoming / "evil.migrating"
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"data_file={tmp_path / 'data'}",
+            str(evil),
+            "1M",
+        ],
+        check=True,
+    )
+    args = build_args(sha256=base_image)
+    args.update(disk_from=str(evil))
+    with pytest.raises(images.FetchError, match="external data file"):
+        build(state_dir, FakeVirsh(), args)
+    assert not (state_dir / "instances" / args["instance"]["uuid"]).exists()
+
+
+def test_live_migrate_never_unlinks_a_socket_outside_the_state_dir(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    path = elsewhere / "migrate-0a.sock"
+    with sockets.socket(sockets.AF_UNIX) as server:
+        server.bind(str(path))
+        spec = LiveMigrateSpec(str(uuid.uuid4()), str(path), "10.0.0.2", 30)
+        virsh = FakeVirsh(state="running").bind(spec.uuid)
+        with pytest.raises(BadRequest, match=r"socket .* is not in"):
+            ops.live_migrate(ops.Context(state_dir, virsh), spec)
+        assert path.exists() and virsh.calls == []

@@ -18,7 +18,7 @@ from agent_testlib import REPO, needs_virsh
 
 from agent import PROTOCOL_VERSION, jobs
 from agent.calls import Agent
-from agent.errors import BadRequest, LibvirtError, UnknownOp
+from agent.errors import AgentError, BadRequest, LibvirtError, UnknownOp
 from agent.protocol import MessageLoop
 
 HERD_NS = "http://herd.local/xmlns/instance/1"
@@ -276,3 +276,57 @@ def agent_ping(state_dir: Path) -> dict[str, Any]:
         agent.dispatch("ping", {})
     agent.dispatch("hello", {"state_dir": str(state_dir), "domain_type": "qemu"})
     return agent.dispatch("ping", {})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"image_source_dirs": "/srv/images"},
+        {"image_source_dirs": ["relative"]},
+        {"image_source_dirs": ["/srv/../etc"]},
+        {"image_source_dirs": ["/"]},
+        {"image_source_dirs": ["/dev/shm"]},
+        {"max_image_bytes": 0},
+        {"max_image_bytes": True},
+    ],
+    ids=["not-a-list", "relative", "dot-dot", "root", "under-dev", "zero-size", "bool-size"],
+)
+def test_hello_refuses_bad_image_settings(args: dict[str, Any], state_dir: Path) -> None:
+    with pytest.raises(BadRequest, match=r"image_source_dirs|max_image_bytes"):
+        Agent().dispatch("hello", {"state_dir": str(state_dir), "domain_type": "qemu", **args})
+
+
+@needs_virsh
+def test_one_unreadable_file_is_reported_and_the_rest_still_answers(state_dir: Path) -> None:
+    """A corrupt journal or images.json must not fail `jobs` or `image_list` whole:
+    reconcile would take the host for down."""
+    agent = Agent()
+    agent.dispatch(
+        "hello",
+        {"state_dir": str(state_dir), "libvirt_uri": "test:///default", "domain_type": "qemu"},
+    )
+    agent.session.journal.save(jobs.JobRecord("good", "delete", {}, state="succeeded"))
+    (state_dir / "jobs" / "bad.json").write_text('{"job_id": "bad", "op":')
+    (state_dir / "instances" / "x").mkdir()
+    (state_dir / "instances" / "x" / "images.json").write_bytes(b"\xff")
+    answer = agent.dispatch("jobs", {})
+    assert [j["job_id"] for j in answer["jobs"]] == ["good"]
+    assert [u["file"] for u in answer["unreadable"]] == [str(state_dir / "jobs" / "bad.json")]
+    cache = agent.dispatch("image_list", {})
+    assert cache["images"] == []
+    assert [u["file"] for u in cache["unreadable"]] == [
+        str(state_dir / "instances" / "x" / "images.json")
+    ]
+    with pytest.raises(AgentError, match=r"bad\.json is unreadable") as raised:
+        agent.dispatch("job_status", {"job_id": "bad"})
+    assert raised.value.to_wire()["type"] == "Unreadable"
+
+
+def test_image_calls_need_a_known_format(state_dir: Path) -> None:
+    agent = Agent()
+    agent.dispatch("hello", {"state_dir": str(state_dir), "domain_type": "qemu"})
+    upload = {"sha256": "a" * 64, "upload": f"{state_dir}/images/incoming/x"}
+    for op, args in (("image_commit", upload), ("image_fetch", {"source": "/srv/x"})):
+        for bad in ({}, {"format": "vmdk"}):
+            with pytest.raises(BadRequest, match="format must be one of qcow2, raw, aki, ari"):
+                agent.dispatch(op, {**args, **bad})

@@ -26,7 +26,7 @@ def build_with_nic(nic: dict[str, Any]) -> Any:
 
 
 def live_migrate(address: str) -> Any:
-    args = {"uuid": UUID, "socket": "/srv/herd/m.sock", "address": address, "timeout": 60}
+    args = {"uuid": UUID, "socket": "/srv/herd/migrate-0a.sock", "address": address, "timeout": 60}
     return specs.LiveMigrateSpec.from_args(args)
 
 
@@ -80,7 +80,8 @@ def test_the_image_cache_ignores_a_file_whose_name_ends_in_a_newline(state_dir: 
     cache.mkdir()
     (cache / SHA).write_bytes(b"disk")
     (cache / f"{'cd' * 32}\n").write_bytes(b"not a cache entry")
-    assert [entry["sha256"] for entry in images.list_cached(state_dir)] == [SHA]
+    entries, _ = images.list_cached(state_dir)
+    assert [entry["sha256"] for entry in entries] == [SHA]
 
 
 def test_the_journal_ignores_a_record_whose_name_ends_in_a_newline(state_dir: Path) -> None:

@@ -31,7 +31,7 @@ def herd(tmp_path: Path) -> HerdCli:
 @pytest.fixture
 def catalog(tmp_path: Path) -> Path:
     image = tmp_path / "blank.qcow2"
-    image.write_bytes(b"QFI\xfb" + bytes(508))
+    image.write_bytes(b"QFI\xfb\0\0\0\x03" + bytes(504))  # an empty qcow2 v3 header
     path = tmp_path / "catalog.yaml"
     path.write_text(CATALOG.format(source=image))
     return path

@@ -73,8 +73,9 @@ def load(tmp_path: Path, text: str, name: str) -> Any:
 async def fleet(db: Database, tmp_path: Path) -> Database:
     """The base inventory applied, and server web-1 on hv1 with flavor small, booted
     from image disk, with a port at 10.0.2.20 on network lab."""
-    for name in ("vmlinuz", "disk.qcow2", "disk2.qcow2"):
-        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "vmlinuz").write_bytes(b"vmlinuz")
+    for name in ("disk.qcow2", "disk2.qcow2"):  # an empty qcow2 v3 header, then unique bytes
+        (tmp_path / name).write_bytes(b"QFI\xfb\0\0\0\x03".ljust(512, b"\0") + name.encode())
     await apply_inventory(db, load(tmp_path, BASE, "base.yaml"))
     async with db.session() as session:
         hv1 = (await session.exec(select(Host).where(Host.name == "hv1"))).one()

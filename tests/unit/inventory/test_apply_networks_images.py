@@ -87,8 +87,8 @@ images:
 
 
 async def test_a_kernel_reference_must_name_an_aki_image(db: Database, tmp_path: Path) -> None:
-    for name in ("vmlinuz", "disk.qcow2"):
-        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "vmlinuz").write_bytes(b"a kernel")
+    (tmp_path / "disk.qcow2").write_bytes(b"QFI\xfb\0\0\0\x03".ljust(512, b"\0"))
     text = IMAGES.format(k=tmp_path / "vmlinuz", disk=tmp_path / "disk.qcow2")
     await apply_inventory(db, inventory(tmp_path, text))
     assert set(await rows(db, Image)) == {"k", "disk"}

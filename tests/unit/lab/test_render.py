@@ -95,6 +95,7 @@ def test_inventory_is_exactly_the_agreed_schema() -> None:
                 "agent_dir": "/var/lib/herd",
                 "labels": {"lab": "true"},
                 "availability_zone": "lab",
+                "image_source_dirs": ["/var/lib/herd-lab/host-images"],
             }
         ],
         "flavors": [

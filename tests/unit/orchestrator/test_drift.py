@@ -244,3 +244,19 @@ def test_cached_images_unused_past_the_age_are_removed_only_when_configured() ->
         ("stale_image", "a", "cached image old-image unused for 30.0 h: removed")
     ]
     assert detect(snapshot, [cached], ReconcileConfig()) == []  # off by default
+
+
+def test_a_job_whose_journal_the_host_cannot_read_is_unknown_not_lost() -> None:
+    """The host answered and has a record of the job; only the file is damaged. The
+    server is left alone (the survey warns), never failed as a cast that never came."""
+    b = server("b", "u-b", vm_state=VmState.BUILDING, task_state="spawning")
+    old = AgentJob(
+        id="j",
+        host_id=1,
+        instance_uuid="u-b",
+        op="build",
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    damaged = survey(H1)
+    damaged.unreadable_jobs = {"j"}
+    assert findings([b], [damaged], [claim(b)], [old], hosts=(H1,)) == []
