@@ -94,8 +94,15 @@ def _checksum(path: Path) -> tuple[str, int]:
     return sha256_of(path), path.stat().st_size
 
 
-async def image_values(spec: ImageSpec) -> dict[str, Any]:
-    """Local image files are hashed here, once, so every host verifies the same bytes."""
+async def image_values(
+    spec: ImageSpec, accepted: tuple[str, str, str | None] | None = None
+) -> dict[str, Any]:
+    """Local image files are hashed here, once, so every host verifies the same bytes.
+
+    `accepted` is the (source, format, sha256) the DB already holds for this image: the
+    same bytes under the same format were taken before, so they are not inspected
+    again. An image stored before today's inspector, which it might now refuse, must
+    not block every later apply while servers use it (and so cannot be removed)."""
     values: dict[str, Any] = {
         "source": spec.source,
         "format": spec.format,
@@ -110,12 +117,13 @@ async def image_values(spec: ImageSpec) -> dict[str, Any]:
         assert path is not None
         if not path.is_file():
             raise InvalidInput(f"{spec.origin}: images ({spec.name}).source: no such file {path}")
-        unsafe = await asyncio.to_thread(unsafe_local_image, path, spec.format)
-        if unsafe:
-            raise InvalidInput(
-                f"{spec.origin}: images ({spec.name}).source: {path} was refused: {unsafe}"
-            )
         digest, size = await asyncio.to_thread(_checksum, path)
+        if accepted != (str(path), spec.format, digest):
+            unsafe = await asyncio.to_thread(unsafe_local_image, path, spec.format)
+            if unsafe:
+                raise InvalidInput(
+                    f"{spec.origin}: images ({spec.name}).source: {path} was refused: {unsafe}"
+                )
         if spec.sha256 and spec.sha256 != digest:
             raise InvalidInput(
                 f"{spec.origin}: images ({spec.name}).sha256: {path} has sha256 {digest}, "
@@ -505,7 +513,14 @@ async def _network_problems(
 async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Change]:
     _check_networks(inventory.networks)
     _check_image_references(inventory.images)
-    images = {spec.name: await image_values(spec) for spec in inventory.images}
+    async with db.read() as session:
+        accepted = {
+            row.name: (row.source, row.format, row.sha256)
+            for row in (await session.exec(select(Image))).all()
+        }
+    images = {
+        spec.name: await image_values(spec, accepted.get(spec.name)) for spec in inventory.images
+    }
     for values in images.values():
         values["managed_by"] = "inventory"
     networks = {s.name: network_values(s) for s in inventory.networks}

@@ -293,3 +293,21 @@ async def test_a_host_where_an_open_resize_keeps_a_claim_is_in_use(
     )
     with pytest.raises(Conflict, match=r"host hv2: agent_dir cannot change .*\(web-1\)"):
         await apply_inventory(fleet, load(tmp_path, moved, "moved.yaml"))
+
+
+async def test_an_image_taken_before_a_stricter_inspector_does_not_block_later_applies(
+    fleet: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bytes, already accepted, are not inspected again: otherwise one image
+    in use that today's inspector refuses would block every apply (and could never be
+    removed while servers use it). Changed bytes are inspected as new ones."""
+    import orchestrator.inventory.apply as apply_module
+
+    monkeypatch.setattr(apply_module, "unsafe_local_image", lambda path, fmt: "stricter now")
+    await apply_inventory(fleet, load(tmp_path, BASE, "again.yaml"))
+
+    (tmp_path / "disk.qcow2").write_bytes(b"QFI\xfb\0\0\0\x03".ljust(512, b"\0") + b"new")
+    before = await snapshot(fleet)
+    with pytest.raises(Exception, match=r"images \(disk\)\.source: .* was refused: stricter now"):
+        await apply_inventory(fleet, load(tmp_path, BASE, "changed.yaml"))
+    assert await snapshot(fleet) == before
