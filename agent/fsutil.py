@@ -74,12 +74,16 @@ def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
 
 
 def read_json(path: Path) -> Optional[Any]:
-    """The parsed file, or None when it does not exist."""
+    """The parsed file, or None when it does not exist. A file nested too deeply for
+    the parser is a ValueError like any other damaged one, so callers that skip and
+    report damaged files (journals, images.json) need no second rule."""
     try:
         with open(path, "rb") as fh:
             return json.load(fh)
     except FileNotFoundError:
         return None
+    except RecursionError:
+        raise ValueError("nested too deeply to be read") from None
 
 
 @contextlib.contextmanager

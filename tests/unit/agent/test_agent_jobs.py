@@ -223,8 +223,17 @@ def wait_finished(journal: Journal, job_id: str, timeout: float = 30) -> JobReco
         b'{"job_id": "bad"}',
         b'{"job_id": "bad", "op": "delete", "args": {}, "state": "weird"}',
         b'{"job_id": "bad", "op": "delete", "args": {}, "started_at": "yesterday"}',
+        b"[" * 200_000,
     ],
-    ids=["truncated", "not-utf8", "not-an-object", "fields-missing", "bad-state", "bad-time"],
+    ids=[
+        "truncated",
+        "not-utf8",
+        "not-an-object",
+        "fields-missing",
+        "bad-state",
+        "bad-time",
+        "nested-too-deeply",
+    ],
 )
 def test_a_damaged_journal_file_is_skipped_and_reported(journal: Journal, damage: bytes) -> None:
     journal.save(running_record("good", state=SUCCEEDED))
