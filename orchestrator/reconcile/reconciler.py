@@ -247,6 +247,9 @@ class Reconciler:
             return
         async with self.db.session() as db:
             row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
+            if row.task_state is not None:
+                # Checked again under the write: an action may have begun since the read.
+                raise Skipped("an action began on the server since the survey; left alone")
             row.power_state = power
             if finding.kind == "power_state":
                 row.vm_state = VmState.STOPPED if power != PowerState.RUNNING else VmState.ACTIVE

@@ -278,3 +278,33 @@ async def test_reconcile_clears_a_task_whose_timestamp_was_written_by_hand(
     (finding,) = await stuck_findings(db)
     await Reconciler(Conductor(db, FakePool()), ReconcileConfig())._clear_task(finding)
     assert (await state(db)).task_state is None
+
+
+async def test_reconcile_power_sync_checks_the_task_again_under_its_write(
+    db: Database, other: Database, server: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The survey's read saw no task; an action began before reconcile's write. The
+    write must see it and leave the server alone, not overwrite its states."""
+    from orchestrator.reconcile.drift import Finding
+
+    reconciler = Reconciler(Conductor(other, FakePool()), ReconcileConfig())
+    seen_idle = await state(db)  # what the read-only check saw
+
+    async def idle(uuid: str) -> Instance:
+        return seen_idle
+
+    monkeypatch.setattr(reconciler, "_instance", idle)
+    async with db.session() as session:  # another operator's stop begins meanwhile
+        row = (await session.exec(select(Instance))).one()
+        row.task_state = "powering-off"
+        session.add(row)
+    finding = Finding(
+        kind="power_state", detail="domain is shut off", policy="fix", host="hv1",
+        server="s", uuid="u-s", data={"power": PowerState.SHUTDOWN, "domain": "stopped"},
+    )  # fmt: skip
+    with pytest.raises(Skipped):
+        await reconciler._fix_power(finding)
+    row = await state(db)
+    assert (row.vm_state, row.power_state, row.task_state) == (
+        VmState.ACTIVE, PowerState.RUNNING, "powering-off",
+    )  # fmt: skip
