@@ -83,10 +83,8 @@ class LiveMigration(ServerActions):
             failed = await self._abort(row, action_id, source.name, f"live-migrate: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
         async with self.db.session() as db:
-            await record_event(
-                db, action_id, "schedule", True,
-                f"{dest.name}; {source.name} reaches it on ports {ports}",
-            )  # fmt: skip
+            reached = f"{source.name} reaches it on migration ports {ports}"
+            await record_event(db, action_id, "schedule", True, dest.name, reached)
         try:
             await self._stepped(action_id, "prepare_dest", dest.name, self._prepare(row, dest))
             self.progress.update(row, "migrating live", host=dest.name)

@@ -267,7 +267,9 @@ def test_a_live_migration_spec_is_checked_before_anything_runs() -> None:
 
 
 def test_live_migrate_refuses_a_guest_that_is_not_running(state_dir: Path) -> None:
-    spec = LiveMigrateSpec(str(uuid.uuid4()), f"{state_dir}/migrate-0a.sock", "10.0.0.2", 30, 49160, 49161)
+    spec = LiveMigrateSpec(
+        str(uuid.uuid4()), f"{state_dir}/migrate-0a.sock", "10.0.0.2", 30, 49160, 49161
+    )
     virsh = FakeVirsh(state="shutoff").bind(spec.uuid)
     with pytest.raises(BadRequest, match="only a running guest migrates live"):
         ops.live_migrate(ops.Context(state_dir, virsh), spec)
