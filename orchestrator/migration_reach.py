@@ -53,27 +53,29 @@ def refusal(
     check: ReachCheck,
     heard: frozenset[int],
 ) -> str | None:
-    """Why ``source`` cannot migrate to ``dest`` by this probe, or None: one line."""
+    """Why ``source`` cannot migrate to ``dest`` by this probe, or None: every reason,
+    on one line."""
+    reasons = []
     if check.libvirt is not None:
-        return (
+        reasons.append(
             f"{dest}'s libvirtd does not answer {source} through herd's SSH tunnel "
             f"(libvirt's own connection needs no port): {check.libvirt}"
         )
     met = {k.port: k.error or NOT_HEARD for k in check.knocks if k.error or k.port not in heard}
-    if not met:
-        return None
-    low, high = listening.port_range
-    ports = ", ".join(str(port) for port in met)
-    noun = "port" if len(met) == 1 else "ports"
-    if len(set(met.values())) == 1:
-        (error,) = set(met.values())
-        what = f"{error} ({_hint(error)})"
-    else:
-        what = "; ".join(f"{port} {error} ({_hint(error)})" for port, error in met.items())
-    return (
-        f"{source} cannot reach {dest} at {address} on migration {noun} {ports} "
-        f"(of {low}-{high}, where QEMU streams memory and disk): {what}"
-    )
+    if met:
+        low, high = listening.port_range
+        ports = ", ".join(str(port) for port in met)
+        noun = "port" if len(met) == 1 else "ports"
+        if len(set(met.values())) == 1:
+            (error,) = set(met.values())
+            what = f"{error} ({_hint(error)})"
+        else:
+            what = "; ".join(f"{port} {error} ({_hint(error)})" for port, error in met.items())
+        reasons.append(
+            f"{source} cannot reach {dest} at {address} on migration {noun} {ports} "
+            f"(of {low}-{high}, where QEMU streams memory and disk): {what}"
+        )
+    return "; and ".join(reasons) or None
 
 
 def _hint(error: str) -> str:

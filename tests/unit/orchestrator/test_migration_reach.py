@@ -57,9 +57,19 @@ def test_ports_the_source_cannot_reach_are_named_with_what_the_knock_met(
     assert said is not None and expected in said and "\n" not in said
 
 
-def test_a_libvirtd_that_does_not_answer_through_the_tunnel_is_said_first() -> None:
+def test_a_libvirtd_that_does_not_answer_through_the_tunnel_is_named() -> None:
     said = verdict(ReachCheck("virsh version: End of file while reading data", ()), frozenset())
     assert said == (
         "lab-2's libvirtd does not answer lab-1 through herd's SSH tunnel (libvirt's own "
         "connection needs no port): virsh version: End of file while reading data"
     )
+
+
+def test_every_reason_is_given_not_only_the_first() -> None:
+    knocks = (Knock(49170, "refused"), Knock(49201, None))
+    said = verdict(ReachCheck("virsh version: boom", knocks), BOTH)
+    assert said is not None and "\n" not in said
+    assert said.startswith("lab-2's libvirtd does not answer lab-1")
+    assert said.endswith("; and lab-1 cannot reach lab-2 at 127.0.0.12 on migration port 49170 "
+                         "(of 49152-49215, where QEMU streams memory and disk): refused "
+                         "(rejected on the way: a firewall?)")  # fmt: skip
