@@ -86,8 +86,9 @@ def _bare(address: str) -> str:
 def _bind(address: str, port: int) -> Optional[socket.socket]:
     """A listener on ``port``: on ``address`` when the host has it, else on every
     address (as QEMU listens by default); None when the port is taken."""
-    for host in (_bare(address), ""):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bare = _bare(address)
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    for host in (bare, "::" if family == socket.AF_INET6 else ""):
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.bind((host, port))

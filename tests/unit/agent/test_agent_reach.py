@@ -82,6 +82,16 @@ def test_a_port_nobody_listens_on_is_refused() -> None:
     assert reach.knock(LOOPBACK, probe.ports[0], probe.token, 2.0) == "refused"
 
 
+def test_an_address_this_host_lacks_is_listened_for_on_every_address() -> None:
+    """Behind NAT the inventory address is not the host's own: QEMU listens on every
+    address then, and so does the probe (binding sends nothing anywhere)."""
+    probes = reach.Probes()
+    probe = probes.listen("198.51.100.7", 1, 10, free_range(4))
+    (port,) = probe.ports
+    assert reach.knock(LOOPBACK, port, probe.token, 2.0) is None
+    assert probes.close(probe.probe) == {port: True}
+
+
 def test_ports_already_taken_are_passed_over_for_free_ones() -> None:
     low, high = free_range(3)
     with taken(low), taken(low + 1):
