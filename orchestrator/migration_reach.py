@@ -9,6 +9,11 @@ listens on two free ports of its migration range for a few seconds, the source k
 on each with a token, and the migration is then told to use exactly those ports
 (agent/reach.py). A pair that fails is set aside with the reason, the ports and what
 the knock met (timed out: dropped; refused: rejected; no route).
+
+The ports are free when checked, not reserved: a process that takes one before the
+migration starts (the destination is prepared in between) makes libvirt fail it, and
+the guest stays on the source as for any failed migration. The random choice among
+the range's 64 ports makes two herd migrations to one host rarely meet.
 """
 
 from __future__ import annotations
