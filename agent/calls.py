@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from agent import PROTOCOL_VERSION, __version__, confine, image_format, images
+from agent import PROTOCOL_VERSION, __version__, confine, image_format, images, reach
 from agent import facts as host_facts
 from agent.errors import BadRequest, NotFound, UnknownOp
 from agent.fsutil import DIR_MODE, ensure_dir
@@ -92,6 +92,7 @@ class Agent:
         self.runners = runners or Runners()
         self._session: Optional[Session] = None
         self._hello_lock = threading.Lock()
+        self._probes = reach.Probes()
         self._handlers: Dict[str, Handler] = {
             "hello": self.hello,
             "ping": self.ping,
@@ -109,6 +110,9 @@ class Agent:
             "job_wait": self.job_wait,
             "jobs": self.jobs,
             "job_forget": self.job_forget,
+            "reach_listen": lambda args: reach.listen_op(self._probes, args),
+            "reach_close": lambda args: reach.close_op(self._probes, args),
+            "reach_check": lambda args: reach.check_op(self.session.state_dir, args),
         }
 
     @property

@@ -14,13 +14,12 @@ import logging
 import os
 import platform
 import shutil
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from agent import confine, domain, image_format, images, proc
+from agent import confine, domain, image_format, images, proc, reach
 from agent.errors import BadRequest, NotFound
 from agent.fsutil import DIR_MODE, atomic_write_bytes, ensure_dir
 from agent.specs import BuildSpec, DeleteSpec, LiveMigrateSpec, PowerSpec
@@ -405,12 +404,13 @@ def live_migrate(ctx: Context, spec: LiveMigrateSpec) -> Dict[str, Any]:
     name = info.name
     if info.state != "running":
         raise BadRequest(f"{name} is {info.state}: only a running guest migrates live")
+    ports = (spec.port, spec.disks_port)
     try:
-        virsh.migrate_live(name, f"qemu+unix:///system?socket={socket}", spec.address, spec.timeout)
+        virsh.migrate_live(
+            name, f"qemu+unix:///system?socket={socket}", spec.address, ports, spec.timeout
+        )
     finally:
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(socket).st_mode):
-                os.unlink(socket)  # the tunnel's end, which sshd leaves behind
+        reach.unlink_socket(socket)
     inst_dir = ctx.instance_dir(spec.uuid)
     if inst_dir.exists():
         shutil.rmtree(inst_dir)

@@ -52,6 +52,7 @@ DISK_GB = (0, 1024 * 1024)
 # Seconds: a graceful stop or soft reboot before it is forced; a live migration's copy.
 STOP_TIMEOUT = (0, 3600)
 MIGRATION_TIMEOUT = (1, 86400)
+TCP_PORT = (1, 65535)
 # sun_path holds 107 bytes and a NUL; herd opens sockets in the state directory (live
 # migration's `migrate-<12 hex>.sock`, 26 characters), so the directory leaves room.
 MAX_SOCKET_PATH = 107
@@ -148,6 +149,20 @@ def check_address(value: Any) -> str:
         raise ValueError(
             "must be a host name or an IP address (no zone index: libvirt's URI cannot carry it)"
         )
+    return value
+
+
+def check_socket(value: Any, where: str) -> str:
+    """A tunnel socket's path. It goes into a libvirt URI (no '&' or '?') and is
+    unlinked afterwards: only the names the orchestrator makes (``migrate-<hex>.sock``);
+    the caller confines it to state_dir."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_SOCKET_PATH
+        or not value.startswith("/")
+        or not _SOCKET_NAME.fullmatch(value.rsplit("/", 1)[1])
+    ):
+        raise BadRequest(f"{where}socket must be an absolute path to migrate-<hex>.sock")
     return value
 
 
@@ -458,15 +473,13 @@ class LiveMigrateSpec:
     socket: str
     address: str
     timeout: int
+    port: int  # QEMU's memory stream, and the NBD server's for the disk: the ports
+    disks_port: int  # the orchestrator checked the source can reach (agent/reach.py)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> LiveMigrateSpec:
         where = "live_migrate: "
-        socket = text(args, "socket", where, max_len=MAX_SOCKET_PATH)
-        # It goes into a libvirt URI (no '&' or '?') and is unlinked afterwards: only
-        # the names the orchestrator makes, in state_dir (checked by the job).
-        if not socket.startswith("/") or not _SOCKET_NAME.fullmatch(socket.rsplit("/", 1)[1]):
-            raise BadRequest(f"{where}socket must be an absolute path to migrate-<hex>.sock")
+        socket = check_socket(args.get("socket"), where)
         address = args.get("address")
         try:
             check_address(address)
@@ -477,6 +490,8 @@ class LiveMigrateSpec:
             socket=socket,
             address=address,
             timeout=integer(args, "timeout", where, *MIGRATION_TIMEOUT),
+            port=integer(args, "port", where, *TCP_PORT),
+            disks_port=integer(args, "disks_port", where, *TCP_PORT),
         )
 
     @property

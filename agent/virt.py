@@ -11,7 +11,7 @@ import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from agent import proc
 from agent.errors import LibvirtError
@@ -45,6 +45,13 @@ _MARK = "@@herd-domain"
 _SECTION_RE = re.compile(_MARK + r" (\S+) @@(.*?)(?=" + _MARK + r" |\Z)", re.DOTALL)
 _LIST_CHUNK = 100  # domains per virsh batch: keeps the argv well below ARG_MAX
 _UNSUPPORTED = ("unsupported flags", "doesn't support option", "not supported")
+
+
+def host_port(address: str, port: int) -> str:
+    """``ADDRESS:PORT`` as a URI carries it: a bare IPv6 address goes in brackets."""
+    if ":" in address and not address.startswith("["):
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
 
 
 def domain_name(uuid: str) -> str:
@@ -169,20 +176,24 @@ class Virsh:
             raise
         return True
 
-    def migrate_live(self, name: str, dest_uri: str, address: str, timeout: int) -> None:
+    def migrate_live(
+        self, name: str, dest_uri: str, address: str, ports: Tuple[int, int], timeout: int
+    ) -> None:
         """Peer-to-peer live migration with the disk copied as it runs.
 
         libvirt's own connection to the destination goes to ``dest_uri`` (herd tunnels
         it over its SSH connections, so hosts need no keys for each other); QEMU's
-        memory and disk streams go straight to ``address``. Only vda is copied, and
-        only its overlay (the base image is in the destination's cache already). After
-        ``timeout`` seconds a guest that keeps dirtying memory is paused to finish.
+        memory stream and the disk's NBD stream go straight to ``address``, on the two
+        ``ports`` herd checked this host reaches (agent/reach.py), not on ones libvirt
+        would pick. Only vda is copied, and only its overlay (the base image is in the
+        destination's cache already). After ``timeout`` seconds a guest that keeps
+        dirtying memory is paused to finish.
         """
+        memory, disks = (f"tcp://{host_port(address, port)}" for port in ports)
         argv = [
             "migrate", name, dest_uri, "--live", "--p2p", "--persistent",
             "--undefinesource", "--copy-storage-inc", "--migrate-disks", "vda",
-            "--migrateuri", f"tcp://{address}", "--disks-uri", f"tcp://{address}",
-            "--timeout", str(timeout),
+            "--migrateuri", memory, "--disks-uri", disks, "--timeout", str(timeout),
         ]  # fmt: skip
         self.run(argv, timeout=timeout + START_TIMEOUT)
 

@@ -10,9 +10,10 @@ migration's UUID, as for a resize); one is given back at the end.
 
 Not every pair of hosts can do it, and herd says which and why before anything
 moves: the guests must be of the same kind (KVM or TCG) and the agent directory the
-same (the domain keeps its disk paths). The hosts must also reach each other at
-their inventory addresses, on libvirt's migration ports (49152-49215); libvirt's own
-refusals (a CPU the destination lacks) are passed on as they come.
+same (the domain keeps its disk paths). The source must also reach the destination's
+libvirtd through herd's tunnel, and its address on two ports of its migration range,
+which the migration then uses (migration_reach.py). libvirt's own refusals (a CPU the
+destination lacks) are passed on as they come.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uuid
 from typing import Any
 
 from agent import specs as agent_specs
-from orchestrator import cloudinit, lifecycle, migration_records
+from orchestrator import cloudinit, lifecycle, migration_reach, migration_records
 from orchestrator.actions import finish_action, record_event
 from orchestrator.conductor import Outcome, outcome_of, target_of
 from orchestrator.db.models import (
@@ -76,19 +77,20 @@ class LiveMigration(ServerActions):
             migration = await migration_records.begin(db, row, source, "live-migration")
         self.progress.update(row, "scheduling", host=source.name)
         try:
-            dest = await self._destination(row, source, host_name)
+            dest, ports = await self._destination(row, source, host_name)
         except NoValidHost as exc:
             await self._give_back(row, migration, MigrationStatus.ERROR)
             failed = await self._abort(row, action_id, source.name, f"live-migrate: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
         async with self.db.session() as db:
-            await record_event(db, action_id, "schedule", True, dest.name)
+            reached = f"{source.name} reaches it on migration ports {ports}"
+            await record_event(db, action_id, "schedule", True, dest.name, reached)
         try:
             await self._stepped(action_id, "prepare_dest", dest.name, self._prepare(row, dest))
             self.progress.update(row, "migrating live", host=dest.name)
             await self._stepped(
                 action_id, "live_migrate", source.name,
-                self._migrate(row, source, dest, timeout),
+                self._migrate(row, source, dest, ports, timeout),
                 lambda _: f"from {source.name} to {dest.name}",
             )  # fmt: skip
         except HerdError as exc:
@@ -115,9 +117,12 @@ class LiveMigration(ServerActions):
         self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=f"from {source.name}")
         return outcome_of(fresh, dest.name)
 
-    async def _destination(self, row: Instance, source: Host, host_name: str | None) -> Host:
-        """A host the scheduler accepts and the pair check too: ``host_name`` only, or
-        the scheduler's choices in turn, each unfit one set aside."""
+    async def _destination(
+        self, row: Instance, source: Host, host_name: str | None
+    ) -> tuple[Host, migration_reach.Ports]:
+        """A host the scheduler accepts and the pair checks too, with the ports the
+        source reaches it on: ``host_name`` only, or the scheduler's choices in turn,
+        each unfit one set aside."""
         ignored = {source.name}
         reasons: list[str] = []
         for _ in range(1 if host_name else MAX_TRIES):
@@ -135,7 +140,10 @@ class LiveMigration(ServerActions):
             assert dest is not None
             why = incompatibility(source, dest)
             if why is None:
-                return dest
+                found = await self._reach(source, dest)
+                if isinstance(found, migration_reach.Ports):
+                    return dest, found
+                why = found
             async with self.db.session() as db:
                 await release(db, row.uuid)
             reasons.append(f"{dest.name}: {why}")
@@ -143,6 +151,14 @@ class LiveMigration(ServerActions):
         raise NoValidHost(
             f"cannot live-migrate {row.name} from {source.name}: {'; '.join(reasons)}"
         )
+
+    async def _reach(self, source: Host, dest: Host) -> migration_reach.Ports | str:
+        """The ports the migration will use, or why the source cannot reach ``dest``;
+        a host whose agent cannot be asked is as unfit as one it cannot reach."""
+        try:
+            return await migration_reach.check(self.pool, target_of(source), target_of(dest))
+        except HerdError as exc:
+            return f"cannot check that {source.name} reaches it: {exc}"
 
     async def _prepare(self, row: Instance, dest: Host) -> dict[str, Any]:
         target = target_of(dest)
@@ -155,13 +171,18 @@ class LiveMigration(ServerActions):
         args.update(rebuild=True, define=False)
         return await self._job(target, "build", args, self.conductor.build_timeout)
 
-    async def _migrate(self, row: Instance, source: Host, dest: Host, timeout: int) -> None:
+    async def _migrate(
+        self, row: Instance, source: Host, dest: Host, ports: migration_reach.Ports, timeout: int
+    ) -> None:
         src, dst = target_of(source), target_of(dest)
         source_conn = (await self.pool.session(src)).conn
         dest_conn = (await self.pool.session(dst)).conn
         listen = f"{src.agent_dir}/migrate-{uuid.uuid4().hex[:12]}.sock"
         async with libvirt_tunnel(source_conn, dest_conn, listen):
-            args = {"uuid": row.uuid, "socket": listen, "address": dest.address, "timeout": timeout}
+            args = {
+                "uuid": row.uuid, "socket": listen, "address": dest.address, "timeout": timeout,
+                "port": ports.memory, "disks_port": ports.disks,
+            }  # fmt: skip
             await self._job(src, "live_migrate", args, timeout + FOLLOW_MARGIN)
 
     async def _failed(

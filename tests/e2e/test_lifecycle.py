@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -330,12 +332,22 @@ def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, l
     console.ask("echo kept-$((40 + 2)) > /tmp/mark; cat /tmp/mark", b"kept-42")  # RAM: initramfs
     console.detach()
     base = ram_used(herd)
-    # A destination whose libvirtd is down: libvirt keeps the guest where it was.
+    # A destination whose libvirtd is down: refused before anything is prepared there.
     lab.stop_service("lab-2", "libvirtd")
     try:
-        failed = herd.run("server", "live-migrate", "live", "--host", "lab-2")
+        refused = herd.run("server", "live-migrate", "live", "--host", "lab-2")
     finally:
         lab.start_service("lab-2", "libvirtd")
+    assert refused.code == 5, refused
+    assert (
+        "herd: error: live-migrate: cannot live-migrate live from lab-1: lab-2: lab-2's "
+        "libvirtd does not answer lab-1 through herd's SSH tunnel"
+    ) in refused.stderr
+    assert lab.exec_in("lab-2", ["test", "-e", f"/var/lib/herd/instances/{uuid}"]).returncode
+    # A destination libvirt turns the guest away once it is prepared (its qemu hook says
+    # no to an incoming migration): libvirt keeps the guest where it was.
+    with refusing_migrations(lab, "lab-2"):
+        failed = herd.run("server", "live-migrate", "live", "--host", "lab-2")
     assert failed.code == 1, failed
     assert "live migration to lab-2 failed, the server still runs on lab-1" in failed.stdout
     assert states(herd, lab, "live") == ("active", "running", "running")
@@ -377,6 +389,27 @@ def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, l
     assert [(e["event"], e["result"]) for e in live["events"]] == [
         ("schedule", "success"), ("prepare_dest", "success"), ("live_migrate", "success"),
     ]  # fmt: skip
+    schedule = live["events"][0]
+    assert schedule["host"] == "lab-2", schedule
+    assert re.fullmatch(r"lab-1 reaches it on migration ports \d+ and \d+", schedule["details"])
+
+
+@contextlib.contextmanager
+def refusing_migrations(lab, host: str) -> Iterator[None]:
+    """libvirt on ``host`` refuses every incoming migration while the block runs: a qemu
+    hook that fails the "migrate" operation (libvirtd reads its hooks when it starts)."""
+    hook = "/etc/libvirt/hooks/qemu"
+    script = '#!/bin/sh\n[ "$2" != migrate ]\n'
+    lab.exec_in(host, ["mkdir", "-p", "/etc/libvirt/hooks"], check=True)
+    lab.exec_in(host, ["sh", "-c", f"cat > {hook} && chmod 755 {hook}"], input=script, check=True)
+    lab.stop_service(host, "libvirtd")
+    lab.start_service(host, "libvirtd")
+    try:
+        yield
+    finally:
+        lab.exec_in(host, ["rm", "-f", hook], check=True)
+        lab.stop_service(host, "libvirtd")
+        lab.start_service(host, "libvirtd")
 
 
 def test_a_move_keeps_the_server_groups_policy(herd: HerdCli, lab) -> None:

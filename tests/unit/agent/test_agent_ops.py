@@ -248,21 +248,28 @@ def test_a_live_migration_spec_is_checked_before_anything_runs() -> None:
         "uuid": str(uuid.uuid4()),
         "socket": "/var/lib/herd/migrate-0a1b2c.sock",
         "address": "10.0.0.2",
+        "port": 49160,
+        "disks_port": 49161,
     }
-    assert LiveMigrateSpec.from_args({**good, "timeout": 30}).address == "10.0.0.2"
+    spec = LiveMigrateSpec.from_args({**good, "timeout": 30})
+    assert (spec.address, spec.port, spec.disks_port) == ("10.0.0.2", 49160, 49161)
     for bad, match in (
         ({"socket": "migrate-0a1b2c.sock"}, "socket must be an absolute path"),
         ({"socket": "/run/libvirt/libvirt-sock"}, "migrate-<hex>.sock"),
         ({"socket": "/var/lib/herd/migrate-0a.sock&mode=direct"}, "migrate-<hex>.sock"),
         ({"address": "10.0.0.2; reboot"}, "address must be a host name"),
         ({"timeout": 0}, "timeout must be an integer"),
+        ({"port": 0}, "port must be an integer from 1 to 65535"),
+        ({"disks_port": "49161"}, "disks_port must be an integer"),
     ):
         with pytest.raises(BadRequest, match=match):
             LiveMigrateSpec.from_args({**good, "timeout": 30, **bad})
 
 
 def test_live_migrate_refuses_a_guest_that_is_not_running(state_dir: Path) -> None:
-    spec = LiveMigrateSpec(str(uuid.uuid4()), f"{state_dir}/migrate-0a.sock", "10.0.0.2", 30)
+    spec = LiveMigrateSpec(
+        str(uuid.uuid4()), f"{state_dir}/migrate-0a.sock", "10.0.0.2", 30, 49160, 49161
+    )
     virsh = FakeVirsh(state="shutoff").bind(spec.uuid)
     with pytest.raises(BadRequest, match="only a running guest migrates live"):
         ops.live_migrate(ops.Context(state_dir, virsh), spec)
@@ -412,7 +419,7 @@ def test_live_migrate_never_unlinks_a_socket_outside_the_state_dir(
     path = elsewhere / "migrate-0a.sock"
     with sockets.socket(sockets.AF_UNIX) as server:
         server.bind(str(path))
-        spec = LiveMigrateSpec(str(uuid.uuid4()), str(path), "10.0.0.2", 30)
+        spec = LiveMigrateSpec(str(uuid.uuid4()), str(path), "10.0.0.2", 30, 49160, 49161)
         virsh = FakeVirsh(state="running").bind(spec.uuid)
         with pytest.raises(BadRequest, match=r"socket .* is not in"):
             ops.live_migrate(ops.Context(state_dir, virsh), spec)

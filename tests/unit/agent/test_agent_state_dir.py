@@ -62,7 +62,8 @@ def test_the_longest_state_dir_still_holds_a_live_migration_socket() -> None:
     assert check_state_dir(state_dir) == state_dir
     socket = f"{state_dir}/migrate-{'0' * 12}.sock"
     args = {"uuid": "0" * 8 + "-0000-0000-0000-" + "0" * 12, "socket": socket}
-    spec = LiveMigrateSpec.from_args({**args, "address": "192.0.2.1", "timeout": 60})
+    args.update(address="192.0.2.1", timeout=60, port=49152, disks_port=49153)
+    spec = LiveMigrateSpec.from_args(args)
     assert spec.socket == socket
 
 

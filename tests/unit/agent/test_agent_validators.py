@@ -26,7 +26,8 @@ def build_with_nic(nic: dict[str, Any]) -> Any:
 
 
 def live_migrate(address: str) -> Any:
-    args = {"uuid": UUID, "socket": "/srv/herd/migrate-0a.sock", "address": address, "timeout": 60}
+    args = {"uuid": UUID, "socket": "/srv/herd/migrate-0a.sock", "address": address}
+    args.update(timeout=60, port=49152, disks_port=49153)
     return specs.LiveMigrateSpec.from_args(args)
 
 
