@@ -444,7 +444,7 @@ class NetworkSpec(_Spec):
 
     name: ResourceName
     type: Literal["user", "bridge", "network"]
-    """user: QEMU user-mode networking (no host set-up; the lab's choice); bridge: a
+    """user: QEMU user-mode networking (no host set-up); bridge: a
     Linux bridge that exists on every host; network: a libvirt network on every host."""
     bridge: BridgeName | None = None
     libvirt_network: LibvirtNetworkName | None = None

@@ -83,6 +83,7 @@ def test_the_guest_sees_its_uuid_hostname_fixed_ip_keys_and_user_data(
         assert facts["local-hostname"] == [name]
         # The guest configured exactly the address herd allocated on the NIC herd named.
         assert facts["ip"] == [f"{port['ip']}/24 nic=eth0 mac={port['mac']}"]
+        assert facts["route"] == ["default via 10.0.2.2 nic=eth0"]  # lab-net's gateway
         assert facts["ssh-key"] == [public.read_text().strip()]
         assert "# e2e-marker: 7f3a-guest-boot" in facts["user-data"]
         assert facts["root-disk-bytes"] == [str(1 << 30)]  # grown to m1.tiny's 1 GiB
