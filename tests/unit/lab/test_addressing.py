@@ -3,9 +3,12 @@ the lab's subnets and link names follow from that /24 alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.errors import LabError
+from orchestrator.lab import network
 from orchestrator.lab.addressing import check_port, host_addresses
 from orchestrator.lab.network import LabNetwork
 
@@ -66,3 +69,35 @@ def test_a_lab_claims_only_its_own_link_names(name: str, owned: bool) -> None:
 def test_ports_outside_tcp_range_are_refused(port: int) -> None:
     with pytest.raises(LabError, match="not a TCP port"):
         check_port(port)
+
+
+ROOT = Path("/var/lib/herd-lab")
+
+
+@pytest.mark.parametrize(
+    ("existing", "ours"),
+    [
+        pytest.param({}, False, id="free"),
+        pytest.param({"herd1m": {"kind": "bridge", "alias": str(ROOT)}}, True, id="ours"),
+        pytest.param({"herd1m": {"kind": "bridge", "alias": None}}, True, id="ours-half-made"),
+    ],
+)
+def test_a_link_name_is_free_or_this_labs(existing: dict, ours: bool) -> None:
+    assert network._claim("herd1m", ROOT, existing, "bridge") is ours
+
+
+@pytest.mark.parametrize(
+    ("link", "says"),
+    [
+        pytest.param(
+            {"kind": "bridge", "alias": "/srv/other-lab"},
+            "a bridge link of /srv/other-lab",
+            id="another-lab",
+        ),
+        pytest.param({"kind": "dummy", "alias": None}, "a dummy link", id="another-kind"),
+        pytest.param({"kind": None, "alias": None}, "a plain link", id="a-plain-nic"),
+    ],
+)
+def test_a_link_name_held_by_anything_else_is_refused_not_taken_over(link: dict, says: str) -> None:
+    with pytest.raises(LabError, match=f"interface name herd1m is taken by {says}, not this lab's"):
+        network._claim("herd1m", ROOT, {"herd1m": link}, "bridge")
