@@ -103,7 +103,7 @@ def simulated_sshd(workdir: Path, authorized: Path) -> tuple[subprocess.Popen[by
 
 async def measure(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    lab = Lab(workdir / "lab", base_address="127.0.102.1")
+    lab = Lab(workdir / "lab", base_address="198.18.110.1")
     info = lab.up(3)
     sshd = None
     try:

@@ -1,7 +1,7 @@
 """Agent round-trip latency over the persistent session, time to boot 8 VMs, and time
 until test guests have really booted (printed "HERD-TEST ready" on their console).
 
-Run as root (it brings up its own 3-host lab on 127.0.102.x and tears it down):
+Run as root (it brings up its own 3-host lab on 198.18.110.x and tears it down):
     python -m bench.rpc [--calls 2000] [--servers 8] [--guests 6]
 """
 
@@ -189,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herd-bench-") as tmp:
         workdir = Path(tmp)
-        lab = Lab(workdir / "lab", base_address="127.0.102.1")
+        lab = Lab(workdir / "lab", base_address="198.18.110.1")
         t0 = time.perf_counter()
         info = lab.up(3)
         lab_up = time.perf_counter() - t0

@@ -29,8 +29,9 @@ from orchestrator.lab import (
 
 app = typer.Typer(
     help=(
-        "A lab of real hypervisors on this machine (root only): each host is a mount+UTS "
-        "namespace with its own libvirtd, virtlogd and sshd on a loopback address."
+        "A lab of real hypervisors on this machine (root only): each host is a mount+UTS+"
+        "network namespace with its own libvirtd, virtlogd and sshd on the lab's management "
+        "network, and guests share a provider bridge."
     ),
     no_args_is_help=True,
 )
@@ -52,7 +53,11 @@ def up(
     base_address: str | None = typer.Option(
         None,
         "--base-address",
-        help=f"First host's address in 127.0.0.0/8 (default {DEFAULT_BASE_ADDRESS}).",
+        help=(
+            f"First host's management address, in 198.18.0.0/16 (default "
+            f"{DEFAULT_BASE_ADDRESS}); its third octet N names the lab's subnets "
+            "198.18.N.0/24 and 198.19.N.0/24."
+        ),
     ),
     ssh_port: int | None = typer.Option(
         None,

@@ -444,7 +444,7 @@ class NetworkSpec(_Spec):
 
     name: ResourceName
     type: Literal["user", "bridge", "network"]
-    """user: QEMU user-mode networking (no host set-up; the lab's choice); bridge: a
+    """user: QEMU user-mode networking (no host set-up); bridge: a
     Linux bridge that exists on every host; network: a libvirt network on every host."""
     bridge: BridgeName | None = None
     libvirt_network: LibvirtNetworkName | None = None
@@ -454,6 +454,29 @@ class NetworkSpec(_Spec):
     dns: list[ipaddress.IPv4Address] = Field(default_factory=list)
     default: Annotated[bool, Strict()] = False
     """Servers created without ``--network`` get a port on the default network."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_vlan(cls, data: Any) -> Any:
+        """`vlan:` is refused with the reason rather than as an unknown key: libvirt
+        tags guest traffic only on Open vSwitch bridges and SR-IOV NICs, never on a
+        Linux bridge, so herd could not honour it (README: no VLAN tags)."""
+        if isinstance(data, dict) and "vlan" in data:
+            vlan = data["vlan"]
+            message = (
+                "libvirt tags VLANs only on Open vSwitch and SR-IOV NICs, not Linux "
+                f"bridges; make a bridge for VLAN {vlan} on every host (e.g. "
+                f"br-vlan{vlan} over eth0.{vlan}) and name it in `bridge:`"
+            )
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("network", message), loc=("vlan",), input=vlan
+                    )
+                ],
+            )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -1,4 +1,5 @@
-"""A local multi-hypervisor lab: real libvirtd + sshd hosts on loopback addresses.
+"""A local multi-hypervisor lab: real libvirtd + sshd hosts, each in network, mount and
+UTS namespaces of its own, joined by a management and a provider network (network.py).
 
 `herd lab up` (orchestrator/cli/lab.py) and the e2e tests use this API:
 

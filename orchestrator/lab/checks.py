@@ -18,6 +18,8 @@ TOOLS: dict[str, str] = {
     "nsenter": "util-linux",
     "mount": "mount",
     "hostname": "hostname",
+    "ip": "iproute2",
+    "sysctl": "procps",
     "libvirtd": "libvirt-daemon",
     "virtlogd": "libvirt-daemon",
     "virsh": "libvirt-clients",

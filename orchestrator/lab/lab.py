@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import LabError
-from orchestrator.lab import checks, daemons, guest_image, namespace, procs, render
-from orchestrator.lab.addressing import check_port, host_addresses, port_is_free
+from orchestrator.lab import checks, daemons, guest_image, namespace, network, procs, render
+from orchestrator.lab.addressing import check_port, host_addresses
 from orchestrator.lab.model import (
     DEFAULT_BASE_ADDRESS,
     DEFAULT_HOSTS,
@@ -77,6 +77,11 @@ def resolve_settings(
     than a silent move, since the inventory and known_hosts already name them."""
     if recorded is None:
         return base_address or DEFAULT_BASE_ADDRESS, check_port(ssh_port or DEFAULT_SSH_PORT)
+    if not recorded.base_address.startswith("198.18."):
+        raise LabError(
+            f"the lab at {root} was made by an older herd on loopback address "
+            f"{recorded.base_address}; `herd lab down --root {root}` first, then `herd lab up`"
+        )
     if base_address is not None and base_address != recorded.base_address:
         raise LabError(
             f"the lab at {root} uses base address {recorded.base_address}; "
@@ -179,13 +184,15 @@ class Lab:
             )
             say(f"placeholder image {info.image} created")
         info.host_images.mkdir(mode=0o755, exist_ok=True)
+        for bridge in network.ensure_bridges(info.network, self.root):
+            say(f"bridge {bridge} created")
         had_guest = guest_image.paths(info.image.parent).initrd.exists()
         built = guest_image.build(info.image.parent)
         if not had_guest:
             say(f"test guest image ({built.kernel_version}) built in {info.image.parent}")
 
         authorized = info.key.with_name(info.key.name + ".pub")
-        failures = _each(info.hosts, lambda host: self._ensure_host(host, authorized, say))
+        failures = _each(info.hosts, lambda host: self._ensure_host(info, host, authorized, say))
         lines = [
             render.known_hosts_line(
                 host, host.host_key.with_name(host.host_key.name + ".pub").read_text()
@@ -199,20 +206,22 @@ class Lab:
         self._probe_qemu(info.hosts[0], say)
         return info
 
-    def _ensure_host(self, host: LabHost, authorized_keys: Path, say: Progress) -> None:
+    def _ensure_host(
+        self, info: LabInfo, host: LabHost, authorized_keys: Path, say: Progress
+    ) -> None:
         namespace.prepare(host, authorized_keys)
-        if namespace.holder(host) is None:
+        holder = namespace.holder(host)
+        fresh = holder is None
+        if holder is None:
             if procs.host_pids(host.path(MARKER)):
                 # Daemons of a namespace whose holder died: start from scratch.
                 self._end_processes(host)
                 say(f"{host.name}: cleared the remains of a broken namespace")
-            if not port_is_free(host.address, host.port):
-                raise LabError(
-                    f"{host.name}: {host.address}:{host.port} is already in use by another "
-                    "program; pick another --ssh-port or --base-address"
-                )
-            namespace.create(host)
+            holder = namespace.create(host)
             say(f"{host.name}: namespace created")
+        # Before any daemon: sshd binds the management address, and is only "ready"
+        # once it answers there from the root namespace.
+        network.attach_host(info.network, self.root, host.index, host.address, holder, fresh)
         for service in SERVICES:
             if daemons.start(host, service):
                 say(f"{host.name}: {service} started")
@@ -334,6 +343,7 @@ class Lab:
         ]
         failures = _each(hosts, lambda host: self._take_down(host, say))
         _raise_first(failures, f"the lab's files are left in {self.root}")
+        self._remove_links(say)
         self._unmount_leftovers()
         if self.root.is_mount():
             # Someone made the root a mount of its own: empty it, leave the mount.
@@ -345,6 +355,20 @@ class Lab:
         else:
             shutil.rmtree(self.root)
         say(f"removed {self.root}")
+
+    def _remove_links(self, say: Progress) -> None:
+        """The lab's bridges and veths in the root namespace, once its hosts' network
+        namespaces are gone (their ends of the veths go with them)."""
+        state = self.recorded()
+        if state is None:
+            return
+        try:
+            lab_network = network.LabNetwork.for_base(state.base_address)
+        except LabError:
+            return  # a lab of an older herd, on loopback addresses: it made no links
+        removed = network.remove(lab_network, self.root)
+        if removed:
+            say(f"removed {len(removed)} link(s): {', '.join(removed)}")
 
     def _take_down(self, host: LabHost, say: Progress) -> None:
         if daemons.running(host, "libvirtd") is not None:

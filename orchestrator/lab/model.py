@@ -1,7 +1,7 @@
 """The lab's records and fixed facts: what a lab host is, where its pieces live.
 
-A lab host is a directory on this machine plus a mount+UTS namespace that binds that
-directory's parts over the paths libvirtd, virtlogd, sshd and the agent use. Keeping
+A lab host is a directory on this machine plus a mount+UTS+network namespace that
+binds that directory's parts over the paths libvirtd, virtlogd, sshd and the agent use. Keeping
 the layout in one place lets the namespace setup, the daemons and `down` agree on it.
 """
 
@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import LabError
+from orchestrator.lab.network import LabNetwork
 
 DEFAULT_ROOT = Path("/var/lib/herd-lab")
-DEFAULT_BASE_ADDRESS = "127.0.100.1"
+DEFAULT_BASE_ADDRESS = "198.18.100.1"  # the first host's management address
 DEFAULT_SSH_PORT = 2222
 DEFAULT_HOSTS = 3
 ROOT_ENV = "HERD_LAB_DIR"
@@ -64,6 +65,11 @@ class LabHost:
         return self.dir / part
 
     @property
+    def index(self) -> int:
+        """N of lab-N: which links of the lab's bridges are this host's."""
+        return int(self.name.removeprefix("lab-"))
+
+    @property
     def holder_pidfile(self) -> Path:
         return self.dir / "holder.pid"
 
@@ -84,6 +90,11 @@ class LabInfo:
     base_address: str
     ssh_port: int
     hosts: tuple[LabHost, ...]
+
+    @property
+    def network(self) -> LabNetwork:
+        """The lab's management and provider subnets and link names."""
+        return LabNetwork.for_base(self.base_address)
 
     @property
     def inventory(self) -> Path:

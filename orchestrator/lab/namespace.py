@@ -1,12 +1,14 @@
 """A lab host's directory and namespace, and running commands inside it.
 
-The namespace is made by `unshare --mount --uts --propagation private`: a short
+The namespace is made by `unshare --mount --uts --net --propagation private`: a short
 shell script binds the host's directories over /var/lib/herd, /run, /etc/libvirt and
 the rest (private propagation keeps those mounts out of the root namespace), sets the
-hostname, and leaves a `sleep infinity` behind to hold the namespace open, then exits
-so its exit status tells us whether the setup worked. Every later command enters the
-namespace with `nsenter --target <holder>`; nothing else needs to be remembered, and
-when the last process of a namespace dies its mounts go with it.
+hostname, brings up loopback with IPv6 and forwarding off in the host's fresh
+network stack (its links come from network.py), and leaves a `sleep infinity` behind
+to hold the namespaces open, then exits so its exit status tells us whether the
+setup worked. Every later command enters the
+namespaces with `nsenter --target <holder>`; nothing else needs to be remembered, and
+when the last process of a namespace dies its mounts and links go with it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ while [ "$#" -gt 0 ]; do
     shift 2
 done
 hostname "$name"
+# A network stack of its own, quiet until the lab cables it: IPv6 off before any
+# link exists (so none sends a router solicitation), no forwarding, no routes.
+sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+    net.ipv4.ip_forward=0
+ip link set lo up
 sleep infinity </dev/null >/dev/null 2>&1 &
 echo "$!"
 """
@@ -119,6 +126,7 @@ def create(host: LabHost) -> int:
         "unshare",
         "--mount",
         "--uts",
+        "--net",
         "--propagation",
         "private",
         "--",
@@ -149,7 +157,7 @@ def ensure_mountpoints() -> None:
 
 
 def nsenter(pid: int, argv: list[str]) -> list[str]:
-    return ["nsenter", "--target", str(pid), "--mount", "--uts", "--", *argv]
+    return ["nsenter", "--target", str(pid), "--mount", "--uts", "--net", "--", *argv]
 
 
 def run(argv: list[str], what: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

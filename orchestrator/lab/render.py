@@ -13,6 +13,7 @@ import yaml
 
 from orchestrator.lab import guest_image
 from orchestrator.lab.model import AGENT_DIR, LIBVIRT_URI, LabHost, LabInfo
+from orchestrator.lab.network import PROVIDER_BRIDGE, LabNetwork
 
 FLAVORS: tuple[dict[str, Any], ...] = (
     {"name": "m1.nano", "vcpus": 1, "ram_mb": 64, "disk_gb": 1},
@@ -20,9 +21,10 @@ FLAVORS: tuple[dict[str, Any], ...] = (
     {"name": "m1.small", "vcpus": 1, "ram_mb": 256, "disk_gb": 2},
 )
 
-# QEMU user-mode networking: no bridge or namespace to set up, and nothing leaves the
-# machine unless a guest itself connects out. 10.0.2.0/24 is QEMU's own user-mode
-# subnet (gateway .2, DNS .3), so the fixed IPs herd hands out match what QEMU routes.
+# QEMU user-mode networking, kept for guests that need no neighbours: 10.0.2.0/24 is
+# QEMU's own user-mode subnet (gateway .2, DNS .3), so the fixed IPs herd hands out
+# match what QEMU routes. A guest that connects out gets nowhere: QEMU connects from
+# the host's network namespace, which has no route off the lab.
 LAB_NETWORK: dict[str, Any] = {
     "name": "lab-net",
     "type": "user",
@@ -30,8 +32,24 @@ LAB_NETWORK: dict[str, Any] = {
     "gateway": "10.0.2.2",
     "allocation_pool": {"start": "10.0.2.100", "end": "10.0.2.250"},
     "dns": ["10.0.2.3"],
-    "default": True,
 }
+PROVIDER_NETWORK_NAME = "provider"
+
+
+def provider_network(lab_network: LabNetwork) -> dict[str, Any]:
+    """The lab's default network, bridged as on a real fleet: every host's
+    br-provider, one layer-2 segment with the root namespace at .254. No gateway:
+    nothing routes off the provider network, so guests get no default route."""
+    start, end = lab_network.provider_pool
+    return {
+        "name": PROVIDER_NETWORK_NAME,
+        "type": "bridge",
+        "bridge": PROVIDER_BRIDGE,
+        "subnet": str(lab_network.provider),
+        "allocation_pool": {"start": start, "end": end},
+        "default": True,
+    }
+
 
 QEMU_USER = "libvirt-qemu"
 QEMU_GROUP = "kvm"
@@ -129,7 +147,7 @@ def inventory_document(info: LabInfo) -> dict[str, Any]:
             },
             *guest_image.paths(info.image.parent).inventory_images(),
         ],
-        "networks": [dict(LAB_NETWORK)],
+        "networks": [provider_network(info.network), dict(LAB_NETWORK)],
     }
 
 

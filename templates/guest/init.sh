@@ -10,6 +10,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 say() { echo "HERD-TEST $*"; }
 say "booting kernel=$(uname -r)"
+# IPv4 only, before the NIC's driver loads: a bridged guest sends nothing unasked
+# (no router solicitation, no duplicate-address probe) onto the lab's provider LAN.
+for knob in all default; do
+    echo 1 > "/proc/sys/net/ipv6/conf/$knob/disable_ipv6" 2>/dev/null
+done
+ip link set lo up
 
 # Drivers the cloud kernel has only as modules, in dependency order.
 while read -r module; do
@@ -48,18 +54,25 @@ if [ -e /sys/block/vda/size ]; then
     say "root-disk-bytes=$(( $(cat /sys/block/vda/size) * 512 ))"
 fi
 
-# network-config v2: give each NIC, matched by MAC, the addresses herd allocated.
+# network-config v2: give each NIC, matched by MAC, the addresses herd allocated,
+# and the default route where herd gave a gateway.
 if [ -f /seed/network-config ]; then
     awk '/macaddress:/ { gsub(/["'\'']/, "", $2); mac = tolower($2) }
-         /^ *- *[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\/[0-9]+/ { if (mac != "") print mac, $2 }' \
+         /^ *- *[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\/[0-9]+/ { if (mac != "") print "addr", mac, $2 }
+         /^ *via: */ { if (mac != "") print "via", mac, $2 }' \
         /seed/network-config > /tmp/addresses
-    while read -r mac address; do
+    while read -r kind mac value; do
         for nic in /sys/class/net/*; do
             [ "$(cat "$nic/address")" = "$mac" ] || continue
             name="${nic##*/}"
             ip link set "$name" up
-            ip addr add "$address" dev "$name"
-            say "ip=$address nic=$name mac=$mac"
+            if [ "$kind" = addr ]; then
+                ip addr add "$value" dev "$name"
+                say "ip=$value nic=$name mac=$mac"
+            else
+                ip route add default via "$value" dev "$name"
+                say "route=default via $value nic=$name"
+            fi
         done
     done < /tmp/addresses
     for nic in /sys/class/net/*; do
@@ -68,11 +81,31 @@ if [ -f /seed/network-config ]; then
     done
 fi
 
+# Reachability end to end: the guest answers HTTP on port 80 with its instance-id.
+if [ -n "$seed" ]; then
+    mkdir -p /www
+    value instance-id > /www/index.html
+    httpd -p 80 -h /www && say "httpd=80"
+fi
+
 if [ -f /seed/user-data ]; then
     say "user-data-bytes=$(wc -c < /seed/user-data)"
     echo "HERD-TEST user-data-begin"
     head -n 40 /seed/user-data
     echo "HERD-TEST user-data-end"
+    # A peer named in the user data ("# herd-test-peer: ADDRESS"): fetch its page, to
+    # show one guest reaching another by the address herd gave it.
+    peer=$(sed -n 's/^# *herd-test-peer: *\([0-9.]*\).*/\1/p' /seed/user-data | head -n 1)
+    if [ -n "$peer" ]; then
+        reply=""
+        tries=0
+        while [ -z "$reply" ] && [ "$tries" -lt 30 ]; do
+            # nc rather than wget, which crashes in the static busybox.
+            reply=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$peer" 80 2>/dev/null | tail -n 1)
+            [ -n "$reply" ] || { tries=$((tries + 1)); sleep 1; }
+        done
+        say "peer=$peer reply=${reply:-none}"
+    fi
 fi
 
 say "ready"

@@ -1,4 +1,4 @@
-"""Real labs for e2e tests: one 3-host lab (127.0.101.1-3) for the whole session, and
+"""Real labs for e2e tests: one 3-host lab (198.18.101.1-3) for the whole session, and
 small private ones for tests that must break or remove a lab.
 
 Labs live under pytest's temporary directory and are always taken down. A session
@@ -19,7 +19,7 @@ import pytest
 from orchestrator.lab import Lab
 from tests.e2e.herdcli import HerdCli
 
-LAB_BASE_ADDRESS = "127.0.101.1"
+LAB_BASE_ADDRESS = "198.18.101.1"
 LAB_SSH_PORT = 2222
 LAB_HOSTS = 3
 OWNER_SUFFIX = ".lab-owner"

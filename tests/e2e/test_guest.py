@@ -83,6 +83,7 @@ def test_the_guest_sees_its_uuid_hostname_fixed_ip_keys_and_user_data(
         assert facts["local-hostname"] == [name]
         # The guest configured exactly the address herd allocated on the NIC herd named.
         assert facts["ip"] == [f"{port['ip']}/24 nic=eth0 mac={port['mac']}"]
+        assert facts["route"] == ["default via 10.0.2.2 nic=eth0"]  # lab-net's gateway
         assert facts["ssh-key"] == [public.read_text().strip()]
         assert "# e2e-marker: 7f3a-guest-boot" in facts["user-data"]
         assert facts["root-disk-bytes"] == [str(1 << 30)]  # grown to m1.tiny's 1 GiB
@@ -195,18 +196,19 @@ class _Files(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTP server on loopback, serving a directory; the lab hosts share this
-    machine's network namespace, so their agents reach it."""
+def web(tmp_path: Path, lab) -> Iterator[tuple[str, Path]]:
+    """An HTTP server serving a directory on the root namespace's address of the lab's
+    management network, the one address outside themselves the hosts' agents reach."""
     root = tmp_path / "www"
     root.mkdir()
+    address = lab.info().network.management_gateway
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Files, directory=str(root))
+        (address, 0), functools.partial(_Files, directory=str(root))
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        yield f"http://{address}:{server.server_address[1]}", root
     finally:
         server.shutdown()
         server.server_close()
@@ -340,7 +342,7 @@ def test_bad_guest_requests_are_one_line_errors_and_leave_nothing(
             "nope",
         ),
         code=3,
-        contains="no network 'nope' (known: lab-net)",
+        contains="no network 'nope' (known: lab-net, provider)",
     )
     assert_one_line_error(
         herd.run(

@@ -1,8 +1,11 @@
-"""The lab's hosts are real, separate hypervisors, and `down` leaves nothing behind."""
+"""The lab's hosts are real, separate hypervisors with network stacks of their own, and
+`down` leaves nothing behind."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -13,7 +16,7 @@ import pytest
 import yaml
 
 from orchestrator.errors import LabError
-from orchestrator.lab import Lab, LabHost, LabInfo, procs
+from orchestrator.lab import Lab, LabHost, LabInfo, network, procs
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +68,7 @@ def virsh(
 def namespaces_of(pids: set[int]) -> set[tuple[str, int]]:
     found = set()
     for pid in pids:
-        for kind in ("mnt", "uts"):
+        for kind in ("mnt", "uts", "net"):
             with contextlib.suppress(OSError):
                 found.add((kind, os.stat(f"/proc/{pid}/ns/{kind}").st_ino))
     return found
@@ -76,7 +79,7 @@ def processes_in(namespaces: set[tuple[str, int]]) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit() or not procs.alive(int(name)):
             continue
-        for kind in ("mnt", "uts"):
+        for kind in ("mnt", "uts", "net"):
             try:
                 if (kind, os.stat(f"/proc/{name}/ns/{kind}").st_ino) in namespaces:
                     found.append(int(name))
@@ -134,14 +137,54 @@ def test_the_inventory_names_every_host_with_the_lab_key_and_known_hosts(
     info = lab.info()
     inventory = yaml.safe_load(lab_inventory.read_text())
     assert [(h["name"], h["address"], h["ssh"]["port"]) for h in inventory["hosts"]] == [
-        ("lab-1", "127.0.101.1", 2222),
-        ("lab-2", "127.0.101.2", 2222),
-        ("lab-3", "127.0.101.3", 2222),
+        ("lab-1", "198.18.101.1", 2222),
+        ("lab-2", "198.18.101.2", 2222),
+        ("lab-3", "198.18.101.3", 2222),
     ]
     for host in inventory["hosts"]:
         assert Path(host["ssh"]["key"]) == info.key and info.key.exists()
         assert Path(host["ssh"]["known_hosts"]) == info.known_hosts
     assert Path(inventory["images"][0]["source"]).exists()
+
+
+def lab_links(lab_network: network.LabNetwork) -> list[str]:
+    return sorted(name for name in network.links() if lab_network.owns_name(name))
+
+
+def sysctl(name: str) -> str:
+    return Path("/proc/sys", *name.split(".")).read_text().strip()
+
+
+def test_each_host_has_its_own_network_stack_and_no_way_off_the_lab(lab: Lab) -> None:
+    info = lab.info()
+    for host in info.hosts:
+        addresses = json.loads(lab.exec_in(host.name, ["ip", "-j", "-4", "addr"]).stdout)
+        assert {
+            (link["ifname"], f"{a['local']}/{a['prefixlen']}")
+            for link in addresses
+            for a in link["addr_info"]
+        } == {("lo", "127.0.0.1/8"), ("mgmt0", f"{host.address}/24")}
+        assert lab.exec_in(host.name, ["ip", "-4", "route", "show", "default"]).stdout == ""
+        assert lab.exec_in(host.name, ["ip", "-6", "addr"]).stdout == ""  # IPv6 off
+        bridge = lab.exec_in(host.name, ["ip", "-j", "link", "show", "master", "br-provider"])
+        assert [link["ifname"] for link in json.loads(bridge.stdout)] == ["prov0"]
+    # Hosts reach each other over the management network only, and nothing else.
+    reached = lab.exec_in("lab-1", ["busybox", "ping", "-c", "1", "-W", "2", "198.18.101.2"])
+    assert reached.returncode == 0, reached.stderr
+    # TEST-NET-3, routed nowhere: the host has no route for it, so nothing is sent.
+    off_lab = lab.exec_in("lab-1", ["busybox", "ping", "-c", "1", "-W", "2", "203.0.113.1"])
+    assert "Network is unreachable" in off_lab.stderr
+    # Root-namespace side: the lab's bridges route nothing on, whatever ip_forward says.
+    lab_network = info.network
+    for bridge_name in (lab_network.management_bridge, lab_network.provider_bridge):
+        assert sysctl(f"net.ipv4.conf.{bridge_name}.forwarding") == "0"
+        assert sysctl(f"net.ipv6.conf.{bridge_name}.disable_ipv6") == "1"
+    assert lab_links(lab_network) == sorted(
+        [
+            "herd101m", "herd101p", "herd101m1", "herd101m2", "herd101m3",
+            "herd101p1", "herd101p2", "herd101p3",
+        ]
+    )  # fmt: skip
 
 
 def test_up_again_changes_nothing(lab: Lab) -> None:
@@ -175,8 +218,11 @@ def test_a_stopped_libvirtd_leaves_the_host_reachable_without_libvirt(lab: Lab) 
 
 
 def test_down_leaves_no_process_and_no_directory(make_lab: Callable[[str], Lab]) -> None:
-    lab = make_lab("127.0.102.1")
+    lab = make_lab("198.18.102.1")
     info = lab.up(2)
+    assert lab_links(info.network) == [
+        "herd102m", "herd102m1", "herd102m2", "herd102p", "herd102p1", "herd102p2",
+    ]  # fmt: skip
     # A running guest (qemu sits in a mount namespace libvirt makes for it) and a
     # detached process started over SSH, as an agent's job runner would be.
     assert (
@@ -199,24 +245,37 @@ def test_down_leaves_no_process_and_no_directory(make_lab: Callable[[str], Lab])
     assert processes_in(namespaces) == []
     assert not any(procs.alive(pid) for pid in pids)
     assert not info.root.exists()
+    assert lab_links(info.network) == []
+    addresses = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True).stdout)
+    subnets = (info.network.management, info.network.provider)
+    assert not [
+        a["local"]
+        for link in addresses
+        for a in link["addr_info"]
+        if any(ipaddress.ip_address(a["local"]) in subnet for subnet in subnets)
+    ]
     lab.down()  # again: nothing to do, no error
 
 
 def test_down_cleans_up_after_a_half_failed_up(make_lab: Callable[[str], Lab]) -> None:
-    lab = make_lab("127.0.102.11")
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.102.12", 2222))
-    squatter.listen()
+    lab = make_lab("198.18.103.1")
+    lab_network = network.LabNetwork.for_base("198.18.103.1")
+    # Someone else's interface holds the name of lab-2's management veth.
+    squatter = lab_network.host_links(2)[0]
+    subprocess.run(["ip", "link", "add", squatter, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", squatter, "alias", "not-a-lab"], check=True)
     try:
-        with pytest.raises(LabError, match=r"lab-2: 127\.0\.102\.12:2222 is already in use"):
+        with pytest.raises(
+            LabError, match=rf"interface name {squatter} is taken by a bridge link of not-a-lab"
+        ):
             lab.up(2)
+        survivors = procs.host_pids(lab.root / "lab-1" / "herd")
+        assert survivors, "lab-1 should have come up"
+
+        lab.down()
+
+        assert not any(procs.alive(pid) for pid in survivors)
+        assert not lab.root.exists()
+        assert lab_links(lab_network) == [squatter]  # not the lab's: left alone
     finally:
-        squatter.close()
-    survivors = procs.host_pids(lab.root / "lab-1" / "herd")
-    assert survivors, "lab-1 should have come up"
-
-    lab.down()
-
-    assert not any(procs.alive(pid) for pid in survivors)
-    assert not lab.root.exists()
+        subprocess.run(["ip", "link", "delete", squatter], check=True)

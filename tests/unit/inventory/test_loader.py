@@ -275,6 +275,13 @@ MISTAKES = [
         id="network-pool-without-subnet",
     ),
     pytest.param(
+        "networks:\n  - name: v\n    type: bridge\n    bridge: br0\n    vlan: 10\n",
+        "inventory.yaml:5: networks[0] (v).vlan: libvirt tags VLANs only on Open vSwitch and "
+        "SR-IOV NICs, not Linux bridges; make a bridge for VLAN 10 on every host "
+        "(e.g. br-vlan10 over eth0.10) and name it in `bridge:`",
+        id="network-vlan-on-a-linux-bridge",
+    ),
+    pytest.param(
         "networks:\n  - name: n\n    type: vlan\n",
         "inventory.yaml:3: networks[0] (n).type: must be 'user', 'bridge' or 'network', not 'vlan'",
         id="network-type",

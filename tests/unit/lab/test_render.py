@@ -15,7 +15,7 @@ ROOT = Path("/var/lib/herd-lab")
 
 
 def lab_info(count: int = 2) -> LabInfo:
-    return LabInfo(ROOT, "127.0.100.1", 2222, lab_hosts(ROOT, "127.0.100.1", 2222, count))
+    return LabInfo(ROOT, "198.18.100.1", 2222, lab_hosts(ROOT, "198.18.100.1", 2222, count))
 
 
 def sshd_settings(text: str) -> dict[str, str]:
@@ -31,7 +31,7 @@ def sshd_settings(text: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("ListenAddress", "127.0.100.2"),
+        ("ListenAddress", "198.18.100.2"),
         ("Port", "2222"),
         ("HostKey", "/var/lib/herd-lab/lab-2/ssh/ssh_host_ed25519_key"),
         ("AuthorizedKeysFile", "/var/lib/herd-lab/id_ed25519.pub"),
@@ -52,7 +52,7 @@ def test_sshd_config_sets(key: str, value: str) -> None:
 def test_sshd_listens_only_on_its_own_loopback_address() -> None:
     text = render.sshd_config(lab_info().hosts[0], ROOT / "id_ed25519.pub")
     assert [line for line in text.splitlines() if line.startswith("ListenAddress")] == [
-        "ListenAddress 127.0.100.1"
+        "ListenAddress 198.18.100.1"
     ]
 
 
@@ -69,9 +69,9 @@ def test_qemu_runs_as_debians_user_without_cgroups() -> None:
 
 
 def test_known_hosts_line_names_the_address_and_port_and_drops_the_key_comment() -> None:
-    host = LabHost("lab-1", "127.0.100.1", 2222, ROOT / "lab-1")
+    host = LabHost("lab-1", "198.18.100.1", 2222, ROOT / "lab-1")
     line = render.known_hosts_line(host, "ssh-ed25519 AAAAC3Nza root@build\n")
-    assert line == "[127.0.100.1]:2222 ssh-ed25519 AAAAC3Nza lab-1"
+    assert line == "[198.18.100.1]:2222 ssh-ed25519 AAAAC3Nza lab-1"
 
 
 def test_known_hosts_file_has_one_line_per_host() -> None:
@@ -84,7 +84,7 @@ def test_inventory_is_exactly_the_agreed_schema() -> None:
         "hosts": [
             {
                 "name": "lab-1",
-                "address": "127.0.100.1",
+                "address": "198.18.100.1",
                 "ssh": {
                     "user": "root",
                     "port": 2222,
@@ -135,14 +135,23 @@ def test_inventory_is_exactly_the_agreed_schema() -> None:
         ],
         "networks": [
             {
+                # The default: bridged on every host's br-provider, no gateway (nothing
+                # routes off the lab), the root namespace's .254 outside the pool.
+                "name": "provider",
+                "type": "bridge",
+                "bridge": "br-provider",
+                "subnet": "198.19.100.0/24",
+                "allocation_pool": {"start": "198.19.100.10", "end": "198.19.100.200"},
+                "default": True,
+            },
+            {
                 "name": "lab-net",
                 "type": "user",
                 "subnet": "10.0.2.0/24",
                 "gateway": "10.0.2.2",
                 "allocation_pool": {"start": "10.0.2.100", "end": "10.0.2.250"},
                 "dns": ["10.0.2.3"],
-                "default": True,
-            }
+            },
         ],
     }
 
@@ -150,9 +159,9 @@ def test_inventory_is_exactly_the_agreed_schema() -> None:
 def test_inventory_lists_every_host_in_order() -> None:
     loaded = yaml.safe_load(render.inventory(lab_info(3)))
     assert [(h["name"], h["address"]) for h in loaded["hosts"]] == [
-        ("lab-1", "127.0.100.1"),
-        ("lab-2", "127.0.100.2"),
-        ("lab-3", "127.0.100.3"),
+        ("lab-1", "198.18.100.1"),
+        ("lab-2", "198.18.100.2"),
+        ("lab-3", "198.18.100.3"),
     ]
 
 

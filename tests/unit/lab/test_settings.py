@@ -14,23 +14,23 @@ ROOT = Path("/var/lib/herd-lab")
 
 
 def test_a_new_lab_uses_the_defaults() -> None:
-    assert resolve_settings(ROOT, None, None, None) == ("127.0.100.1", 2222)
+    assert resolve_settings(ROOT, None, None, None) == ("198.18.100.1", 2222)
 
 
 def test_a_new_lab_takes_explicit_settings() -> None:
-    assert resolve_settings(ROOT, None, "127.0.101.1", 2022) == ("127.0.101.1", 2022)
+    assert resolve_settings(ROOT, None, "198.18.101.1", 2022) == ("198.18.101.1", 2022)
 
 
 def test_an_existing_lab_keeps_what_it_was_made_with() -> None:
-    recorded = LabState("127.0.101.1", 2200, 3)
-    assert resolve_settings(ROOT, recorded, None, None) == ("127.0.101.1", 2200)
-    assert resolve_settings(ROOT, recorded, "127.0.101.1", 2200) == ("127.0.101.1", 2200)
+    recorded = LabState("198.18.101.1", 2200, 3)
+    assert resolve_settings(ROOT, recorded, None, None) == ("198.18.101.1", 2200)
+    assert resolve_settings(ROOT, recorded, "198.18.101.1", 2200) == ("198.18.101.1", 2200)
 
 
 @pytest.mark.parametrize(
     ("base", "port", "says"),
     [
-        pytest.param("127.0.100.1", None, "uses base address 127.0.101.1", id="base"),
+        pytest.param("198.18.100.1", None, "uses base address 198.18.101.1", id="base"),
         pytest.param(None, 2222, "uses ssh port 2200", id="port"),
     ],
 )
@@ -38,19 +38,26 @@ def test_an_existing_lab_is_not_moved_silently(
     base: str | None, port: int | None, says: str
 ) -> None:
     with pytest.raises(LabError, match=says):
-        resolve_settings(ROOT, LabState("127.0.101.1", 2200, 3), base, port)
+        resolve_settings(ROOT, LabState("198.18.101.1", 2200, 3), base, port)
+
+
+def test_a_lab_an_older_herd_made_on_loopback_must_be_taken_down_first() -> None:
+    with pytest.raises(
+        LabError, match=r"older herd on loopback address 127\.0\.100\.1; `herd lab down"
+    ):
+        resolve_settings(ROOT, LabState("127.0.100.1", 2222, 3), None, None)
 
 
 def test_lab_state_survives_its_json() -> None:
-    state = LabState("127.0.101.1", 2222, 4)
+    state = LabState("198.18.101.1", 2222, 4)
     assert LabState.from_json(state.to_json()) == state
 
 
 def test_hosts_are_named_from_one_with_a_directory_each() -> None:
-    hosts = lab_hosts(ROOT, "127.0.100.1", 2222, 2)
+    hosts = lab_hosts(ROOT, "198.18.100.1", 2222, 2)
     assert [(h.name, h.address, h.port, h.dir) for h in hosts] == [
-        ("lab-1", "127.0.100.1", 2222, ROOT / "lab-1"),
-        ("lab-2", "127.0.100.2", 2222, ROOT / "lab-2"),
+        ("lab-1", "198.18.100.1", 2222, ROOT / "lab-1"),
+        ("lab-2", "198.18.100.2", 2222, ROOT / "lab-2"),
     ]
 
 
