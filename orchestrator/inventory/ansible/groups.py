@@ -56,6 +56,21 @@ class Group:
     vars: dict[str, Var] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    priority: int = 1
+    """``ansible_group_priority``: orders groups of one depth (higher wins); Ansible
+    takes it out of the group's variables."""
+
+    def set_var(self, name: str, var: Var) -> None:
+        """Set a variable written in the group, as Ansible's ``Group.set_variable``."""
+        if name != PRIORITY_VAR:
+            self.vars[name] = var
+            return
+        try:
+            self.priority = int(var.value)
+        except (TypeError, ValueError):
+            raise AnsibleSyntaxError(
+                var.line, f"{PRIORITY_VAR} must be a whole number, not {var.value!r}"
+            ) from None
 
 
 @dataclass
@@ -126,14 +141,10 @@ class AnsibleInventory:
         mine.add(ALL)
         depth = self._depth or self._depths()
         resolved: dict[str, Var] = {}
-        for name in sorted(mine, key=lambda g: (depth[g], self._priority(g), g)):
+        for name in sorted(mine, key=lambda g: (depth[g], self.groups[g].priority, g)):
             resolved.update(self.groups[name].vars)
         resolved.update(self.host_vars[host])
         return resolved
-
-    def _priority(self, group: str) -> Any:
-        var = self.groups[group].vars.get(PRIORITY_VAR)
-        return var.value if var is not None and isinstance(var.value, int) else 1
 
     def _depths(self) -> dict[str, int]:
         """How far below ``all`` each group sits, by its longest path (Ansible's depth)."""

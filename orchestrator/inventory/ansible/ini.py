@@ -69,8 +69,8 @@ def read_ini(text: str) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
                 key, equals, value = line.partition("=")
                 if not equals:
                     raise AnsibleSyntaxError(number, f"expected key=value, got {line!r}")
-                inventory.group(group, number).vars[key.strip()] = Var(
-                    parse_value(value.strip()), number, f"group {group}"
+                inventory.group(group, number).set_var(
+                    key.strip(), Var(parse_value(value.strip()), number, f"group {group}")
                 )
             else:
                 name = _GROUP_NAME.match(line)

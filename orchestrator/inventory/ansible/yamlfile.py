@@ -65,9 +65,11 @@ class _Reader:
                 continue
             if key == "vars":
                 for var, var_value in value.items():
-                    group.vars[str(var)] = Var(
-                        var_value, self.doc.line_of((*here, var)), f"group {name}"
-                    )
+                    line = self.doc.line_of((*here, var))
+                    try:
+                        group.set_var(str(var), Var(var_value, line, f"group {name}"))
+                    except AnsibleSyntaxError as exc:
+                        self.problems.append(exc)
             elif key == "children":
                 for child, child_data in value.items():
                     added = self.group(child, child_data, (*here, child))
