@@ -49,9 +49,10 @@ def read_ini(text: str) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
             if section:
                 group, state = section.group(1), section.group(2) or "hosts"
                 if state not in ("hosts", "children", "vars"):
+                    kind, state = state, "unknown"  # its lines are not read as anything
                     raise AnsibleSyntaxError(
                         number,
-                        f"section [{group}:{state}] has unknown type {state!r} "
+                        f"section [{group}:{kind}] has unknown type {kind!r} "
                         "(use [NAME], [NAME:vars] or [NAME:children])",
                     )
                 inventory.group(group, number)
@@ -72,7 +73,7 @@ def read_ini(text: str) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
                 inventory.group(group, number).set_var(
                     key.strip(), Var(parse_value(value.strip()), number, f"group {group}")
                 )
-            else:
+            elif state == "children":
                 name = _GROUP_NAME.match(line)
                 if not name:
                     raise AnsibleSyntaxError(number, f"expected a group name, got {line!r}")

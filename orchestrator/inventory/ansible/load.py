@@ -95,6 +95,8 @@ def _check(found: AnsibleHosts, fields: HostFields, base_dir: Path) -> None:
             message = validation_message(error)
             if loc == ("name",) and not source.var:
                 message += " (set herd_name to give herd another name for it)"
+            elif loc == ("address",) and not source.var:
+                message += " (set ansible_host to the address herd should connect to)"
             found.tell(source.line, source.label + _suffix(rest), message)
         return
     if not fields.unknown:
