@@ -410,3 +410,18 @@ def test_a_host_range_too_large_to_be_a_fleet_is_refused() -> None:
         expand_hosts("hv[0:99999999]")
     with pytest.raises(ValueError, match="more than"):
         expand_hosts("hv[0:999]-[0:999]")
+
+
+def test_the_readme_examples_read_as_the_readme_says(in_tmp: Path) -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme.split("### Ansible inventories", 1)[1]
+    ini = write(in_tmp, "hosts.ini", section.split("```ini\n", 1)[1].split("```", 1)[0])
+    yml = write(in_tmp, "hosts.yml", section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    hosts = hosts_of(ini, group="hypervisors")
+    assert sorted(hosts) == ["hv01", "hv02", "hv03", "hv04"]
+    assert (hosts["hv01"].address, hosts["hv01"].labels) == ("hv01", {"rack": "r1"})
+    assert (hosts["hv04"].ssh.port, hosts["hv04"].enabled) == (2222, False)
+    assert {(h.ssh.user, h.availability_zone, h.capacity.vcpus) for h in hosts.values()} == {
+        ("herd", "zone-a", 32)
+    }
+    assert hosts_of(yml)["hv01"].labels == {"rack": "r1", "ssd": "yes"}
