@@ -177,14 +177,8 @@ class _FileLoader:
             else:  # not YAML, no YAML suffix: Ansible would read it as INI next
                 self._ini_after_yaml(group)
             return
-        for issue in self.doc.issues:
-            self._problem(issue.path, issue.message, line=issue.line)
         data = self.doc.data
-        if data is None:
-            return
-        if not isinstance(data, dict) and not yaml_suffix:
-            self.problems.clear()
-            self._told.clear()
+        if data is not None and not isinstance(data, dict) and not yaml_suffix:
             self._ini_after_yaml(group)
             return
         if isinstance(data, dict):
@@ -193,10 +187,13 @@ class _FileLoader:
             except ValueError as exc:
                 self._problem((), str(exc), field="")
                 return
-            if kind == "ansible":
-                self.ansible = True
+            if kind == "ansible":  # read_groups tells the document's issues itself
                 self._ansible(*read_groups(self.doc), group)
                 return
+        for issue in self.doc.issues:
+            self._problem(issue.path, issue.message, line=issue.line)
+        if data is None:
+            return
         if not isinstance(data, dict):
             self._problem(
                 (),

@@ -37,6 +37,17 @@ class AnsibleSyntaxError(Exception):
         self.message = message
 
 
+class Opaque:
+    """A value herd does not read (``!vault``-encrypted, ``!unsafe``): fine where herd
+    does not need it."""
+
+    def __repr__(self) -> str:
+        return "<a !vault or !unsafe value>"
+
+
+OPAQUE = Opaque()
+
+
 @dataclass(frozen=True)
 class Var:
     """A variable's value, the line it is written on, and whose it is as written there

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from orchestrator.inventory.ansible.groups import ALL, AnsibleInventory, AnsibleSyntaxError
+from orchestrator.inventory.ansible.groups import (
+    ALL,
+    OPAQUE,
+    AnsibleInventory,
+    AnsibleSyntaxError,
+)
 from orchestrator.inventory.ansible.hostvars import HERD_VARS, HostFields, Source, host_fields
 from orchestrator.inventory.ansible.ini import read_ini
 from orchestrator.inventory.models import HostSpec, validation_context
@@ -82,9 +87,18 @@ def _check(found: AnsibleHosts, fields: HostFields, base_dir: Path) -> None:
         close = difflib.get_close_matches(source.var, list(HERD_VARS), n=1, cutoff=0.7)
         hint = f" (did you mean {close[0]!r}?)" if close else " (herd_ is herd's prefix)"
         found.tell(source.line, source.owner, f"unknown herd variable {source.var!r}{hint}")
+    opaque = [source for path, source in fields.sources.items() if _at(fields, path) is OPAQUE]
+    for source in opaque:
+        found.tell(
+            source.line,
+            source.label,
+            "herd cannot read a !vault or !unsafe value: give herd this one in plain text",
+        )
     name = fields.sources[("name",)]
     if isinstance(fields.item.get("name"), str):
         found.names.append(HostName(fields.item["name"], name.line, name.label))
+    if opaque:
+        return
     context = validation_context(base_dir, f"{found.file}:{name.line}")
     try:
         spec = HostSpec.model_validate(fields.item, context=context)
@@ -101,6 +115,13 @@ def _check(found: AnsibleHosts, fields: HostFields, base_dir: Path) -> None:
         return
     if not fields.unknown:
         found.specs.append(spec)
+
+
+def _at(fields: HostFields, path: DataPath) -> object:
+    value: object = fields.item
+    for part in path:
+        value = value[part] if isinstance(value, dict) else None
+    return value
 
 
 def _source_of(sources: dict[DataPath, Source], loc: DataPath) -> tuple[Source, DataPath]:

@@ -10,9 +10,11 @@ not a mapping, a key other than hosts/children/vars), herd refuses: a mistyped
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from orchestrator.inventory.ansible.groups import (
+    OPAQUE,
     AnsibleInventory,
     AnsibleSyntaxError,
     Var,
@@ -24,9 +26,23 @@ from orchestrator.inventory.source import DataPath, Document
 GROUP_KEYS = ("hosts", "children", "vars")
 
 
+# Ansible's own YAML tags: an encrypted value, and a string Ansible never templates.
+_ANSIBLE_TAG = re.compile(r"tag '!(vault|unsafe)'")
+
+
 def read_groups(doc: Document) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
-    """The inventory a YAML document (a mapping, checked by the caller) describes."""
+    """The inventory a YAML document (a mapping, checked by the caller) describes.
+
+    The document's issues are told as problems, but for values tagged ``!vault`` or
+    ``!unsafe``, which herd does not read: they become ``OPAQUE``, a problem only if
+    herd needs one of them.
+    """
     reader = _Reader(doc)
+    for issue in doc.issues:
+        if _ANSIBLE_TAG.search(issue.message):
+            reader.opaque.add(issue.path)
+        else:
+            reader.problems.append(AnsibleSyntaxError(issue.line, issue.message))
     for name, data in doc.data.items():
         reader.group(name, data, (name,))
     reader.inventory.finish()
@@ -38,6 +54,10 @@ class _Reader:
         self.doc = doc
         self.inventory = AnsibleInventory()
         self.problems: list[AnsibleSyntaxError] = []
+        self.opaque: set[DataPath] = set()
+
+    def value(self, at: DataPath, value: Any) -> Any:
+        return OPAQUE if at in self.opaque else value
 
     def group(self, name: Any, data: Any, at: DataPath) -> str | None:
         line = self.doc.line_of(at)
@@ -66,6 +86,7 @@ class _Reader:
             if key == "vars":
                 for var, var_value in value.items():
                     line = self.doc.line_of((*here, var))
+                    var_value = self.value((*here, var), var_value)
                     try:
                         group.set_var(str(var), Var(var_value, line, f"group {name}"))
                     except AnsibleSyntaxError as exc:
@@ -103,7 +124,9 @@ class _Reader:
         if port is not None:
             variables["ansible_port"] = Var(port, line, f"host {pattern}")
         for var, value in (data or {}).items():
-            variables[str(var)] = Var(value, self.doc.line_of((*at, var)), f"host {pattern}")
+            variables[str(var)] = Var(
+                self.value((*at, var), value), self.doc.line_of((*at, var)), f"host {pattern}"
+            )
         for name in names:
             self.inventory.add_host(name, line, group, variables)
 

@@ -425,3 +425,20 @@ def test_the_readme_examples_read_as_the_readme_says(in_tmp: Path) -> None:
         ("herd", "zone-a", 32)
     }
     assert hosts_of(yml)["hv01"].labels == {"rack": "r1", "ssd": "yes"}
+
+
+def test_vault_values_herd_does_not_need_are_no_obstacle(in_tmp: Path) -> None:
+    vaulted = "!vault |\n        $ANSIBLE_VAULT;1.1;AES256\n        6162\n"
+    path = write(
+        in_tmp,
+        "hosts.yml",
+        "all:\n  hosts:\n    hv1:\n      ansible_become_password: "
+        + vaulted
+        + "      motd: !unsafe '{{ not templated }}'\n"
+        + "    hv2:\n      ansible_user: "
+        + vaulted,
+    )
+    assert problems_of(path) == [
+        "hosts.yml:9: host hv2: ansible_user: herd cannot read a !vault or !unsafe value: "
+        "give herd this one in plain text"
+    ]
