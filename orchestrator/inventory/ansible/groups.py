@@ -56,6 +56,8 @@ class Var:
     value: Any
     line: int
     owner: str
+    file: str | None = None
+    """The vars file it is written in (``group_vars/hv.yml``); ``None``: the inventory."""
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Group:
     vars: dict[str, Var] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    file_vars: dict[str, Var] = field(default_factory=dict)
+    """From ``group_vars/NAME``: above every inventory group's variables."""
     priority: int = 1
     """``ansible_group_priority``: orders groups of one depth (higher wins); Ansible
     takes it out of the group's variables."""
@@ -90,6 +94,8 @@ class AnsibleInventory:
 
     groups: dict[str, Group] = field(default_factory=dict)
     host_vars: dict[str, dict[str, Var]] = field(default_factory=dict)
+    host_file_vars: dict[str, dict[str, Var]] = field(default_factory=dict)
+    """From ``host_vars/NAME``: above everything else."""
     host_lines: dict[str, int] = field(default_factory=dict)
     """The line each host is first written on: where herd sends the operator."""
     _depth: dict[str, int] = field(default_factory=dict)
@@ -151,10 +157,14 @@ class AnsibleInventory:
             mine |= self._ancestors(name)
         mine.add(ALL)
         depth = self._depth or self._depths()
+        ordered = sorted(mine, key=lambda g: (depth[g], self.groups[g].priority, g))
         resolved: dict[str, Var] = {}
-        for name in sorted(mine, key=lambda g: (depth[g], self.groups[g].priority, g)):
+        for name in ordered:
             resolved.update(self.groups[name].vars)
+        for name in ordered:
+            resolved.update(self.groups[name].file_vars)
         resolved.update(self.host_vars[host])
+        resolved.update(self.host_file_vars.get(host, {}))
         return resolved
 
     def _depths(self) -> dict[str, int]:

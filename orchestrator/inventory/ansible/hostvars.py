@@ -93,6 +93,8 @@ class Source:
     var: str
     line: int
     owner: str
+    file: str | None = None
+    """The vars file that holds it; ``None``: the inventory file."""
 
     @property
     def label(self) -> str:
@@ -121,12 +123,12 @@ def host_fields(inventory_name: str, line: int, variables: dict[str, Var]) -> Ho
         for name in names:
             if name in variables:
                 var = variables[name]
-                values[path] = (var.value, Source(name, var.line, var.owner))
+                values[path] = (var.value, Source(name, var.line, var.owner, var.file))
     unknown: list[Source] = []
     for name, var in variables.items():
         if not name.startswith(PREFIX):
             continue
-        source = Source(name, var.line, var.owner)
+        source = Source(name, var.line, var.owner, var.file)
         if name not in HERD_VARS:
             unknown.append(source)
             continue

@@ -22,6 +22,7 @@ from orchestrator.inventory.ansible.groups import (
 )
 from orchestrator.inventory.ansible.hostvars import HERD_VARS, HostFields, Source, host_fields
 from orchestrator.inventory.ansible.ini import read_ini
+from orchestrator.inventory.ansible.varsdirs import add_vars_dirs
 from orchestrator.inventory.models import HostSpec, validation_context
 from orchestrator.inventory.problems import InventoryProblem, validation_message
 from orchestrator.inventory.source import DataPath
@@ -47,8 +48,8 @@ class AnsibleHosts:
     groups: list[str] = field(default_factory=list)
     """The file's groups, to say which exist when ``--group`` names none of them."""
 
-    def tell(self, line: int | None, field: str, message: str) -> None:
-        problem = InventoryProblem(self.file, line, field, message)
+    def tell(self, line: int | None, field: str, message: str, file: str | None = None) -> None:
+        problem = InventoryProblem(file or self.file, line, field, message)
         if problem not in self.problems:  # a group variable is wrong for all its hosts
             self.problems.append(problem)
 
@@ -72,8 +73,9 @@ def ansible_hosts(
 ) -> AnsibleHosts:
     """The hosts of ``inventory`` (of ``group``, if given) as validated ``HostSpec``\\ s."""
     found = AnsibleHosts(file, groups=sorted(inventory.groups))
+    syntax = [*syntax, *add_vars_dirs(inventory, Path(file))]
     for problem in syntax:
-        found.tell(problem.line, "", problem.message)
+        found.tell(problem.line, "", problem.message, getattr(problem, "file", None))
     if group is not None and group not in inventory.groups:
         return found
     for host in inventory.members(group or ALL):
@@ -86,13 +88,16 @@ def _check(found: AnsibleHosts, fields: HostFields, base_dir: Path) -> None:
     for source in fields.unknown:
         close = difflib.get_close_matches(source.var, list(HERD_VARS), n=1, cutoff=0.7)
         hint = f" (did you mean {close[0]!r}?)" if close else " (herd_ is herd's prefix)"
-        found.tell(source.line, source.owner, f"unknown herd variable {source.var!r}{hint}")
+        found.tell(
+            source.line, source.owner, f"unknown herd variable {source.var!r}{hint}", source.file
+        )
     opaque = [source for path, source in fields.sources.items() if _at(fields, path) is OPAQUE]
     for source in opaque:
         found.tell(
             source.line,
             source.label,
             "herd cannot read a !vault or !unsafe value: give herd this one in plain text",
+            source.file,
         )
     name = fields.sources[("name",)]
     if isinstance(fields.item.get("name"), str):
@@ -111,7 +116,7 @@ def _check(found: AnsibleHosts, fields: HostFields, base_dir: Path) -> None:
                 message += " (set herd_name to give herd another name for it)"
             elif loc == ("address",) and not source.var:
                 message += " (set ansible_host to the address herd should connect to)"
-            found.tell(source.line, source.label + _suffix(rest), message)
+            found.tell(source.line, source.label + _suffix(rest), message, source.file)
         return
     if not fields.unknown:
         found.specs.append(spec)

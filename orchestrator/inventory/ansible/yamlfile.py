@@ -27,7 +27,7 @@ GROUP_KEYS = ("hosts", "children", "vars")
 
 
 # Ansible's own YAML tags: an encrypted value, and a string Ansible never templates.
-_ANSIBLE_TAG = re.compile(r"tag '!(vault|unsafe)'")
+ANSIBLE_TAG = re.compile(r"tag '!(vault|unsafe)'")
 
 
 def read_groups(doc: Document) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
@@ -39,7 +39,7 @@ def read_groups(doc: Document) -> tuple[AnsibleInventory, list[AnsibleSyntaxErro
     """
     reader = _Reader(doc)
     for issue in doc.issues:
-        if _ANSIBLE_TAG.search(issue.message):
+        if ANSIBLE_TAG.search(issue.message):
             reader.opaque.add(issue.path)
         else:
             reader.problems.append(AnsibleSyntaxError(issue.line, issue.message))

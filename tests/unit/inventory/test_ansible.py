@@ -442,3 +442,26 @@ def test_vault_values_herd_does_not_need_are_no_obstacle(in_tmp: Path) -> None:
         "hosts.yml:9: host hv2: ansible_user: herd cannot read a !vault or !unsafe value: "
         "give herd this one in plain text"
     ]
+
+
+def test_group_vars_and_host_vars_beside_the_inventory_are_read(in_tmp: Path) -> None:
+    path = write(in_tmp, "hosts.ini", "[hv]\nhv1\nhv2\n[hv:vars]\nherd_availability_zone=inv\n")
+    (in_tmp / "group_vars" / "hv").mkdir(parents=True)
+    (in_tmp / "host_vars").mkdir()
+    write(in_tmp, "group_vars/hv/main.yml", "herd_availability_zone: zone-a\n")
+    write(in_tmp, "group_vars/hv/vault.yml", "$ANSIBLE_VAULT;1.1;AES256\n6162\n")
+    write(in_tmp, "host_vars/hv2.yaml", "ansible_host: 192.0.2.2\n")
+    hosts = hosts_of(path)
+    assert {h.availability_zone for h in hosts.values()} == {"zone-a"}
+    assert (hosts["hv1"].address, hosts["hv2"].address) == ("hv1", "192.0.2.2")
+
+
+def test_a_mistake_in_a_vars_file_names_that_file_and_line(in_tmp: Path) -> None:
+    path = write(in_tmp, "hosts.ini", "[hv]\nhv1\n")
+    (in_tmp / "group_vars").mkdir()
+    write(in_tmp, "group_vars/hv.yml", "# rack settings\nherd_capacity_vcpus: many\n")
+    assert problems_of(path) == [
+        "group_vars/hv.yml:2: group hv: herd_capacity_vcpus: must be a whole number, not 'many'"
+    ]
+    write(in_tmp, "group_vars/hv.yml", "- not\n- a mapping\n")
+    assert problems_of(path) == ["group_vars/hv.yml:1: must be a mapping of variables, not a list"]

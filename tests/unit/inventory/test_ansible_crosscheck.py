@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.inventory.ansible import AnsibleInventory, read_groups, read_ini
+from orchestrator.inventory.ansible.varsdirs import add_vars_dirs
 from orchestrator.inventory.source import read_yaml
 
 SAMPLES = Path(__file__).parent / "ansible_samples"
@@ -38,6 +39,7 @@ def herd_reads(path: Path) -> AnsibleInventory:
     else:
         # Without herd's one liberty: herd_labels values kept as written (`ssd: yes`).
         inventory, problems = read_groups(read_yaml(path))
+    problems += add_vars_dirs(inventory, path)
     assert problems == []
     return inventory
 
@@ -69,7 +71,9 @@ def as_json(value: Any) -> Any:
 
 
 @needs_ansible
-@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.iterdir()))
+@pytest.mark.parametrize(
+    "sample", [*sorted(p.name for p in SAMPLES.iterdir() if p.is_file()), "vars_dirs/hosts.ini"]
+)
 def test_herd_finds_the_hosts_groups_and_variables_ansible_inventory_lists(
     sample: str, tmp_path: Path
 ) -> None:
