@@ -69,6 +69,8 @@ class Group:
     vars: dict[str, Var] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
+    members: set[str] = field(default_factory=set, repr=False)
+    """``hosts`` as a set, to add a host in constant time."""
     file_vars: dict[str, Var] = field(default_factory=dict)
     """From ``group_vars/NAME``: above every inventory group's variables."""
     priority: int = 1
@@ -99,6 +101,11 @@ class AnsibleInventory:
     host_lines: dict[str, int] = field(default_factory=dict)
     """The line each host is first written on: where herd sends the operator."""
     _depth: dict[str, int] = field(default_factory=dict)
+    _parents: dict[str, list[str]] = field(default_factory=dict)
+    _groups_of: dict[str, list[str]] = field(default_factory=dict)
+    """Host → the groups it is written in, after ``finish``."""
+    _edge_lines: dict[tuple[str, str], int] = field(default_factory=dict)
+    _layers: dict[tuple[str, ...], dict[str, Var]] = field(default_factory=dict)
 
     def group(self, name: str, line: int) -> Group:
         """The group ``name``, made on first mention."""
@@ -110,75 +117,106 @@ class AnsibleInventory:
         """Put ``name`` in ``group``; a variable set again later replaces the earlier one."""
         self.host_lines.setdefault(name, line)
         self.host_vars.setdefault(name, {}).update(variables)
-        members = self.group(group, line).hosts
-        if name not in members:
-            members.append(name)
+        target = self.group(group, line)
+        if name not in target.members:
+            target.members.add(name)
+            target.hosts.append(name)
 
     def add_child(self, parent: str, child: str, line: int) -> None:
-        """Make ``child`` a child of ``parent``, refusing a loop as Ansible does."""
-        if child == parent or parent in self._descendants(child):
-            raise AnsibleSyntaxError(
-                line, f"group {child!r} as a child of {parent!r} makes a loop of groups"
-            )
+        """Make ``child`` a child of ``parent`` (a loop is refused by ``finish``)."""
         children = self.group(parent, line).children
         if child not in children:
             children.append(child)
+            self._edge_lines.setdefault((parent, child), line)
 
-    def finish(self) -> None:
+    def finish(self) -> list[AnsibleSyntaxError]:
         """What Ansible does once a file is read: every group without a parent is a child
-        of ``all``, every host in no other group is in ``ungrouped``."""
+        of ``all``, every host in no other group is in ``ungrouped``; and how deep each
+        group sits. Returns the loops of groups found (Ansible refuses them too)."""
         everyone = self.group(ALL, 1)
         self.group(UNGROUPED, 1)
         parented = {child for group in self.groups.values() for child in group.children}
         for name in self.groups:
             if name != ALL and name not in parented:
                 everyone.children.append(name)
-        grouped = {
-            host for name, group in self.groups.items() if name != ALL for host in group.hosts
-        }
+        for name, group in self.groups.items():
+            for host in group.hosts:
+                self._groups_of.setdefault(host, []).append(name)
+            for child in group.children:
+                self._parents.setdefault(child, []).append(name)
         for host in self.host_vars:
-            if host not in grouped:
+            if not any(name != ALL for name in self._groups_of.get(host, [])):
                 self.groups[UNGROUPED].hosts.append(host)
-        self._depth = self._depths()
+                self._groups_of.setdefault(host, []).append(UNGROUPED)
+        return self._order()
+
+    def _order(self) -> list[AnsibleSyntaxError]:
+        """Each group's depth: its longest path from ``all`` (Kahn's topological order,
+        without recursion: a file may chain thousands of groups)."""
+        waiting = {name: len(self._parents.get(name, [])) for name in self.groups}
+        self._depth = {name: 0 for name in self.groups}
+        ready = [name for name, count in waiting.items() if count == 0]
+        while ready:
+            name = ready.pop()
+            for child in self.groups[name].children:
+                self._depth[child] = max(self._depth[child], self._depth[name] + 1)
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    ready.append(child)
+        looped = {name for name, count in waiting.items() if count > 0}
+        if not looped:
+            return []
+        # Walk parent to child inside the loop until a group comes back: that edge closes it.
+        path = [min(looped)]
+        while True:
+            child = next(c for c in self.groups[path[-1]].children if c in looped)
+            if child in path:
+                cycle = [*path[path.index(child) :], child]
+                break
+            path.append(child)
+        line = self._edge_lines.get((cycle[-2], cycle[-1]), self.groups[cycle[-1]].line)
+        return [AnsibleSyntaxError(line, f"groups in a loop: {' -> '.join(cycle)}")]
 
     def members(self, group: str) -> list[str]:
         """The hosts of ``group`` and of its descendants, in the order they are written."""
-        names = {group, *self._descendants(group)}
-        wanted = {host for name in names for host in self.groups[name].hosts}
         if group == ALL:
-            wanted = set(self.host_vars)
-        return [host for host in self.host_vars if host in wanted]
+            return list(self.host_vars)
+        names = {group, *self._descendants(group)}
+        return [
+            host
+            for host in self.host_vars
+            if any(name in names for name in self._groups_of.get(host, []))
+        ]
 
     def vars_of(self, host: str) -> dict[str, Var]:
         """The host's variables as Ansible resolves them (see the module docstring)."""
-        direct = [name for name, group in self.groups.items() if host in group.hosts]
-        mine = set(direct)
-        for name in direct:
-            mine |= self._ancestors(name)
-        mine.add(ALL)
-        depth = self._depth or self._depths()
-        ordered = sorted(mine, key=lambda g: (depth[g], self.groups[g].priority, g))
-        resolved: dict[str, Var] = {}
-        for name in ordered:
-            resolved.update(self.groups[name].vars)
-        for name in ordered:
-            resolved.update(self.groups[name].file_vars)
+        resolved = dict(self._group_layer(tuple(sorted(self._groups_of.get(host, [])))))
         resolved.update(self.host_vars[host])
         resolved.update(self.host_file_vars.get(host, {}))
         return resolved
 
-    def _depths(self) -> dict[str, int]:
-        """How far below ``all`` each group sits, by its longest path (Ansible's depth)."""
-        depth = {name: 0 for name in self.groups}
-
-        def lower(name: str, at: int) -> None:
-            for child in self.groups[name].children:
-                if depth[child] < at + 1:
-                    depth[child] = at + 1
-                    lower(child, at + 1)
-
-        lower(ALL, 0)
-        return depth
+    def _group_layer(self, direct: tuple[str, ...]) -> dict[str, Var]:
+        """The variables that hosts written in the groups ``direct`` get from groups:
+        the same for all of them, so worked out once (a thousand hosts of one rack)."""
+        cached = self._layers.get(direct)
+        if cached is not None:
+            return cached
+        mine = {ALL}
+        todo = list(direct)
+        while todo:
+            name = todo.pop()
+            if name not in mine:
+                mine.add(name)
+                todo += self._parents.get(name, [])
+        depth = self._depth
+        ordered = sorted(mine, key=lambda g: (depth.get(g, 0), self.groups[g].priority, g))
+        layer: dict[str, Var] = {}
+        for name in ordered:
+            layer.update(self.groups[name].vars)
+        for name in ordered:
+            layer.update(self.groups[name].file_vars)
+        self._layers[direct] = layer
+        return layer
 
     def _descendants(self, group: str) -> set[str]:
         found: set[str] = set()
@@ -189,9 +227,6 @@ class AnsibleInventory:
                 found.add(name)
                 todo += self.groups[name].children
         return found
-
-    def _ancestors(self, group: str) -> set[str]:
-        return {name for name in self.groups if group in self._descendants(name)}
 
 
 def parse_value(text: str) -> Any:

@@ -88,10 +88,7 @@ def read_ini(text: str) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
                 )
             )
             continue
-        try:
-            inventory.add_child(parent, child, number)
-        except AnsibleSyntaxError as exc:
-            problems.append(exc)
+        inventory.add_child(parent, child, number)
     for name, number in vars_sections.items():
         if name not in declared:
             problems.append(
@@ -99,7 +96,7 @@ def read_ini(text: str) -> tuple[AnsibleInventory, list[AnsibleSyntaxError]]:
                     number, f"[{name}:vars] is for {name!r}, a group defined nowhere"
                 )
             )
-    inventory.finish()
+    problems += inventory.finish()
     return inventory, sorted(problems, key=lambda problem: problem.line)
 
 

@@ -45,7 +45,7 @@ def read_groups(doc: Document) -> tuple[AnsibleInventory, list[AnsibleSyntaxErro
             reader.problems.append(AnsibleSyntaxError(issue.line, issue.message))
     for name, data in doc.data.items():
         reader.group(name, data, (name,))
-    reader.inventory.finish()
+    reader.problems += reader.inventory.finish()
     return reader.inventory, sorted(reader.problems, key=lambda problem: problem.line)
 
 
@@ -95,10 +95,7 @@ class _Reader:
                 for child, child_data in value.items():
                     added = self.group(child, child_data, (*here, child))
                     if added is not None:
-                        try:
-                            self.inventory.add_child(name, added, self.doc.line_of((*here, child)))
-                        except AnsibleSyntaxError as exc:
-                            self.problems.append(exc)
+                        self.inventory.add_child(name, added, self.doc.line_of((*here, child)))
             else:
                 for pattern, host_vars in value.items():
                     self.hosts(name, pattern, host_vars, (*here, pattern))

@@ -342,7 +342,7 @@ def test_a_yaml_file_that_is_not_yaml_is_not_guessed_to_be_ini(in_tmp: Path) -> 
         ),
         pytest.param(
             "[a:children]\nb\n[b:children]\na\n",
-            "hosts.ini:4: group 'a' as a child of 'b' makes a loop of groups",
+            "hosts.ini:4: groups in a loop: a -> b -> a",
             id="loop",
         ),
         pytest.param(
@@ -465,3 +465,9 @@ def test_a_mistake_in_a_vars_file_names_that_file_and_line(in_tmp: Path) -> None
     ]
     write(in_tmp, "group_vars/hv.yml", "- not\n- a mapping\n")
     assert problems_of(path) == ["group_vars/hv.yml:1: must be a mapping of variables, not a list"]
+
+
+def test_a_long_chain_of_groups_is_read_without_recursion(in_tmp: Path) -> None:
+    chain = "".join(f"[g{n}:children]\ng{n + 1}\n" for n in range(3000))
+    path = write(in_tmp, "hosts.ini", chain + "[g3000]\nhv1\n[g0:vars]\nherd_agent_dir=/srv/h\n")
+    assert hosts_of(path)["hv1"].agent_dir == "/srv/h"
