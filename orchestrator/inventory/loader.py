@@ -9,6 +9,9 @@ error's ``loc`` is then walked back to the key that was written (in the host or 
 
 ``defaults`` apply to the hosts of the file they are written in, so a file reads on its
 own; split a fleet into several files to give racks different defaults.
+
+A file may also be an Ansible inventory (INI or YAML), which gives hosts only:
+``orchestrator.inventory.ansible`` reads it and says how its format is told.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.errors import InvalidInput
 from orchestrator.inventory import HostSpec, InventoryError, load_inventory
@@ -471,3 +472,24 @@ def test_a_long_chain_of_groups_is_read_without_recursion(in_tmp: Path) -> None:
     chain = "".join(f"[g{n}:children]\ng{n + 1}\n" for n in range(3000))
     path = write(in_tmp, "hosts.ini", chain + "[g3000]\nhv1\n[g0:vars]\nherd_agent_dir=/srv/h\n")
     assert hosts_of(path)["hv1"].agent_dir == "/srv/h"
+
+
+def test_every_host_of_the_example_inventory_can_be_written_with_herd_variables(
+    in_tmp: Path,
+) -> None:
+    """Each host field, nested ones too, has its herd_* variable: the example's hosts
+    written as an Ansible inventory read back as the same hosts."""
+    example = Path(__file__).parents[3] / "inventory.example.yaml"
+    originals = load_inventory(example).hosts
+    hosts: dict[str, dict[str, object]] = {}
+    for spec in originals:
+        variables: dict[str, object] = {}
+        for name, value in spec.model_dump(mode="json", exclude={"name"}).items():
+            nested = isinstance(value, dict) and name not in ("labels",)
+            for key, item in value.items() if nested else [(None, value)]:
+                if item is not None:
+                    variables[f"herd_{name}_{key}" if nested else f"herd_{name}"] = item
+        hosts[spec.name] = variables
+    path = in_tmp / "hosts.yml"
+    path.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    assert load_inventory(path).hosts == originals
