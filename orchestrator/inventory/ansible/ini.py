@@ -107,6 +107,11 @@ def _host_line(inventory: AnsibleInventory, group: str, line: str, number: int) 
         raise AnsibleSyntaxError(number, f"cannot read host line: {exc}") from None
     if not tokens:
         return
+    if "=" in tokens[0]:
+        # Ansible would take `ansible_host=192.0.2.1` for a host of that name.
+        raise AnsibleSyntaxError(
+            number, f"a host line starts with the host's name, not with {tokens[0]!r}"
+        )
     try:
         names, port = expand_hosts(tokens[0])
     except ValueError as exc:

@@ -357,6 +357,12 @@ def test_a_yaml_file_that_is_not_yaml_is_not_guessed_to_be_ini(in_tmp: Path) -> 
             id="no-equals",
         ),
         pytest.param(
+            "[hv]\nansible_host=192.0.2.1\n",
+            "hosts.ini:2: a host line starts with the host's name, not with "
+            "'ansible_host=192.0.2.1'",
+            id="no-host-name",
+        ),
+        pytest.param(
             "[hv]\nhv1 user='unclosed\n",
             "hosts.ini:2: cannot read host line: No closing quotation",
             id="quote",
