@@ -1,4 +1,4 @@
-"""`herd inventory validate|apply FILE...`: YAML in, DB made to match."""
+"""`herd inventory validate|apply FILE...`: herd YAML or Ansible inventories in, DB to match."""
 
 from __future__ import annotations
 
@@ -13,7 +13,20 @@ from orchestrator.inventory.apply import Change, apply_inventory
 from orchestrator.inventory.loader import load_inventory
 
 app = typer.Typer(help="Hosts, flavors, images and networks from YAML files.", no_args_is_help=True)
-Files = Annotated[list[Path], typer.Argument(help="Inventory YAML files (merged).")]
+Files = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Inventory files, merged: herd's YAML, or Ansible inventories (INI or YAML) "
+        "giving hosts."
+    ),
+]
+GroupOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group",
+        help="Take only this Ansible group's hosts (and its child groups'). Default: all.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 VERB_STYLE = {"create": "green", "update": "yellow", "remove": "red", "unchanged": "dim"}
@@ -41,9 +54,9 @@ def _show(changes: list[Change], as_json: bool, dry_run: bool) -> None:
 
 
 @app.command()
-def validate(files: Files, as_json: JsonOpt = False) -> None:
+def validate(files: Files, group: GroupOpt = None, as_json: JsonOpt = False) -> None:
     """Check the files (and what applying them would change) without writing."""
-    inventory = load_inventory(*files)
+    inventory = load_inventory(*files, group=group)
 
     async def main() -> list[Change]:
         async with herd() as h:
@@ -58,10 +71,10 @@ def validate(files: Files, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def apply(files: Files, as_json: JsonOpt = False) -> None:
+def apply(files: Files, group: GroupOpt = None, as_json: JsonOpt = False) -> None:
     """Make the database match the files: create, update and remove hosts, flavors
     and images (a host that still has servers is never removed)."""
-    inventory = load_inventory(*files)
+    inventory = load_inventory(*files, group=group)
 
     async def main() -> list[Change]:
         async with herd() as h:

@@ -2,7 +2,8 @@
 
 ``load_inventory(*paths)`` returns a validated, frozen ``Inventory`` or raises
 ``InventoryError``, whose message has one ``file:line: field: message`` line per problem.
-``inventory.example.yaml`` at the top of the repository documents every key.
+``inventory.example.yaml`` at the top of the repository documents every key. Hosts may
+come from Ansible inventories instead (``orchestrator.inventory.ansible``).
 """
 
 from orchestrator.inventory.loader import load_inventory

@@ -9,6 +9,9 @@ error's ``loc`` is then walked back to the key that was written (in the host or 
 
 ``defaults`` apply to the hosts of the file they are written in, so a file reads on its
 own; split a fleet into several files to give racks different defaults.
+
+A file may also be an Ansible inventory (INI or YAML), which gives hosts only:
+``orchestrator.inventory.ansible`` reads it and says how its format is told.
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from orchestrator.errors import InvalidInput
+from orchestrator.inventory.ansible import (
+    YAML_SUFFIXES,
+    AnsibleInventory,
+    AnsibleSyntaxError,
+    read_groups,
+    yaml_kind,
+)
+from orchestrator.inventory.ansible.load import ansible_hosts, read_ini_file
+from orchestrator.inventory.ansible.yamlfile import is_ansible_labels
 from orchestrator.inventory.models import (
     HOST_IDENTITY,
     FlavorSpec,
@@ -41,7 +54,13 @@ from orchestrator.inventory.problems import (
     describe_value,
     validation_message,
 )
-from orchestrator.inventory.source import DataPath, Document, UnreadableYaml, read_yaml
+from orchestrator.inventory.source import (
+    DataPath,
+    Document,
+    UnreadableYaml,
+    read_source,
+    read_yaml,
+)
 
 _SECTIONS = ("defaults", "hosts", "flavors", "images", "networks")
 _KINDS: dict[str, type[BaseModel]] = {
@@ -55,17 +74,22 @@ _STRING_MAPS = {"hosts": "labels", "flavors": "extra_specs", "images": "properti
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
-def load_inventory(*paths: Path) -> Inventory:
+def load_inventory(*paths: Path, group: str | None = None) -> Inventory:
     """Read, merge and validate inventory files; raise ``InventoryError`` listing every problem.
 
-    An empty file, or one with only comments, is a valid empty inventory.
+    An empty file, or one with only comments, is a valid empty inventory. Ansible
+    inventories give hosts only (all of them, or ``group``'s); a ``group`` that none of
+    them has is refused, as a typo would otherwise apply no hosts and remove the rest.
     """
     problems: list[InventoryProblem] = []
     specs: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
     first_seen: dict[tuple[str, str], tuple[str, int]] = {}
+    ansible_groups: dict[str, list[str]] = {}
     for path in paths:
         loaded = _FileLoader(Path(path))
-        loaded.load()
+        loaded.load(group)
+        if loaded.ansible:
+            ansible_groups[loaded.file] = loaded.groups
         for name in loaded.names:
             file, line = first_seen.setdefault((name.kind, name.name), (loaded.file, name.line))
             if (file, line) != (loaded.file, name.line):
@@ -83,7 +107,22 @@ def load_inventory(*paths: Path) -> Inventory:
             specs[kind] += entries
     if problems:
         raise InventoryError(problems)
+    if group is not None:
+        _check_group(group, ansible_groups)
     return Inventory(**specs)
+
+
+def _check_group(group: str, ansible_groups: dict[str, list[str]]) -> None:
+    if not ansible_groups:
+        raise InvalidInput(f"--group {group}: none of the files is an Ansible inventory")
+    if not any(group in groups for groups in ansible_groups.values()):
+        known = sorted({name for groups in ansible_groups.values() for name in groups})
+        close = difflib.get_close_matches(group, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InvalidInput(
+            f"--group {group}: no Ansible inventory has that group ({hint}groups: "
+            f"{', '.join(known)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +149,9 @@ class _FileLoader:
         self._told: set[InventoryProblem] = set()
         self.specs: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
         self.names: list[_Name] = []
+        self.ansible = False
+        """Whether the file is an Ansible inventory; ``groups`` are then its groups."""
+        self.groups: list[str] = []
 
     def tell(self, problem: InventoryProblem) -> None:
         """Record ``problem`` once: a bad value in ``defaults`` fails every host it reaches."""
@@ -117,18 +159,42 @@ class _FileLoader:
             self._told.add(problem)
             self.problems.append(problem)
 
-    def load(self) -> None:
+    def load(self, group: str | None = None) -> None:
+        """Read the file as herd's YAML or an Ansible inventory (``orchestrator.inventory.
+        ansible`` says how the format is told); ``group`` selects an Ansible file's hosts."""
+        yaml_suffix = self.path.suffix.lower() in YAML_SUFFIXES
         try:
+            if self.path.suffix.lower() == ".ini":
+                self._ansible(*read_ini_file(read_source(self.path)), group)
+                return
             self.doc = read_yaml(self.path, _verbatim)
         except OSError as exc:
             self.tell(InventoryProblem(self.file, None, "", f"cannot read: {_reason(exc)}"))
             return
-        except UnreadableYaml as exc:
+        except AnsibleSyntaxError as exc:
             self.tell(InventoryProblem(self.file, exc.line, "", exc.message))
             return
+        except UnreadableYaml as exc:
+            if yaml_suffix or exc.line is None:
+                self.tell(InventoryProblem(self.file, exc.line, "", exc.message))
+            else:  # not YAML, no YAML suffix: Ansible would read it as INI next
+                self._ini_after_yaml(group)
+            return
+        data = self.doc.data
+        if data is not None and not isinstance(data, dict) and not yaml_suffix:
+            self._ini_after_yaml(group)
+            return
+        if isinstance(data, dict):
+            try:
+                kind = yaml_kind(data)
+            except ValueError as exc:
+                self._problem((), str(exc), field="")
+                return
+            if kind == "ansible":  # read_groups tells the document's issues itself
+                self._ansible(*read_groups(self.doc), group)
+                return
         for issue in self.doc.issues:
             self._problem(issue.path, issue.message, line=issue.line)
-        data = self.doc.data
         if data is None:
             return
         if not isinstance(data, dict):
@@ -144,6 +210,25 @@ class _FileLoader:
         defaults = self._defaults(data.get("defaults"))
         for kind in _KINDS:
             self._section(kind, data.get(kind), defaults)
+
+    def _ini_after_yaml(self, group: str | None) -> None:
+        try:
+            self._ansible(*read_ini_file(read_source(self.path)), group)
+        except (OSError, UnreadableYaml, AnsibleSyntaxError) as exc:
+            line = getattr(exc, "line", None)
+            message = exc.message if hasattr(exc, "message") else f"cannot read: {_reason(exc)}"
+            self.tell(InventoryProblem(self.file, line, "", message))
+
+    def _ansible(
+        self, inventory: AnsibleInventory, syntax: list[AnsibleSyntaxError], group: str | None
+    ) -> None:
+        self.ansible = True
+        found = ansible_hosts(self.file, self.base_dir, inventory, syntax, group)
+        self.groups = found.groups
+        for problem in found.problems:
+            self.tell(problem)
+        self.specs["hosts"] += found.specs
+        self.names += [_Name("hosts", n.name, n.line, n.field) for n in found.names]
 
     def _defaults(self, raw: Any) -> dict[Hashable, Any]:
         """``defaults`` if valid on its own, else nothing (its problems are told once here)."""
@@ -236,6 +321,8 @@ class _FileLoader:
 
 def _verbatim(path: DataPath) -> bool:
     """Whether ``path`` is a string-to-string map, whose unquoted values stay as written."""
+    if is_ansible_labels(path):
+        return True
     match path:
         case ("defaults", "labels"):
             return True
