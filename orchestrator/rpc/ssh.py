@@ -66,7 +66,11 @@ class HostTarget:
     def hop(self) -> str:
         """How messages name this login: the host's address, or the jump host's."""
         where = f"{self.address}:{self.port or 22}"
-        return f"jump host {self.jump} ({where})" if self.jump else where
+        if not self.jump:
+            return where
+        if self.jump.rpartition("@")[2] == where:
+            return f"jump host {where}"
+        return f"jump host {self.jump} ({where})"
 
     def known_hosts_files(self) -> list[Path]:
         """The host's own file if the inventory names one, else herd's then the user's."""

@@ -35,6 +35,16 @@ def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME of the test's own: the developer's ~/.ssh (config, keys, known_hosts)
+    must not decide how a test logs in."""
+    path = tmp_path / "home"
+    (path / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
 @pytest.fixture
 def ssh_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A real ssh-agent of this test only, its socket in SSH_AUTH_SOCK."""
