@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncssh
 
 from orchestrator.errors import HerdError, HostCredentialsError, HostKeyNotTrusted, HostUnreachable
+from orchestrator.rpc import jumps
 from orchestrator.rpc.client_keys import ClientKey, load_client_key
 from orchestrator.rpc.known_hosts import HostKeys, host_keys
 from orchestrator.rpc.ssh_config import route
@@ -114,10 +115,12 @@ def _client_key(target: HostTarget) -> tuple[ClientKey | None, dict[str, object]
 
 class _KeyRecorder(asyncssh.SSHClient):
     """Remembers the host key asyncssh could not verify (it is asked only then), so the
-    refusal can show its fingerprint; it never trusts anything itself."""
+    refusal can show its fingerprint; it never trusts anything itself. ``on_lost`` is
+    told when the connection closes (to give back the jump host connection it rode)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
         self.offered: asyncssh.SSHKey | None = None
+        self.on_lost = on_lost
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -125,16 +128,42 @@ class _KeyRecorder(asyncssh.SSHClient):
         self.offered = key
         return False
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
+
 
 async def connect(
     target: HostTarget, timeout: float = CONNECT_TIMEOUT
 ) -> asyncssh.SSHClientConnection:
     """Open a verified SSH connection through the host's jump hosts, if any, turning
-    every failure into one line that names the hop it happened at. Closing the
-    returned connection closes the jump hosts' too."""
+    every failure into one line that names the hop it happened at. Hosts behind the
+    same jump hosts share one connection to them (``jumps``), given back when the
+    returned connection closes."""
+    *through, host = route(target)
+    if not through:
+        return await login(host, None, timeout)
+    identity = tuple(
+        (h.jump, h.address, h.port, h.user, h.key, h.identity_files, h.known_hosts) for h in through
+    )
+    try:
+        tunnel, release = await jumps.lease(identity, lambda: open_chain(through, timeout))
+    except HostUnreachable as exc:
+        raise _for_host(exc, target.name) from exc
+    try:
+        return await login(host, tunnel, timeout, on_lost=release)
+    except BaseException:
+        release()
+        raise
+
+
+async def open_chain(
+    hops: Sequence[HostTarget], timeout: float = CONNECT_TIMEOUT
+) -> asyncssh.SSHClientConnection:
+    """Log in to each hop through the one before it; closing the last closes them all."""
     tunnel: asyncssh.SSHClientConnection | None = None
     try:
-        for hop in route(target):
+        for hop in hops:
             conn = await login(hop, tunnel, timeout)
             if tunnel is not None:
                 # What asyncssh does for a ProxyJump it follows itself.
@@ -148,10 +177,20 @@ async def connect(
     return tunnel
 
 
+def _for_host(exc: HostUnreachable, name: str) -> HostUnreachable:
+    """A shared jump host's failure, worded for this host (another one's attempt may
+    have met it): every message from ``login()`` starts with ``host NAME: ``."""
+    message = str(exc)
+    if message.startswith("host ") and ": " in message:
+        message = f"host {name}: {message.split(': ', 1)[1]}"
+    return type(exc)(message)
+
+
 async def login(
     hop: HostTarget,
     tunnel: asyncssh.SSHClientConnection | None = None,
     timeout: float = CONNECT_TIMEOUT,
+    on_lost: Callable[[], None] | None = None,
 ) -> asyncssh.SSHClientConnection:
     """One SSH login with every field decided (a ``route()`` hop), over ``tunnel``
     when it is reached through a jump host; its key verified against known_hosts."""
@@ -160,7 +199,7 @@ async def login(
     except HostKeyNotTrusted as exc:
         raise HostKeyNotTrusted(f"host {hop.name}: {exc}") from None
     client_key, options = _client_key(hop)
-    recorder = _KeyRecorder()
+    recorder = _KeyRecorder(on_lost)
     reach = f"cannot reach {hop.hop if hop.jump else hop.endpoint}"
     try:
         return await asyncssh.connect(

@@ -40,6 +40,10 @@ class _Sshd(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.host.logins += 1
+        self.host.connected += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.host.connected -= 1
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -62,6 +66,8 @@ class FakeHost:
     jump: bool = False
     forwards: list[tuple[str, int]] = field(default_factory=list)
     logins: int = 0
+    """TCP connections accepted so far; ``connected``: those still open."""
+    connected: int = 0
 
     async def start(self) -> None:
         authorized = asyncssh.import_authorized_keys(

@@ -79,7 +79,7 @@ async def test_a_host_behind_a_proxy_jump_in_the_ssh_config_is_reached_through_i
     assert bastion.logins == 1 and fake_host.logins == 1
 
 
-async def test_closing_the_hosts_connection_closes_the_jump_hosts(
+async def test_hosts_behind_one_bastion_share_one_login_on_it_until_the_last_closes(
     fake_host: FakeHost,
     bastion: FakeHost,
     known: Path,
@@ -88,10 +88,41 @@ async def test_closing_the_hosts_connection_closes_the_jump_hosts(
     tmp_path: Path,
 ) -> None:
     write_config(home, fake_host, bastion)
-    conn = await connect(target(known, key=str(write_key(tmp_path / "id", client_key))))
-    assert bastion.server is not None
-    conn.close()
-    await asyncio.wait_for(conn.wait_closed(), 5)  # waits for the tunnel too
+    key = str(write_key(tmp_path / "id", client_key))
+    first, second = await asyncio.gather(
+        connect(target(known, key=key)), connect(target(known, name="hv2", key=key))
+    )
+    assert bastion.logins == 1 and fake_host.logins == 2
+    assert len(bastion.forwards) == 2
+    first.close()
+    await first.wait_closed()
+    await asyncio.sleep(0.1)
+    assert bastion.connected == 1  # hv2 still rides it
+    second.close()
+    await second.wait_closed()
+    for _ in range(100):
+        if bastion.connected == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert bastion.connected == 0
+    (await connect(target(known, key=key))).close()  # a fresh one when needed again
+    assert bastion.logins == 2
+
+
+async def test_hosts_waiting_on_one_failed_jump_each_get_the_failure_in_their_own_name(
+    fake_host: FakeHost, bastion: FakeHost, home: Path, tmp_path: Path
+) -> None:
+    known = tmp_path / "only_the_host"
+    known.write_text(fake_host.known_hosts_line())
+    write_config(home, fake_host, bastion)
+    results = await asyncio.gather(
+        *(connect(target(known, name=name)) for name in ("hv1", "hv2", "hv3")),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["HostKeyNotTrusted"] * 3
+    for name, result in zip(("hv1", "hv2", "hv3"), results, strict=True):
+        assert str(result).startswith(f"host {name}: SSH host key of jump host bastion ")
+    assert bastion.logins == 1  # one attempt, shared
 
 
 async def test_keys_from_ssh_agent_open_both_the_jump_host_and_the_host(
