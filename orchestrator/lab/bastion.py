@@ -40,7 +40,11 @@ def sshd_config(
             f"ListenAddress {address}",
             f"Port {port}",
             f"HostKey {directory / 'ssh_host_ed25519_key'}",
-            f"AuthorizedKeysFile {directory / 'authorized_keys'}",
+            # sshd reads AuthorizedKeysFile as the user logging in, who may not be able
+            # to reach a root-only directory (pytest's tmp is 0700); root reads it here.
+            "AuthorizedKeysFile none",
+            f"AuthorizedKeysCommand /bin/cat {directory / 'authorized_keys'}",
+            "AuthorizedKeysCommandUser root",
             f"PidFile {directory / 'sshd.pid'}",
             f"AllowUsers {user}",
             "PermitRootLogin no",

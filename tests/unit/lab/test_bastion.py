@@ -30,5 +30,5 @@ def test_the_bastion_lets_one_user_in_with_a_key_and_runs_nothing_for_it() -> No
     assert config["PasswordAuthentication"] == "no"
     assert config["ForceCommand"] == "/bin/false" and config["PermitTTY"] == "no"
     assert config["PermitOpen"] == "none"  # no hosts: no forwards at all
-    assert config["AuthorizedKeysFile"] == "/b/authorized_keys"
+    assert config["AuthorizedKeysCommand"] == "/bin/cat /b/authorized_keys"
     assert config["LogLevel"] == "DEBUG1"  # the level that logs each forward
