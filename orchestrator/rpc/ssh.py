@@ -57,6 +57,8 @@ class HostTarget:
     """IdentityFile lines of the config, used when the inventory names no key."""
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
+    identities_only: bool = False
+    """The config's IdentitiesOnly: offer the key files, not every key the agent holds."""
 
     @property
     def endpoint(self) -> str:
@@ -92,6 +94,13 @@ def _client_key(target: HostTarget) -> tuple[ClientKey | None, dict[str, object]
     fails this host only. The inventory's key, else the config's IdentityFile lines
     (a missing one skipped, as OpenSSH does), else asyncssh's defaults: ssh-agent's
     keys and the usual ``~/.ssh/id_*`` files."""
+    key, options = _client_key_options(target)
+    if target.identities_only and key is not None and not key.encrypted:
+        options["agent_path"] = None  # the files' keys only
+    return key, options
+
+
+def _client_key_options(target: HostTarget) -> tuple[ClientKey | None, dict[str, object]]:
     try:
         if target.key:
             key = load_client_key(Path(target.key))
@@ -103,7 +112,7 @@ def _client_key(target: HostTarget) -> tuple[ClientKey | None, dict[str, object]
         ]
         plain = [pair for key in keys for pair in key.keypairs]
         if plain:
-            return keys[0], {"client_keys": plain}
+            return next(k for k in keys if not k.encrypted), {"client_keys": plain}
         if keys:  # only keys with a passphrase: the agent must hold them
             options = keys[0].connect_options()
             options["agent_identities"] = [k.public for k in keys if k.public] or None

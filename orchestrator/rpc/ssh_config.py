@@ -12,6 +12,9 @@ would, and decides every field once, here:
 - then herd's own defaults for the host (user root, port 22, ssh-agent and the usual
   ``~/.ssh/id_*`` keys), and OpenSSH's for a jump host (the local user).
 
+``IdentitiesOnly yes`` is honoured too: an agent holding many keys would otherwise use
+up the server's ``MaxAuthTries`` before the right key is offered.
+
 asyncssh could follow ProxyJump itself, but it would check the jump hosts' keys
 against ``~/.ssh/known_hosts`` alone and explain a failure without naming the jump
 host. So herd opens each hop itself (``ssh.connect``): every jump host is verified
@@ -105,6 +108,7 @@ class _Lookup:
     """None: the files do not say; "none": they say no jump host."""
     keepalive_interval: float
     keepalive_count_max: int
+    identities_only: bool
 
 
 def _lookup(
@@ -142,6 +146,7 @@ def _lookup(
         proxy_jump=None if jump == () else (jump or "none"),
         keepalive_interval=float(str(interval)) if interval is not None else KEEPALIVE_INTERVAL,
         keepalive_count_max=int(str(count)) if count is not None else KEEPALIVE_COUNT_MAX,
+        identities_only=bool(config.get("IdentitiesOnly")),
     )
 
 
@@ -170,6 +175,7 @@ def route(target: HostTarget) -> tuple[HostTarget, ...]:
         identity_files=() if target.key else found.identity_files,
         keepalive_interval=found.keepalive_interval,
         keepalive_count_max=found.keepalive_count_max,
+        identities_only=found.identities_only,
     )
     written = target.proxy_jump if target.proxy_jump is not None else found.proxy_jump
     return (*_jump_hops(target, paths, written, ()), host)
@@ -212,6 +218,7 @@ def _jump_hops(
                 jump=str(jump),
                 keepalive_interval=found.keepalive_interval,
                 keepalive_count_max=found.keepalive_count_max,
+                identities_only=found.identities_only,
             )
         )
     return hops

@@ -350,3 +350,28 @@ async def test_host_trust_records_the_jump_hosts_key_and_the_hosts_with_fingerpr
     assert trusted.read_text() == bastion.known_hosts_line() + fake_host.known_hosts_line()
     code, stderr = await herd(home, tmp_path, "host", "trust", "hv1", "--yes")
     assert code == 0 and stderr.count("already trusted") == 2, stderr
+
+
+@pytest.mark.parametrize("identities_only", [False, True], ids=["agent-too", "identities-only"])
+async def test_identities_only_in_the_config_keeps_the_agents_keys_out(
+    fake_host: FakeHost,
+    home: Path,
+    client_key: asyncssh.SSHKey,
+    ssh_agent: Path,
+    tmp_path: Path,
+    identities_only: bool,
+) -> None:
+    await agent_add(ssh_agent, client_key)  # the right key, in the agent only
+    wrong = write_key(home / ".ssh" / "wrong", asyncssh.generate_private_key("ssh-ed25519"))
+    (home / ".ssh" / "config").write_text(
+        f"Host 127.0.0.1\n  Port {fake_host.port}\n  IdentityFile {wrong}\n"
+        + ("  IdentitiesOnly yes\n" if identities_only else "")
+    )
+    known = tmp_path / "known"
+    known.write_text(fake_host.known_hosts_line())
+    login = connect(HostTarget(name="hv1", address="127.0.0.1", known_hosts=str(known)))
+    if identities_only:
+        with pytest.raises(HostCredentialsError, match="was refused"):
+            await login
+    else:
+        (await login).close()
