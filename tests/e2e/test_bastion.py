@@ -16,6 +16,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -70,17 +71,21 @@ def rejected_packets() -> int:
     return int(re.search(r"counter packets (\d+)", _nft("list", "table", "inet", TABLE))[1])
 
 
-def ssh_config(lab: Lab, jump: Bastion) -> str:
-    """What an operator writes: the hypervisors by address, through the bastion."""
-    info = lab.info()
-    return (
-        f"Host bastion\n"
-        f"    HostName {jump.address}\n    Port {jump.port}\n    User {jump.user}\n"
-        f"    IdentityFile {jump.client_key}\n\n"
-        f"Host {' '.join(h.address for h in info.hosts)}\n"
-        f"    User root\n    Port {info.ssh_port}\n    IdentityFile {info.key}\n"
-        "    ProxyJump bastion\n    ServerAliveInterval 10\n"
-    )
+def move_ssh_settings_to_config(document: dict[str, Any], jump: Bastion) -> str:
+    """What an operator writes: the bastion, then each hypervisor by address with the
+    user, port and key the lab's inventory gave it (taken out of the inventory), through
+    the bastion."""
+    blocks = [
+        f"Host bastion\n    HostName {jump.address}\n    Port {jump.port}\n"
+        f"    User {jump.user}\n    IdentityFile {jump.client_key}\n"
+    ]
+    for host in document["hosts"]:
+        ssh = host.pop("ssh")
+        blocks.append(
+            f"Host {host['address']}\n    User {ssh['user']}\n    Port {ssh['port']}\n"
+            f"    IdentityFile {ssh['key']}\n    ProxyJump bastion\n    ServerAliveInterval 10\n"
+        )
+    return "\n".join(blocks)
 
 
 def test_a_server_boots_on_hosts_reached_only_through_the_bastion(
@@ -94,11 +99,10 @@ def test_a_server_boots_on_hosts_reached_only_through_the_bastion(
 
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
-    (home / ".ssh" / "config").write_text(ssh_config(lab, bastion))
-    (home / ".ssh" / "known_hosts").write_text(info.known_hosts.read_text())  # the hosts only
     document = inventory_document(info)
-    for host in document["hosts"]:
-        del host["ssh"]  # user, port, key, known_hosts: all from ~/.ssh
+    known = {host["ssh"]["known_hosts"] for host in document["hosts"]}
+    (home / ".ssh" / "known_hosts").write_text("".join(Path(k).read_text() for k in known))
+    (home / ".ssh" / "config").write_text(move_ssh_settings_to_config(document, bastion))
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(document))
 
