@@ -129,10 +129,10 @@ def test_a_server_boots_on_hosts_reached_only_through_the_bastion(
         assert created["vm_state"] == "active", created
         server = herd.server("via-bastion")
         assert domain_state(lab, server["host"], server["uuid"]) == "running"
-        address = next(h.address for h in info.hosts if h.name == server["host"])
+        chosen = next(h for h in info.hosts if h.name == server["host"])
         log = bastion.log.read_text()
         assert f"Accepted publickey for {BASTION_USER} from " in log
-        assert f"target {address} port {info.ssh_port}" in log  # sshd's direct-tcpip line
+        assert f"target {chosen.address} port {chosen.port}" in log  # sshd's direct-tcpip line
         assert rejected_packets() == 1  # herd never tried to go direct
         herd.ok("server", "delete", "via-bastion")
         assert domain_state(lab, server["host"], server["uuid"]) is None
