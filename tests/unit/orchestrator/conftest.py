@@ -36,11 +36,11 @@ def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HOME of the test's own: the developer's ~/.ssh (config, keys, known_hosts)
-    must not decide how a test logs in."""
-    path = tmp_path / "home"
-    (path / ".ssh").mkdir(parents=True)
+def home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME of the test's own (beside its tmp_path, which some tests list): the
+    developer's ~/.ssh (config, keys, known_hosts) must not decide how a test logs in."""
+    path = tmp_path_factory.mktemp("home")
+    (path / ".ssh").mkdir()
     monkeypatch.setenv("HOME", str(path))
     return path
 
