@@ -113,6 +113,8 @@ def target_of(host: Host) -> HostTarget:
         user=host.ssh_user,
         key=host.ssh_key,
         known_hosts=host.known_hosts,
+        ssh_config=host.ssh_config,
+        proxy_jump=host.ssh_proxy_jump,
         agent_dir=host.agent_dir,
         libvirt_uri=host.libvirt_uri,
         domain_type=host.domain_type_pref,

@@ -48,6 +48,12 @@ class HostCredentialsError(HostUnreachable):
     A ``HostUnreachable``, so it fails that host's work and no one else's."""
 
 
+class SshConfigError(HostUnreachable):
+    """The OpenSSH client config that says how to reach a host (``~/.ssh/config`` or the
+    inventory's ``ssh.config``) cannot be used: a bad line, an unreadable file, a
+    ProxyJump loop. Only the hosts whose route it decides fail."""
+
+
 class AgentError(HerdError):
     """The agent answered, and the answer was an error (libvirt said no, disk full...)."""
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-import asyncssh
 import typer
 from sqlmodel import select
 
@@ -16,8 +16,8 @@ from orchestrator.cli.servers import show_outcomes
 from orchestrator.conductor import HostContact, Outcome, target_of
 from orchestrator.db.models import Host, utcnow
 from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound
-from orchestrator.rpc.known_hosts import HostKeys, host_keys, record_host_key
-from orchestrator.rpc.ssh import HostTarget, fetch_host_key, fingerprint, host_key_changed
+from orchestrator.rpc.known_hosts import record_host_key
+from orchestrator.rpc.ssh import Offer, fingerprint, host_key_changed, walk_route
 from orchestrator.server_actions import ServerActions
 
 app = typer.Typer(help="Hypervisors: capacity, usage, contact and trust.", no_args_is_help=True)
@@ -50,7 +50,7 @@ def list_(as_json: JsonOpt = False) -> None:
         rows.append(
             (
                 h.name,
-                f"{h.address}:{h.ssh_port}",
+                f"{h.address}:{h.ssh_port}" if h.ssh_port else h.address,
                 styled(api.host_status(h)),
                 h.domain_type,
                 _usage(v.used_vcpus, h.total_vcpus, h.cpu_ratio, h.reserved_vcpus),
@@ -124,10 +124,12 @@ def refresh(
 @app.command()
 def trust(
     name: Annotated[str, typer.Argument(help="Host name.")],
-    fingerprint_: Annotated[
-        str | None,
+    fingerprints: Annotated[
+        list[str] | None,
         typer.Option(
-            "--fingerprint", help="Expected SHA256:... fingerprint; trust only if it matches."
+            "--fingerprint",
+            help="Expected SHA256:... fingerprint; trust only a key that matches. Repeat it "
+            "for a host behind jump hosts whose keys are new too.",
         ),
     ] = None,
     yes: Annotated[
@@ -141,66 +143,63 @@ def trust(
     ] = False,
 ) -> None:
     """Record a host's SSH key in known_hosts after showing its fingerprint; a key that
-    differs from the known one is refused unless --replace, as OpenSSH does."""
+    differs from the known one is refused unless --replace, as OpenSSH does. A host
+    reached through jump hosts (ProxyJump) has their keys checked first, the same way."""
 
-    async def main() -> tuple[HostTarget, HostKeys, asyncssh.SSHKey]:
+    async def main() -> None:
         async with herd() as h:
             (host,) = await api.find_hosts(h.db, [name])
-        target = target_of(host)
-        try:
-            known = host_keys(target)
-        except HostKeyNotTrusted as exc:
-            raise HostKeyNotTrusted(f"host {name}: {exc}") from None
-        return target, known, await _offered_key(target, known)
 
-    target, known, key = run_async(main())
+        async def visit(offer: Offer) -> None:
+            await asyncio.to_thread(_decide, name, offer, fingerprints or [], yes, replace)
+
+        await walk_route(target_of(host), visit)
+
+    run_async(main())
+
+
+def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace: bool) -> None:
+    """Trust one hop's key, or say why not: the whole of `herd host trust` for it."""
+    hop, known, key = offer.hop, offer.known, offer.key
+    what = f"host {name}" + (f": {hop.hop}" if hop.jump else "")
     seen = fingerprint(key)
     revoked = known.revokes(key)
     if revoked is not None:
         raise HostKeyNotTrusted(
-            f"host {name}: offered key {seen} is marked @revoked ({revoked.where}); not trusted"
+            f"{what}: offered key {seen} is marked @revoked ({revoked.where}); not trusted"
         )
     if known.trusts(key):
-        err.print(f"host {name}: {seen} is already trusted", markup=False, highlight=False)
+        err.print(f"{what}: {seen} is already trusted", markup=False, highlight=False)
         return
     if known.trusted and not replace:
-        raise HostKeyNotTrusted(host_key_changed(target, known, key))
-    if fingerprint_ is not None:
-        if fingerprint_ != seen:
+        raise HostKeyNotTrusted(host_key_changed(hop, known, key))
+    if fingerprints:
+        if seen not in fingerprints:
             raise HerdError(
-                f"host {name}: offered key {seen} does not match {fingerprint_}; not trusted"
+                f"{what}: offered key {seen} does not match {', '.join(fingerprints)}; not trusted"
             )
     elif not yes:
         if known.trusted:
             err.print(
-                host_key_changed(target, known, key, advice=False), markup=False, highlight=False
+                host_key_changed(hop, known, key, advice=False), markup=False, highlight=False
             )
         err.print(
-            f"host {name} ({target.address}:{target.port}) offers {key.get_algorithm()} key {seen}"
+            f"{what} ({hop.address}:{hop.port}) offers {key.get_algorithm()} key {seen}",
+            markup=False,
+            highlight=False,
         )
         if not typer.confirm("Trust it?", err=True):
             raise typer.Exit(1)
-    path = record_host_key(target, key, replace=replace)
-    err.print(f"host {name}: trusted {seen}, recorded in {path}", markup=False, highlight=False)
+    path = record_host_key(hop, key, replace=replace)
+    err.print(f"{what}: trusted {seen}, recorded in {path}", markup=False, highlight=False)
     for stale in known.trusted:
         if stale.path.resolve() != path:
             err.print(
-                f"host {name}: the old key is still trusted by {stale.where}; remove it there "
-                f"(ssh-keygen -R '{target.known_hosts_entry()}' -f {stale.path})",
+                f"{what}: the old key is still trusted by {stale.where}; remove it there "
+                f"(ssh-keygen -R '{hop.known_hosts_entry()}' -f {stale.path})",
                 markup=False,
                 highlight=False,
             )
-
-
-async def _offered_key(target: HostTarget, known: HostKeys) -> asyncssh.SSHKey:
-    """The host's key of a type known_hosts holds for it, as `connect()` would check;
-    any key when the host no longer offers any of those (that, too, is a change)."""
-    try:
-        return await fetch_host_key(target, algorithms=known.algorithms())
-    except HostUnreachable as exc:
-        if not known.trusted or not isinstance(exc.__cause__, asyncssh.KeyExchangeFailed):
-            raise
-    return await fetch_host_key(target)
 
 
 async def _set_enabled(name: str, enabled: bool, reason: str | None) -> None:

@@ -92,10 +92,13 @@ class Host(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=Column(String(63), unique=True, nullable=False))
     address: str
-    ssh_port: int = 22
-    ssh_user: str = "root"
+    # None: not in the inventory, so the OpenSSH client config decides (then 22, root).
+    ssh_port: int | None = None
+    ssh_user: str | None = None
     ssh_key: str | None = None
     known_hosts: str | None = None
+    ssh_config: str | None = None
+    ssh_proxy_jump: str | None = None
     libvirt_uri: str = "qemu:///system"
     agent_dir: str = "/var/lib/herd"
     labels: dict[str, str] = _json()

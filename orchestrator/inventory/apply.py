@@ -59,6 +59,8 @@ def host_values(spec: HostSpec) -> dict[str, Any]:
         "ssh_user": spec.ssh.user,
         "ssh_key": str(spec.ssh.key) if spec.ssh.key else None,
         "known_hosts": str(spec.ssh.known_hosts) if spec.ssh.known_hosts else None,
+        "ssh_config": str(spec.ssh.config) if spec.ssh.config else None,
+        "ssh_proxy_jump": spec.ssh.proxy_jump,
         "libvirt_uri": spec.libvirt_uri,
         "agent_dir": spec.agent_dir,
         "labels": dict(spec.labels),

@@ -38,6 +38,7 @@ from agent import confine
 from agent import specs as agent_specs
 from orchestrator.guest_config import CMDLINE_PROPERTY
 from orchestrator.names import is_name
+from orchestrator.rpc.ssh_config import parse_proxy_jump
 
 SourceKind = Literal["local", "host", "url"]
 
@@ -250,14 +251,27 @@ class _Spec(_Frozen):
         return self.__dict__ == other.__dict__
 
 
-class SshSpec(_Frozen):
-    """How the orchestrator logs in to a host."""
+def _proxy_jump(value: str) -> str:
+    parse_proxy_jump(value)
+    return value.strip()
 
-    user: Annotated[str, AfterValidator(_user)] = "root"
-    port: Annotated[int, Strict(), Field(ge=1, le=65535)] = 22
-    key: OperatorPath = Field(default=Path("~/.ssh/id_ed25519"), validate_default=True)
+
+class SshSpec(_Frozen):
+    """How the orchestrator logs in to a host. A field left out is decided by the
+    OpenSSH client config (``config``, else ``~/.ssh/config``), then by herd's
+    defaults: user root, port 22, ssh-agent's keys and ``~/.ssh/id_*``."""
+
+    user: Annotated[str, AfterValidator(_user)] | None = None
+    port: Annotated[int, Strict(), Field(ge=1, le=65535)] | None = None
+    key: OperatorPath | None = None
     known_hosts: OperatorPath | None = None
-    """``None``: herd's own known_hosts, then ``~/.ssh/known_hosts``. Unknown keys are refused."""
+    """``None``: herd's own known_hosts, then ``~/.ssh/known_hosts``. Unknown keys are
+    refused, the jump hosts' included."""
+    config: OperatorPath | None = None
+    """An OpenSSH client config read instead of ``~/.ssh/config`` (as ``ssh -F``)."""
+    proxy_jump: Annotated[str, AfterValidator(_proxy_jump)] | None = None
+    """``[user@]host[:port]``, comma-separated for a chain, or ``none``: as OpenSSH's
+    ProxyJump, and it wins over the config's."""
 
 
 class Capacity(_Frozen):

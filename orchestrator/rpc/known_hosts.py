@@ -179,14 +179,14 @@ def _match_args(target: HostTarget) -> tuple[str, str, int | None]:
         addr = target.address
     except ValueError:
         addr = ""  # asyncssh matches the peer's IP; without resolving, the name only
-    return target.address, addr, None if target.port == 22 else target.port
+    return target.address, addr, None if (target.port or 22) == 22 else target.port
 
 
 def names_exactly(entries: asyncssh.SSHKnownHosts, target: HostTarget) -> list[asyncssh.SSHKey]:
     """The unmarked host keys a line gives for exactly this host's entry: for a port
     other than 22, ``[addr]:port`` only, without asyncssh's fallback to the bare address
     (which is the entry of whatever listens on port 22 there)."""
-    if target.port == 22:
+    if (target.port or 22) == 22:
         host, addr, _ = _match_args(target)
         return list(entries.match(host, addr, None)[0])
     return list(entries.match(target.known_hosts_entry(), "", None)[0])

@@ -489,7 +489,9 @@ def test_several_files_merge_in_order(in_tmp: Path):
 
 def test_hosts_get_built_in_defaults(in_tmp: Path):
     (host,) = load_inventory(write(in_tmp, HOST)).hosts
-    assert host.ssh == SshSpec(user="root", port=22, key=Path.home() / ".ssh/id_ed25519")
+    # Every SSH field is left to the OpenSSH client config (then root, 22, the agent).
+    assert host.ssh == SshSpec()
+    assert (host.ssh.user, host.ssh.port, host.ssh.key, host.ssh.proxy_jump) == (None,) * 4
     assert host.allocation_ratios == AllocationRatios(cpu=16.0, ram=1.5, disk=1.0)
     assert (host.reserved.vcpus, host.reserved.ram_mb, host.reserved.disk_gb) == (0, 512, 0)
     assert (host.capacity.vcpus, host.capacity.ram_mb, host.capacity.disk_gb) == (None,) * 3
@@ -533,7 +535,7 @@ def test_defaults_apply_only_to_the_hosts_of_their_file(in_tmp: Path):
     with_defaults = write(in_tmp, "defaults:\n  ssh: {port: 2222}\n" + HOST, "a.yaml")
     without = write(in_tmp, "hosts:\n  - {name: hv2, address: 192.0.2.11}\n", "b.yaml")
     hv1, hv2 = load_inventory(with_defaults, without).hosts
-    assert (hv1.ssh.port, hv2.ssh.port) == (2222, 22)
+    assert (hv1.ssh.port, hv2.ssh.port) == (2222, None)
 
 
 def test_a_host_null_overrides_a_default(in_tmp: Path):

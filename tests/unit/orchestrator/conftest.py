@@ -35,6 +35,16 @@ def no_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME of the test's own (beside its tmp_path, which some tests list): the
+    developer's ~/.ssh (config, keys, known_hosts) must not decide how a test logs in."""
+    path = tmp_path_factory.mktemp("home")
+    (path / ".ssh").mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
 @pytest.fixture
 def ssh_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A real ssh-agent of this test only, its socket in SSH_AUTH_SOCK."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -31,20 +31,50 @@ def write_key(path: Path, key: asyncssh.SSHKey, passphrase: str | None = None) -
     return path
 
 
+class _Sshd(asyncssh.SSHServer):
+    """Counts logins; as a jump host's sshd, lets direct-tcpip forwards through and
+    notes each destination."""
+
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.host.logins += 1
+        self.host.connected += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.host.connected -= 1
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        if not self.host.jump:
+            return False
+        self.host.forwards.append((dest_host, dest_port))
+        return True
+
+
 @dataclass
 class FakeHost:
-    """sshd on 127.0.0.1 that lets in only ``authorized`` keys; no commands."""
+    """sshd on 127.0.0.1 that lets in only ``authorized`` keys; no commands. A jump
+    host (``jump=True``) forwards TCP connections, as ProxyJump needs, and records
+    each destination in ``forwards``."""
 
     host_key: asyncssh.SSHKey
     authorized: list[asyncssh.SSHKey]
     server: asyncssh.SSHAcceptor | None = None
+    jump: bool = False
+    forwards: list[tuple[str, int]] = field(default_factory=list)
+    logins: int = 0
+    """TCP connections accepted so far; ``connected``: those still open."""
+    connected: int = 0
 
     async def start(self) -> None:
         authorized = asyncssh.import_authorized_keys(
             "".join(k.export_public_key("openssh").decode() for k in self.authorized)
         )
         self.server = await asyncssh.create_server(
-            asyncssh.SSHServer,
+            lambda: _Sshd(self),
             "127.0.0.1",
             0,
             server_host_keys=[self.host_key],
