@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import LabError
-from orchestrator.lab import checks, daemons, guest_image, namespace, procs, render
+from orchestrator.lab import checks, daemons, guest_image, namespace, procs, render, users
 from orchestrator.lab.addressing import check_port, host_addresses, port_is_free
 from orchestrator.lab.model import (
     DEFAULT_BASE_ADDRESS,
@@ -92,7 +92,13 @@ def resolve_settings(
 
 def lab_hosts(root: Path, base_address: str, ssh_port: int, count: int) -> tuple[LabHost, ...]:
     return tuple(
-        LabHost(name=host_name(i), address=address, port=ssh_port, dir=root / host_name(i))
+        LabHost(
+            name=host_name(i),
+            address=address,
+            port=ssh_port,
+            dir=root / host_name(i),
+            user=users.ssh_user(host_name(i)),
+        )
         for i, address in enumerate(host_addresses(base_address, count), start=1)
     )
 
@@ -185,7 +191,8 @@ class Lab:
             say(f"test guest image ({built.kernel_version}) built in {info.image.parent}")
 
         authorized = info.key.with_name(info.key.name + ".pub")
-        failures = _each(info.hosts, lambda host: self._ensure_host(host, authorized, say))
+        ids = users.lab_ids(self.root)
+        failures = _each(info.hosts, lambda host: self._ensure_host(host, authorized, ids, say))
         lines = [
             render.known_hosts_line(
                 host, host.host_key.with_name(host.host_key.name + ".pub").read_text()
@@ -199,8 +206,11 @@ class Lab:
         self._probe_qemu(info.hosts[0], say)
         return info
 
-    def _ensure_host(self, host: LabHost, authorized_keys: Path, say: Progress) -> None:
+    def _ensure_host(
+        self, host: LabHost, authorized_keys: Path, ids: users.Ids, say: Progress
+    ) -> None:
         namespace.prepare(host, authorized_keys)
+        users.prepare(host, ids, authorized_keys.read_text())
         if namespace.holder(host) is None:
             if procs.host_pids(host.path(MARKER)):
                 # Daemons of a namespace whose holder died: start from scratch.
