@@ -223,6 +223,11 @@ class Lab:
                 )
             namespace.create(host)
             say(f"{host.name}: namespace created")
+        elif not users.bound_in(namespace.holder(host) or 0):
+            raise LabError(
+                f"{host.name}: its namespace was made by an older herd, without the lab's "
+                "accounts (users.py); `herd lab down` and `herd lab up` make it anew"
+            )
         for service in SERVICES:
             if daemons.start(host, service):
                 say(f"{host.name}: {service} started")

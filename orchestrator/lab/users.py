@@ -164,6 +164,16 @@ def prepare(host: LabHost, ids: Ids, public_key: str) -> None:
     agent_dir.chmod(0o755)
 
 
+def bound_in(pid: int) -> bool:
+    """Whether the namespace ``pid`` lives in sees the lab's accounts (a namespace made
+    by a herd before them does not, and its sshd would refuse herd-lab)."""
+    try:
+        text = Path(f"/proc/{pid}/root/etc/passwd").read_text()
+    except OSError:
+        return False
+    return any(line.split(":")[0] == USER for line in text.splitlines())
+
+
 def set_libvirt_member(host: LabHost, member: bool) -> None:
     """Put herd-lab in group libvirt on this host, or take it out (new logins see it)."""
     ids = lab_ids(host.dir.parent)
