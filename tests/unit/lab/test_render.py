@@ -182,3 +182,9 @@ def test_inventory_starts_with_a_comment_header_and_keeps_the_lab_label_a_string
     assert "herd inventory apply /var/lib/herd-lab/inventory.yaml" in text.splitlines()[1]
     assert "labels: {lab: 'true'}" in text
     assert "ssh: {user: root, port: 2222," in text
+
+
+def test_the_inventory_logs_in_to_lab_2_as_herd_lab_and_to_the_others_as_root() -> None:
+    loaded = yaml.safe_load(render.inventory(lab_info(3)))
+    assert [h["ssh"]["user"] for h in loaded["hosts"]] == ["root", "herd-lab", "root"]
+    assert {h["agent_dir"] for h in loaded["hosts"]} == {"/var/lib/herd"}  # live migration
