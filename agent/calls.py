@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import stat
 import threading
 import time
@@ -57,9 +58,11 @@ class Session:
 def _make_state_dir(root: Path) -> None:
     """Create the state directory and its subdirectories, or refuse one that is not herd's.
 
-    The agent runs as root and trusts what it finds there (job records name processes,
-    the cache holds disks), so a directory anyone may write to, or someone else owns,
-    is refused rather than used; its mode is left as it was either way.
+    The agent (root, or a user in groups libvirt and kvm) trusts what it finds there
+    (job records name processes, the cache holds disks), so a directory anyone may
+    write to, or someone else owns, is refused rather than used; its mode is left as it
+    was either way. A non-root agent cannot create the default /var/lib/herd: the
+    operator does, once, and the refusal says how.
     """
     try:
         ensure_dir(root, DIR_MODE)
@@ -82,7 +85,21 @@ def _make_state_dir(root: Path) -> None:
 
 def _cannot_create(root: Path, exc: OSError) -> BadRequest:
     where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
-    return BadRequest(f"cannot create state_dir {root}{where}: {exc.strerror or exc}")
+    hint = ""
+    if isinstance(exc, PermissionError) and os.geteuid() != 0:
+        user = _user_name()
+        hint = (
+            f"; as root: install -d -o {user} -g {os.getegid()} -m 0755 {root} "
+            "(`herd host check` lists what else the host lacks)"
+        )
+    return BadRequest(f"cannot create state_dir {root}{where}: {exc.strerror or exc}{hint}")
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 class Agent:

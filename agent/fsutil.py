@@ -22,6 +22,20 @@ DIR_MODE = 0o755  # libvirt-qemu must traverse state_dir to reach images and dis
 FILE_MODE = 0o644
 
 
+def guest_file_mode() -> int:
+    """The mode of the files libvirt hands to a guest's QEMU (cached images, disks,
+    seeds, kernel copies): private to the agent's user.
+
+    libvirt's DAC driver chowns them to the QEMU user (Debian: libvirt-qemu:kvm) while
+    a guest uses them and gives them back when it stops, keeping the mode. A root agent
+    reads them either way (0600). A non-root agent must still read a cached base image
+    a running guest holds (to make the next guest's overlay on it, to re-inspect it),
+    so its files are 0640: the group bits then belong to group kvm, which the agent's
+    user is a member of on a prepared host (`herd host check` says so when it is not).
+    """
+    return 0o600 if os.geteuid() == 0 else 0o640
+
+
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> Path:
     """Create ``path`` and its missing parents with ``mode``, whatever the umask says.
 

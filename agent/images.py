@@ -12,7 +12,9 @@ must not become world-readable by being cached. QEMU still reads them, because
 libvirt's DAC driver (``dynamic_ownership``, on by default, and which herd already
 needs for QEMU to write its overlay disks) gives each guest's QEMU user the files of
 that guest, its backing images included, when the guest starts. Directories stay
-0755 so that QEMU can traverse them.
+0755 so that QEMU can traverse them. A non-root agent's files are 0640 instead, so
+that it can read an image a running guest holds through group kvm
+(fsutil.guest_file_mode).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from agent.fsutil import (
     atomic_write_bytes,
     ensure_dir,
     flocked,
+    guest_file_mode,
     read_json,
     tmp_name,
 )
@@ -48,7 +51,6 @@ _CHUNK = 1 << 20
 _SHA_RE = re.compile(r"[0-9a-f]{64}")  # with fullmatch: `$` lets "\n" through
 DOWNLOAD_TIMEOUT = 60.0  # per read, not for the whole transfer
 USES_FILE = "images.json"  # in each instance directory: the cached images it uses
-IMAGE_MODE = 0o600  # see the module docstring: libvirt gives QEMU access per guest
 DEFAULT_MAX_IMAGE_BYTES = 64 << 30
 QEMU_IMG_INFO_TIMEOUT = 60.0
 # Nova's limits for qemu-img on untrusted images: a crafted header must not make it
@@ -126,7 +128,7 @@ def _copy_hashing(reader: BinaryIO, target: Path, limit: int, what: str) -> Tupl
     """Copy at most ``limit`` bytes (one more is refused: /dev/zero never ends)."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, IMAGE_MODE)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, guest_file_mode())
     with os.fdopen(fd, "wb") as out:
         for chunk in iter(lambda: reader.read(_CHUNK), b""):
             size += len(chunk)
@@ -266,7 +268,7 @@ def _install(state_dir: Path, sha256: str, verified: Path) -> CachedImage:
     staged = tmp_name(final)
     try:
         os.replace(verified, staged)
-        os.chmod(staged, IMAGE_MODE)
+        os.chmod(staged, guest_file_mode())
         os.replace(staged, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -293,7 +295,10 @@ def record_use(inst_dir: Path, digests: Iterable[str]) -> None:
     atomic_write_bytes(inst_dir / USES_FILE, json.dumps({"images": digests}).encode())
     now = time.time()
     for digest in digests:
-        with contextlib.suppress(FileNotFoundError):
+        # PermissionError: a non-root agent may not set the times of an image a running
+        # guest holds (libvirt made QEMU's user its owner); that guest's images.json
+        # already keeps it from prune, and its times move on the next use after.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             os.utime(image_path(inst_dir.parent.parent, digest), (now, now))
 
 

@@ -21,17 +21,17 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from agent import confine, domain, image_format, images, proc, reach
 from agent.errors import BadRequest, NotFound
-from agent.fsutil import DIR_MODE, atomic_write_bytes, ensure_dir
+from agent.fsutil import DIR_MODE, atomic_write_bytes, ensure_dir, guest_file_mode
 from agent.specs import BuildSpec, DeleteSpec, LiveMigrateSpec, PowerSpec
 from agent.virt import DomainInfo, Virsh, domain_name
 
 log = logging.getLogger(__name__)
 
 QEMU_IMG_TIMEOUT = 120.0
-# A guest's files (disk, kernel and initramfs copies, seed) are root's alone: the seed
-# carries user data, the disk the guest's own. libvirt's DAC driver hands them to the
-# QEMU user when the guest starts (and back when it stops), as it does the base image.
-GUEST_FILE_MODE = 0o600
+# A guest's files (disk, kernel and initramfs copies, seed) are the agent user's alone
+# (fsutil.guest_file_mode): the seed carries user data, the disk the guest's own.
+# libvirt's DAC driver hands them to the QEMU user when the guest starts (and back when
+# it stops), as it does the base image.
 # A domain in one of these states is ours to start; any other state (running,
 # paused, shutting down...) means someone is using it: leave it alone.
 _STARTABLE = ("shutoff", "crashed")
@@ -95,7 +95,7 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
             )
         else:
             create_overlay(cached[spec.image.sha256], spec.image.format, disk, spec.flavor.disk_gb)
-        files = domain.InstanceFiles(disk=disk, console_log=inst_dir / "console.log")
+        files = domain.InstanceFiles(disk=disk, console_log=console_log_file(inst_dir))
         if spec.boot is not None:
             # Copies, as Nova keeps them: libvirt relabels a guest's kernel and initrd
             # while it runs, which must not touch the shared cache.
@@ -106,7 +106,7 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
             files = dataclasses.replace(files, kernel=kernel, initrd=initrd)
         if spec.seed is not None:
             seed = inst_dir / "seed.iso"
-            atomic_write_bytes(seed, spec.seed, mode=GUEST_FILE_MODE)
+            atomic_write_bytes(seed, spec.seed, mode=guest_file_mode())
             files = dataclasses.replace(files, seed=seed)
         xml_text = domain.render(spec, platform.machine(), files)
         xml_path = inst_dir / "domain.xml"
@@ -176,7 +176,7 @@ def create_overlay(base: Path, base_format: str, disk: Path, disk_gb: int) -> No
         argv.append(f"{disk_gb}G")
     try:
         proc.run(argv, QEMU_IMG_TIMEOUT, what="qemu-img create")
-        os.chmod(tmp, GUEST_FILE_MODE)
+        os.chmod(tmp, guest_file_mode())
         os.replace(tmp, disk)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -220,7 +220,7 @@ def adopt_disk(
                 QEMU_IMG_TIMEOUT,
                 what="qemu-img resize",
             )
-        os.chmod(tmp, GUEST_FILE_MODE)
+        os.chmod(tmp, guest_file_mode())
         os.replace(tmp, disk)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -241,13 +241,26 @@ def _copy_regular(source: Path, target: Path, size: int) -> None:
             raise BadRequest(f"{source} grew while it was copied")
 
 
+def console_log_file(inst_dir: Path) -> Path:
+    """The guest's console log, made by the agent before virtlogd first opens it.
+
+    virtlogd (root) appends to a file that exists and creates a missing one 0600 root,
+    which a non-root agent could then never read back (`server console-log`); made
+    here it stays the agent user's, as libvirt does not relabel a virtlogd log.
+    """
+    path = inst_dir / "console.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    return path
+
+
 def copy_file(source: Path, target: Path) -> Path:
     """A copy of a cached file (kernel, initramfs) for one guest, 0600 like its disk."""
     tmp = target.with_name(f".{target.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     _copy_regular(source, tmp, os.stat(source).st_size)
-    os.chmod(tmp, GUEST_FILE_MODE)
+    os.chmod(tmp, guest_file_mode())
     os.replace(tmp, target)
     return target
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from sqlmodel import select
 
-from orchestrator import api
+from orchestrator import api, host_check
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
@@ -252,3 +252,56 @@ def evacuate(
     if not outcomes and not as_json:
         err.print(f"host {name} has no servers to evacuate")
     show_outcomes(outcomes, as_json, "evacuate")
+
+
+@app.command()
+def check(
+    names: Annotated[list[str], typer.Argument(help="Hosts to check.")],
+    min_free_gb: Annotated[
+        int, typer.Option("--min-free-gb", min=0, help="Free disk below this is a problem.")
+    ] = host_check.DEFAULT_MIN_FREE_GB,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a host lacks for herd (libvirt socket access, a writable agent dir, qemu-img,
+    python3 >= 3.9, free disk, QEMU's way to the disks, bridges): one line per problem,
+    each with its fix. Over plain SSH: works where the agent cannot start. Exit 0 when
+    all is well, 1 when a problem is found, 6 when a host cannot be logged in to."""
+
+    async def main() -> list[host_check.CheckOutcome]:
+        async with herd() as h:
+            return await host_check.check_hosts(h.db, names, min_free_gb)
+
+    outcomes = run_async(main())
+    if as_json:
+        print_json(
+            [
+                o.check.as_dict()
+                if o.check
+                else {"host": o.host, "ok": False, "error": str(o.error)}
+                for o in outcomes
+            ]
+        )
+    problems = [(o.host, f) for o in outcomes if o.check for f in o.check.problems]
+    if not as_json:
+        for host, finding in problems:
+            out.print(f"{host}: {finding.detail}; fix: {finding.fix}", soft_wrap=True, markup=False)
+        clean = [o.check for o in outcomes if o.check and not o.check.problems]
+        if clean:
+            rows = [(c.host, f.check, styled("ok"), f.detail) for c in clean for f in c.findings]
+            out.print(table(None, ("host", "check", "result", "detail"), rows))
+    unreachable = [o.error for o in outcomes if o.error is not None]
+    if unreachable:
+        raise HostUnreachable(
+            str(unreachable[0])
+            if len(unreachable) == 1
+            else f"{len(unreachable)} hosts failed: " + "; ".join(map(str, unreachable))
+        )
+    if problems:
+        hosts = sorted({host for host, _ in problems})
+        raise HerdError(f"{len(problems)} problem(s) on {', '.join(hosts)}")
+
+
+def _check_json(outcome: host_check.CheckOutcome) -> dict[str, object]:
+    if outcome.check is not None:
+        return outcome.check.as_dict()
+    return {"host": outcome.host, "ok": False, "error": str(outcome.error), "checks": []}

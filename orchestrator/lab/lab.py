@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import LabError
-from orchestrator.lab import checks, daemons, guest_image, namespace, network, procs, render
+from orchestrator.lab import (
+    checks,
+    daemons,
+    guest_image,
+    namespace,
+    network,
+    procs,
+    render,
+    users,
+)
 from orchestrator.lab.addressing import check_port, host_addresses
 from orchestrator.lab.model import (
     DEFAULT_BASE_ADDRESS,
@@ -97,7 +106,13 @@ def resolve_settings(
 
 def lab_hosts(root: Path, base_address: str, ssh_port: int, count: int) -> tuple[LabHost, ...]:
     return tuple(
-        LabHost(name=host_name(i), address=address, port=ssh_port, dir=root / host_name(i))
+        LabHost(
+            name=host_name(i),
+            address=address,
+            port=ssh_port,
+            dir=root / host_name(i),
+            user=users.ssh_user(host_name(i)),
+        )
         for i, address in enumerate(host_addresses(base_address, count), start=1)
     )
 
@@ -192,7 +207,10 @@ class Lab:
             say(f"test guest image ({built.kernel_version}) built in {info.image.parent}")
 
         authorized = info.key.with_name(info.key.name + ".pub")
-        failures = _each(info.hosts, lambda host: self._ensure_host(info, host, authorized, say))
+        ids = users.lab_ids(self.root)
+        failures = _each(
+            info.hosts, lambda host: self._ensure_host(info, host, authorized, ids, say)
+        )
         lines = [
             render.known_hosts_line(
                 host, host.host_key.with_name(host.host_key.name + ".pub").read_text()
@@ -207,9 +225,10 @@ class Lab:
         return info
 
     def _ensure_host(
-        self, info: LabInfo, host: LabHost, authorized_keys: Path, say: Progress
+        self, info: LabInfo, host: LabHost, authorized_keys: Path, ids: users.Ids, say: Progress
     ) -> None:
         namespace.prepare(host, authorized_keys)
+        users.prepare(host, ids, authorized_keys.read_text())
         holder = namespace.holder(host)
         fresh = holder is None
         if holder is None:
@@ -219,6 +238,11 @@ class Lab:
                 say(f"{host.name}: cleared the remains of a broken namespace")
             holder = namespace.create(host)
             say(f"{host.name}: namespace created")
+        elif not users.bound_in(holder):
+            raise LabError(
+                f"{host.name}: its namespace was made by an older herd, without the lab's "
+                "accounts (users.py); `herd lab down` and `herd lab up` make it anew"
+            )
         # Before any daemon: sshd binds the management address, and is only "ready"
         # once it answers there from the root namespace.
         network.attach_host(info.network, self.root, host.index, host.address, holder, fresh)

@@ -34,6 +34,7 @@ BINDS: tuple[tuple[str, str], ...] = (
     ("cache-libvirt", "/var/cache/libvirt"),
     ("log", "/var/log/libvirt"),
     ("home", "/root"),  # each hypervisor has its own ~/.cache/herd for the agent bundle
+    ("home-users", "/home"),  # the non-root host's herd-lab lives in /home/herd-lab
 )
 MARKER = BINDS[0][0]
 
@@ -60,6 +61,7 @@ class LabHost:
     address: str
     port: int
     dir: Path
+    user: str = "root"  # who herd logs in as (users.py: herd-lab on the non-root host)
 
     def path(self, part: str) -> Path:
         return self.dir / part
@@ -145,7 +147,7 @@ class LabInfo:
             str(self.key),
             "-p",
             str(host.port),
-            f"root@{host.address}",
+            f"{host.user}@{host.address}",
             *remote,
         ]
 

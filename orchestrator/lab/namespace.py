@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.errors import LabError
-from orchestrator.lab import procs, render
+from orchestrator.lab import procs, render, users
 from orchestrator.lab.model import BINDS, CAPABILITIES_CACHE, MARKER, SERVICES, LabHost
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -77,9 +77,10 @@ def shared_capabilities(host: LabHost) -> Path:
 
 def binds(host: LabHost) -> list[tuple[Path, str]]:
     """(source, target) in mount order: the host's own directories, then the lab's
-    shared capabilities cache, which lands inside the host's /var/cache/libvirt."""
+    shared capabilities cache, which lands inside the host's /var/cache/libvirt, then
+    the host's own account files (users.py)."""
     own = [(host.path(part), target_path) for part, target_path in BINDS]
-    return [*own, (shared_capabilities(host), CAPABILITIES_CACHE)]
+    return [*own, (shared_capabilities(host), CAPABILITIES_CACHE), *users.binds(host)]
 
 
 def keygen(path: Path, comment: str) -> None:

@@ -57,16 +57,24 @@ QEMU_GROUP = "kvm"
 
 def sshd_config(host: LabHost, authorized_keys: Path) -> str:
     """sshd for one lab host: its own address, host key and pid file; only the lab key
-    may log in, as root, as the orchestrator does on a real hypervisor."""
+    may log in, as root, or on a non-root host (``host.user``) as that user alone, from
+    its own ~/.ssh/authorized_keys, with root logins refused as a hardened host would."""
+    if host.user == "root":
+        login = [f"AuthorizedKeysFile {authorized_keys}", "PermitRootLogin prohibit-password"]
+    else:
+        login = [
+            "AuthorizedKeysFile .ssh/authorized_keys",
+            "PermitRootLogin no",
+            f"AllowUsers {host.user}",
+        ]
     return "\n".join(
         [
             f"# Written by `herd lab up` for {host.name}; sshd runs in that host's namespace.",
             f"ListenAddress {host.address}",
             f"Port {host.port}",
             f"HostKey {host.host_key}",
-            f"AuthorizedKeysFile {authorized_keys}",
+            *login,
             f"PidFile {host.path('run') / 'sshd.pid'}",
-            "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
@@ -84,8 +92,19 @@ def sshd_config(host: LabHost, authorized_keys: Path) -> str:
 
 
 def libvirtd_conf() -> str:
-    """Logs to the host's own log dir, so a failed start can be explained from it."""
-    return '# Written by `herd lab up`.\nlog_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+    """Logs to the host's own log dir, so a failed start can be explained from it; the
+    read-write socket is Debian's: group ``libvirt``, mode 0770. Debian also asks polkit,
+    which lets group libvirt in; the lab has no polkit, so the socket's group and mode
+    are the whole access control (``auth_unix_rw = "none"``), to the same effect."""
+    return (
+        "# Written by `herd lab up`.\n"
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+        'unix_sock_group = "libvirt"\n'
+        'unix_sock_ro_perms = "0777"\n'
+        'unix_sock_rw_perms = "0770"\n'
+        'auth_unix_ro = "none"\n'
+        'auth_unix_rw = "none"\n'
+    )
 
 
 def virtlogd_conf() -> str:
@@ -124,7 +143,7 @@ def inventory_document(info: LabInfo) -> dict[str, Any]:
                 "name": host.name,
                 "address": host.address,
                 "ssh": {
-                    "user": "root",
+                    "user": host.user,
                     "port": host.port,
                     "key": str(info.key),
                     "known_hosts": str(info.known_hosts),

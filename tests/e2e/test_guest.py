@@ -88,14 +88,19 @@ def test_the_guest_sees_its_uuid_hostname_fixed_ip_keys_and_user_data(
         assert "# e2e-marker: 7f3a-guest-boot" in facts["user-data"]
         assert facts["root-disk-bytes"] == [str(1 << 30)]  # grown to m1.tiny's 1 GiB
         assert domain_state(lab, server["host"], server["uuid"]) == "running"
-        # The seed (user data: passwords) and the disk are 0600, and the guest read
-        # them all the same: libvirt's DAC driver gave them to QEMU's user.
+        # The seed (user data: passwords) and the disk are 0600 (0640 from lab-2's
+        # non-root agent: group kvm), and the guest read them all the same: libvirt's
+        # DAC driver gave them to QEMU's user.
         inst = f"/var/lib/herd/instances/{server['uuid']}"
         modes = lab.exec_in(
             server["host"], ["stat", "-c", "%n %a %U", f"{inst}/seed.iso", f"{inst}/disk"],
             check=True,
         ).stdout.split("\n")  # fmt: skip
-        assert modes[:2] == [f"{inst}/seed.iso 600 libvirt-qemu", f"{inst}/disk 600 libvirt-qemu"]
+        mode = "640" if server["host"] == "lab-2" else "600"
+        assert modes[:2] == [
+            f"{inst}/seed.iso {mode} libvirt-qemu",
+            f"{inst}/disk {mode} libvirt-qemu",
+        ]
         seen_macs.add(port["mac"])
         seen_ips.add(port["ip"])
     assert len(seen_macs) == 2 and len(seen_ips) == 2
@@ -254,7 +259,13 @@ def test_url_and_host_path_images_boot_and_a_tampered_or_truncated_image_is_refu
     shutil.copyfile(disk, on_host)
     try:
         herd.ok("image", "create", "on-host", "--host-path", str(on_host), *direct_boot())
-        herd.ok("server", "create", "path-vm", "--flavor", "m1.tiny", "--image", "on-host")
+        # On lab-1: the session lab lives below pytest's 0700 temporary directory, which
+        # lab-2's unprivileged herd-lab cannot traverse (a real host's image dirs are
+        # readable by its herd user).
+        herd.ok(
+            "server", "create", "path-vm", "--flavor", "m1.tiny", "--image", "on-host",
+            "--host", "lab-1",
+        )  # fmt: skip
     finally:
         on_host.unlink()
     assert herd.server("path-vm")["vm_state"] == "active"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,29 @@ def sshd_settings(text: str) -> dict[str, str]:
         ("Subsystem", "sftp internal-sftp"),
     ],
 )
-def test_sshd_config_sets(key: str, value: str) -> None:
-    host = lab_info().hosts[1]
+def test_sshd_config_of_a_root_host_sets(key: str, value: str) -> None:
+    host = dataclasses.replace(lab_info().hosts[1], user="root")
     settings = sshd_settings(render.sshd_config(host, ROOT / "id_ed25519.pub"))
     assert settings[key] == value
+
+
+def test_the_non_root_lab_host_lets_only_its_user_in_with_its_own_authorized_keys() -> None:
+    host = lab_info().hosts[1]
+    assert (host.name, host.user) == ("lab-2", "herd-lab")
+    settings = sshd_settings(render.sshd_config(host, ROOT / "id_ed25519.pub"))
+    assert settings["PermitRootLogin"] == "no"
+    assert settings["AllowUsers"] == "herd-lab"
+    assert settings["AuthorizedKeysFile"] == ".ssh/authorized_keys"  # in herd-lab's home
+
+
+def test_libvirtds_socket_is_debians_group_libvirt_0770_without_polkit() -> None:
+    conf = render.libvirtd_conf()
+    for line in (
+        'unix_sock_group = "libvirt"',
+        'unix_sock_rw_perms = "0770"',
+        'auth_unix_rw = "none"',
+    ):
+        assert line in conf
 
 
 def test_sshd_listens_only_on_its_own_loopback_address() -> None:
@@ -171,3 +191,9 @@ def test_inventory_starts_with_a_comment_header_and_keeps_the_lab_label_a_string
     assert "herd inventory apply /var/lib/herd-lab/inventory.yaml" in text.splitlines()[1]
     assert "labels: {lab: 'true'}" in text
     assert "ssh: {user: root, port: 2222," in text
+
+
+def test_the_inventory_logs_in_to_lab_2_as_herd_lab_and_to_the_others_as_root() -> None:
+    loaded = yaml.safe_load(render.inventory(lab_info(3)))
+    assert [h["ssh"]["user"] for h in loaded["hosts"]] == ["root", "herd-lab", "root"]
+    assert {h["agent_dir"] for h in loaded["hosts"]} == {"/var/lib/herd"}  # live migration
