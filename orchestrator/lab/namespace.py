@@ -3,7 +3,7 @@
 The namespace is made by `unshare --mount --uts --net --propagation private`: a short
 shell script binds the host's directories over /var/lib/herd, /run, /etc/libvirt and
 the rest (private propagation keeps those mounts out of the root namespace), sets the
-hostname, brings up loopback with IPv6 and forwarding off in the host's fresh
+hostname, mounts a sysfs of the host's own, brings up loopback with IPv6 and forwarding off in the host's fresh
 network stack (its links come from network.py), and leaves a `sleep infinity` behind
 to hold the namespaces open, then exits so its exit status tells us whether the
 setup worked. Every later command enters the
@@ -35,6 +35,17 @@ while [ "$#" -gt 0 ]; do
     shift 2
 done
 hostname "$name"
+# A sysfs of its own, as a real host has: /sys/class/net then lists this host's
+# links (bridges included), not the machine's. The cgroup tree is carried across.
+if [ -d /sys/fs/cgroup ]; then
+    mkdir -p /run/.herd-cgroup
+    mount --rbind /sys/fs/cgroup /run/.herd-cgroup
+fi
+mount -t sysfs sysfs /sys
+if [ -d /run/.herd-cgroup ]; then
+    mount --move /run/.herd-cgroup /sys/fs/cgroup
+    rmdir /run/.herd-cgroup
+fi
 # A network stack of its own, quiet until the lab cables it: IPv6 off before any
 # link exists (so none sends a router solicitation), no forwarding, no routes.
 sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
