@@ -3,12 +3,12 @@
 The namespace is made by `unshare --mount --uts --net --propagation private`: a short
 shell script binds the host's directories over /var/lib/herd, /run, /etc/libvirt and
 the rest (private propagation keeps those mounts out of the root namespace), sets the
-hostname, mounts a sysfs of the host's own, brings up loopback with IPv6 and forwarding off in the host's fresh
-network stack (its links come from network.py), and leaves a `sleep infinity` behind
-to hold the namespaces open, then exits so its exit status tells us whether the
-setup worked. Every later command enters the
-namespaces with `nsenter --target <holder>`; nothing else needs to be remembered, and
-when the last process of a namespace dies its mounts and links go with it.
+hostname, mounts a sysfs of the host's own, brings up loopback with IPv6 and
+forwarding off in the host's fresh network stack (its links come from network.py), and
+leaves a `sleep infinity` behind to hold the namespaces open, then exits so its exit
+status tells us whether the setup worked. Every later command enters the namespaces
+with `nsenter --target <holder>`; nothing else needs to be remembered, and when the
+last process of a namespace dies its mounts and links go with it.
 """
 
 from __future__ import annotations
