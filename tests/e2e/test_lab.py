@@ -31,7 +31,8 @@ PROBE_XML = """<domain type='qemu'>
 
 
 def ssh(info: LabInfo, host: LabHost, command: str, known_hosts: Path | None = None) -> str:
-    """ssh as the orchestrator does: the lab key, host keys checked strictly."""
+    """ssh as the orchestrator does: the host's own user (lab-2's is not root), the lab key,
+    host keys checked strictly."""
     done = subprocess.run(
         [
             "ssh",
@@ -47,7 +48,7 @@ def ssh(info: LabInfo, host: LabHost, command: str, known_hosts: Path | None = N
             str(info.key),
             "-p",
             str(host.port),
-            f"root@{host.address}",
+            f"{host.user}@{host.address}",
             command,
         ],
         capture_output=True,
