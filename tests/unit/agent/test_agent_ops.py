@@ -104,7 +104,12 @@ def test_build_on_a_clean_host_defines_and_starts_an_overlay_backed_domain(
     assert '"backing-filename": "' + str(state_dir / "images" / base_image) in info
     assert '"virtual-size": 2147483648' in info
     assert (inst / "domain.xml").read_text().count(f"herd-{uuid_}") == 1
-    assert sorted(p.name for p in inst.iterdir()) == ["console.log", "disk", "domain.xml", "images.json"]
+    assert sorted(p.name for p in inst.iterdir()) == [
+        "console.log",
+        "disk",
+        "domain.xml",
+        "images.json",
+    ]
     assert json.loads((inst / "images.json").read_text()) == {"images": [base_image]}
 
 
@@ -157,7 +162,12 @@ def test_build_replaces_leftovers_of_a_build_that_died(state_dir: Path, base_ima
     inst.mkdir(parents=True)
     (inst / ".disk.tmp").write_text("half a disk")
     build(state_dir, FakeVirsh(), args)
-    assert sorted(p.name for p in inst.iterdir()) == ["console.log", "disk", "domain.xml", "images.json"]
+    assert sorted(p.name for p in inst.iterdir()) == [
+        "console.log",
+        "disk",
+        "domain.xml",
+        "images.json",
+    ]
 
 
 def delete(state_dir: Path, virsh: FakeVirsh, instance_uuid: str) -> dict:
