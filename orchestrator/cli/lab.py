@@ -16,6 +16,7 @@ from rich.table import Table
 
 from orchestrator.cli.output import err, print_json, table, text
 from orchestrator.lab import (
+    BASTION_USER,
     DEFAULT_BASE_ADDRESS,
     DEFAULT_HOSTS,
     DEFAULT_ROOT,
@@ -66,10 +67,19 @@ def up(
         max=65535,
         help=f"sshd port on every host (default {DEFAULT_SSH_PORT}).",
     ),
+    bastion: bool | None = typer.Option(
+        None,
+        "--bastion/--no-bastion",
+        help=(
+            "Put the hosts' management network behind one bastion sshd: herd has no "
+            "route to the hosts, and the inventory reaches them with ssh.proxy_jump. "
+            "Fixed when the lab is made."
+        ),
+    ),
     root: Path = ROOT_OPTION,
 ) -> None:
     """Bring the lab up, or bring up what is missing; writes <root>/inventory.yaml."""
-    lab = Lab(root, base_address, ssh_port)
+    lab = Lab(root, base_address, ssh_port, bastion)
     done: list[str] = []
 
     def progress(message: str) -> None:
@@ -84,11 +94,20 @@ def up(
         err.print(f"lab at {info.root} is already up ({len(info.hosts)} host(s))")
     err.print(_hosts_table(info))
     first = info.hosts[0]
+    options = f"-i {info.key} -o UserKnownHostsFile={info.known_hosts}"
+    # Not -J: OpenSSH's jump login would not use the lab's key and known_hosts.
+    jump = (
+        f'-o "ProxyCommand=ssh {options} -p {info.ssh_port} -W %h:%p '
+        f'{BASTION_USER}@{info.network.bastion_address}" '
+        if info.bastion
+        else ""
+    )
     err.print(
-        f"ssh:       ssh -i {info.key} -o UserKnownHostsFile={info.known_hosts} "
-        f"-p {first.port} root@{first.address}",
+        f"ssh:       ssh {options} {jump}-p {first.port} {first.user}@{first.address}",
         soft_wrap=True,
     )
+    if info.bastion:
+        err.print(f"bastion:   {info.bastion_endpoint}, the only way to the hosts", soft_wrap=True)
     err.print(f"inventory: herd inventory apply {info.inventory}", soft_wrap=True)
 
 
@@ -100,11 +119,24 @@ def status(
     """Each host's namespace, daemons and domain count; exits 1 if any host is unwell."""
     lab = Lab(root)
     rows = lab.status()
+    bastion = lab.bastion_status()
     if json_output:
-        print_json({"root": str(lab.root), "hosts": [row.as_dict() for row in rows]})
+        print_json(
+            {
+                "root": str(lab.root),
+                "hosts": [row.as_dict() for row in rows],
+                "bastion": bastion.as_dict() if bastion else None,
+            }
+        )
     else:
         err.print(_status_table(rows))
-    if not all(row.healthy for row in rows):
+        if bastion is not None:
+            err.print(
+                f"bastion {bastion.endpoint}: namespace {_alive(bastion.namespace)}, "
+                f"sshd {_alive(bastion.sshd)}",
+                soft_wrap=True,
+            )
+    if not all(row.healthy for row in rows) or (bastion is not None and not bastion.healthy):
         raise typer.Exit(1)
 
 
@@ -127,12 +159,13 @@ def _hosts_table(info: LabInfo) -> Table:
 def _status_table(rows: list[LabHostStatus]) -> Table:
     return table(
         "lab status",
-        ("name", "address", "namespace", "virtlogd", "libvirtd", "sshd", "domains"),
+        ("name", "address", "namespace", "links", "virtlogd", "libvirtd", "sshd", "domains"),
         (
             (
                 row.name,
                 f"{row.address}:{row.port}",
                 _alive(row.namespace),
+                _alive(row.links),
                 _alive(row.virtlogd),
                 _alive(row.libvirtd),
                 _alive(row.sshd),

@@ -13,6 +13,7 @@ UTS namespaces of its own, joined by a management and a provider network (networ
 
 from orchestrator.lab.lab import Lab, LabState
 from orchestrator.lab.model import (
+    BASTION_USER,
     DEFAULT_BASE_ADDRESS,
     DEFAULT_HOSTS,
     DEFAULT_ROOT,
@@ -25,6 +26,7 @@ from orchestrator.lab.model import (
 )
 
 __all__ = [
+    "BASTION_USER",
     "DEFAULT_BASE_ADDRESS",
     "DEFAULT_HOSTS",
     "DEFAULT_ROOT",

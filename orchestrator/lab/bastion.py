@@ -81,14 +81,18 @@ def _keygen(path: Path, comment: str) -> None:
 @dataclass
 class Bastion:
     """The bastion sshd of one directory: ``up()`` writes its keys and config and
-    starts it in the foreground of a child process; ``down()`` ends it and the
-    per-connection children it forked, by pid."""
+    starts it (in network namespace ``netns`` if one is named), or, if it runs, has it
+    read a changed config; ``down()`` ends it and the per-connection children it
+    forked, by pid. The user logs in with ``client_key``, or with the key whose public
+    half is ``authorized`` when one is given (a lab's own key)."""
 
     directory: Path
     address: str
     port: int
     user: str
     permit_open: list[tuple[str, int]]
+    netns: str | None = None
+    authorized: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,15 +108,23 @@ class Bastion:
     def log(self) -> Path:
         return self.directory / "sshd.log"
 
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "sshd.pid"
+
     def host_public_key(self) -> str:
         return (self.directory / "ssh_host_ed25519_key.pub").read_text().strip()
 
-    def up(self) -> None:
+    def up(self) -> bool:
+        """True if it started sshd, False if one already ran (and now has this config)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         _keygen(self.host_key, "bastion host key")
-        _keygen(self.client_key, "bastion client key")
         authorized = self.directory / "authorized_keys"
-        authorized.write_text(Path(f"{self.client_key}.pub").read_text())
+        if self.authorized is None:
+            _keygen(self.client_key, "bastion client key")
+            authorized.write_text(Path(f"{self.client_key}.pub").read_text())
+        else:
+            authorized.write_text(self.authorized.strip() + "\n")
         authorized.chmod(0o644)
         config = self.directory / "sshd_config"
         config.write_text(
@@ -123,15 +135,39 @@ class Bastion:
         checked = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
         if checked.returncode != 0:
             raise LabError(f"bastion sshd config: {checked.stderr.strip()}")
+        running = self.running()
+        if running is not None:
+            os.kill(running, signal.SIGHUP)  # sshd re-executes itself with the new config
+            self._wait_until_it_answers(None)
+            return False
+        inside = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
         self.process = subprocess.Popen(
-            [SSHD, "-D", "-f", str(config), "-E", str(self.log)],
+            [*inside, SSHD, "-D", "-f", str(config), "-E", str(self.log)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives `herd lab up`, deaf to its terminal
         )
+        self._wait_until_it_answers(self.process)
+        return True
+
+    def running(self) -> int | None:
+        """The listener's pid, if its pid file names a live sshd."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+            # sshd retitles itself ("sshd: /usr/sbin/sshd -D -f ... [listener]"): one
+            # string, so look for the config's path in it rather than in argv's parts.
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if str(self.directory / "sshd_config").encode() in command else None
+
+    def _wait_until_it_answers(self, process: subprocess.Popen[bytes] | None) -> None:
         deadline = time.monotonic() + READY_WITHIN
+        time.sleep(0.05)
         while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            died = process is not None and process.poll() is not None
+            if died or time.monotonic() > deadline:
                 self.down()
                 tail = self.log.read_text()[-300:] if self.log.exists() else ""
                 raise LabError(f"bastion sshd on {self.address}:{self.port} did not start: {tail}")
@@ -145,18 +181,19 @@ class Bastion:
             return False
 
     def down(self) -> None:
-        if self.process is None:
+        pid = self.process.pid if self.process is not None else self.running()
+        if pid is None:
             return
-        children = _children(self.process.pid)
-        for pid in (self.process.pid, *children):
+        for each in (pid, *_children(pid)):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
+                os.kill(each, signal.SIGTERM)
+        if self.process is not None:
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+            self.process = None
 
 
 def _children(pid: int) -> list[int]:

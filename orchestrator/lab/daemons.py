@@ -64,6 +64,31 @@ def _libvirtd_ready(host: LabHost, target: int) -> bool:
 
 
 def _sshd_ready(host: LabHost, _target: int) -> bool:
+    """sshd answers where herd stands: the root namespace, or behind a bastion the
+    bastion's namespace (the root namespace has no route to the host then)."""
+    if host.reached_from is not None:
+        probe = 'exec 3<>"/dev/tcp/$0/$1" && head -c 4 <&3'
+        try:
+            done = subprocess.run(
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{host.reached_from}",
+                    "--",
+                    "timeout",
+                    "2",
+                    "bash",
+                    "-c",
+                    probe,
+                    host.address,
+                    str(host.port),
+                ],
+                capture_output=True,
+                timeout=5,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return done.stdout.startswith(b"SSH-")
     try:
         with socket.create_connection((host.address, host.port), timeout=2) as conn:
             return conn.recv(64).startswith(b"SSH-")

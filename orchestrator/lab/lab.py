@@ -33,7 +33,9 @@ from orchestrator.lab import (
     users,
 )
 from orchestrator.lab.addressing import check_port, host_addresses
+from orchestrator.lab.bastion import Bastion
 from orchestrator.lab.model import (
+    BASTION_USER,
     DEFAULT_BASE_ADDRESS,
     DEFAULT_HOSTS,
     DEFAULT_ROOT,
@@ -42,6 +44,7 @@ from orchestrator.lab.model import (
     MARKER,
     ROOT_ENV,
     SERVICES,
+    BastionStatus,
     LabHost,
     LabHostStatus,
     LabInfo,
@@ -61,6 +64,7 @@ class LabState:
     base_address: str
     ssh_port: int
     hosts: int
+    bastion: bool = False
 
     def to_json(self) -> str:
         return json.dumps(
@@ -69,6 +73,7 @@ class LabState:
                 "base_address": self.base_address,
                 "ssh_port": self.ssh_port,
                 "hosts": self.hosts,
+                "bastion": self.bastion,
             },
             indent=2,
         )
@@ -76,16 +81,25 @@ class LabState:
     @classmethod
     def from_json(cls, text: str) -> LabState:
         data = json.loads(text)
-        return cls(str(data["base_address"]), int(data["ssh_port"]), int(data["hosts"]))
+        bastion = data.get("bastion", False)
+        if not isinstance(bastion, bool):
+            raise ValueError(f"bastion is {bastion!r}, not true or false")
+        return cls(str(data["base_address"]), int(data["ssh_port"]), int(data["hosts"]), bastion)
 
 
 def resolve_settings(
-    root: Path, recorded: LabState | None, base_address: str | None, ssh_port: int | None
-) -> tuple[str, int]:
-    """A lab keeps the addresses it was made with: asking for others is an error rather
-    than a silent move, since the inventory and known_hosts already name them."""
+    root: Path,
+    recorded: LabState | None,
+    base_address: str | None,
+    ssh_port: int | None,
+    bastion: bool | None = None,
+) -> tuple[str, int, bool]:
+    """A lab keeps the addresses and the bastion it was made with: asking for others is
+    an error rather than a silent move, since the inventory and known_hosts already
+    name them."""
     if recorded is None:
-        return base_address or DEFAULT_BASE_ADDRESS, check_port(ssh_port or DEFAULT_SSH_PORT)
+        port = check_port(ssh_port or DEFAULT_SSH_PORT)
+        return base_address or DEFAULT_BASE_ADDRESS, port, bool(bastion)
     if not recorded.base_address.startswith("198.18."):
         raise LabError(
             f"the lab at {root} was made by an older herd on loopback address "
@@ -101,10 +115,19 @@ def resolve_settings(
             f"the lab at {root} uses ssh port {recorded.ssh_port}; "
             f"`herd lab down --root {root}` first to move it to {ssh_port}"
         )
-    return recorded.base_address, recorded.ssh_port
+    if bastion is not None and bastion != recorded.bastion:
+        made = "behind a bastion" if recorded.bastion else "without a bastion"
+        raise LabError(
+            f"the lab at {root} was made {made}; `herd lab down --root {root}` first to "
+            f"make it {'without' if recorded.bastion else 'with'} one"
+        )
+    return recorded.base_address, recorded.ssh_port, recorded.bastion
 
 
-def lab_hosts(root: Path, base_address: str, ssh_port: int, count: int) -> tuple[LabHost, ...]:
+def lab_hosts(
+    root: Path, base_address: str, ssh_port: int, count: int, bastion: bool = False
+) -> tuple[LabHost, ...]:
+    reached_from = network.LabNetwork.for_base(base_address).bastion_netns if bastion else None
     return tuple(
         LabHost(
             name=host_name(i),
@@ -112,6 +135,7 @@ def lab_hosts(root: Path, base_address: str, ssh_port: int, count: int) -> tuple
             port=ssh_port,
             dir=root / host_name(i),
             user=users.ssh_user(host_name(i)),
+            reached_from=reached_from,
         )
         for i, address in enumerate(host_addresses(base_address, count), start=1)
     )
@@ -128,10 +152,12 @@ class Lab:
         root: Path | str | None = None,
         base_address: str | None = None,
         ssh_port: int | None = None,
+        bastion: bool | None = None,
     ) -> None:
         self.root = checks.lab_root(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
         self.base_address = base_address
         self.ssh_port = ssh_port
+        self.bastion = bastion
 
     # -- reading -----------------------------------------------------------------
 
@@ -153,8 +179,8 @@ class Lab:
         state = self.recorded()
         if state is None:
             raise LabError(f"no lab at {self.root}; `herd lab up` makes one")
-        hosts = lab_hosts(self.root, state.base_address, state.ssh_port, state.hosts)
-        return LabInfo(self.root, state.base_address, state.ssh_port, hosts)
+        hosts = lab_hosts(self.root, state.base_address, state.ssh_port, state.hosts, state.bastion)
+        return LabInfo(self.root, state.base_address, state.ssh_port, hosts, state.bastion)
 
     @property
     def hosts(self) -> tuple[LabHost, ...]:
@@ -175,8 +201,8 @@ class Lab:
             raise LabError(
                 f"{self.root} exists and is not a herd lab (no {STATE_FILE}); pick another --root"
             )
-        base_address, ssh_port = resolve_settings(
-            self.root, recorded, self.base_address, self.ssh_port
+        base_address, ssh_port, bastion = resolve_settings(
+            self.root, recorded, self.base_address, self.ssh_port, self.bastion
         )
         count = max(hosts or 0, recorded.hosts if recorded else 0) or DEFAULT_HOSTS
         if recorded is not None and hosts is not None and hosts < recorded.hosts:
@@ -185,7 +211,8 @@ class Lab:
 
         self.root.mkdir(parents=True, exist_ok=True)
         # Recorded before any host exists, so `down` knows the lab even if `up` fails.
-        _write(self.state_file, LabState(base_address, ssh_port, count).to_json() + "\n")
+        state = LabState(base_address, ssh_port, count, bastion)
+        _write(self.state_file, state.to_json() + "\n")
         info = self.info()
         namespace.ensure_mountpoints()
         if not info.key.exists():
@@ -199,8 +226,13 @@ class Lab:
             )
             say(f"placeholder image {info.image} created")
         info.host_images.mkdir(mode=0o755, exist_ok=True)
-        for bridge in network.ensure_bridges(info.network, self.root):
+        for bridge in network.ensure_bridges(info.network, self.root, bastion):
             say(f"bridge {bridge} created")
+        if bastion:
+            # Before the hosts: their sshd is ready once it answers in the bastion's
+            # namespace, which is where the lab (like herd) reaches them from.
+            for made in network.ensure_bastion(info.network, self.root):
+                say(f"bastion: {made} created")
         had_guest = guest_image.paths(info.image.parent).initrd.exists()
         built = guest_image.build(info.image.parent)
         if not had_guest:
@@ -213,16 +245,38 @@ class Lab:
         )
         lines = [
             render.known_hosts_line(
-                host, host.host_key.with_name(host.host_key.name + ".pub").read_text()
+                host.address,
+                host.port,
+                host.host_key.with_name(host.host_key.name + ".pub").read_text(),
+                host.name,
             )
             for host in info.hosts
             if host.host_key.exists()
         ]
+        if bastion and not failures:
+            jump = self._bastion(info)
+            if jump.up():
+                say(f"bastion sshd started on {jump.address}:{jump.port}")
+            lines.append(
+                render.known_hosts_line(jump.address, jump.port, jump.host_public_key(), "bastion")
+            )
         _write(info.known_hosts, render.known_hosts(lines))
         _write(info.inventory, render.inventory(info))
         _raise_first(failures, "`herd lab down` removes a half-made lab")
         self._probe_qemu(info.hosts[0], say)
         return info
+
+    def _bastion(self, info: LabInfo) -> Bastion:
+        """The lab's bastion: the lab key logs in, forwards go to the hosts' sshds only."""
+        return Bastion(
+            info.bastion_dir,
+            info.network.bastion_address,
+            info.ssh_port,
+            BASTION_USER,
+            [(host.address, host.port) for host in info.hosts],
+            netns=info.network.bastion_netns,
+            authorized=info.key.with_name(info.key.name + ".pub").read_text(),
+        )
 
     def _ensure_host(
         self, info: LabInfo, host: LabHost, authorized_keys: Path, ids: users.Ids, say: Progress
@@ -271,9 +325,21 @@ class Lab:
         checks.require_root()
         info = self.info()
         with ThreadPoolExecutor(max_workers=max(1, min(len(info.hosts), 8))) as pool:
-            return list(pool.map(self._host_status, info.hosts))
+            return list(pool.map(lambda host: self._host_status(info, host), info.hosts))
 
-    def _host_status(self, host: LabHost) -> LabHostStatus:
+    def bastion_status(self) -> BastionStatus | None:
+        """The bastion of a lab made with one, else None."""
+        checks.require_root()
+        info = self.info()
+        if not info.bastion:
+            return None
+        return BastionStatus(
+            endpoint=info.bastion_endpoint,
+            namespace=info.network.bastion_netns in network.netns_names(),
+            sshd=self._bastion(info).running() is not None,
+        )
+
+    def _host_status(self, info: LabInfo, host: LabHost) -> LabHostStatus:
         alive = {service: daemons.running(host, service) is not None for service in SERVICES}
         domains: int | None = None
         if alive["libvirtd"]:
@@ -294,6 +360,7 @@ class Lab:
             libvirtd=alive["libvirtd"],
             sshd=alive["sshd"],
             domains=domains,
+            links=network.cabled(info.network, host.index),
         )
 
     # -- acting on one host ------------------------------------------------------
@@ -367,6 +434,7 @@ class Lab:
         ]
         failures = _each(hosts, lambda host: self._take_down(host, say))
         _raise_first(failures, f"the lab's files are left in {self.root}")
+        self._remove_bastion(say)
         self._remove_links(say)
         self._unmount_leftovers()
         if self.root.is_mount():
@@ -379,6 +447,22 @@ class Lab:
         else:
             shutil.rmtree(self.root)
         say(f"removed {self.root}")
+
+    def _remove_bastion(self, say: Progress) -> None:
+        """The bastion's sshd, then its namespace and the root namespace's route; a
+        lab made without one has none of them, and nothing is said."""
+        state = self.recorded()
+        if state is None or not state.base_address.startswith("198.18."):
+            return
+        lab_network = network.LabNetwork.for_base(state.base_address)
+        jump = Bastion(
+            self.root / "bastion", lab_network.bastion_address, state.ssh_port, BASTION_USER, []
+        )
+        if jump.running() is not None:
+            jump.down()
+            say("bastion sshd stopped")
+        for removed in network.remove_bastion(lab_network):
+            say(f"removed {removed}")
 
     def _remove_links(self, say: Progress) -> None:
         """The lab's bridges and veths in the root namespace, once its hosts' network

@@ -21,6 +21,9 @@ DEFAULT_HOSTS = 3
 ROOT_ENV = "HERD_LAB_DIR"
 
 AGENT_DIR = "/var/lib/herd"
+# Who a lab's bastion lets in (with the lab key) to forward to the hosts' sshds: an
+# account every Debian machine has, with no shell, as a jump host's users have none.
+BASTION_USER = "nobody"
 LIBVIRT_URI = "qemu:///system"
 
 # (directory inside the host's dir, path it is bound over inside the namespace).
@@ -62,6 +65,9 @@ class LabHost:
     port: int
     dir: Path
     user: str = "root"  # who herd logs in as (users.py: herd-lab on the non-root host)
+    reached_from: str | None = None
+    """The network namespace (``ip netns`` name) the host's sshd is reached from, when
+    not the root namespace: the bastion's, in a lab made with ``--bastion``."""
 
     def path(self, part: str) -> Path:
         return self.dir / part
@@ -92,6 +98,8 @@ class LabInfo:
     base_address: str
     ssh_port: int
     hosts: tuple[LabHost, ...]
+    bastion: bool = False
+    """Whether herd reaches the hosts only through the lab's bastion sshd."""
 
     @property
     def network(self) -> LabNetwork:
@@ -113,6 +121,15 @@ class LabInfo:
     @property
     def image(self) -> Path:
         return self.root / "images" / "blank.qcow2"
+
+    @property
+    def bastion_dir(self) -> Path:
+        return self.root / "bastion"
+
+    @property
+    def bastion_endpoint(self) -> str:
+        """The bastion as ProxyJump names it: ``user@address:port``."""
+        return f"{BASTION_USER}@{self.network.bastion_address}:{self.ssh_port}"
 
     @property
     def host_images(self) -> Path:
@@ -153,6 +170,22 @@ class LabInfo:
 
 
 @dataclass(frozen=True)
+class BastionStatus:
+    """What `lab status` saw of a lab's bastion: its namespace and its sshd."""
+
+    endpoint: str
+    namespace: bool
+    sshd: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.namespace and self.sshd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
+
+
+@dataclass(frozen=True)
 class LabHostStatus:
     """What `lab status` saw on one host; `domains` is None when libvirtd did not answer."""
 
@@ -164,10 +197,12 @@ class LabHostStatus:
     libvirtd: bool
     sshd: bool
     domains: int | None
+    links: bool = True
+    """Both of its veths are up in the lab's bridges."""
 
     @property
     def healthy(self) -> bool:
-        return self.namespace and self.virtlogd and self.libvirtd and self.sshd
+        return self.namespace and self.links and self.virtlogd and self.libvirtd and self.sshd
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "healthy": self.healthy}

@@ -48,7 +48,8 @@ from orchestrator.errors import LabError
 MANAGEMENT_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
 PROVIDER_RANGE = ipaddress.IPv4Network("198.19.0.0/16")
 ROOT_HOST = 254  # the root namespace's address on both lab subnets
-LAST_HOST = 253
+BASTION_HOST = 253  # the bastion's management address, kept free in every lab
+LAST_HOST = 252
 
 # Names inside every host: the same everywhere, like a fleet's NIC and bridge names.
 MANAGEMENT_NIC = "mgmt0"
@@ -58,6 +59,10 @@ PROVIDER_PORT = "prov0"
 # The provider network's pool in the inventory: .1-.9 left for the operator, .254 is
 # the root namespace's address.
 PROVIDER_POOL = (10, 200)
+
+# Names inside the bastion's namespace: its leg on the management network and the
+# point-to-point link the root namespace reaches it by.
+BASTION_FRONT = "front0"
 
 _OWNED_KINDS = ("bridge", "veth")
 
@@ -114,6 +119,27 @@ class LabNetwork:
     def provider_bridge(self) -> str:
         return f"herd{self.index}p"
 
+    @property
+    def bastion_address(self) -> str:
+        """The bastion's address: on the management network, and at the far end of the
+        root namespace's point-to-point link to it."""
+        return str(self.management.network_address + BASTION_HOST)
+
+    @property
+    def bastion_netns(self) -> str:
+        """The bastion's network namespace, by ``ip netns`` name."""
+        return f"herd{self.index}-bastion"
+
+    @property
+    def bastion_link(self) -> str:
+        """The root namespace's end of its one link to the bastion."""
+        return f"herd{self.index}b"
+
+    @property
+    def bastion_management_link(self) -> str:
+        """The root-side veth that cables the bastion to the management bridge."""
+        return self.host_links(0)[0]
+
     def host_links(self, host_index: int) -> tuple[str, str]:
         """(management, provider) root-side veth names of host lab-<host_index>;
         at most 11 characters, inside the kernel's 15."""
@@ -121,6 +147,8 @@ class LabNetwork:
 
     def owns_name(self, name: str) -> bool:
         """Whether a root-namespace link name is one this lab would make."""
+        if name == self.bastion_link:
+            return True
         for stem in (self.management_bridge, self.provider_bridge):
             rest = name.removeprefix(stem)
             if rest != name and (rest == "" or rest.isdigit()):
@@ -140,8 +168,8 @@ def host_addresses(base_address: str, count: int) -> list[str]:
     if first + count - 1 > LAST_HOST:
         raise LabError(
             f"{count} host(s) from {base_address} run past "
-            f"{network.management.network_address + LAST_HOST} (.254 is the root "
-            "namespace's, .255 the broadcast); pick a lower --base-address"
+            f"{network.management.network_address + LAST_HOST} (.253 is the bastion's, "
+            ".254 the root namespace's, .255 the broadcast); pick a lower --base-address"
         )
     return [str(network.management.network_address + first + i) for i in range(count)]
 
@@ -176,6 +204,7 @@ def links() -> dict[str, dict[str, object]]:
         found[str(link["ifname"])] = {
             "kind": info.get("info_kind"),
             "alias": link.get("ifalias"),
+            "up": "UP" in link.get("flags", []),
         }
     return found
 
@@ -221,14 +250,18 @@ def _check_subnets_free(network: LabNetwork, existing_bridges: set[str]) -> None
                     )
 
 
-def ensure_bridges(network: LabNetwork, root: Path) -> list[str]:
-    """The two root bridges with the root namespace's addresses; returns what it made."""
+def ensure_bridges(network: LabNetwork, root: Path, bastion: bool = False) -> list[str]:
+    """The two root bridges with the root namespace's addresses; returns what it made.
+    Behind a ``bastion`` the root namespace has no address on the management bridge:
+    it is a switch the hosts and the bastion share, and herd is not on it."""
     existing = links()
     ours = {
         name
         for name in (network.management_bridge, network.provider_bridge)
         if _claim(name, root, existing, "bridge")
     }
+    if _claim(network.bastion_link, root, existing, "veth"):
+        ours.add(network.bastion_link)
     _check_subnets_free(network, ours)
     made = []
     for name, subnet in (
@@ -242,10 +275,139 @@ def ensure_bridges(network: LabNetwork, root: Path) -> list[str]:
         # Forwarding off on the lab's side of the root namespace, whatever the global
         # switch says: no packet from a lab host or guest is routed on from here.
         _sysctl({f"net.ipv4.conf.{name}.forwarding": "0"}, f"{name}: forwarding off")
-        address = f"{subnet.network_address + ROOT_HOST}/{subnet.prefixlen}"
-        _ip(["addr", "replace", address, "dev", name], f"{name}: address")
+        if bastion and name == network.management_bridge:
+            _ip(["addr", "flush", "dev", name], f"{name}: no address behind a bastion")
+        else:
+            address = f"{subnet.network_address + ROOT_HOST}/{subnet.prefixlen}"
+            _ip(["addr", "replace", address, "dev", name], f"{name}: address")
         _ip(["link", "set", "dev", name, "up"], f"{name}: up")
     return made
+
+
+def netns_names() -> set[str]:
+    listed = json.loads(_run(["ip", "-j", "netns", "list"], "ip netns list") or "[]")
+    return {str(entry["name"]) for entry in listed}
+
+
+def ensure_bastion(network: LabNetwork, root: Path) -> list[str]:
+    """The bastion's network namespace, cabled to the management bridge and, by one
+    point-to-point link, to the root namespace, which gets a route to the bastion's
+    address and nothing else of the management subnet:
+
+        herd<N>b  198.18.N.254 peer .253  ═ front0  198.18.N.253 peer .254
+        herd<N>m0 (in herd<N>m)           ═ mgmt0   198.18.N.253/24
+
+    The rest of 198.18.N.0/24 is an ``unreachable`` route in the root namespace, so a
+    direct attempt fails at once instead of following the default route off the
+    machine. The bastion forwards no packets (forwarding off, as in any new network
+    namespace, and set so); only its sshd's TCP forwards cross it. Returns what it made."""
+    made: list[str] = []
+    name = network.bastion_netns
+    if name not in netns_names():
+        _run(["ip", "netns", "add", name], f"network namespace {name}")
+        made.append(f"network namespace {name}")
+    inside = ["ip", "netns", "exec", name]
+    existing = links()
+    inner = {
+        str(link["ifname"])
+        for link in json.loads(_run([*inside, "ip", "-j", "link", "show"], "ip link") or "[]")
+    }
+    for outside, nic in (
+        (network.bastion_management_link, MANAGEMENT_NIC),
+        (network.bastion_link, BASTION_FRONT),
+    ):
+        if not _claim(outside, root, existing, "veth") or nic not in inner:
+            _delete(outside)
+            _ip(
+                [
+                    "link",
+                    "add",
+                    "name",
+                    outside,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    nic,
+                    "netns",
+                    name,
+                ],
+                f"veth {outside}",
+            )
+            made.append(outside)
+        _quiet_link(outside, root)
+    _ip(
+        [
+            "link",
+            "set",
+            "dev",
+            network.bastion_management_link,
+            "master",
+            network.management_bridge,
+            "up",
+        ],
+        "bastion: management leg",
+    )
+    _sysctl({f"net.ipv4.conf.{network.bastion_link}.forwarding": "0"}, "bastion link")
+    _ip(
+        [
+            "addr",
+            "replace",
+            network.management_gateway,
+            "peer",
+            f"{network.bastion_address}/32",
+            "dev",
+            network.bastion_link,
+        ],
+        "bastion link",
+    )
+    _ip(["link", "set", "dev", network.bastion_link, "up"], "bastion link: up")
+    _ip(["route", "replace", "unreachable", str(network.management)], "unreachable route")
+    sysctls = {
+        "net.ipv4.conf.all.forwarding": "0",
+        "net.ipv6.conf.all.disable_ipv6": "1",
+        "net.ipv6.conf.default.disable_ipv6": "1",
+    }
+    _run([*inside, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())], "bastion")
+    prefix = network.management.prefixlen
+    for argv in (
+        ["addr", "replace", f"{network.bastion_address}/{prefix}", "dev", MANAGEMENT_NIC],
+        [
+            "addr",
+            "replace",
+            network.bastion_address,
+            "peer",
+            f"{network.management_gateway}/32",
+            "dev",
+            BASTION_FRONT,
+        ],
+        ["link", "set", "dev", MANAGEMENT_NIC, "up"],
+        ["link", "set", "dev", BASTION_FRONT, "up"],
+        ["link", "set", "dev", "lo", "up"],
+    ):
+        _run([*inside, "ip", *argv], f"bastion: ip {' '.join(argv[:2])}")
+    return made
+
+
+def remove_bastion(network: LabNetwork) -> list[str]:
+    """End what runs in the bastion's namespace, delete it and the root namespace's
+    route for the management subnet; its veths go with the namespace."""
+    removed: list[str] = []
+    name = network.bastion_netns
+    if name in netns_names():
+        pids = _run(["ip", "netns", "pids", name], f"ip netns pids {name}").split()
+        for pid in pids:
+            subprocess.run(["kill", "-KILL", pid], capture_output=True, stdin=subprocess.DEVNULL)
+        _run(["ip", "netns", "delete", name], f"ip netns delete {name}")
+        removed.append(f"network namespace {name}")
+    done = subprocess.run(
+        ["ip", "route", "delete", "unreachable", str(network.management)],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode == 0:
+        removed.append(f"route unreachable {network.management}")
+    return removed
 
 
 def attach_host(
@@ -296,6 +458,23 @@ def _delete(name: str) -> bool:
 
 def _inner_links(pid: int) -> list[dict[str, object]]:
     return json.loads(_ip(["-j", "link", "show"], "ip link show", pid) or "[]")
+
+
+def cabled(network: LabNetwork, host_index: int) -> bool:
+    """Whether both of a host's root-side veths exist, are up and sit in their bridges."""
+    raw = json.loads(_run(["ip", "-j", "link", "show"], "ip link show") or "[]")
+    by_name = {str(link["ifname"]): link for link in raw}
+    wanted = zip(
+        network.host_links(host_index),
+        (network.management_bridge, network.provider_bridge),
+        strict=True,
+    )
+    return all(
+        name in by_name
+        and "UP" in by_name[name].get("flags", [])
+        and by_name[name].get("master") == bridge
+        for name, bridge in wanted
+    )
 
 
 def remove(network: LabNetwork, root: Path, wait: float = 10.0) -> list[str]:

@@ -124,11 +124,12 @@ def qemu_conf() -> str:
     )
 
 
-def known_hosts_line(host: LabHost, public_key: str) -> str:
-    """`[addr]:port keytype key name`: the form OpenSSH and asyncssh both match for a
-    non-default port. The key file's own comment is replaced by the host's name."""
+def known_hosts_line(address: str, port: int, public_key: str, name: str) -> str:
+    """`[addr]:port keytype key name`, or `addr keytype key name` on port 22: the forms
+    OpenSSH and asyncssh both match. The key file's own comment is replaced by `name`."""
     keytype, key, *_ = public_key.split()
-    return f"[{host.address}]:{host.port} {keytype} {key} {host.name}"
+    where = address if port == 22 else f"[{address}]:{port}"
+    return f"{where} {keytype} {key} {name}"
 
 
 def known_hosts(lines: list[str]) -> str:
@@ -147,6 +148,7 @@ def inventory_document(info: LabInfo) -> dict[str, Any]:
                     "port": host.port,
                     "key": str(info.key),
                     "known_hosts": str(info.known_hosts),
+                    **({"proxy_jump": info.bastion_endpoint} if info.bastion else {}),
                 },
                 "libvirt_uri": LIBVIRT_URI,
                 "agent_dir": AGENT_DIR,

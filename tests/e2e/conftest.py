@@ -59,10 +59,12 @@ class LabMaker:
     def __init__(self) -> None:
         self.made: list[tuple[Lab, Path]] = []
 
-    def __call__(self, root: Path, base_address: str, ssh_port: int = LAB_SSH_PORT) -> Lab:
+    def __call__(
+        self, root: Path, base_address: str, ssh_port: int = LAB_SSH_PORT, bastion: bool = False
+    ) -> Lab:
         owner = root.with_name(root.name + OWNER_SUFFIX)
         owner.write_text(f"{_process_identity(os.getpid())}\n")
-        lab = Lab(root, base_address=base_address, ssh_port=ssh_port)
+        lab = Lab(root, base_address=base_address, ssh_port=ssh_port, bastion=bastion)
         self.made.append((lab, owner))
         return lab
 
@@ -94,17 +96,17 @@ def lab_inventory(lab: Lab) -> Path:
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[[str], Lab]]:
+def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     """A factory of private labs (not yet up) on a base address of the test's choosing,
     taken down after the test whatever happened to them."""
     require_root()
     maker = LabMaker()
     count = 0
 
-    def make(base_address: str) -> Lab:
+    def make(base_address: str, bastion: bool = False) -> Lab:
         nonlocal count
         count += 1
-        return maker(tmp_path / f"lab{count}", base_address)
+        return maker(tmp_path / f"lab{count}", base_address, bastion=bastion)
 
     try:
         yield make

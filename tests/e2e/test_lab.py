@@ -195,6 +195,19 @@ def test_up_again_changes_nothing(lab: Lab) -> None:
     assert all(s.healthy for s in lab.status())
 
 
+def test_status_sees_a_host_whose_cable_is_pulled(lab: Lab) -> None:
+    info = lab.info()
+    management, _ = info.network.host_links(2)
+    subprocess.run(["ip", "link", "set", "dev", management, "down"], check=True)
+    try:
+        assert [s.links for s in lab.status()] == [True, False, True]
+        assert not next(s for s in lab.status() if s.name == "lab-2").healthy
+    finally:
+        subprocess.run(["ip", "link", "set", "dev", management, "up"], check=True)
+    assert all(s.healthy for s in lab.status())
+    assert lab.bastion_status() is None
+
+
 def test_a_stopped_sshd_refuses_connections_until_it_is_started(lab: Lab) -> None:
     host = lab.info().host("lab-3")
     lab.stop_service(host.name, "sshd")

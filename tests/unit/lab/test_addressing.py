@@ -17,10 +17,19 @@ def test_hosts_get_consecutive_addresses_from_the_base() -> None:
     assert host_addresses("198.18.100.1", 3) == ["198.18.100.1", "198.18.100.2", "198.18.100.3"]
 
 
-def test_the_last_host_may_take_253_but_not_the_root_namespaces_254() -> None:
-    assert host_addresses("198.18.100.252", 2) == ["198.18.100.252", "198.18.100.253"]
-    with pytest.raises(LabError, match=r"run past 198\.18\.100\.253 \(\.254 is the root"):
-        host_addresses("198.18.100.253", 2)
+def test_the_last_host_may_take_252_but_not_the_bastions_253_or_the_roots_254() -> None:
+    assert host_addresses("198.18.100.251", 2) == ["198.18.100.251", "198.18.100.252"]
+    with pytest.raises(LabError, match=r"run past 198\.18\.100\.252 \(\.253 is the bastion"):
+        host_addresses("198.18.100.252", 2)
+
+
+def test_the_bastion_has_its_own_names_and_the_address_no_host_may_take() -> None:
+    lab = LabNetwork(104)
+    assert lab.bastion_address == "198.18.104.253"
+    assert lab.bastion_netns == "herd104-bastion"
+    assert (lab.bastion_link, lab.bastion_management_link) == ("herd104b", "herd104m0")
+    assert lab.owns_name("herd104b") and lab.owns_name("herd104m0")
+    assert not lab.owns_name("herd104bx") and not lab.owns_name("herd10b")
 
 
 @pytest.mark.parametrize(

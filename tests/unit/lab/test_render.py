@@ -10,7 +10,8 @@ import yaml
 
 from orchestrator.lab import render
 from orchestrator.lab.lab import lab_hosts
-from orchestrator.lab.model import LabHost, LabInfo
+from orchestrator.lab.model import LabInfo
+from orchestrator.rpc.ssh_config import parse_proxy_jump
 
 ROOT = Path("/var/lib/herd-lab")
 
@@ -89,9 +90,13 @@ def test_qemu_runs_as_debians_user_without_cgroups() -> None:
 
 
 def test_known_hosts_line_names_the_address_and_port_and_drops_the_key_comment() -> None:
-    host = LabHost("lab-1", "198.18.100.1", 2222, ROOT / "lab-1")
-    line = render.known_hosts_line(host, "ssh-ed25519 AAAAC3Nza root@build\n")
+    line = render.known_hosts_line("198.18.100.1", 2222, "ssh-ed25519 AAAAC3Nza root@b\n", "lab-1")
     assert line == "[198.18.100.1]:2222 ssh-ed25519 AAAAC3Nza lab-1"
+
+
+def test_known_hosts_line_on_port_22_is_the_bare_address_as_openssh_looks_it_up() -> None:
+    line = render.known_hosts_line("198.18.100.253", 22, "ssh-ed25519 AAAAC3Nza x", "bastion")
+    assert line == "198.18.100.253 ssh-ed25519 AAAAC3Nza bastion"
 
 
 def test_known_hosts_file_has_one_line_per_host() -> None:
@@ -197,3 +202,14 @@ def test_the_inventory_logs_in_to_lab_2_as_herd_lab_and_to_the_others_as_root() 
     loaded = yaml.safe_load(render.inventory(lab_info(3)))
     assert [h["ssh"]["user"] for h in loaded["hosts"]] == ["root", "herd-lab", "root"]
     assert {h["agent_dir"] for h in loaded["hosts"]} == {"/var/lib/herd"}  # live migration
+
+
+def test_behind_a_bastion_every_host_is_reached_with_proxy_jump_and_the_lab_key() -> None:
+    hosts = lab_hosts(ROOT, "198.18.104.1", 2222, 2, bastion=True)
+    info = LabInfo(ROOT, "198.18.104.1", 2222, hosts, bastion=True)
+    document = render.inventory_document(info)
+    jumps = {host["ssh"]["proxy_jump"] for host in document["hosts"]}
+    assert jumps == {"nobody@198.18.104.253:2222"}
+    assert "proxy_jump" not in render.inventory_document(lab_info(2))["hosts"][0]["ssh"]
+    # What the inventory reads it back as: one jump host, checked like any value.
+    assert [str(j) for j in parse_proxy_jump(jumps.pop())] == ["nobody@198.18.104.253:2222"]

@@ -14,17 +14,36 @@ ROOT = Path("/var/lib/herd-lab")
 
 
 def test_a_new_lab_uses_the_defaults() -> None:
-    assert resolve_settings(ROOT, None, None, None) == ("198.18.100.1", 2222)
+    assert resolve_settings(ROOT, None, None, None) == ("198.18.100.1", 2222, False)
 
 
 def test_a_new_lab_takes_explicit_settings() -> None:
-    assert resolve_settings(ROOT, None, "198.18.101.1", 2022) == ("198.18.101.1", 2022)
+    assert resolve_settings(ROOT, None, "198.18.101.1", 2022, True) == (
+        "198.18.101.1",
+        2022,
+        True,
+    )
 
 
 def test_an_existing_lab_keeps_what_it_was_made_with() -> None:
-    recorded = LabState("198.18.101.1", 2200, 3)
-    assert resolve_settings(ROOT, recorded, None, None) == ("198.18.101.1", 2200)
-    assert resolve_settings(ROOT, recorded, "198.18.101.1", 2200) == ("198.18.101.1", 2200)
+    recorded = LabState("198.18.101.1", 2200, 3, bastion=True)
+    assert resolve_settings(ROOT, recorded, None, None) == ("198.18.101.1", 2200, True)
+    same = resolve_settings(ROOT, recorded, "198.18.101.1", 2200, True)
+    assert same == ("198.18.101.1", 2200, True)
+
+
+@pytest.mark.parametrize(
+    ("made_with", "asked", "says"),
+    [
+        pytest.param(False, True, "made without a bastion; .* make it with one", id="add"),
+        pytest.param(True, False, "made behind a bastion; .* make it without one", id="drop"),
+    ],
+)
+def test_a_lab_keeps_its_bastion_or_its_lack_of_one(
+    made_with: bool, asked: bool, says: str
+) -> None:
+    with pytest.raises(LabError, match=says):
+        resolve_settings(ROOT, LabState("198.18.101.1", 2200, 3, made_with), None, None, asked)
 
 
 @pytest.mark.parametrize(
@@ -48,9 +67,21 @@ def test_a_lab_an_older_herd_made_on_loopback_must_be_taken_down_first() -> None
         resolve_settings(ROOT, LabState("127.0.100.1", 2222, 3), None, None)
 
 
-def test_lab_state_survives_its_json() -> None:
-    state = LabState("198.18.101.1", 2222, 4)
+@pytest.mark.parametrize("bastion", [False, True])
+def test_lab_state_survives_its_json(bastion: bool) -> None:
+    state = LabState("198.18.101.1", 2222, 4, bastion)
     assert LabState.from_json(state.to_json()) == state
+
+
+def test_a_lab_recorded_before_bastions_existed_has_none() -> None:
+    old = '{"format": 1, "base_address": "198.18.101.1", "ssh_port": 2222, "hosts": 3}'
+    assert LabState.from_json(old) == LabState("198.18.101.1", 2222, 3, False)
+
+
+def test_hosts_behind_a_bastion_are_reached_from_its_namespace() -> None:
+    hosts = lab_hosts(ROOT, "198.18.104.1", 2222, 2, bastion=True)
+    assert {h.reached_from for h in hosts} == {"herd104-bastion"}
+    assert {h.reached_from for h in lab_hosts(ROOT, "198.18.104.1", 2222, 2)} == {None}
 
 
 def test_hosts_are_named_from_one_with_a_directory_each() -> None:
