@@ -48,6 +48,9 @@ demo: install
 		sleep 1; \
 	done
 	$(HERD) server console-log demo-1 --lines 200 | grep '^HERD-TEST'
+	@# Each guest serves its instance-id on port 80 at its herd-assigned address on the
+	@# provider bridge: fetch it from here, as a user on the guests' LAN would.
+	$(HERD) server list --json | $(PY) -m orchestrator.lab.reach
 
 demo-down:
 	-$(HERD) server delete $$($(HERD) server list --json | $(PY) -c 'import json,sys; print(" ".join(s["name"] for s in json.load(sys.stdin)))')

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator.lab.reach import http_get
 from tests.e2e.herdcli import GuestConsole, HerdCli
 from tests.e2e.test_guest import guest_report
 
@@ -29,17 +29,6 @@ PING_INTERVAL = 0.05
 # still fails a guest that drops off the network until some ARP entry times out.
 MAX_LOST = 40
 _STATISTICS = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
-
-
-def http_get(address: str, timeout: float = 10.0) -> str:
-    """The guest's page (its instance-id), fetched over plain TCP from the root
-    namespace: no proxy settings of the environment get a say."""
-    with socket.create_connection((address, 80), timeout=timeout) as conn:
-        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        reply = b""
-        while chunk := conn.recv(4096):
-            reply += chunk
-    return reply.decode().rsplit("\r\n\r\n", 1)[-1].strip()
 
 
 def lost(statistics: str) -> tuple[int, int]:
