@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 from orchestrator.errors import LabError
+from orchestrator.lab.commands import SYSTEM_PATH
 from orchestrator.lab.model import BINDS
-from orchestrator.lab.namespace import SYSTEM_PATH
 from orchestrator.lab.render import QEMU_GROUP, QEMU_USER
 
 TOOLS: dict[str, str] = {

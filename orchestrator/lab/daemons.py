@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import LabError
-from orchestrator.lab import namespace, procs
+from orchestrator.lab import commands, namespace, procs
 from orchestrator.lab.model import LIBVIRT_URI, MARKER, SERVICES, LabHost
 
 
@@ -55,7 +55,7 @@ def _libvirtd_ready(host: LabHost, target: int) -> bool:
             capture_output=True,
             text=True,
             timeout=10,
-            env=namespace.ENV,
+            env=commands.ENV,
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -169,7 +169,7 @@ def start(host: LabHost, service: str) -> bool:
     log = host.path(daemon.log)
     offset = log.stat().st_size if log.exists() else 0
     if service == "sshd":
-        namespace.run(
+        commands.run(
             namespace.nsenter(target, ["/usr/sbin/sshd", "-t", "-f", str(host.sshd_config)]),
             f"{host.name}: sshd config check",
         )
@@ -181,7 +181,7 @@ def start(host: LabHost, service: str) -> bool:
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
-            env=namespace.ENV,
+            env=commands.ENV,
             timeout=60,
         )
         output.seek(0)

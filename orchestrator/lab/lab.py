@@ -24,6 +24,7 @@ from pathlib import Path
 from orchestrator.errors import LabError
 from orchestrator.lab import (
     checks,
+    commands,
     daemons,
     guest_image,
     namespace,
@@ -220,7 +221,7 @@ class Lab:
             say("lab SSH key created")
         if not info.image.exists():
             info.image.parent.mkdir(exist_ok=True)
-            namespace.run(
+            commands.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(info.image), "1G"],
                 "qemu-img create",
             )
@@ -400,7 +401,7 @@ class Lab:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=namespace.ENV,
+            env=commands.ENV,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
 
@@ -522,7 +523,7 @@ class Lab:
         for mountpoint in sorted(
             _mounts_below(self.root), key=lambda p: len(p.parts), reverse=True
         ):
-            namespace.run(["umount", "--lazy", str(mountpoint)], f"umount {mountpoint}")
+            commands.run(["umount", "--lazy", str(mountpoint)], f"umount {mountpoint}")
 
 
 def _mounts_below(root: Path) -> list[Path]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import LabError
+from orchestrator.lab.commands import run
 
 MANAGEMENT_RANGE = ipaddress.IPv4Network("198.18.0.0/16")
 PROVIDER_RANGE = ipaddress.IPv4Network("198.19.0.0/16")
@@ -190,9 +191,7 @@ def _sysctl(settings: dict[str, str], what: str, netns_pid: int | None = None) -
 
 
 def _run(argv: list[str], what: str) -> str:
-    from orchestrator.lab import namespace  # via model, namespace imports this module
-
-    return namespace.run(argv, what).stdout
+    return run(argv, what).stdout
 
 
 def links() -> dict[str, dict[str, object]]:
