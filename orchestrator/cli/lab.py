@@ -15,6 +15,7 @@ import yaml
 from rich.table import Table
 
 from orchestrator.cli.output import err, print_json, table, text
+from orchestrator.endpoints import host_port
 from orchestrator.lab import (
     BASTION_USER,
     DEFAULT_BASE_ADDRESS,
@@ -152,7 +153,7 @@ def _hosts_table(info: LabInfo) -> Table:
     return table(
         "lab hosts",
         ("name", "address", "directory"),
-        ((host.name, f"{host.address}:{host.port}", host.dir) for host in info.hosts),
+        ((host.name, host_port(host.address, host.port), host.dir) for host in info.hosts),
     )
 
 
@@ -163,7 +164,7 @@ def _status_table(rows: list[LabHostStatus]) -> Table:
         (
             (
                 row.name,
-                f"{row.address}:{row.port}",
+                host_port(row.address, row.port),
                 _alive(row.namespace),
                 _alive(row.links),
                 _alive(row.virtlogd),
