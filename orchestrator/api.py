@@ -477,6 +477,7 @@ def host_dict(view: HostView) -> dict[str, Any]:
         "port": h.ssh_port,
         "status": host_status(h),
         "enabled": h.enabled,
+        "disabled_reason": None if h.enabled else h.disabled_reason,
         "availability_zone": h.availability_zone,
         "labels": h.labels,
         "domain_type": h.domain_type,
