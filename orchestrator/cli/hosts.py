@@ -147,28 +147,44 @@ def trust(
             "--replace", help="The host's key CHANGED (reinstalled): replace the known one."
         ),
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Record a host's SSH key in known_hosts after showing its fingerprint; a key that
     differs from the known one is refused unless --replace, as OpenSSH does. A host
     reached through jump hosts (ProxyJump) has their keys checked first, the same way."""
 
-    async def main() -> None:
+    async def main() -> list[dict[str, object]]:
         async with herd() as h:
             (host,) = await api.find_hosts(h.db, [name])
+        decided: list[dict[str, object]] = []
 
         async def visit(offer: Offer) -> None:
-            await asyncio.to_thread(_decide, name, offer, fingerprints or [], yes, replace)
+            decided.append(
+                await asyncio.to_thread(_decide, name, offer, fingerprints or [], yes, replace)
+            )
 
         await walk_route(target_of(host), visit)
+        return decided
 
-    run_async(main())
+    keys = run_async(main())
+    if as_json:
+        print_json({"host": name, "keys": keys})
 
 
-def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace: bool) -> None:
-    """Trust one hop's key, or say why not: the whole of `herd host trust` for it."""
+def _decide(
+    name: str, offer: Offer, fingerprints: list[str], yes: bool, replace: bool
+) -> dict[str, object]:
+    """Trust one hop's key, or say why not: the whole of `herd host trust` for it.
+    Returns what was done, for `--json`."""
     hop, known, key = offer.hop, offer.known, offer.key
     what = f"host {name}" + (f": {hop.hop}" if hop.jump else "")
     seen = fingerprint(key)
+    done: dict[str, object] = {
+        "hop": hop.hop,
+        "jump": bool(hop.jump),
+        "algorithm": key.get_algorithm(),
+        "fingerprint": seen,
+    }
     revoked = known.revokes(key)
     if revoked is not None:
         raise HostKeyNotTrusted(
@@ -176,7 +192,7 @@ def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace
         )
     if known.trusts(key):
         err.print(f"{what}: {seen} is already trusted", markup=False, highlight=False)
-        return
+        return {**done, "recorded": False, "known_hosts": None}
     if known.trusted and not replace:
         raise HostKeyNotTrusted(host_key_changed(hop, known, key))
     if fingerprints:
@@ -207,6 +223,7 @@ def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace
                 markup=False,
                 highlight=False,
             )
+    return {**done, "recorded": True, "replaced": replace, "known_hosts": str(path)}
 
 
 async def _set_enabled(name: str, enabled: bool, reason: str | None) -> dict[str, object]:
