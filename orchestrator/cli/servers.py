@@ -119,7 +119,10 @@ def create(
     ] = None,
     user_data: Annotated[
         Path | None,
-        typer.Option("--user-data", help="File given to cloud-init as user-data (at most 64 KiB)."),
+        typer.Option(
+            "--user-data",
+            help="File given to cloud-init as user-data (at most 65,535 bytes, not base64).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show where the servers would go; change nothing.")
