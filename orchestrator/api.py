@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_
@@ -203,6 +204,14 @@ async def dry_run_plan(
         await resolve_networks(session, request.networks)
         specs = await request_specs(session, instances)
     return await scheduler.plan(specs), {i.uuid: i.name for i in instances}
+
+
+async def hosts_last_seen(db: Database) -> dict[str, datetime | None]:
+    """When each host's facts were last read, by name: how old the knowledge is that a
+    dry run planned from (None: never reached)."""
+    async with db.read() as session:
+        rows = (await session.exec(select(Host.name, Host.last_seen_at).order_by(Host.name))).all()
+    return {name: seen for name, seen in rows}
 
 
 async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[Instance]:
@@ -477,6 +486,7 @@ def host_dict(view: HostView) -> dict[str, Any]:
         "port": h.ssh_port,
         "status": host_status(h),
         "enabled": h.enabled,
+        "disabled_reason": None if h.enabled else h.disabled_reason,
         "availability_zone": h.availability_zone,
         "labels": h.labels,
         "domain_type": h.domain_type,

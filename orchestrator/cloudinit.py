@@ -21,7 +21,9 @@ import pycdlib
 from orchestrator.errors import InvalidInput
 from orchestrator.networking import PortView
 
-# Nova's limit on user data (65535 bytes after base64 decoding).
+# Nova's number, counted on what herd keeps: the file's own bytes. Nova counts the
+# base64 text of the API request (nova/compute/api.py, MAX_USERDATA_SIZE, a MySQL TEXT
+# column), so herd takes about a third more data than Nova would; README says so.
 MAX_USER_DATA = 65535
 SEED_LABEL = "cidata"
 _FILES = ("meta-data", "user-data", "network-config")
@@ -53,10 +55,12 @@ def _environment() -> jinja2.Environment:
 
 
 def check_user_data(data: bytes, origin: str) -> str:
-    """User data as stored: UTF-8 text of at most 64 KiB, else a one-line refusal."""
+    """User data as stored: UTF-8 text of at most MAX_USER_DATA bytes (the file's
+    bytes, not base64), else a one-line refusal."""
     if len(data) > MAX_USER_DATA:
         raise InvalidInput(
-            f"{origin}: user data is {len(data)} bytes; the limit is {MAX_USER_DATA} bytes"
+            f"{origin}: user data is {len(data)} bytes; the limit is {MAX_USER_DATA} bytes "
+            "of the file as it is (not base64)"
         )
     try:
         return data.decode("utf-8")

@@ -187,7 +187,9 @@ def show_image(
 
 
 @images.command("delete")
-def delete_image(name: Annotated[str, typer.Argument(help="Image name.")]) -> None:
+def delete_image(
+    name: Annotated[str, typer.Argument(help="Image name.")], as_json: JsonOpt = False
+) -> None:
     """Delete an image made with `herd image create` that no server uses."""
 
     async def main() -> None:
@@ -195,7 +197,10 @@ def delete_image(name: Annotated[str, typer.Argument(help="Image name.")]) -> No
             await image_catalog.delete_image(h.db, name)
 
     run_async(main())
-    err.print(f"image {name} deleted (hosts' caches: `herd image cache prune`)")
+    if as_json:
+        print_json({"image": name, "deleted": True})
+    else:
+        err.print(f"image {name} deleted (hosts' caches: `herd image cache prune`)")
 
 
 cache = typer.Typer(help="The image cache on each host.", no_args_is_help=True)

@@ -3,16 +3,20 @@ chosen — the answer Nova's "No valid host was found" never gives."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
 
-from orchestrator.cli.output import out, print_json, table, text
+from orchestrator.cli.output import age, out, print_json, table, text
 from orchestrator.scheduler.engine import HostVerdict
 from orchestrator.scheduler.scheduler import Plan, summarise
 
 
-def plan_dict(plan: Plan, names: dict[str, str]) -> dict[str, Any]:
+def plan_dict(
+    plan: Plan, names: dict[str, str], facts: dict[str, datetime | None] | None = None
+) -> dict[str, Any]:
+    shown: dict[str, Any] = {} if facts is None else {"facts": facts_list(facts)}
     return {
         "placements": [
             {
@@ -27,7 +31,27 @@ def plan_dict(plan: Plan, names: dict[str, str]) -> dict[str, Any]:
         ],
         "summary": summarise(plan.total_hosts, plan.explanation),
         "explanation": [verdict_dict(v) for v in plan.explanation],
+        **shown,
     }
+
+
+def facts_list(facts: dict[str, datetime | None]) -> list[dict[str, Any]]:
+    """Each host's facts and their age, for a plan made from the DB: a host silent for
+    an hour may have changed since, and the operator should see that before trusting it."""
+    return [
+        {
+            "host": name,
+            "last_seen_at": seen,
+            "age_seconds": None if seen is None else round(seconds_since(seen), 1),
+        }
+        for name, seen in facts.items()
+    ]
+
+
+def seconds_since(moment: datetime) -> float:
+    if moment.tzinfo is None:  # SQLite drops the zone; herd always stores UTC
+        moment = moment.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - moment).total_seconds()
 
 
 def verdict_dict(verdict: HostVerdict) -> dict[str, Any]:
@@ -48,10 +72,21 @@ def show_plan(
     as_json: bool,
     explain: bool,
     placements: bool = True,
+    facts: dict[str, datetime | None] | None = None,
 ) -> None:
+    """The plan as JSON or tables; ``facts`` (host → last seen) says how old the
+    knowledge it was made from is."""
     if as_json:
-        print_json(plan_dict(plan, names))
+        print_json(plan_dict(plan, names, facts))
         return
+    if facts is not None:
+        out.print(
+            table(
+                "host facts the plan used (--refresh contacts hosts first)",
+                ("host", "facts from"),
+                ((name, age(seen)) for name, seen in facts.items()),
+            )
+        )
     if explain:
         out.print(explanation_table(plan))
     if placements:

@@ -66,7 +66,7 @@ def list_(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def delete(name: str) -> None:
+def delete(name: str, as_json: JsonOpt = False) -> None:
     """Delete an empty group (servers in it must be deleted first)."""
 
     async def main() -> None:
@@ -74,4 +74,7 @@ def delete(name: str) -> None:
             await api.delete_group(h.db, name)
 
     run_async(main())
-    out.print(f"server group {name} deleted")
+    if as_json:
+        print_json({"group": name, "deleted": True})
+    else:
+        out.print(f"server group {name} deleted")

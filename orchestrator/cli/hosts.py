@@ -15,6 +15,7 @@ from orchestrator.cli.progress import LiveProgress
 from orchestrator.cli.servers import show_outcomes
 from orchestrator.conductor import HostContact, Outcome, target_of
 from orchestrator.db.models import Host, utcnow
+from orchestrator.endpoints import host_port
 from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound
 from orchestrator.rpc.known_hosts import record_host_key
 from orchestrator.rpc.ssh import Offer, fingerprint, host_key_changed, walk_route
@@ -44,13 +45,16 @@ def list_(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([api.host_dict(v) for v in views])
         return
+    # Why a host is disabled is what the next operator asks first; the column is
+    # there only when some host has a reason, so an all-enabled fleet's table stays narrow.
+    reasons = any(not v.host.enabled and v.host.disabled_reason for v in views)
     rows = []
     for v in views:
         h = v.host
         rows.append(
             (
                 h.name,
-                f"{h.address}:{h.ssh_port}" if h.ssh_port else h.address,
+                host_port(h.address, h.ssh_port),
                 styled(api.host_status(h)),
                 h.domain_type,
                 _usage(v.used_vcpus, h.total_vcpus, h.cpu_ratio, h.reserved_vcpus),
@@ -58,6 +62,7 @@ def list_(as_json: JsonOpt = False) -> None:
                 _usage(v.used_disk_gb, h.total_disk_gb, h.disk_ratio, h.reserved_disk_gb),
                 v.instances,
                 age(h.last_seen_at),
+                *((None if h.enabled else h.disabled_reason,) if reasons else ()),
             )
         )
     out.print(
@@ -73,6 +78,7 @@ def list_(as_json: JsonOpt = False) -> None:
                 "disk GiB",
                 "servers",
                 "seen",
+                *(("reason",) if reasons else ()),
             ),
             rows,
         )
@@ -141,28 +147,44 @@ def trust(
             "--replace", help="The host's key CHANGED (reinstalled): replace the known one."
         ),
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Record a host's SSH key in known_hosts after showing its fingerprint; a key that
     differs from the known one is refused unless --replace, as OpenSSH does. A host
     reached through jump hosts (ProxyJump) has their keys checked first, the same way."""
 
-    async def main() -> None:
+    async def main() -> list[dict[str, object]]:
         async with herd() as h:
             (host,) = await api.find_hosts(h.db, [name])
+        decided: list[dict[str, object]] = []
 
         async def visit(offer: Offer) -> None:
-            await asyncio.to_thread(_decide, name, offer, fingerprints or [], yes, replace)
+            decided.append(
+                await asyncio.to_thread(_decide, name, offer, fingerprints or [], yes, replace)
+            )
 
         await walk_route(target_of(host), visit)
+        return decided
 
-    run_async(main())
+    keys = run_async(main())
+    if as_json:
+        print_json({"host": name, "keys": keys})
 
 
-def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace: bool) -> None:
-    """Trust one hop's key, or say why not: the whole of `herd host trust` for it."""
+def _decide(
+    name: str, offer: Offer, fingerprints: list[str], yes: bool, replace: bool
+) -> dict[str, object]:
+    """Trust one hop's key, or say why not: the whole of `herd host trust` for it.
+    Returns what was done, for `--json`."""
     hop, known, key = offer.hop, offer.known, offer.key
     what = f"host {name}" + (f": {hop.hop}" if hop.jump else "")
     seen = fingerprint(key)
+    done: dict[str, object] = {
+        "hop": hop.hop,
+        "jump": bool(hop.jump),
+        "algorithm": key.get_algorithm(),
+        "fingerprint": seen,
+    }
     revoked = known.revokes(key)
     if revoked is not None:
         raise HostKeyNotTrusted(
@@ -170,7 +192,7 @@ def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace
         )
     if known.trusts(key):
         err.print(f"{what}: {seen} is already trusted", markup=False, highlight=False)
-        return
+        return {**done, "recorded": False, "known_hosts": None}
     if known.trusted and not replace:
         raise HostKeyNotTrusted(host_key_changed(hop, known, key))
     if fingerprints:
@@ -184,7 +206,8 @@ def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace
                 host_key_changed(hop, known, key, advice=False), markup=False, highlight=False
             )
         err.print(
-            f"{what} ({hop.address}:{hop.port}) offers {key.get_algorithm()} key {seen}",
+            f"{what} ({host_port(hop.address, hop.port or 22)}) offers "
+            f"{key.get_algorithm()} key {seen}",
             markup=False,
             highlight=False,
         )
@@ -200,35 +223,55 @@ def _decide(name: str, offer: Offer, fingerprints: list[str], yes: bool, replace
                 markup=False,
                 highlight=False,
             )
+    return {**done, "recorded": True, "replaced": replace, "known_hosts": str(path)}
 
 
-async def _set_enabled(name: str, enabled: bool, reason: str | None) -> None:
+async def _set_enabled(name: str, enabled: bool, reason: str | None) -> dict[str, object]:
+    """Enable or disable the host; what it is now, for `--json`."""
     async with herd() as h, h.db.session() as db:
         host = (await db.exec(select(Host).where(Host.name == name))).first()
         if host is None:
             raise NotFound(f"host {name!r} not found")
+        changed = host.enabled != enabled
         host.enabled = enabled
         # Set by an operator, so `herd inventory apply` keeps the host disabled.
         host.disabled_reason = None if enabled else (reason or "disabled by an operator")
         host.updated_at = utcnow()
         db.add(host)
+        return {
+            "host": name,
+            "enabled": enabled,
+            "disabled_reason": host.disabled_reason,
+            "changed": changed,
+        }
 
 
 @app.command()
 def disable(
     name: Annotated[str, typer.Argument(help="Host name.")],
-    reason: Annotated[str | None, typer.Option(help="Why, for `host list`.")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Why: shown by `host list` and scheduler refusals.")
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Schedule nothing new on the host (its servers keep running)."""
-    run_async(_set_enabled(name, False, reason))
-    err.print(f"host {name} disabled")
+    done = run_async(_set_enabled(name, False, reason))
+    if as_json:
+        print_json(done)
+    else:
+        err.print(f"host {name} disabled: {done['disabled_reason']}")
 
 
 @app.command()
-def enable(name: Annotated[str, typer.Argument(help="Host name.")]) -> None:
+def enable(
+    name: Annotated[str, typer.Argument(help="Host name.")], as_json: JsonOpt = False
+) -> None:
     """Let the scheduler use the host again."""
-    run_async(_set_enabled(name, True, None))
-    err.print(f"host {name} enabled")
+    done = run_async(_set_enabled(name, True, None))
+    if as_json:
+        print_json(done)
+    else:
+        err.print(f"host {name} enabled")
 
 
 @app.command()

@@ -124,7 +124,9 @@ def list_(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def delete(name: Annotated[str, typer.Argument(help="Key pair name.")]) -> None:
+def delete(
+    name: Annotated[str, typer.Argument(help="Key pair name.")], as_json: JsonOpt = False
+) -> None:
     """Delete a key pair; servers keep the key they booted with."""
 
     async def main() -> None:
@@ -132,7 +134,10 @@ def delete(name: Annotated[str, typer.Argument(help="Key pair name.")]) -> None:
             await keypairs.delete_key_pair(h.db, name)
 
     run_async(main())
-    err.print(f"key pair {name} deleted")
+    if as_json:
+        print_json({"keypair": name, "deleted": True})
+    else:
+        err.print(f"key pair {name} deleted")
 
 
 @networks.command("list")

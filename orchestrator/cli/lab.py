@@ -15,6 +15,7 @@ import yaml
 from rich.table import Table
 
 from orchestrator.cli.output import err, print_json, table, text
+from orchestrator.endpoints import host_port
 from orchestrator.lab import (
     BASTION_USER,
     DEFAULT_BASE_ADDRESS,
@@ -77,6 +78,9 @@ def up(
         ),
     ),
     root: Path = ROOT_OPTION,
+    json_output: bool = typer.Option(
+        False, "--json", help="One JSON document on stdout: the lab's hosts, keys, inventory."
+    ),
 ) -> None:
     """Bring the lab up, or bring up what is missing; writes <root>/inventory.yaml."""
     lab = Lab(root, base_address, ssh_port, bastion)
@@ -109,6 +113,29 @@ def up(
     if info.bastion:
         err.print(f"bastion:   {info.bastion_endpoint}, the only way to the hosts", soft_wrap=True)
     err.print(f"inventory: herd inventory apply {info.inventory}", soft_wrap=True)
+    if json_output:
+        print_json(
+            {
+                "root": str(info.root),
+                "changed": bool(done),
+                "steps": done,
+                "seconds": round(time.monotonic() - started, 1),
+                "inventory": str(info.inventory),
+                "key": str(info.key),
+                "known_hosts": str(info.known_hosts),
+                "bastion": info.bastion_endpoint if info.bastion else None,
+                "hosts": [
+                    {
+                        "name": host.name,
+                        "address": host.address,
+                        "port": host.port,
+                        "user": host.user,
+                        "dir": str(host.dir),
+                    }
+                    for host in info.hosts
+                ],
+            }
+        )
 
 
 @app.command()
@@ -141,18 +168,42 @@ def status(
 
 
 @app.command()
-def down(root: Path = ROOT_OPTION) -> None:
+def down(
+    root: Path = ROOT_OPTION,
+    json_output: bool = typer.Option(
+        False, "--json", help="One JSON document on stdout: what was removed."
+    ),
+) -> None:
     """Destroy the lab's domains, end every process of every host, delete the root."""
     started = time.monotonic()
-    Lab(root).down(progress=lambda message: err.print(f"  {message}"))
-    err.print(f"lab down in {time.monotonic() - started:.1f}s")
+    existed = root.exists()
+    hosts = sorted(p.name for p in root.glob("lab-*") if p.is_dir()) if existed else []
+    steps: list[str] = []
+
+    def progress(message: str) -> None:
+        steps.append(message)
+        err.print(f"  {message}")
+
+    Lab(root).down(progress=progress)
+    seconds = time.monotonic() - started
+    err.print(f"lab down in {seconds:.1f}s")
+    if json_output:
+        print_json(
+            {
+                "root": str(root),
+                "removed": existed,
+                "hosts": hosts,
+                "steps": steps,
+                "seconds": round(seconds, 1),
+            }
+        )
 
 
 def _hosts_table(info: LabInfo) -> Table:
     return table(
         "lab hosts",
         ("name", "address", "directory"),
-        ((host.name, f"{host.address}:{host.port}", host.dir) for host in info.hosts),
+        ((host.name, host_port(host.address, host.port), host.dir) for host in info.hosts),
     )
 
 
@@ -163,7 +214,7 @@ def _status_table(rows: list[LabHostStatus]) -> Table:
         (
             (
                 row.name,
-                f"{row.address}:{row.port}",
+                host_port(row.address, row.port),
                 _alive(row.namespace),
                 _alive(row.links),
                 _alive(row.virtlogd),

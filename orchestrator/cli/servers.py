@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -118,13 +119,24 @@ def create(
     ] = None,
     user_data: Annotated[
         Path | None,
-        typer.Option("--user-data", help="File given to cloud-init as user-data (at most 64 KiB)."),
+        typer.Option(
+            "--user-data",
+            help="File given to cloud-init as user-data (at most 65,535 bytes, not base64).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show where the servers would go; change nothing.")
     ] = False,
     explain: Annotated[
         bool, typer.Option("--explain", help="Show every host's filter verdict and weights.")
+    ] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="With --dry-run: contact hosts not heard from in the last minute first, "
+            "as a create does (default: plan from what the DB knows, and say how old it is).",
+        ),
     ] = False,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
@@ -144,9 +156,11 @@ def create(
         user_data=_read_user_data(user_data) if user_data else None,
         **_hints(hint or []),
     )
+    if refresh and not dry_run:
+        raise InvalidInput("--refresh goes with --dry-run (a create always meets stale hosts)")
     if dry_run:
-        plan, names = run_async(_dry_run(request))
-        show_plan(plan, names, as_json=as_json, explain=explain)
+        plan, names, facts = run_async(_dry_run(request, refresh))
+        show_plan(plan, names, as_json=as_json, explain=explain, facts=facts)
         # What the same create would do: exit 5 when it could not place enough.
         shortfall = plan.shortfall(count if min_count is None else min_count)
         if shortfall is not None:
@@ -175,12 +189,17 @@ def create(
     show_outcomes(outcomes, as_json, "build")
 
 
-async def _dry_run(request: api.CreateRequest) -> tuple[Plan, dict[str, str]]:
-    """Plan against the real DB inside a transaction that is rolled back: the rows
-    the request would write are visible to the scheduler, and nothing is kept."""
+async def _dry_run(
+    request: api.CreateRequest, refresh: bool
+) -> tuple[Plan, dict[str, str], dict[str, datetime | None]]:
+    """Plan from what the DB knows, writing nothing, and say how old that knowledge is.
+    A dry run contacts no host unless asked (`--refresh`): it is what an operator runs
+    to look before leaping, and it should answer at once even when hosts are down."""
     async with herd() as h:
-        await h.conductor.meet_hosts()
-        return await api.dry_run_plan(h.db, request, h.conductor.scheduler)
+        if refresh:
+            await h.conductor.meet_hosts()
+        plan, names = await api.dry_run_plan(h.db, request, h.conductor.scheduler)
+        return plan, names, await api.hosts_last_seen(h.db)
 
 
 @app.command("list")

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.endpoints import host_port
 from orchestrator.errors import LabError
 
 SSHD = "/usr/sbin/sshd"
@@ -170,7 +171,8 @@ class Bastion:
             if died or time.monotonic() > deadline:
                 self.down()
                 tail = self.log.read_text()[-300:] if self.log.exists() else ""
-                raise LabError(f"bastion sshd on {self.address}:{self.port} did not start: {tail}")
+                where = host_port(self.address, self.port)
+                raise LabError(f"bastion sshd on {where} did not start: {tail}")
             time.sleep(0.05)
 
     def _answers(self) -> bool:

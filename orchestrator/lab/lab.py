@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.endpoints import host_port
 from orchestrator.errors import LabError
 from orchestrator.lab import (
     checks,
@@ -257,7 +258,7 @@ class Lab:
         if bastion and not failures:
             jump = self._bastion(info)
             if jump.up():
-                say(f"bastion sshd started on {jump.address}:{jump.port}")
+                say(f"bastion sshd started on {host_port(jump.address, jump.port)}")
             lines.append(
                 render.known_hosts_line(jump.address, jump.port, jump.host_public_key(), "bastion")
             )

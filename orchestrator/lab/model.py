@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.endpoints import host_port
 from orchestrator.errors import LabError
 from orchestrator.lab.network import LabNetwork
 
@@ -129,7 +130,7 @@ class LabInfo:
     @property
     def bastion_endpoint(self) -> str:
         """The bastion as ProxyJump names it: ``user@address:port``."""
-        return f"{BASTION_USER}@{self.network.bastion_address}:{self.ssh_port}"
+        return f"{BASTION_USER}@{host_port(self.network.bastion_address, self.ssh_port)}"
 
     @property
     def host_images(self) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncssh
 
+from orchestrator.endpoints import host_port
 from orchestrator.errors import HerdError, HostCredentialsError, HostKeyNotTrusted, HostUnreachable
 from orchestrator.rpc import jumps
 from orchestrator.rpc.client_keys import ClientKey, load_client_key
@@ -63,12 +64,12 @@ class HostTarget:
     @property
     def endpoint(self) -> str:
         user = f"{self.user}@" if self.user else ""
-        return f"{user}{self.address}:{self.port or 22}"
+        return f"{user}{host_port(self.address, self.port or 22)}"
 
     @property
     def hop(self) -> str:
         """How messages name this login: the host's address, or the jump host's."""
-        where = f"{self.address}:{self.port or 22}"
+        where = host_port(self.address, self.port or 22)
         if not self.jump:
             return where
         if self.jump.rpartition("@")[2] == where:

@@ -85,7 +85,8 @@ class ComputeFilter(HostFilter):
 
     def check(self, host: HostState, spec: RequestSpec) -> Verdict:
         if not host.enabled:
-            return Verdict.no("disabled")
+            reason = host.disabled_reason
+            return Verdict.no(f"disabled: {reason}" if reason else "disabled")
         seen = host.seen_seconds_ago
         if host.status == "down":
             return Verdict.no(f"down: last seen {ago(seen)} ago" if seen is not None else "down")

@@ -51,6 +51,8 @@ class HostState:
     # sinks to the bottom (Nova's BuildFailureWeigher) instead of eating every retry.
     failed_builds: int = 0
     instance_uuids: set[str] = field(default_factory=set)
+    # What the operator gave `herd host disable --reason`, so a refusal can say why.
+    disabled_reason: str | None = None
 
     @classmethod
     def from_host(cls, host: Host) -> HostState:
@@ -74,6 +76,7 @@ class HostState:
             last_seen_at=host.last_seen_at,
             availability_zone=host.availability_zone,
             labels=dict(host.labels),
+            disabled_reason=host.disabled_reason,
         )
 
     @property

@@ -17,6 +17,7 @@ import yaml
 
 from orchestrator.errors import LabError
 from orchestrator.lab import Lab, LabHost, LabInfo, network, procs
+from tests.e2e.herdcli import HerdCli
 
 pytestmark = pytest.mark.e2e
 
@@ -293,3 +294,21 @@ def test_down_cleans_up_after_a_half_failed_up(make_lab: Callable[[str], Lab]) -
         assert lab_links(lab_network) == [squatter]  # not the lab's: left alone
     finally:
         subprocess.run(["ip", "link", "delete", squatter], check=True)
+
+
+def test_lab_up_and_down_answer_json(make_lab: Callable[[str], Lab], tmp_path: Path) -> None:
+    lab = make_lab("198.18.106.1")  # taken down by the fixture whatever happens here
+    herd = HerdCli(tmp_path / "herd")
+    where = ("--root", str(lab.root))
+    up = herd.ok("lab", "up", *where, "--base-address", "198.18.106.1", "--hosts", "1", "--json")
+    made = up.json()
+    assert (made["root"], made["changed"], made["inventory"]) == (
+        str(lab.root), True, str(lab.root / "inventory.yaml"),
+    )  # fmt: skip
+    assert [(h["name"], h["address"]) for h in made["hosts"]] == [("lab-1", "198.18.106.1")]
+    assert "lab hosts" in up.stderr and "lab hosts" not in up.stdout
+    assert herd.ok("lab", "up", *where, "--json").json()["changed"] is False
+    gone = herd.ok("lab", "down", *where, "--json").json()
+    assert (gone["removed"], gone["hosts"]) == (True, ["lab-1"])
+    assert not lab.root.exists()
+    assert herd.ok("lab", "down", *where, "--json").json()["removed"] is False

@@ -131,14 +131,17 @@ def test_rebuild_gives_a_new_disk_with_the_same_uuid_host_and_address(herd: Herd
 def test_a_disabled_host_gets_nothing_new_even_after_an_inventory_apply(
     herd: HerdCli, lab_inventory: Path
 ) -> None:
-    herd.ok("host", "disable", "lab-2", "--reason", "maintenance")
+    done = herd.ok("host", "disable", "lab-2", "--reason", "maintenance", "--json").json()
+    assert done == {
+        "host": "lab-2", "enabled": False, "disabled_reason": "maintenance", "changed": True
+    }  # fmt: skip
     refused = herd.run(
         "server", "create", "x", "--flavor", "m1.nano", "--image", "blank", "--host", "lab-2"
     )
-    assert refused.code == 5 and "lab-2: disabled" in refused.stderr
+    assert refused.code == 5 and "lab-2: disabled: maintenance" in refused.stderr
     herd.ok("inventory", "apply", str(lab_inventory))
     lab2 = next(h for h in herd.ok("host", "list", "--json").json() if h["name"] == "lab-2")
-    assert lab2["status"] == "disabled"
+    assert (lab2["status"], lab2["disabled_reason"]) == ("disabled", "maintenance")
     herd.ok("host", "enable", "lab-2")
     herd.ok("server", "delete", "x")
     boot(herd, "y", "--host", "lab-2")

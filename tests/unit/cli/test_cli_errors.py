@@ -135,7 +135,7 @@ def test_dry_run_explains_why_no_host_fits_and_creates_nothing(
     herd.ok("inventory", "apply", str(inventory), str(catalog))
     result = herd.run(
         "server", "create", "x", "--flavor", "m1.small", "--image", "blank",
-        "--dry-run", "--explain", "--json",
+        "--dry-run", "--refresh", "--explain", "--json",
     )  # fmt: skip
     assert_one_line_error(result, code=5, contains="no valid host")  # as without --dry-run
     plan = result.json()
@@ -156,6 +156,7 @@ def test_dry_run_explains_why_no_host_fits_and_creates_nothing(
         "--image",
         "blank",
         "--dry-run",
+        "--refresh",
         "--explain",
     ).stdout
     assert "0/2 hosts fit" in table and "not placed" in table

@@ -16,6 +16,9 @@ from orchestrator.inventory.models import (
     Reserved,
     SshSpec,
 )
+from orchestrator.scheduler.filters import LabelsFilter
+from orchestrator.scheduler.host_state import HostState
+from orchestrator.scheduler.request import RequestSpec
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "inventory.example.yaml"
 
@@ -54,3 +57,21 @@ def test_the_example_shows_every_key(model: type):
     text = EXAMPLE.read_text(encoding="utf-8")
     missing = [key for key in model.model_fields if not re.search(rf"^\s*-? *{key}:", text, re.M)]
     assert missing == []
+
+
+def test_the_example_flavors_extra_specs_are_ones_the_scheduler_reads_and_some_host_meets():
+    inventory = load_inventory(EXAMPLE)
+    labels = LabelsFilter()
+    for flavor in inventory.flavors:
+        if not flavor.extra_specs:
+            continue
+        spec = RequestSpec("u-1", flavor.vcpus, flavor.ram_mb, flavor.disk_gb,
+                           extra_specs=dict(flavor.extra_specs))  # fmt: skip
+        assert len(labels.wanted(spec)) == len(flavor.extra_specs), flavor.extra_specs
+        hosts = {
+            host.name: HostState(1, host.name, True, True, None, None, None, None, 1.0, 1.0,
+                                 1.0, 0, 0, 0, 0, None, labels=dict(host.labels))
+            for host in inventory.hosts
+        }  # fmt: skip
+        fits = [name for name, state in hosts.items() if labels.check(state, spec).passed]
+        assert fits == ["hv1"], (flavor.name, fits)

@@ -114,3 +114,11 @@ def test_the_seed_iso_is_labelled_cidata_with_the_files_under_their_real_names(
         "/user-data",
         "/network-config",
     }
+
+
+def test_the_readme_the_help_and_the_refusal_give_the_same_user_data_limit() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    stated = f"{cloudinit.MAX_USER_DATA:,} bytes"
+    assert "64 KiB" not in readme and stated in readme
+    with pytest.raises(InvalidInput, match=f"limit is {cloudinit.MAX_USER_DATA} bytes of the file"):
+        cloudinit.check_user_data(b"x" * (cloudinit.MAX_USER_DATA + 1), "f")

@@ -8,11 +8,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -251,3 +253,48 @@ async def test_host_trust_refuses_a_changed_key_without_replace(
 
     code, stderr = await herd(tmp_path, "host", "trust", "hv1", "--yes")
     assert code == 0 and "already trusted" in stderr, stderr
+
+
+async def herd_json(home: Path, *args: str) -> tuple[int, Any, str]:
+    """`herd ... --json`: exit code, the JSON document on stdout, and stderr."""
+    env = {
+        **os.environ,
+        "HERD_DATABASE_URL": f"sqlite:///{home / 'herd.db'}",
+        "XDG_CONFIG_HOME": str(home / "config"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", *args, "--json",
+        env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    return process.returncode or 0, json.loads(stdout or b"null"), stderr.decode()
+
+
+async def test_host_trust_as_json_says_which_key_it_recorded_and_where(
+    fake_host: FakeHost, tmp_path: Path, key_file: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(
+        "hosts:\n  - name: hv1\n    address: 127.0.0.1\n"
+        f"    ssh: {{port: {fake_host.port}, key: {key_file}, known_hosts: {known}}}\n"
+    )
+    assert (await herd(tmp_path, "inventory", "apply", str(inventory)))[0] == 0
+    seen = fingerprint(fake_host.host_key)
+
+    code, done, stderr = await herd_json(tmp_path, "host", "trust", "hv1", "--yes")
+    assert code == 0, stderr
+    assert done == {
+        "host": "hv1",
+        "keys": [
+            {
+                "hop": f"127.0.0.1:{fake_host.port}", "jump": False, "algorithm": "ssh-ed25519",
+                "fingerprint": seen, "recorded": True, "replaced": False,
+                "known_hosts": str(known),
+            }
+        ],
+    }  # fmt: skip
+    code, again, stderr = await herd_json(tmp_path, "host", "trust", "hv1", "--yes")
+    assert code == 0 and "already trusted" in stderr, stderr
+    assert [(k["fingerprint"], k["recorded"]) for k in again["keys"]] == [(seen, False)]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.db.models import Host
 from orchestrator.scheduler.filters import (
     PASS,
     AvailabilityZoneFilter,
@@ -56,6 +57,7 @@ def group(policy: str, **hosts: int) -> GroupState:
 REFUSALS = [
     pytest.param(RequestedHostFilter(), state(), spec(requested_host="lab-2"), "not the requested host lab-2", id="requested-host"),
     pytest.param(ComputeFilter(), state(enabled=False), spec(), "disabled", id="disabled"),
+    pytest.param(ComputeFilter(), state(enabled=False, disabled_reason="disk swap"), spec(), "disabled: disk swap", id="disabled-with-reason"),
     pytest.param(ComputeFilter(), state(status="down", seen_seconds_ago=720), spec(), "down: last seen 12 min ago", id="down"),
     pytest.param(ComputeFilter(), state(status="down"), spec(), "down", id="down-never-seen"),
     pytest.param(ComputeFilter(), state(libvirt_ok=False, libvirt_error="no socket"), spec(), "libvirt unavailable: no socket", id="no-libvirt"),
@@ -143,6 +145,11 @@ def test_labels_filter_rereads_a_new_flavor_after_its_memo() -> None:
     host = state(labels={"ssd": "true"})
     assert labels.check(host, spec(extra_specs={"label:ssd": "true"})).passed
     assert not labels.check(host, spec(extra_specs={"label:ssd": "false"})).passed
+
+
+def test_a_disabled_host_state_carries_the_operators_reason_from_its_row() -> None:
+    row = Host(id=3, name="lab-1", address="127.0.0.1", enabled=False, disabled_reason="disk swap")
+    assert HostState.from_host(row).disabled_reason == "disk swap"
 
 
 def test_compute_filter_says_disabled_before_down() -> None:
