@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli.escape import visible
+from orchestrator.cli.plaintable import PlainTable
 
 
 class _TextConsole(Console):
@@ -99,13 +100,15 @@ def _default(value: Any) -> Any:
 
 def cell(value: Any) -> ConsoleRenderable | RichCast:
     """A table cell: a renderable as it is, ``None`` as ``-``, anything else as text."""
-    if isinstance(value, ConsoleRenderable | RichCast):
+    if value is None or isinstance(value, str | int | float):
+        return text("-" if value is None else value)  # before the costly protocol check
+    if isinstance(value, Text | ConsoleRenderable | RichCast):
         return value
     return text("-" if value is None else value)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    grid = Table(
+    grid = PlainTable(
         title=None if title is None else text(title), title_justify="left", header_style="bold"
     )
     for column in columns:
