@@ -69,3 +69,4 @@ bench: install
 	$(PY) -m bench.rpc
 	$(PY) -m bench.reconcile
 	$(PY) -m bench.scheduler
+	$(PY) -m bench.cli

@@ -1,41 +1,38 @@
-"""The `herd` entry point: sub-commands, and the one place errors become exit codes."""
+"""The `herd` entry point: sub-commands, and the one place errors become exit codes.
+
+This module is what the console script imports before anything runs, so it imports
+only the standard library, ``orchestrator.errors`` and ``orchestrator.cli.escape``:
+`herd --version` answers from here, and the typer command tree
+(``orchestrator.cli.app``, which imports each command's module only when it runs) is
+loaded for everything else.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
-from orchestrator.cli import catalog, groups, hosts, inventory, keypairs, lab, reconcile, servers
-from orchestrator.cli.output import visible
+from orchestrator.cli.escape import visible
 from orchestrator.errors import HerdError, InvalidInput
 
-app = typer.Typer(
-    name="herd",
-    help="Run a private fleet of KVM/libvirt hypervisors from one terminal.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.add_typer(servers.app, name="server")
-app.add_typer(hosts.app, name="host")
-app.add_typer(groups.app, name="group")
-app.add_typer(catalog.flavors, name="flavor")
-app.add_typer(catalog.images, name="image")
-app.add_typer(keypairs.app, name="keypair")
-app.add_typer(keypairs.networks, name="network")
-app.add_typer(inventory.app, name="inventory")
-app.add_typer(lab.app, name="lab")
-app.command("reconcile")(reconcile.reconcile)
+if TYPE_CHECKING:
+    import typer
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"herd {__version__}")
-        raise typer.Exit()
+def version_line() -> str:
+    return f"herd {__version__}"
+
+
+def __getattr__(name: str) -> Any:
+    """``main.app``, the typer application, built on first use (PEP 562)."""
+    if name == "app":
+        from orchestrator.cli.app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _VisibleFormatter(logging.Formatter):
@@ -43,22 +40,6 @@ class _VisibleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return visible(super().format(record))
-
-
-@app.callback()
-def main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what herd does, on stderr."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
-) -> None:
-    """herd: a small, fast, trustworthy way to run KVM/libvirt hosts.
-
-    State lives in SQLite (HERD_DATABASE_URL overrides, e.g. postgresql://...).
-    """
-    handler = logging.StreamHandler()
-    handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
-    if not verbose:
-        logging.getLogger("asyncssh").setLevel(logging.ERROR)
 
 
 def _refuse_undecodable(args: list[str]) -> None:
@@ -69,12 +50,46 @@ def _refuse_undecodable(args: list[str]) -> None:
             raise InvalidInput(f"argument {visible(arg)} is not valid UTF-8")
 
 
+def _application() -> typer.Typer:
+    from orchestrator.cli.app import app
+
+    return app
+
+
+def _help(args: list[str]) -> None:
+    """`herd --help`: the bytes typer wrote last time in the same situation, or typer's
+    rendering now, kept for next time (see ``orchestrator.cli.helpcache``)."""
+    from orchestrator.cli import helpcache
+
+    text = helpcache.cached(args)
+    if text is not None:
+        sys.stdout.write(text)
+        return
+    recorder = helpcache.Recorder(sys.stdout)
+    sys.stdout = recorder  # type: ignore[assignment]  # rich writes to sys.stdout at print time
+    try:
+        _application()()
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    finally:
+        sys.stdout = recorder.stream
+    helpcache.store(args, "".join(recorder.written))
+
+
 def run() -> None:
     """Console-script entry: a HerdError is one line on stderr and its exit code; any
     other exception is a bug, reported as one line too (HERD_DEBUG=1 shows the trace)."""
     try:
-        _refuse_undecodable(sys.argv[1:])
-        app()
+        args = sys.argv[1:]
+        _refuse_undecodable(args)
+        if args == ["--version"]:  # what typer's eager --version prints, without typer
+            sys.stdout.write(version_line() + "\n")
+            return
+        if args == ["--help"]:
+            _help(args)
+            return
+        _application()()
     except HerdError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             sys.stderr.write(f"herd: error: {visible(line)}\n")

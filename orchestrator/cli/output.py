@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -26,23 +25,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-# C0 controls but tab and newline, DEL, C1 controls (0x9b is a CSI on some
-# terminals), lone surrogates (undecodable bytes kept by surrogateescape: they
-# cannot even be written to a UTF-8 stream) and the bidi overrides that make text
-# read differently from what it is.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def visible(value: str) -> str:
-    """``value`` with every control character shown as its escape (``\\x1b``), so
-    nothing stored or sent by a host can move the cursor, retitle the terminal or
-    hide what follows; tabs and newlines are kept."""
-    return _CONTROL.sub(_escape, value)
+from orchestrator.cli.escape import visible
+from orchestrator.cli.plaintable import PlainTable
 
 
 class _TextConsole(Console):
@@ -116,13 +100,15 @@ def _default(value: Any) -> Any:
 
 def cell(value: Any) -> ConsoleRenderable | RichCast:
     """A table cell: a renderable as it is, ``None`` as ``-``, anything else as text."""
-    if isinstance(value, ConsoleRenderable | RichCast):
+    if value is None or isinstance(value, str | int | float):
+        return text("-" if value is None else value)  # before the costly protocol check
+    if isinstance(value, Text | ConsoleRenderable | RichCast):
         return value
     return text("-" if value is None else value)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    grid = Table(
+    grid = PlainTable(
         title=None if title is None else text(title), title_justify="left", header_style="bold"
     )
     for column in columns:

@@ -36,6 +36,7 @@ class HerdCli:
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_DATA_HOME": str(home / "data"),
             "XDG_STATE_HOME": str(home / "state"),
+            "XDG_CACHE_HOME": str(home / "cache"),  # `herd --help` keeps its text there
             "COLUMNS": "200",
         }
 

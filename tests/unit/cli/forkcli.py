@@ -84,7 +84,12 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: Path, err: Path)
 
 
 def _serve() -> None:
-    import orchestrator.cli.main  # noqa: F401  (the point: imported once, here)
+    import importlib
+
+    from orchestrator.cli.app import COMMANDS
+
+    for module, _attribute, _help in COMMANDS.values():  # the point: imported once, here
+        importlib.import_module(module)
 
     for line in sys.stdin:
         request: dict[str, Any] = json.loads(line)
