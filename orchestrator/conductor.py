@@ -49,6 +49,7 @@ from orchestrator.errors import Conflict, HerdError, HostUnreachable, NoValidHos
 from orchestrator.guest_config import load_guest_config
 from orchestrator.image_delivery import Delivery, ImageDelivery
 from orchestrator.networking import release_ports
+from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release
@@ -171,6 +172,7 @@ class Conductor:
     ) -> None:
         self.db = db
         self.pool = pool
+        self.agent = AgentAPI(pool)
         self.progress = progress or NullProgress()
         self.build_timeout = build_timeout
         self.scheduler = FilterScheduler(db, scheduler_config)
@@ -372,7 +374,7 @@ class Conductor:
             args = config.build_args(instance, host.domain_type or "qemu", seed)
             job_id = await self.record_job(instance, host, "build", TaskState.SPAWNING)
             self.progress.update(instance, "spawning", host=host.name)
-            await self.pool.cast(target, "build", args, job_id)
+            await self.agent.build(target, args, job_id=job_id)
         except lifecycle.TaskTaken as exc:  # deleted meanwhile: stop, cast nothing
             async with self.db.session() as db:
                 return outcome_of(await self._instance(db, instance.uuid), host.name, str(exc))
@@ -426,7 +428,7 @@ class Conductor:
         """Follow a cast job to its end and record the result; when the host stops
         answering, the job stays recorded for a later `herd server wait` to collect."""
         try:
-            record = await self.pool.follow(target, job_id, timeout or self.build_timeout)
+            record = await self.agent.job_wait(target, job_id, timeout or self.build_timeout)
         except HostUnreachable as exc:
             async with self.db.read() as db:
                 job = await db.get(AgentJob, job_id)
@@ -526,7 +528,7 @@ class Conductor:
 
     async def _forget(self, target: HostTarget, job_id: str) -> None:
         try:
-            await self.pool.call(target, "job_forget", {"job_id": job_id}, timeout=10)
+            await self.agent.job_forget(target, job_id, timeout=10)
         except HerdError as exc:
             log.info("host %s: could not forget job %s: %s", target.name, job_id, exc)
 
@@ -567,7 +569,7 @@ class Conductor:
             job_id = await self.record_job(
                 instance, host, "delete", TaskState.DELETING, action_id=action.id
             )
-            await self.pool.cast(target, "delete", {"uuid": instance.uuid}, job_id)
+            await self.agent.delete(target, instance.uuid, job_id=job_id)
         except HerdError as exc:
             return await self._fail_delete(instance, host.name, action.id, str(exc))
         await self.mark_job(job_id, JobState.RUNNING)
@@ -594,7 +596,7 @@ class Conductor:
             return
         if source is not None and source.id != instance.host_id:
             try:
-                await self.pool.run(target_of(source), "resize_drop", {"uuid": instance.uuid}, 120)
+                await self.agent.resize_drop(target_of(source), instance.uuid, timeout=120)
             except HerdError as exc:
                 log.warning(
                     "%s: the resize's kept disk on %s stays: %s", instance.name, source.name, exc

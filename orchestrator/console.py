@@ -26,6 +26,7 @@ from orchestrator.conductor import target_of
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Instance
 from orchestrator.errors import Conflict, HostUnreachable
+from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget, connect
 
@@ -54,9 +55,7 @@ async def _located(db: Database, ref: str) -> tuple[Instance, Host]:
 
 async def console_log(db: Database, pool: AgentPool, ref: str, lines: int) -> ConsoleLog:
     instance, host = await _located(db, ref)
-    result = await pool.call(
-        target_of(host), "console_log", {"uuid": instance.uuid, "lines": lines}, timeout=30
-    )
+    result = await AgentAPI(pool).console_log(target_of(host), instance.uuid, lines, timeout=30)
     return ConsoleLog(instance.name, host.name, result["lines"], result["truncated"])
 
 

@@ -176,7 +176,7 @@ async def survey_caches(
 
     async def one(host: Host) -> None:
         try:
-            result = await conductor.pool.call(target_of(host), "image_list", {}, timeout=60)
+            result = await conductor.agent.image_list(target_of(host), timeout=60)
         except HerdError as exc:
             survey.unreachable[host.name] = str(exc)
             return
@@ -220,9 +220,7 @@ async def prune_caches(
 
     async def remove(entry: CacheEntry) -> CacheEntry | None:
         try:
-            await conductor.pool.call(
-                target_of(hosts[entry.host]), "image_remove", {"sha256": entry.sha256}
-            )
+            await conductor.agent.image_remove(target_of(hosts[entry.host]), entry.sha256)
         except HerdError as exc:  # in use since the survey, or the host went away
             survey.unreachable.setdefault(entry.host, str(exc))
             return None

@@ -22,6 +22,7 @@ from agent import image_format
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Image, utcnow
 from orchestrator.errors import AgentError, HerdError
+from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget
 
@@ -75,6 +76,7 @@ class ImageDelivery:
     def __init__(self, db: Database, pool: AgentPool) -> None:
         self.db = db
         self.pool = pool
+        self.agent = AgentAPI(pool)
         self._tasks: dict[tuple[str, str], asyncio.Task[Delivery]] = {}
 
     async def ensure(self, target: HostTarget, image: Image) -> Delivery:
@@ -88,7 +90,7 @@ class ImageDelivery:
     async def _deliver(self, target: HostTarget, image: Image) -> Delivery:
         kind = source_kind(image.source)
         if image.sha256:
-            status = await self.pool.call(target, "image_status", {"sha256": image.sha256})
+            status = await self.agent.image_status(target, image.sha256)
             if status.get("present"):
                 return Delivery(image.name, "cached")
         elif kind == "local":
@@ -108,11 +110,8 @@ class ImageDelivery:
         size = source.stat().st_size
         await session.upload(source, remote)
         try:
-            await self.pool.call(
-                target,
-                "image_commit",
-                {"sha256": image.sha256, "upload": remote, "format": image.format},
-                timeout=COMMIT_TIMEOUT,
+            await self.agent.image_commit(
+                target, image.sha256, remote, image.format, timeout=COMMIT_TIMEOUT
             )
         except AgentError as exc:
             message = f"image {image.name!r} was refused by host {target.name}: {exc}"
@@ -122,11 +121,8 @@ class ImageDelivery:
     async def _fetch(self, target: HostTarget, image: Image, kind: str) -> Delivery:
         source = image.source.removeprefix("host://") if kind == "host" else image.source
         try:
-            result = await self.pool.call(
-                target,
-                "image_fetch",
-                {"source": source, "sha256": image.sha256, "format": image.format},
-                timeout=FETCH_TIMEOUT,
+            result = await self.agent.image_fetch(
+                target, source, image.sha256, image.format, timeout=FETCH_TIMEOUT
             )
         except AgentError as exc:
             message = f"image {image.name!r} could not be fetched by {target.name}: {exc}"

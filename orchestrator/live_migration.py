@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from typing import Any
 
 from agent import specs as agent_specs
 from orchestrator import cloudinit, lifecycle, migration_reach, migration_records
@@ -37,6 +36,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.rpc.agent_api import Built, LiveMigrateArgs
 from orchestrator.rpc.tunnel import libvirt_tunnel
 from orchestrator.scheduler.claims import release
 from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, check_timeout, guard_outcome
@@ -160,7 +160,7 @@ class LiveMigration(ServerActions):
         except HerdError as exc:
             return f"cannot check that {source.name} reaches it: {exc}"
 
-    async def _prepare(self, row: Instance, dest: Host) -> dict[str, Any]:
+    async def _prepare(self, row: Instance, dest: Host) -> Built:
         target = target_of(dest)
         async with self.db.session() as db:
             config = await load_guest_config(db, row)
@@ -169,7 +169,7 @@ class LiveMigration(ServerActions):
         seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
         args = config.build_args(row, dest.domain_type or "qemu", seed)
         args.update(rebuild=True, define=False)
-        return await self._job(target, "build", args, self.conductor.build_timeout)
+        return await self.agent.build(target, args, timeout=self.conductor.build_timeout)
 
     async def _migrate(
         self, row: Instance, source: Host, dest: Host, ports: migration_reach.Ports, timeout: int
@@ -179,11 +179,11 @@ class LiveMigration(ServerActions):
         dest_conn = (await self.pool.session(dst)).conn
         listen = f"{src.agent_dir}/migrate-{uuid.uuid4().hex[:12]}.sock"
         async with libvirt_tunnel(source_conn, dest_conn, listen):
-            args = {
+            args: LiveMigrateArgs = {
                 "uuid": row.uuid, "socket": listen, "address": dest.address, "timeout": timeout,
                 "port": ports.memory, "disks_port": ports.disks,
             }  # fmt: skip
-            await self._job(src, "live_migrate", args, timeout + FOLLOW_MARGIN)
+            await self.agent.live_migrate(src, args, timeout=timeout + FOLLOW_MARGIN)
 
     async def _failed(
         self,
@@ -199,7 +199,7 @@ class LiveMigration(ServerActions):
         which did finish, but whose answer was lost, never loses the guest."""
         if await self._runs_on(source, row.uuid):
             try:
-                await self._job(target_of(dest), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+                await self.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN)
             except HerdError as cleanup:
                 exc = HerdError(f"{exc}; and {dest.name} kept its prepared files: {cleanup}")
             await self._give_back(row, migration, MigrationStatus.ERROR)
@@ -226,7 +226,7 @@ class LiveMigration(ServerActions):
 
     async def _runs_on(self, host: Host, instance_uuid: str) -> bool:
         try:
-            listed = await self.pool.call(target_of(host), "list", {})
+            listed = await self.agent.list_domains(target_of(host))
         except HerdError:
             return False
         return any(

@@ -22,8 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from orchestrator.errors import HerdError
-from orchestrator.rpc import agent_api
-from orchestrator.rpc.agent_api import Listening, ReachCheck
+from orchestrator.rpc.agent_api import AgentAPI, Listening, ReachCheck
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.rpc.tunnel import libvirt_tunnel
@@ -92,19 +91,20 @@ def _hint(error: str) -> str:
 async def check(pool: AgentPool, source: HostTarget, dest: HostTarget) -> Ports | str:
     """The ports this migration will use, or why there are none (a ``str``). Only an
     error reaching a host's agent is raised, as a ``HerdError``."""
-    listening = await agent_api.reach_listen(pool, dest, dest.address, 2, HOLD)
+    agent = AgentAPI(pool)
+    listening = await agent.reach_listen(dest, dest.address, 2, HOLD)
     try:
         source_conn = (await pool.session(source)).conn
         dest_conn = (await pool.session(dest)).conn
         socket = f"{source.agent_dir}/migrate-{uuid.uuid4().hex[:12]}.sock"
         async with libvirt_tunnel(source_conn, dest_conn, socket):
-            result = await agent_api.reach_check(
-                pool, source,
+            result = await agent.reach_check(
+                source,
                 socket=socket, address=dest.address, listening=listening,
                 timeout=KNOCK_TIMEOUT, call_timeout=CALL_TIMEOUT,
             )  # fmt: skip
     finally:
-        heard = await _close(pool, dest, listening)
+        heard = await _close(agent, dest, listening)
     why = refusal(source.name, dest.name, dest.address, listening, result, heard)
     if why is not None:
         return why
@@ -112,10 +112,10 @@ async def check(pool: AgentPool, source: HostTarget, dest: HostTarget) -> Ports 
     return Ports(memory, disks)
 
 
-async def _close(pool: AgentPool, dest: HostTarget, listening: Listening) -> frozenset[int]:
+async def _close(agent: AgentAPI, dest: HostTarget, listening: Listening) -> frozenset[int]:
     """The ports the destination heard; none if it cannot say (its listeners expire
     by themselves after ``HOLD`` seconds)."""
     try:
-        return await agent_api.reach_close(pool, dest, listening.probe)
+        return await agent.reach_close(dest, listening.probe)
     except HerdError:
         return frozenset()

@@ -109,7 +109,7 @@ class ServerResize(ServerActions):
                 await self._stop_for_move(row, source, action_id, timeout)
             stash = await self._stepped(
                 action_id, "stash_source", source.name,
-                self._job(target_of(source), "resize_stash", {"uuid": row.uuid}, FOLLOW_MARGIN),
+                self.agent.resize_stash(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
             )  # fmt: skip
             stashed = True
             if dest.id == source.id:
@@ -163,7 +163,7 @@ class ServerResize(ServerActions):
         try:
             await self._stepped(
                 action_id, "drop_source", source.name,
-                self._job(target_of(source), "resize_drop", {"uuid": row.uuid}, FOLLOW_MARGIN),
+                self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
             )  # fmt: skip
         except HerdError as exc:
             return await self._abort(
@@ -200,7 +200,7 @@ class ServerResize(ServerActions):
             try:
                 await self._stepped(
                     action_id, "remove_dest", dest.name,
-                    self._job(target_of(dest), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN),
+                    self.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN),
                 )  # fmt: skip
             except HerdError as exc:
                 return await self._abort(
@@ -295,7 +295,7 @@ class ServerResize(ServerActions):
             with contextlib.suppress(HerdError):
                 await self._stepped(
                     action_id, "drop_stash", source.name,
-                    self._job(target_of(source), "resize_drop", {"uuid": row.uuid}, FOLLOW_MARGIN),
+                    self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
                 )  # fmt: skip
         else:  # stopped, perhaps, but still defined there: start it again if it ran
             await self._put_back(row, source, old_running)

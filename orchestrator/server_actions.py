@@ -46,6 +46,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.rpc.agent_api import PowerArgs
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release
 from orchestrator.scheduler.loader import request_specs
@@ -72,6 +73,7 @@ class ServerActions:
         self.conductor = conductor
         self.db = conductor.db
         self.pool = conductor.pool
+        self.agent = conductor.agent
         self.progress = conductor.progress
 
     # -- shared steps -------------------------------------------------------
@@ -139,8 +141,7 @@ class ServerActions:
         instance: Instance,
         host: Host,
         op: str,
-        agent_op: str,
-        args: dict[str, object],
+        start_job: Callable[[str], Awaitable[object]],  # under the job id recorded here
         action_id: int,
         *,
         wait: bool,
@@ -151,7 +152,7 @@ class ServerActions:
         target = target_of(host)
         try:
             job_id = await self.conductor.record_job(instance, host, op, task, action_id=action_id)
-            await self.pool.cast(target, agent_op, args, job_id)
+            await start_job(job_id)
         except HerdError as exc:
             return await self._abort(instance, action_id, host.name, f"{op} failed: {exc}")
         await self.conductor.mark_job(job_id, JobState.RUNNING)
@@ -182,9 +183,11 @@ class ServerActions:
                 return guard_outcome(instance, str(exc))
             if host is None:
                 return await self._abort(row, action_id, None, "the server is on no host")
-            args = {"uuid": row.uuid, "action": rule.agent_action, "timeout": timeout}
+            args: PowerArgs = {"uuid": row.uuid, "action": rule.agent_action, "timeout": timeout}
             return await self._cast(
-                row, host, action, "power", args, action_id, wait=wait,
+                row, host, action,
+                lambda job_id: self.agent.power(target_of(host), args, job_id=job_id),
+                action_id, wait=wait,
                 timeout=timeout + FOLLOW_MARGIN,
             )  # fmt: skip
 
@@ -253,7 +256,8 @@ class ServerActions:
         args = config.build_args(row, host.domain_type or "qemu", seed)
         args.update(rebuild=True, start=start)
         return await self._cast(
-            row, host, op, "build", args, action_id, wait=wait,
+            row, host, op, lambda job_id: self.agent.build(target, args, job_id=job_id),
+            action_id, wait=wait,
             timeout=self.conductor.build_timeout,
         )  # fmt: skip
 
@@ -286,7 +290,7 @@ class ServerActions:
         """Evacuating a host that still runs its guests would run each twice."""
         self.pool.forget_failure(host.name)
         try:
-            await asyncio.wait_for(self.pool.call(target_of(host), "ping", {}), 15)
+            await asyncio.wait_for(self.agent.ping(target_of(host)), 15)
         except (HerdError, TimeoutError):
             return
         raise Conflict(
@@ -407,11 +411,6 @@ class ServerActions:
         async with self.db.session() as db:
             await finish_event(db, event_id, ok, detail)
 
-    async def _job(
-        self, target: HostTarget, op: str, args: dict[str, object], timeout: float
-    ) -> dict:
-        return await self.pool.run(target, op, dict(args), timeout)
-
     async def _stepped(
         self,
         action_id: int,
@@ -469,8 +468,8 @@ class ServerActions:
 
     async def _stop_for_move(self, row: Instance, host: Host, action_id: int, timeout: int) -> None:
         self.progress.update(row, "stopping", host=host.name)
-        args = {"uuid": row.uuid, "action": "stop", "timeout": timeout}
-        work = self._job(target_of(host), "power", args, timeout + FOLLOW_MARGIN)
+        args: PowerArgs = {"uuid": row.uuid, "action": "stop", "timeout": timeout}
+        work = self.agent.power(target_of(host), args, timeout=timeout + FOLLOW_MARGIN)
         await self._stepped(action_id, "stop_source", host.name, work)
 
     async def _spawn(
@@ -497,26 +496,23 @@ class ServerActions:
             seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
             args = config.build_args(row, host.domain_type or "qemu", seed)
             args.update(rebuild=True, **extra)
-            return await self._job(target_of(host), "build", args, self.conductor.build_timeout)
+            return await self.agent.build(
+                target_of(host), args, timeout=self.conductor.build_timeout
+            )
 
         try:
             return await self._stepped(action_id, event, host.name, build())
         except HerdError:
             if cleanup:
                 with contextlib.suppress(HerdError):  # leave no half-made copy behind
-                    await self._job(target_of(host), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+                    await self.agent.delete(target_of(host), row.uuid, timeout=FOLLOW_MARGIN)
             raise
 
     async def _put_back(self, row: Instance, source: Host, was_running: bool) -> None:
         if not was_running:
             return
         with contextlib.suppress(HerdError):
-            await self.pool.call(
-                target_of(source),
-                "domain_power",
-                {"uuid": row.uuid, "action": "start"},
-                timeout=120,
-            )
+            await self.agent.domain_power(target_of(source), row.uuid, "start", timeout=120)
 
     async def _claim_back(self, row: Instance, source: Host) -> None:
         """The server stays where it was: so does its claim (it fitted there already)."""
@@ -533,7 +529,7 @@ class ServerActions:
         (the DB places the server elsewhere)."""
         step = await self._step(action_id, "cleanup_source", source.name, owned=False)
         try:
-            await self._job(target_of(source), "delete", {"uuid": row.uuid}, FOLLOW_MARGIN)
+            await self.agent.delete(target_of(source), row.uuid, timeout=FOLLOW_MARGIN)
         except HerdError as exc:
             await self._end_step(step, False, f"{exc}; `herd reconcile` will remove it")
             return

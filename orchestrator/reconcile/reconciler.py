@@ -38,6 +38,7 @@ from orchestrator.errors import HerdError
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding, Snapshot, detect
 from orchestrator.reconcile.survey import HostSurvey, survey_hosts
+from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.scheduler.claims import release
 
 EXIT_CLEAN, EXIT_FIXED, EXIT_UNFIXED = 0, 1, 2
@@ -92,6 +93,7 @@ class Reconciler:
         self.conductor = conductor
         self.db = conductor.db
         self.pool = conductor.pool
+        self.agent = AgentAPI(self.pool)
         self.config = config
 
     async def run(self, *, dry_run: bool = False) -> RunReport:
@@ -209,9 +211,7 @@ class Reconciler:
             await self._fix_claim(finding)
         elif kind == "stale_image":
             host = self._host_named(snapshot, finding.host)
-            await self.pool.call(
-                target_of(host), "image_remove", {"sha256": finding.data["sha256"]}
-            )
+            await self.agent.image_remove(target_of(host), finding.data["sha256"])
         else:
             raise HerdError(f"no repair for {kind}")
 
@@ -239,11 +239,7 @@ class Reconciler:
             raise Skipped("an action began on the server since the survey; left alone")
         if finding.policy == "restore":
             action = "start" if finding.data["domain"] == "stopped" else "stop"
-            await self.pool.call(
-                await self._target(finding.host),
-                "domain_power",
-                {"uuid": finding.uuid, "action": action},
-            )
+            await self.agent.domain_power(await self._target(finding.host), finding.uuid, action)
             return
         async with self.db.session() as db:
             row = (await db.exec(select(Instance).where(Instance.uuid == finding.uuid))).one()
@@ -274,12 +270,12 @@ class Reconciler:
             raise Skipped("the server changed in the database meanwhile; left alone")
         target = await self._target(finding.host)
         if finding.policy == "shutdown":
-            await self.pool.call(target, "domain_power", {"uuid": finding.uuid, "action": "stop"})
+            await self.agent.domain_power(target, finding.uuid, "stop")
             return
         job_id = f"reconcile-{uuidlib.uuid4()}"
-        await self.pool.cast(target, "delete", {"uuid": finding.uuid}, job_id)
-        record = await self.pool.follow(target, job_id, REAP_TIMEOUT)
-        await self.pool.call(target, "job_forget", {"job_id": job_id})
+        await self.agent.delete(target, finding.uuid, job_id=job_id)
+        record = await self.agent.job_wait(target, job_id, REAP_TIMEOUT)
+        await self.agent.job_forget(target, job_id)
         if record.get("state") != "succeeded":
             raise HerdError(f"reaping failed: {(record.get('error') or {}).get('message')}")
 

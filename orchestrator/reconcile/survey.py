@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.conductor import target_of
 from orchestrator.db.models import Host
 from orchestrator.errors import HerdError
+from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.pool import AgentPool
 
 
@@ -40,16 +41,15 @@ async def _survey_one(pool: AgentPool, host: Host, with_cache: bool) -> HostSurv
     target = target_of(host)
     session = await pool.session(target)
     survey = HostSurvey(host, facts=session.facts, agent_version=session.hello.get("agent_version"))
-    listing, jobs = await asyncio.gather(
-        pool.call(target, "list", {}), pool.call(target, "jobs", {})
-    )
+    agent = AgentAPI(pool)
+    listing, jobs = await asyncio.gather(agent.list_domains(target), agent.jobs(target))
     survey.domains = {d["uuid"]: d for d in listing["domains"]}
     survey.jobs = {j["job_id"]: j for j in jobs["jobs"]}
     for problem in jobs.get("unreadable", []):
         survey.unreadable_jobs.add(problem.get("job_id", ""))
         survey.warnings.append(_skipped(host, problem))
     if with_cache:
-        cache = await pool.call(target, "image_list", {})
+        cache = await agent.image_list(target)
         survey.cache = cache["images"]
         if cache.get("unreadable"):
             # Which images those instances use is unknown: prune nothing there.

@@ -22,6 +22,7 @@ import asyncssh
 
 from orchestrator import __version__
 from orchestrator.errors import AgentError, HostUnreachable
+from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.bundle import AgentBundle, agent_bundle
 from orchestrator.rpc.ssh import HostTarget, connect
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 PROTOCOL = 1
 REMOTE_DIR = ".cache/herd"
 SYSTEM_PYTHON = "/usr/bin/python3"
-HELLO_TIMEOUT = 30.0
 
 
 class AgentSession:
@@ -76,7 +76,7 @@ class AgentSession:
             # A fixed command: the hash is ours, everything else travels as JSON. The
             # system's own Python when there is one: a login shell's PATH may put a
             # version manager's shim first (pyenv's costs ~100 ms and a lock per start).
-            self._process = await self.conn.create_process(
+            process = await self.conn.create_process(
                 f"if [ -x {SYSTEM_PYTHON} ]; then exec {SYSTEM_PYTHON} {remote} serve; "
                 f"else exec python3 {remote} serve; fi"
             )
@@ -84,22 +84,17 @@ class AgentSession:
             raise HostUnreachable(
                 f"host {self.target.name}: cannot start the agent: {exc}"
             ) from exc
+        await self.speak(process)
+
+    async def speak(self, process: asyncssh.SSHClientProcess[str]) -> None:
+        """Read the agent's answers and log from its started process, and say hello:
+        apart from ``_start`` so that a test can run the agent over a local pipe."""
+        self._process = process
         self._tasks = [
             asyncio.create_task(self._read_responses(), name=f"agent-read-{self.target.name}"),
             asyncio.create_task(self._drain_log(), name=f"agent-log-{self.target.name}"),
         ]
-        hello = await self.call(
-            "hello",
-            {
-                "orchestrator_version": __version__,
-                "state_dir": self.target.agent_dir,
-                "libvirt_uri": self.target.libvirt_uri,
-                "domain_type": self.target.domain_type,
-                "image_source_dirs": list(self.target.image_source_dirs),
-                "max_image_bytes": self.target.max_image_gb << 30,
-            },
-            timeout=HELLO_TIMEOUT,
-        )
+        hello: dict[str, Any] = dict(await AgentAPI.hello(self.call, self.target))
         if hello.get("protocol") != PROTOCOL:
             raise AgentError(
                 f"host {self.target.name}: agent speaks protocol {hello.get('protocol')}, "
