@@ -49,6 +49,7 @@ from orchestrator.errors import Conflict, HerdError, HostUnreachable, NoValidHos
 from orchestrator.guest_config import load_guest_config
 from orchestrator.image_delivery import Delivery, ImageDelivery
 from orchestrator.networking import release_ports
+from orchestrator.outcomes import Outcome, guard_outcome, outcome_of
 from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.ssh import HostTarget
@@ -86,19 +87,6 @@ class NullProgress:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What happened to one instance, for the CLI to show."""
-
-    uuid: str
-    name: str
-    host: str | None
-    vm_state: str
-    task_state: str | None
-    error: str | None = None
-    failed_at: str | None = None  # the action event that failed: "schedule", "build", ...
-
-
-@dataclass(frozen=True)
 class HostContact:
     name: str
     ok: bool
@@ -122,20 +110,6 @@ def target_of(host: Host) -> HostTarget:
         image_source_dirs=tuple(host.image_source_dirs),
         max_image_gb=host.max_image_gb,
     )
-
-
-def outcome_of(instance: Instance, host: str | None, error: str | None = None) -> Outcome:
-    return Outcome(
-        instance.uuid, instance.name, host, instance.vm_state, instance.task_state, error
-    )
-
-
-def guard_outcome(instance: Instance, error: str) -> Outcome:
-    """Refused by the server's state before anything started (exit 4 at the CLI)."""
-    return Outcome(
-        instance.uuid, instance.name, None, instance.vm_state, instance.task_state, error,
-        failed_at="guard",
-    )  # fmt: skip
 
 
 def apply_facts(host: Host, facts: dict[str, Any], agent_version: str | None) -> None:

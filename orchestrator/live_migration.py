@@ -25,7 +25,7 @@ import uuid
 from agent import specs as agent_specs
 from orchestrator import cloudinit, lifecycle, migration_reach, migration_records
 from orchestrator.actions import finish_action, record_event
-from orchestrator.conductor import Outcome, outcome_of, target_of
+from orchestrator.conductor import target_of
 from orchestrator.db.models import (
     Host,
     Instance,
@@ -36,6 +36,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.outcomes import Outcome, outcome_of
 from orchestrator.rpc.agent_api import Built, LiveMigrateArgs
 from orchestrator.rpc.tunnel import libvirt_tunnel
 from orchestrator.scheduler.claims import release

@@ -25,7 +25,7 @@ from sqlmodel import col, select
 
 from orchestrator import lifecycle, migration_records
 from orchestrator.actions import finish_action, record_event
-from orchestrator.conductor import Outcome, outcome_of, target_of
+from orchestrator.conductor import target_of
 from orchestrator.db.models import (
     POWER_OF,
     Flavor,
@@ -39,6 +39,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.outcomes import Outcome, outcome_of
 from orchestrator.server_actions import FOLLOW_MARGIN, POWER_TIMEOUT, ServerActions, guard_outcome
 
 

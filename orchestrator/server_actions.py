@@ -29,7 +29,7 @@ from orchestrator.actions import (
     start_action,
     start_event,
 )
-from orchestrator.conductor import Conductor, Outcome, guard_outcome, outcome_of, target_of
+from orchestrator.conductor import Conductor, target_of
 from orchestrator.db.models import (
     POWER_OF,
     AgentJob,
@@ -46,6 +46,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.outcomes import Outcome, guard_outcome, outcome_of
 from orchestrator.rpc.agent_api import PowerArgs
 from orchestrator.rpc.ssh import HostTarget
 from orchestrator.scheduler.claims import release

@@ -1,39 +1,68 @@
-"""What every command needs: the database, the agent pool, the conductor."""
+"""What every command needs: the database and the config; the agent pool and the
+conductor only for commands that contact hosts.
+
+The pool and the conductor are made on first use: importing them brings in SSH,
+the scheduler and the workflows, which a command that only reads the DB (`server
+list`, `host list`) should not wait for.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from orchestrator.conductor import Conductor, Progress
 from orchestrator.config import HerdConfig, load_config
 from orchestrator.db.engine import Database, open_database
-from orchestrator.rpc.pool import AgentPool
+
+if TYPE_CHECKING:
+    from orchestrator.conductor import Conductor, Progress
+    from orchestrator.rpc.pool import AgentPool
 
 T = TypeVar("T")
 
 
-@dataclass
 class Herd:
-    db: Database
-    pool: AgentPool
-    conductor: Conductor
-    config: HerdConfig
+    def __init__(self, db: Database, config: HerdConfig, progress: Progress | None) -> None:
+        self.db = db
+        self.config = config
+        self.progress = progress
+        self._pool: AgentPool | None = None
+        self._conductor: Conductor | None = None
+
+    @property
+    def pool(self) -> AgentPool:
+        if self._pool is None:
+            from orchestrator.rpc.pool import AgentPool
+
+            self._pool = AgentPool()
+        return self._pool
+
+    @property
+    def conductor(self) -> Conductor:
+        if self._conductor is None:
+            from orchestrator.conductor import Conductor
+
+            self._conductor = Conductor(
+                self.db, self.pool, self.progress, scheduler_config=self.config.scheduler
+            )
+        return self._conductor
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
 
 
 @asynccontextmanager
 async def herd(progress: Progress | None = None) -> AsyncIterator[Herd]:
     config = load_config()
     db = await open_database()
-    pool = AgentPool()
+    handle = Herd(db, config, progress)
     try:
-        conductor = Conductor(db, pool, progress, scheduler_config=config.scheduler)
-        yield Herd(db, pool, conductor, config)
+        yield handle
     finally:
-        await pool.close()
+        await handle.close()
         await db.dispose()
 
 

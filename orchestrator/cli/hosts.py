@@ -13,10 +13,11 @@ from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.cli.servers import show_outcomes
-from orchestrator.conductor import HostContact, Outcome, target_of
+from orchestrator.conductor import HostContact, target_of
 from orchestrator.db.models import Host, utcnow
 from orchestrator.endpoints import host_port
 from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound
+from orchestrator.outcomes import Outcome
 from orchestrator.rpc.known_hosts import record_host_key
 from orchestrator.rpc.ssh import Offer, fingerprint, host_key_changed, walk_route
 from orchestrator.server_actions import ServerActions

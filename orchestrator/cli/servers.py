@@ -10,25 +10,29 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
-from orchestrator import api, cloudinit, console
+from orchestrator import api, cloudinit
 from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table, text, visible
 from orchestrator.cli.progress import LiveProgress
-from orchestrator.conductor import Conductor, Outcome
 from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
 from orchestrator.files import read_limited
-from orchestrator.live_migration import LiveMigration
-from orchestrator.resize import ServerResize
+from orchestrator.outcomes import Outcome
 from orchestrator.scheduler.scheduler import Plan
-from orchestrator.server_actions import ServerActions
+
+if TYPE_CHECKING:
+    from orchestrator import console
+    from orchestrator.conductor import Conductor
+    from orchestrator.live_migration import LiveMigration
+    from orchestrator.resize import ServerResize
+    from orchestrator.server_actions import ServerActions
 
 app = typer.Typer(help="Create, inspect, power, rebuild and delete servers.", no_args_is_help=True)
 
@@ -459,6 +463,8 @@ def console_log(
         raise InvalidInput("--lines must be between 1 and 100000")
 
     async def main() -> console.ConsoleLog:
+        from orchestrator import console
+
         async with herd() as h:
             return await console.console_log(h.db, h.pool, name, lines)
 
@@ -479,6 +485,8 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
     """Attach to the guest's serial console (virsh console over SSH); Ctrl-] detaches."""
 
     async def main() -> int:
+        from orchestrator import console
+
         async with herd() as h:
             instance, target = await console.console_target(h.db, name)
         err.print(
@@ -489,6 +497,28 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
     status = run_async(main())
     err.print("\ndetached")
     raise typer.Exit(status)
+
+
+# The workflows import the conductor, SSH and the agent client: only the commands that
+# run one pay for that (`server list` and `show` answer from the DB alone).
+
+
+def _server_actions(conductor: Conductor) -> ServerActions:
+    from orchestrator.server_actions import ServerActions
+
+    return ServerActions(conductor)
+
+
+def _server_resize(conductor: Conductor) -> ServerResize:
+    from orchestrator.resize import ServerResize
+
+    return ServerResize(conductor)
+
+
+def _live_migration(conductor: Conductor) -> LiveMigration:
+    from orchestrator.live_migration import LiveMigration
+
+    return LiveMigration(conductor)
 
 
 NamesArg = Annotated[list[str], typer.Argument(help="Names or UUIDs.")]
@@ -505,7 +535,7 @@ def _run_power(names: list[str], action: str, wait: bool, as_json: bool, timeout
         progress = None if as_json else LiveProgress(action.replace("_", " ").capitalize())
         async with herd(progress) as h:
             instances = await api.find_servers(h.db, names)
-            actions = ServerActions(h.conductor)
+            actions = _server_actions(h.conductor)
             if progress is None:
                 return await actions.power(instances, action, wait=wait, timeout=timeout)
             with progress:
@@ -576,7 +606,7 @@ def rebuild(
     """A new root disk from the image: same UUID, host, addresses and user data."""
 
     outcomes = _act_on_one(
-        name, "Rebuilding", as_json, lambda c, i: ServerActions(c).rebuild(i, image, wait=wait)
+        name, "Rebuilding", as_json, lambda c, i: _server_actions(c).rebuild(i, image, wait=wait)
     )
     show_outcomes(outcomes, as_json, "rebuild")
 
@@ -622,7 +652,7 @@ def migrate(
 
     outcomes = _act_on_one(
         name, "Migrating", as_json,
-        lambda c, i: ServerActions(c).migrate(i, host, timeout=timeout),
+        lambda c, i: _server_actions(c).migrate(i, host, timeout=timeout),
     )  # fmt: skip
     show_outcomes(outcomes, as_json, "migrate")
 
@@ -657,7 +687,7 @@ def resize(
         return
 
     def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
-        actions = ServerResize(conductor)
+        actions = _server_resize(conductor)
         if confirm:
             return actions.confirm(instance)
         if revert:
@@ -689,6 +719,6 @@ def live_migrate(
 
     outcomes = _act_on_one(
         name, "Live-migrating", as_json,
-        lambda c, i: LiveMigration(c).live_migrate(i, host, timeout=timeout),
+        lambda c, i: _live_migration(c).live_migrate(i, host, timeout=timeout),
     )  # fmt: skip
     show_outcomes(outcomes, as_json, "live-migrate")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import catalog, explain, main, progress, servers
+from orchestrator import console as console_module
+from orchestrator.cli import catalog, explain, main, progress
 from orchestrator.cli import reconcile as reconcile_cli
 from orchestrator.cli.output import make_console, table, visible
 from orchestrator.console import ConsoleLog
@@ -305,7 +306,7 @@ def test_console_log_shows_guest_control_characters_escaped_unless_raw(
         return ConsoleLog(ref, "hv1", GUEST_LINES, truncated=False)
 
     monkeypatch.setenv("HERD_DATABASE_URL", f"sqlite:///{tmp_path / 'herd.db'}")
-    monkeypatch.setattr(servers.console, "console_log", fake_console_log)
+    monkeypatch.setattr(console_module, "console_log", fake_console_log)
     args = ["server", "console-log", "web", *(["--raw"] if raw else [])]
     result = CliRunner().invoke(main.app, args)
     assert result.exit_code == 0, result.output
