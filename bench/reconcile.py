@@ -30,7 +30,7 @@ from rich.table import Table
 from sqlmodel import select
 
 from orchestrator import api
-from orchestrator.conductor import Conductor
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Instance
 from orchestrator.inventory.apply import apply_inventory

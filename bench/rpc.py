@@ -19,13 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import api, console
-from orchestrator.conductor import Conductor, Outcome, target_of
+from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Instance
 from orchestrator.inventory.apply import apply_inventory
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.lab import Lab
 from orchestrator.live_migration import LiveMigration
+from orchestrator.outcomes import Outcome
 from orchestrator.resize import ServerResize
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.session import AgentSession

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import asyncssh
 
 from orchestrator import api
-from orchestrator.conductor import target_of
+from orchestrator.conductor.hosts import target_of
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Instance
 from orchestrator.errors import Conflict, HostUnreachable

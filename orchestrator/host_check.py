@@ -378,7 +378,7 @@ async def check_hosts(
 ) -> list[CheckOutcome]:
     """Check the named hosts at once; one host's SSH failure is its own outcome."""
     from orchestrator.api import find_hosts
-    from orchestrator.conductor import target_of
+    from orchestrator.conductor.hosts import target_of
 
     hosts = await find_hosts(db, names)
     async with db.read() as session:

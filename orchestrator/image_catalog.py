@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import select
 
-from orchestrator.conductor import Conductor, sha256_of, target_of
+from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
@@ -25,6 +26,7 @@ from orchestrator.image_delivery import unsafe_local_image
 from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
 from orchestrator.inventory.problems import first_validation_problem
+from orchestrator.local_files import sha256_of
 
 
 async def create_image(db: Database, values: dict[str, Any]) -> Image:

@@ -25,7 +25,7 @@ import uuid
 from agent import specs as agent_specs
 from orchestrator import cloudinit, lifecycle, migration_reach, migration_records
 from orchestrator.actions import finish_action, record_event
-from orchestrator.conductor import target_of
+from orchestrator.conductor.hosts import target_of
 from orchestrator.db.models import (
     Host,
     Instance,

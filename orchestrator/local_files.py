@@ -12,6 +12,7 @@ chmod-ed; an existing file is only ever tightened, never widened.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import stat
@@ -79,3 +80,12 @@ def withdraw_from_others(path: Path) -> None:
         )
         return
     log.warning("%s was readable by every user: mode %04o -> %04o", path, mode, mode & ~0o007)
+
+
+def sha256_of(path: Path) -> str:
+    """A local file's digest, read in 1 MiB chunks (images are gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -25,7 +25,7 @@ from sqlmodel import col, select
 
 from orchestrator import lifecycle, migration_records
 from orchestrator.actions import finish_action, record_event
-from orchestrator.conductor import target_of
+from orchestrator.conductor.hosts import target_of
 from orchestrator.db.models import (
     POWER_OF,
     Flavor,

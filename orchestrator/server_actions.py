@@ -29,7 +29,8 @@ from orchestrator.actions import (
     start_action,
     start_event,
 )
-from orchestrator.conductor import Conductor, target_of
+from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.models import (
     POWER_OF,
     AgentJob,

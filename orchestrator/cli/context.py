@@ -17,7 +17,7 @@ from orchestrator.config import HerdConfig, load_config
 from orchestrator.db.engine import Database, open_database
 
 if TYPE_CHECKING:
-    from orchestrator.conductor import Conductor, Progress
+    from orchestrator.conductor.manager import Conductor, Progress
     from orchestrator.rpc.pool import AgentPool
 
 T = TypeVar("T")
@@ -42,7 +42,7 @@ class Herd:
     @property
     def conductor(self) -> Conductor:
         if self._conductor is None:
-            from orchestrator.conductor import Conductor
+            from orchestrator.conductor.manager import Conductor
 
             self._conductor = Conductor(
                 self.db, self.pool, self.progress, scheduler_config=self.config.scheduler

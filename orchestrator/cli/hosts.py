@@ -13,7 +13,7 @@ from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.cli.servers import show_outcomes
-from orchestrator.conductor import HostContact, target_of
+from orchestrator.conductor.hosts import HostContact, target_of
 from orchestrator.db.models import Host, utcnow
 from orchestrator.endpoints import host_port
 from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound

@@ -29,7 +29,7 @@ from orchestrator.scheduler.scheduler import Plan
 
 if TYPE_CHECKING:
     from orchestrator import console
-    from orchestrator.conductor import Conductor
+    from orchestrator.conductor.manager import Conductor
     from orchestrator.live_migration import LiveMigration
     from orchestrator.resize import ServerResize
     from orchestrator.server_actions import ServerActions

@@ -91,7 +91,7 @@ def flavor_values(spec: FlavorSpec) -> dict[str, Any]:
 
 
 def _checksum(path: Path) -> tuple[str, int]:
-    from orchestrator.conductor import sha256_of
+    from orchestrator.local_files import sha256_of
 
     return sha256_of(path), path.stat().st_size
 

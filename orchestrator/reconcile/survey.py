@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.conductor import target_of
+from orchestrator.conductor.hosts import target_of
 from orchestrator.db.models import Host
 from orchestrator.errors import HerdError
 from orchestrator.rpc.agent_api import AgentAPI

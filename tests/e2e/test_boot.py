@@ -150,7 +150,7 @@ def test_a_second_build_of_the_same_instance_is_harmless(herd: HerdCli, lab) -> 
 
     async def rebuild() -> dict:
         from orchestrator.api import find_hosts
-        from orchestrator.conductor import target_of
+        from orchestrator.conductor.hosts import target_of
         from orchestrator.db.engine import open_database
         from orchestrator.rpc.pool import AgentPool
 

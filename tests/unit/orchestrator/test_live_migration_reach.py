@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from orchestrator import live_migration
-from orchestrator.conductor import Conductor
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     Allocation,

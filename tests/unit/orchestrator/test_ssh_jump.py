@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from orchestrator.conductor import Conductor
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database
 from orchestrator.errors import HostCredentialsError, HostKeyNotTrusted, HostUnreachable
 from orchestrator.rpc.known_hosts import record_host_key

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from orchestrator.conductor import Conductor
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database
 from orchestrator.errors import HostUnreachable
 from orchestrator.rpc.pool import AgentPool

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlmodel import select
 
 from orchestrator import api
-from orchestrator.conductor import Conductor
+from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Allocation, Host, Image, Instance, PowerState, VmState
 from orchestrator.reconcile.config import ReconcileConfig

@@ -9,13 +9,10 @@ errors and records them as a fault on that instance.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sqlmodel import col, select
@@ -28,6 +25,13 @@ from orchestrator.actions import (
     record_fault,
     start_action,
     start_event,
+)
+from orchestrator.conductor.hosts import (
+    FACTS_MAX_AGE,
+    HostContact,
+    age_seconds,
+    contact_hosts,
+    target_of,
 )
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
@@ -63,14 +67,6 @@ log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT = 900.0
 DELETE_TIMEOUT = 300.0
-# Facts older than this are refreshed before scheduling (a warm session costs ~0.3 s).
-FACTS_MAX_AGE = 60.0
-
-
-def _age_seconds(moment: datetime) -> float:
-    if moment.tzinfo is None:  # SQLite drops the zone; we always store UTC
-        moment = moment.replace(tzinfo=UTC)
-    return (utcnow() - moment).total_seconds()
 
 
 class Progress(Protocol):
@@ -84,55 +80,6 @@ class NullProgress:
         self, instance: Instance, status: str, *, host: str | None = None, detail: str = ""
     ) -> None:
         return None
-
-
-@dataclass(frozen=True)
-class HostContact:
-    name: str
-    ok: bool
-    error: str | None = None
-    facts: dict[str, Any] | None = None
-
-
-def target_of(host: Host) -> HostTarget:
-    return HostTarget(
-        name=host.name,
-        address=host.address,
-        port=host.ssh_port,
-        user=host.ssh_user,
-        key=host.ssh_key,
-        known_hosts=host.known_hosts,
-        ssh_config=host.ssh_config,
-        proxy_jump=host.ssh_proxy_jump,
-        agent_dir=host.agent_dir,
-        libvirt_uri=host.libvirt_uri,
-        domain_type=host.domain_type_pref,
-        image_source_dirs=tuple(host.image_source_dirs),
-        max_image_gb=host.max_image_gb,
-    )
-
-
-def apply_facts(host: Host, facts: dict[str, Any], agent_version: str | None) -> None:
-    libvirt = facts.get("libvirt") or {}
-    host.vcpus = facts.get("cpus")
-    host.ram_mb = facts.get("memory_mb")
-    host.disk_gb = facts.get("disk_gb")
-    host.domain_type = facts.get("domain_type")
-    host.libvirt_ok = bool(libvirt.get("ok"))
-    host.libvirt_error = libvirt.get("error")
-    host.agent_version = agent_version
-    host.facts = facts
-    host.last_seen_at = utcnow()
-    host.last_error = None
-    host.updated_at = utcnow()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Conductor:
@@ -155,40 +102,7 @@ class Conductor:
     # -- hosts ---------------------------------------------------------------
 
     async def contact_hosts(self, hosts: Sequence[Host]) -> list[HostContact]:
-        """Open (or reuse) each host's agent session and record its facts; one
-        host's failure is recorded on that host and hides nothing else."""
-
-        async def one(host: Host) -> HostContact:
-            target = target_of(host)
-            try:
-                session = await self.pool.session(target)
-            except HerdError as exc:
-                await self._record_host_error(host.id, str(exc))
-                return HostContact(host.name, False, str(exc))
-            facts = session.facts
-            async with self.db.session() as db:
-                row = await db.get(Host, host.id)
-                if row is not None:
-                    apply_facts(row, facts, session.hello.get("agent_version"))
-                    db.add(row)
-            libvirt = facts.get("libvirt") or {}
-            if not libvirt.get("ok"):
-                error = (
-                    f"host {host.name}: libvirt not available at {target.libvirt_uri}: "
-                    f"{libvirt.get('error')}"
-                )
-                return HostContact(host.name, False, error, facts)
-            return HostContact(host.name, True, None, facts)
-
-        return list(await asyncio.gather(*(one(h) for h in hosts)))
-
-    async def _record_host_error(self, host_id: int | None, error: str) -> None:
-        async with self.db.session() as db:
-            row = await db.get(Host, host_id)
-            if row is not None:
-                row.last_error = error
-                row.updated_at = utcnow()
-                db.add(row)
+        return await contact_hosts(self.db, self.pool, hosts)
 
     async def _hosts(self, ids: Iterable[int] | None = None) -> dict[int, Host]:
         async with self.db.read() as db:
@@ -206,8 +120,7 @@ class Conductor:
         stale = [
             h
             for h in hosts.values()
-            if h.enabled
-            and (h.last_seen_at is None or _age_seconds(h.last_seen_at) > FACTS_MAX_AGE)
+            if h.enabled and (h.last_seen_at is None or age_seconds(h.last_seen_at) > FACTS_MAX_AGE)
         ]
         if stale:
             await self.contact_hosts(stale)
