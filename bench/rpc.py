@@ -21,17 +21,17 @@ from rich.table import Table
 from orchestrator import api, console
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.outcomes import Outcome
+from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
+from orchestrator.conductor.tasks.migrate import MigrateTask
+from orchestrator.conductor.tasks.resize import ResizeTask, RevertResizeTask
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Instance
 from orchestrator.inventory.apply import apply_inventory
 from orchestrator.inventory.loader import load_inventory
 from orchestrator.lab import Lab
-from orchestrator.live_migration import LiveMigration
-from orchestrator.outcomes import Outcome
-from orchestrator.resize import ServerResize
 from orchestrator.rpc.pool import AgentPool
 from orchestrator.rpc.session import AgentSession
-from orchestrator.server_actions import ServerActions
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -105,18 +105,20 @@ async def measure_moves(db: Database, conductor: Conductor, name: str) -> list[t
     hosts = [h.name for h in await api.find_hosts(db, None) if h.name != here]
     await timed(
         "live migration of a running test guest (disk overlay copied)",
-        LiveMigration(conductor).live_migrate(await server(), hosts[0]),
+        LiveMigrateTask(conductor, await server(), hosts[0]).execute(),
     )
     await timed(
         "cold migration of a test guest (2 s of it: ACPI ignored, then forced)",
-        ServerActions(conductor).migrate(await server(), hosts[1], timeout=2),
+        MigrateTask(conductor, await server(), hosts[1], timeout=2).execute(),
     )
-    resize = ServerResize(conductor)
     await timed(
         "resize on the same host, m1.tiny -> m1.small (2 s of it: forced stop)",
-        resize.resize(await server(), "m1.small", timeout=2),
+        ResizeTask(conductor, await server(), "m1.small", timeout=2).execute(),
     )
-    await timed("resize --revert (built again from the kept disk)", resize.revert(await server()))
+    await timed(
+        "resize --revert (built again from the kept disk)",
+        RevertResizeTask(conductor, await server()).execute(),
+    )
     return rows
 
 

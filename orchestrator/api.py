@@ -16,7 +16,7 @@ from sqlalchemy import or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from orchestrator.actions import start_action
+from orchestrator.conductor.actions import start_action
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     OPEN_MIGRATIONS,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from orchestrator import api
 from orchestrator.cli.context import herd, run_async
+from orchestrator.conductor.outcomes import Outcome
 from orchestrator.errors import HerdError
 from orchestrator.local_files import make_private_dirs, open_private_append, xdg_dir
-from orchestrator.outcomes import Outcome
 
 TAKE_TIMEOUT = 60.0  # seconds for the background process to start and take the task
 POLL = 0.2

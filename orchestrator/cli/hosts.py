@@ -14,13 +14,12 @@ from orchestrator.cli.output import age, err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.cli.servers import show_outcomes
 from orchestrator.conductor.hosts import HostContact, target_of
+from orchestrator.conductor.outcomes import Outcome
 from orchestrator.db.models import Host, utcnow
 from orchestrator.endpoints import host_port
 from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound
-from orchestrator.outcomes import Outcome
 from orchestrator.rpc.known_hosts import record_host_key
 from orchestrator.rpc.ssh import Offer, fingerprint, host_key_changed, walk_route
-from orchestrator.server_actions import ServerActions
 
 app = typer.Typer(help="Hypervisors: capacity, usage, contact and trust.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -286,11 +285,12 @@ def evacuate(
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress(f"Evacuating {name}")
         async with herd(progress) as h:
-            actions = ServerActions(h.conductor)
+            from orchestrator.conductor.tasks.evacuate import evacuate
+
             if progress is None:
-                return await actions.evacuate(name)
+                return await evacuate(h.conductor, name)
             with progress:
-                return await actions.evacuate(name)
+                return await evacuate(h.conductor, name)
 
     outcomes = run_async(main())
     if not outcomes and not as_json:

@@ -21,18 +21,15 @@ from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
 from orchestrator.cli.output import age, err, out, print_json, styled, table, text, visible
 from orchestrator.cli.progress import LiveProgress
+from orchestrator.conductor.outcomes import Outcome
 from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
 from orchestrator.files import read_limited
-from orchestrator.outcomes import Outcome
 from orchestrator.scheduler.scheduler import Plan
 
 if TYPE_CHECKING:
     from orchestrator import console
     from orchestrator.conductor.manager import Conductor
-    from orchestrator.live_migration import LiveMigration
-    from orchestrator.resize import ServerResize
-    from orchestrator.server_actions import ServerActions
 
 app = typer.Typer(help="Create, inspect, power, rebuild and delete servers.", no_args_is_help=True)
 
@@ -503,22 +500,56 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
 # run one pay for that (`server list` and `show` answer from the DB alone).
 
 
-def _server_actions(conductor: Conductor) -> ServerActions:
-    from orchestrator.server_actions import ServerActions
+def _power(
+    conductor: Conductor, instances: list[Instance], action: str, wait: bool, timeout: int
+) -> Awaitable[list[Outcome]]:
+    from orchestrator.conductor.tasks.power import power
 
-    return ServerActions(conductor)
-
-
-def _server_resize(conductor: Conductor) -> ServerResize:
-    from orchestrator.resize import ServerResize
-
-    return ServerResize(conductor)
+    return power(conductor, instances, action, wait=wait, timeout=timeout)
 
 
-def _live_migration(conductor: Conductor) -> LiveMigration:
-    from orchestrator.live_migration import LiveMigration
+def _rebuild(
+    conductor: Conductor, instance: Instance, image: str | None, wait: bool
+) -> Awaitable[Outcome]:
+    from orchestrator.conductor.tasks.rebuild import RebuildTask
 
-    return LiveMigration(conductor)
+    return RebuildTask(conductor, instance, image, wait=wait).execute()
+
+
+def _migrate(
+    conductor: Conductor, instance: Instance, host: str | None, timeout: int
+) -> Awaitable[Outcome]:
+    from orchestrator.conductor.tasks.migrate import MigrateTask
+
+    return MigrateTask(conductor, instance, host, timeout=timeout).execute()
+
+
+def _resize(
+    conductor: Conductor,
+    instance: Instance,
+    flavor: str | None,
+    host: str | None,
+    timeout: int,
+    *,
+    confirm: bool,
+    revert: bool,
+) -> Awaitable[Outcome]:
+    from orchestrator.conductor.tasks import resize as tasks
+
+    if confirm:
+        return tasks.ConfirmResizeTask(conductor, instance).execute()
+    if revert:
+        return tasks.RevertResizeTask(conductor, instance).execute()
+    assert flavor is not None
+    return tasks.ResizeTask(conductor, instance, flavor, host, timeout=timeout).execute()
+
+
+def _live_migrate(
+    conductor: Conductor, instance: Instance, host: str | None, timeout: int
+) -> Awaitable[Outcome]:
+    from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
+
+    return LiveMigrateTask(conductor, instance, host, timeout=timeout).execute()
 
 
 NamesArg = Annotated[list[str], typer.Argument(help="Names or UUIDs.")]
@@ -535,11 +566,10 @@ def _run_power(names: list[str], action: str, wait: bool, as_json: bool, timeout
         progress = None if as_json else LiveProgress(action.replace("_", " ").capitalize())
         async with herd(progress) as h:
             instances = await api.find_servers(h.db, names)
-            actions = _server_actions(h.conductor)
             if progress is None:
-                return await actions.power(instances, action, wait=wait, timeout=timeout)
+                return await _power(h.conductor, instances, action, wait, timeout)
             with progress:
-                return await actions.power(instances, action, wait=wait, timeout=timeout)
+                return await _power(h.conductor, instances, action, wait, timeout)
 
     show_outcomes(run_async(main()), as_json, action.replace("_", " "))
 
@@ -605,9 +635,7 @@ def rebuild(
 ) -> None:
     """A new root disk from the image: same UUID, host, addresses and user data."""
 
-    outcomes = _act_on_one(
-        name, "Rebuilding", as_json, lambda c, i: _server_actions(c).rebuild(i, image, wait=wait)
-    )
+    outcomes = _act_on_one(name, "Rebuilding", as_json, lambda c, i: _rebuild(c, i, image, wait))
     show_outcomes(outcomes, as_json, "rebuild")
 
 
@@ -652,7 +680,7 @@ def migrate(
 
     outcomes = _act_on_one(
         name, "Migrating", as_json,
-        lambda c, i: _server_actions(c).migrate(i, host, timeout=timeout),
+        lambda c, i: _migrate(c, i, host, timeout),
     )  # fmt: skip
     show_outcomes(outcomes, as_json, "migrate")
 
@@ -687,13 +715,7 @@ def resize(
         return
 
     def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
-        actions = _server_resize(conductor)
-        if confirm:
-            return actions.confirm(instance)
-        if revert:
-            return actions.revert(instance)
-        assert flavor is not None
-        return actions.resize(instance, flavor, host, timeout=timeout)
+        return _resize(conductor, instance, flavor, host, timeout, confirm=confirm, revert=revert)
 
     verb = "confirm the resize" if confirm else "revert the resize" if revert else "resize"
     show_outcomes(_act_on_one(name, "Resizing", as_json, work), as_json, verb)
@@ -719,6 +741,6 @@ def live_migrate(
 
     outcomes = _act_on_one(
         name, "Live-migrating", as_json,
-        lambda c, i: _live_migration(c).live_migrate(i, host, timeout=timeout),
+        lambda c, i: _live_migrate(c, i, host, timeout),
     )  # fmt: skip
     show_outcomes(outcomes, as_json, "live-migrate")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.conductor.lifecycle import TaskSeen
 from orchestrator.db.models import (
     POWER_OF,
     AgentJob,
@@ -23,7 +24,6 @@ from orchestrator.db.models import (
     PowerState,
     VmState,
 )
-from orchestrator.lifecycle import TaskSeen
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.survey import HostSurvey
 

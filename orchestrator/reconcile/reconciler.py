@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlmodel import col, delete, select
 
-from orchestrator import lifecycle, migration_records
-from orchestrator.actions import finish_action, record_event, record_fault, start_action
+from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor.hosts import apply_facts, target_of
 from orchestrator.conductor.manager import Conductor
 from orchestrator.db.models import (

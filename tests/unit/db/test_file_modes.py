@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import background
+from orchestrator.conductor.outcomes import Outcome
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Flavor
 from orchestrator.errors import HerdError
-from orchestrator.outcomes import Outcome
 from orchestrator.reconcile import metrics
 from orchestrator.reconcile.lock import lock_path, reconcile_lock
 from tests.e2e.herdcli import HerdCli

@@ -49,12 +49,20 @@ def modules_outside_rpc() -> Iterator[tuple[str, ast.Module]]:
 def other_roles(tree: ast.Module) -> set[int]:
     """ids of string constants that are a name in another vocabulary: a CLI command
     (a decorator's argument), a word of a command line or of a list of names (a
-    list or tuple led by another string), a JSON or dict field (a key, a subscript)."""
+    list or tuple led by another string), a JSON or dict field (a key, a subscript), a
+    conductor task's ``kind`` (its name in the journal: the power task is "power")."""
     exempt: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             for decorator in node.decorator_list:
                 exempt.update(id(n) for n in ast.walk(decorator))
+        if isinstance(node, ast.ClassDef):
+            for statement in node.body:
+                if (
+                    isinstance(statement, ast.Assign)
+                    and [getattr(t, "id", None) for t in statement.targets] == ["kind"]
+                ):
+                    exempt.add(id(statement.value))
         elif isinstance(node, (ast.List, ast.Tuple)) and node.elts:
             first = node.elts[0]
             if (

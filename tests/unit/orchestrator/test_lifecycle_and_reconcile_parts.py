@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 from sqlmodel import select
 
-from orchestrator import lifecycle
+from orchestrator.conductor import lifecycle
+from orchestrator.conductor.tasks.live_migrate import incompatibility
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Allocation, Host, Instance, Migration, PowerState, VmState
 from orchestrator.errors import Conflict
-from orchestrator.live_migration import incompatibility
 from orchestrator.reconcile import metrics
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from orchestrator import live_migration
 from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.migration_reach import Ports
+from orchestrator.conductor.tasks import live_migrate as live_migration
+from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     Allocation,
@@ -23,8 +25,6 @@ from orchestrator.db.models import (
     PowerState,
     VmState,
 )
-from orchestrator.live_migration import LiveMigration
-from orchestrator.migration_reach import Ports
 from orchestrator.rpc.ssh import HostTarget
 from tests.unit.conftest import AddHost
 from tests.unit.orchestrator.fakepool import FakePool
@@ -113,7 +113,7 @@ async def test_a_destination_the_source_cannot_reach_is_refused_before_anything_
 ) -> None:
     blocked[0].add("hv2")
     pool = Pool()
-    outcome = await LiveMigration(Conductor(db, pool)).live_migrate(server, "hv2")
+    outcome = await LiveMigrateTask(Conductor(db, pool), server, "hv2").execute()
     assert outcome.failed_at == "schedule"
     assert "cannot live-migrate s from hv1: hv2: hv1 cannot reach hv2" in (outcome.error or "")
     assert [op for op in pool.ops() if op in ("build", "live_migrate")] == []
@@ -128,7 +128,7 @@ async def test_the_next_choice_is_checked_and_the_migration_uses_the_ports_it_pa
     refused, checked = blocked
     refused.add("hv2")
     pool = Pool()
-    outcome = await LiveMigration(Conductor(db, pool)).live_migrate(server)
+    outcome = await LiveMigrateTask(Conductor(db, pool), server).execute()
     assert outcome.error is None, outcome
     assert checked[-1] == "hv3" and set(checked) <= {"hv2", "hv3"}
     assert ("hv2", "build") not in pool.args

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.migration_reach import refusal
+from orchestrator.conductor.migration_reach import refusal
 from orchestrator.rpc.agent_api import Knock, Listening, ReachCheck
 
 LISTENING = Listening("0" * 16, "0" * 32, (49170, 49201), (49152, 49215))

@@ -14,12 +14,13 @@ from sqlmodel import select
 
 from orchestrator import api
 from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.tasks.migrate import MigrateTask
+from orchestrator.conductor.tasks.power import power
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Allocation, Host, Image, Instance, PowerState, VmState
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Snapshot, _stuck_builds
 from orchestrator.reconcile.reconciler import Reconciler, Skipped
-from orchestrator.server_actions import ServerActions
 from tests.unit.conftest import AddHost
 from tests.unit.orchestrator.fakepool import FakePool
 
@@ -71,7 +72,7 @@ async def test_a_failed_delete_leaves_a_running_migration_its_task(
 ) -> None:
     mover_pool = FakePool()
     mover_pool.gate("power")  # hold the migration while it stops the source
-    migration = asyncio.create_task(ServerActions(Conductor(db, mover_pool)).migrate(server))
+    migration = asyncio.create_task(MigrateTask(Conductor(db, mover_pool), server).execute())
     await mover_pool.arrived("power")
     try:
         assert (await state(db)).task_state == "migrating"
@@ -79,7 +80,7 @@ async def test_a_failed_delete_leaves_a_running_migration_its_task(
         (deleted,) = await elsewhere.delete([server])
         assert deleted.error
         assert (await state(db)).task_state == "migrating"
-        second = await ServerActions(elsewhere).migrate(server)
+        second = await MigrateTask(elsewhere, server).execute()
         assert second.failed_at == "guard" and "task_state migrating" in (second.error or "")
     finally:
         mover_pool.open("power")
@@ -98,7 +99,7 @@ async def test_a_delete_during_a_cold_migration_is_refused_and_the_move_finishes
 ) -> None:
     mover_pool = FakePool()
     mover_pool.gate("build")  # hold it just before it starts the server on hv2
-    migration = asyncio.create_task(ServerActions(Conductor(db, mover_pool)).migrate(server))
+    migration = asyncio.create_task(MigrateTask(Conductor(db, mover_pool), server).execute())
     await mover_pool.arrived("build")
     deleter_pool = FakePool()
     try:
@@ -163,14 +164,14 @@ async def test_a_late_failure_never_ends_a_task_another_action_took_since(
     `WHERE task_state = 'powering-off'` would not tell them apart."""
     pool_a = FakePool(unreachable=("hv1",))
     pool_a.gate("power")
-    stop_a = asyncio.create_task(ServerActions(Conductor(db, pool_a)).power([server], "stop"))
+    stop_a = asyncio.create_task(power(Conductor(db, pool_a), [server], "stop"))
     await pool_a.arrived("power")
     (finding,) = await stuck_findings(db)
     reconciler = Reconciler(Conductor(other, FakePool()), ReconcileConfig())
     await reconciler._clear_task(finding)
     pool_b = FakePool()
     pool_b.gate("follow:power")
-    stop_b = asyncio.create_task(ServerActions(Conductor(other, pool_b)).power([server], "stop"))
+    stop_b = asyncio.create_task(power(Conductor(other, pool_b), [server], "stop"))
     await pool_b.arrived("follow:power")
     try:
         pool_a.open("power")
@@ -190,7 +191,7 @@ async def test_a_power_result_after_a_delete_took_over_does_not_bring_the_server
 ) -> None:
     pool_a = FakePool()
     pool_a.gate("follow:power")
-    stop = asyncio.create_task(ServerActions(Conductor(db, pool_a)).power([server], "stop"))
+    stop = asyncio.create_task(power(Conductor(db, pool_a), [server], "stop"))
     await pool_a.arrived("follow:power")
     try:
         (deleted,) = await Conductor(other, FakePool()).delete([server])
@@ -222,7 +223,7 @@ async def test_reconcile_clears_an_abandoned_task_but_not_one_that_moved_on(
 ) -> None:
     pool = FakePool()
     pool.gate("follow:power")
-    stop = asyncio.create_task(ServerActions(Conductor(db, pool)).power([server], "stop"))
+    stop = asyncio.create_task(power(Conductor(db, pool), [server], "stop"))
     await pool.arrived("follow:power")
     (finding,) = await stuck_findings(db)
     async with db.session() as session:  # a step taken since the snapshot
@@ -250,7 +251,7 @@ async def test_a_move_whose_herd_was_killed_is_cleared_by_reconcile_then_the_del
 ) -> None:
     pool = FakePool()
     pool.gate("power")
-    migration = asyncio.create_task(ServerActions(Conductor(db, pool)).migrate(server))
+    migration = asyncio.create_task(MigrateTask(Conductor(db, pool), server).execute())
     await pool.arrived("power")
     migration.cancel()  # herd killed half-way: nobody will end its task
     with pytest.raises(asyncio.CancelledError):

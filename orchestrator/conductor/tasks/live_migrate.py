@@ -23,9 +23,14 @@ import dataclasses
 import uuid
 
 from agent import specs as agent_specs
-from orchestrator import cloudinit, lifecycle, migration_reach, migration_records
-from orchestrator.actions import finish_action, record_event
+from orchestrator import cloudinit
+from orchestrator.conductor import lifecycle, migration_reach, migration_records
+from orchestrator.conductor.actions import finish_action, record_event
 from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
+from orchestrator.conductor.steps import FOLLOW_MARGIN, check_timeout
+from orchestrator.conductor.tasks.base import Task
 from orchestrator.db.models import (
     Host,
     Instance,
@@ -36,11 +41,9 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 from orchestrator.guest_config import load_guest_config
-from orchestrator.outcomes import Outcome, outcome_of
 from orchestrator.rpc.agent_api import Built, LiveMigrateArgs
 from orchestrator.rpc.tunnel import libvirt_tunnel
 from orchestrator.scheduler.claims import release
-from orchestrator.server_actions import FOLLOW_MARGIN, ServerActions, check_timeout, guard_outcome
 
 MIGRATION_TIMEOUT = 300  # seconds of pre-copy before a busy guest is paused to finish
 MAX_TRIES = 5  # hosts the scheduler may offer before herd gives up finding a fit
@@ -63,33 +66,46 @@ def incompatibility(source: Host, dest: Host) -> str | None:
     return None
 
 
-class LiveMigration(ServerActions):
-    async def live_migrate(
-        self, instance: Instance, host_name: str | None = None, *, timeout: int = MIGRATION_TIMEOUT
-    ) -> Outcome:
-        check_timeout(timeout, agent_specs.MIGRATION_TIMEOUT)
+class LiveMigrateTask(Task):
+    kind = "live_migrate"
+
+    def __init__(
+        self,
+        conductor: Conductor,
+        instance: Instance,
+        host_name: str | None = None,
+        *,
+        timeout: int = MIGRATION_TIMEOUT,
+    ) -> None:
+        super().__init__(conductor)
+        self.instance, self.host_name = instance, host_name
+        self.timeout = check_timeout(timeout, agent_specs.MIGRATION_TIMEOUT)
+        self.pool = conductor.pool
+
+    async def execute(self) -> Outcome:
+        instance, host_name, timeout = self.instance, self.host_name, self.timeout
         try:
-            row, action_id, source = await self._begin(instance, "live_migrate")
+            row, action_id, source = await self.steps.begin(instance, "live_migrate")
         except Conflict as exc:
             return guard_outcome(instance, str(exc))
         if source is None:
-            return await self._abort(row, action_id, None, "the server is on no host")
+            return await self.steps.abort(row, action_id, None, "the server is on no host")
         async with self.db.session() as db:
             migration = await migration_records.begin(db, row, source, "live-migration")
         self.progress.update(row, "scheduling", host=source.name)
         try:
             dest, ports = await self._destination(row, source, host_name)
         except NoValidHost as exc:
-            await self._give_back(row, migration, MigrationStatus.ERROR)
-            failed = await self._abort(row, action_id, source.name, f"live-migrate: {exc}")
+            await self.steps.give_back(row, migration, MigrationStatus.ERROR)
+            failed = await self.steps.abort(row, action_id, source.name, f"live-migrate: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
         async with self.db.session() as db:
             reached = f"{source.name} reaches it on migration ports {ports}"
             await record_event(db, action_id, "schedule", True, dest.name, reached)
         try:
-            await self._stepped(action_id, "prepare_dest", dest.name, self._prepare(row, dest))
+            await self.steps.stepped(action_id, "prepare_dest", dest.name, self._prepare(row, dest))
             self.progress.update(row, "migrating live", host=dest.name)
-            await self._stepped(
+            await self.steps.stepped(
                 action_id, "live_migrate", source.name,
                 self._migrate(row, source, dest, ports, timeout),
                 lambda _: f"from {source.name} to {dest.name}",
@@ -114,7 +130,9 @@ class LiveMigration(ServerActions):
                 db.add(fresh)
                 await finish_action(db, action_id)
         except lifecycle.TaskTaken as exc:
-            return await self._abort(row, action_id, source.name, f"{exc}; it runs on {dest.name}")
+            return await self.steps.abort(
+                row, action_id, source.name, f"{exc}; it runs on {dest.name}"
+            )
         self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=f"from {source.name}")
         return outcome_of(fresh, dest.name)
 
@@ -128,7 +146,9 @@ class LiveMigration(ServerActions):
         reasons: list[str] = []
         for _ in range(1 if host_name else MAX_TRIES):
             spec = dataclasses.replace(
-                await self._spec(row), requested_host=host_name, ignore_hosts=frozenset(ignored)
+                await self.steps.spec(row),
+                requested_host=host_name,
+                ignore_hosts=frozenset(ignored),
             )
             try:
                 plan = await self.conductor.scheduler.place([spec])
@@ -198,18 +218,18 @@ class LiveMigration(ServerActions):
         """libvirt leaves the guest on the source when a migration fails; herd looks
         before it removes what it prepared on the destination, so that a migration
         which did finish, but whose answer was lost, never loses the guest."""
-        if await self._runs_on(source, row.uuid):
+        if await self.steps.runs_on(source, row.uuid):
             try:
                 await self.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN)
             except HerdError as cleanup:
                 exc = HerdError(f"{exc}; and {dest.name} kept its prepared files: {cleanup}")
-            await self._give_back(row, migration, MigrationStatus.ERROR)
-            return await self._abort(
+            await self.steps.give_back(row, migration, MigrationStatus.ERROR)
+            return await self.steps.abort(
                 row, action_id, source.name,
                 f"live migration to {dest.name} failed, the server still runs on "
                 f"{source.name}: {exc}",
             )  # fmt: skip
-        if await self._runs_on(dest, row.uuid):  # it moved; only the answer was lost
+        if await self.steps.runs_on(dest, row.uuid):  # it moved; only the answer was lost
             return await self._moved(row, migration, source, dest, action_id)
         async with self.db.session() as db:
             fresh = await lifecycle.hold(db, row.uuid, action_id)
@@ -219,22 +239,8 @@ class LiveMigration(ServerActions):
                 await migration_records.give_back(
                     db, row.uuid, migration.uuid, MigrationStatus.ERROR
                 )
-        return await self._abort(
+        return await self.steps.abort(
             row, action_id, source.name,
             f"live migration to {dest.name} failed and neither host shows the guest "
             f"running: {exc}",
         )  # fmt: skip
-
-    async def _runs_on(self, host: Host, instance_uuid: str) -> bool:
-        try:
-            listed = await self.agent.list_domains(target_of(host))
-        except HerdError:
-            return False
-        return any(
-            d.get("uuid") == instance_uuid and d.get("state") == "running"
-            for d in listed.get("domains", [])
-        )
-
-    async def _give_back(self, row: Instance, migration: Migration, status: str) -> None:
-        async with self.db.session() as db:
-            await migration_records.give_back(db, row.uuid, migration.uuid, status)

@@ -1,0 +1,107 @@
+"""Evacuate: rebuild every server of a host that is down on other hosts.
+
+Through the scheduler, same UUIDs, same addresses. The old host is not told (it cannot
+be); when it comes back, `herd reconcile` reaps the stale domains there, whose servers
+the DB now places elsewhere, instead of them ever running twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from sqlmodel import select
+
+from orchestrator.conductor import lifecycle
+from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.outcomes import Outcome, guard_outcome
+from orchestrator.conductor.tasks.base import Task
+from orchestrator.db.models import Host, Instance, VmState
+from orchestrator.errors import Conflict, HerdError, NotFound, NoValidHost
+from orchestrator.scheduler.claims import release
+
+
+class EvacuateTask(Task):
+    kind = "evacuate"
+
+    def __init__(self, conductor: Conductor, instance: Instance, source: Host) -> None:
+        super().__init__(conductor)
+        self.instance, self.source = instance, source
+
+    async def execute(self) -> Outcome:
+        try:
+            row, action_id, _ = await self.steps.begin(self.instance, "evacuate")
+        except Conflict as exc:
+            return guard_outcome(self.instance, str(exc))
+        was_stopped = row.vm_state == VmState.STOPPED
+        async with self.db.session() as db:
+            await release(db, row.uuid)  # the dead host's claim moves with it
+        try:
+            dest = await self._schedule(row, action_id)
+        except NoValidHost as exc:
+            failed = await self.steps.abort(row, action_id, self.source.name, f"evacuate: {exc}")
+            return dataclasses.replace(failed, failed_at="schedule")
+        if dest is None:
+            return await self.steps.abort(
+                row, action_id, self.source.name, "its task was taken over"
+            )
+        return await self.steps.build_on(
+            row, dest, "evacuate", action_id, start=not was_stopped, wait=True
+        )
+
+    async def _schedule(self, row: Instance, action_id: int) -> Host | None:
+        """A new host for it, recorded as its host before the build there is cast."""
+        spec = dataclasses.replace(
+            await self.steps.spec(row),
+            requested_host=None,
+            ignore_hosts=frozenset({self.source.name}),
+        )
+        self.progress.update(row, "scheduling", host=self.source.name)
+        plan = await self.conductor.scheduler.place([spec])
+        placement = plan.placements[0]
+        async with self.db.session() as db:
+            fresh = await lifecycle.hold(db, row.uuid, action_id)
+            if fresh is None:
+                await release(db, row.uuid)  # the claim just made for it on the destination
+                return None
+            fresh.host_id = placement.host_id
+            db.add(fresh)
+            dest = await db.get(Host, placement.host_id)
+        assert dest is not None
+        return dest
+
+
+async def evacuate(conductor: Conductor, host_name: str, *, wait: bool = True) -> list[Outcome]:
+    """Every server of ``host_name`` onto other hosts, refused while the host answers."""
+    async with conductor.db.session() as db:
+        host = (await db.exec(select(Host).where(Host.name == host_name))).first()
+        if host is None:
+            raise NotFound(f"host {host_name!r} not found")
+        instances = list(
+            (
+                await db.exec(
+                    select(Instance).where(
+                        Instance.host_id == host.id,
+                        Instance.vm_state != VmState.DELETED,
+                        Instance.vm_state != VmState.BUILDING,
+                    )
+                )
+            ).all()
+        )
+    await _refuse_if_alive(conductor, host)
+    tasks = [EvacuateTask(conductor, i, host) for i in instances]
+    return list(await asyncio.gather(*(t.execute() for t in tasks)))
+
+
+async def _refuse_if_alive(conductor: Conductor, host: Host) -> None:
+    """Evacuating a host that still runs its guests would run each twice."""
+    conductor.pool.forget_failure(host.name)
+    try:
+        await asyncio.wait_for(conductor.agent.ping(target_of(host)), 15)
+    except (HerdError, TimeoutError):
+        return
+    raise Conflict(
+        f"host {host.name} answers: evacuate is for hosts that are down "
+        "(stop its libvirtd or power it off first)"
+    )

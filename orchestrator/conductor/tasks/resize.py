@@ -1,0 +1,419 @@
+"""Resize: a server onto another flavor, kept aside until the operator confirms.
+
+Nova's resize in herd's terms. The new size is claimed on the server's own host when
+it fits there (both sizes held at once, as Nova's allow_resize_to_same_host), else
+through the scheduler on another host. The source's domain goes, but its directory
+is kept whole as ``<uuid>.resize`` (Nova's ``_resize`` directory) and its claim moves
+to the migration's UUID, so the source keeps the room the server may return to.
+The server then runs at the new size in vm_state ``resized`` until:
+
+- ``--confirm``: the kept directory and the old claim go;
+- ``--revert``: the new copy goes and the server is built again on the source from
+  the kept disk, at the old size, with its old claim.
+
+A failure anywhere before the server runs at its new size is a revert done at once:
+the new claim is released and the server is back on its source, as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+from sqlmodel import col, select
+
+from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor.actions import finish_action, record_event
+from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
+from orchestrator.conductor.steps import FOLLOW_MARGIN, POWER_TIMEOUT, Steps
+from orchestrator.conductor.tasks.base import Task
+from orchestrator.db.models import (
+    POWER_OF,
+    Flavor,
+    Host,
+    Image,
+    Instance,
+    Migration,
+    MigrationStatus,
+    PowerState,
+    VmState,
+)
+from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
+from orchestrator.guest_config import load_guest_config
+
+
+def flavor_record(flavor: Flavor) -> dict[str, Any]:
+    """A flavor as the build job and the migration row carry it."""
+    return {
+        "name": flavor.name,
+        "vcpus": flavor.vcpus,
+        "ram_mb": flavor.ram_mb,
+        "disk_gb": flavor.disk_gb,
+        "extra_specs": dict(flavor.extra_specs),
+    }
+
+
+def wear(instance: Instance, flavor: dict[str, Any]) -> None:
+    """The server takes on a flavor: the copy embedded in it, and what the scheduler
+    will ask for it from now on."""
+    instance.flavor_name = flavor["name"]
+    instance.vcpus, instance.ram_mb, instance.disk_gb = (
+        flavor["vcpus"],
+        flavor["ram_mb"],
+        flavor["disk_gb"],
+    )
+    instance.request_spec = {**instance.request_spec, "extra_specs": dict(flavor["extra_specs"])}
+
+
+def stash_disk(host: Host, instance_uuid: str) -> str:
+    return f"{target_of(host).agent_dir}/instances/{instance_uuid}.resize/disk"
+
+
+class SourceRestore:
+    """Putting a server back on its resize source at its old size, from the disk kept
+    there: what a failed resize does at once and what a revert does on request."""
+
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+        self.db, self.agent, self.progress = steps.db, steps.agent, steps.progress
+
+    async def undo(
+        self,
+        row: Instance,
+        migration: Migration,
+        source: Host,
+        dest: Host | None,
+        action_id: int,
+        stashed: bool,
+        error: str | None,
+    ) -> Outcome:
+        """Put the server back on its source at its old size: after a failed resize
+        (``error``), or as a revert. The new copy is already gone from another host;
+        on the same host the rebuild replaces it."""
+        old_running = migration.old_vm_state == VmState.ACTIVE
+        result: dict[str, Any] = {}
+        if stashed:
+            try:
+                result = await self.steps.spawn(
+                    row, source, action_id,
+                    {"disk_from": stash_disk(source, row.uuid), "keep_disk_from": True,
+                     "start": old_running},
+                    flavor=migration.old_flavor, event="revert_source", cleanup=False,
+                )  # fmt: skip
+            except HerdError as exc:
+                return await self.lost(row, migration, source, action_id, error, exc)
+            # A stash left behind is harmless: the next resize replaces it, delete removes it.
+            with contextlib.suppress(HerdError):
+                await self.steps.stepped(
+                    action_id, "drop_stash", source.name,
+                    self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
+                )  # fmt: skip
+        else:  # stopped, perhaps, but still defined there: start it again if it ran
+            await self.steps.put_back(row, source, old_running)
+        status = MigrationStatus.ERROR if error else MigrationStatus.REVERTED
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, "revert")
+                wear(fresh, migration.old_flavor)
+                fresh.host_id = source.id
+                fresh.vm_state = migration.old_vm_state
+                if result:
+                    fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+                db.add(fresh)
+                await migration_records.give_back(db, row.uuid, migration.uuid, status)
+                if not error:
+                    lifecycle.end_task(fresh)
+                    await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:
+            return await self.steps.abort(
+                row, action_id, source.name, f"{error or 'revert'}; {exc}"
+            )
+        if error:
+            return await self.steps.abort(row, action_id, source.name, error)
+        self.progress.update(fresh, fresh.vm_state, host=source.name, detail="resize reverted")
+        return outcome_of(fresh, source.name)
+
+    async def lost(
+        self,
+        row: Instance,
+        migration: Migration,
+        source: Host,
+        action_id: int,
+        error: str | None,
+        exc: HerdError,
+    ) -> Outcome:
+        """Not even the old size could be rebuilt on the source: the server goes to
+        ERROR there, still holding its old claim; its disk stays kept aside."""
+        why = f"{error}; " if error else ""
+        async with self.db.session() as db:
+            fresh = await lifecycle.hold(db, row.uuid, action_id)
+            if fresh is not None:  # else the taker (reconcile) closed the migration already
+                wear(fresh, migration.old_flavor)
+                fresh.host_id, fresh.vm_state = source.id, VmState.ERROR
+                fresh.power_state = PowerState.NOSTATE
+                db.add(fresh)
+                await migration_records.give_back(
+                    db, row.uuid, migration.uuid, MigrationStatus.ERROR
+                )
+        return await self.steps.abort(
+            row, action_id, source.name,
+            f"{why}restoring it on {source.name} failed too: {exc} "
+            f"(its disk is kept at {stash_disk(source, row.uuid)})",
+        )  # fmt: skip
+
+    async def open(self, row: Instance) -> tuple[Migration | None, Host | None]:
+        async with self.db.session() as db:
+            migration = (
+                await db.exec(
+                    select(Migration)
+                    .where(
+                        Migration.instance_uuid == row.uuid,
+                        Migration.status == MigrationStatus.FINISHED,
+                    )
+                    .order_by(col(Migration.id).desc())
+                )
+            ).first()
+            source = (
+                await db.get(Host, migration.source_host_id)
+                if migration and migration.source_host_id
+                else None
+            )
+        return migration, source
+
+
+class ResizeTask(Task):
+    """The server onto another flavor, kept aside until the operator confirms."""
+
+    kind = "resize"
+
+    def __init__(
+        self,
+        conductor: Conductor,
+        instance: Instance,
+        flavor_name: str,
+        host_name: str | None = None,
+        *,
+        timeout: int = POWER_TIMEOUT,
+    ) -> None:
+        super().__init__(conductor)
+        self.instance, self.flavor_name, self.host_name = instance, flavor_name, host_name
+        self.timeout = timeout
+        self.restore = SourceRestore(self.steps)
+
+    async def execute(self) -> Outcome:
+        instance, flavor_name, host_name = self.instance, self.flavor_name, self.host_name
+        timeout = self.timeout
+        flavor = await self._new_flavor(instance, flavor_name)
+        try:
+            row, action_id, source = await self.steps.begin(instance, "resize")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        if source is None:
+            return await self.steps.abort(row, action_id, None, "the server is on no host")
+        was_running = row.vm_state == VmState.ACTIVE
+        try:
+            async with self.db.session() as db:
+                old = (await load_guest_config(db, row)).flavor
+                migration = await migration_records.begin(
+                    db, row, source, "resize", old_flavor=old, new_flavor=flavor
+                )
+        except HerdError as exc:  # its image is gone, say: nothing has moved yet
+            return await self.steps.abort(row, action_id, source.name, f"resize: {exc}")
+        self.progress.update(row, "scheduling", host=source.name)
+        try:
+            dest = await self._schedule(row, flavor, source, host_name)
+        except NoValidHost as exc:
+            await self.steps.give_back(row, migration, MigrationStatus.ERROR)
+            failed = await self.steps.abort(row, action_id, source.name, f"resize: {exc}")
+            return dataclasses.replace(failed, failed_at="schedule")
+        async with self.db.session() as db:
+            await record_event(db, action_id, "schedule", True, dest.name)
+        stashed = False
+        try:
+            if was_running:
+                await self.steps.stop_source(row, source, action_id, timeout)
+            stash = await self.steps.stepped(
+                action_id, "stash_source", source.name,
+                self.agent.resize_stash(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
+            )  # fmt: skip
+            stashed = True
+            if dest.id == source.id:
+                disk: dict[str, object] = {"disk_from": stash["disk"], "keep_disk_from": True}
+            else:
+                self.progress.update(row, "copying disk", host=dest.name)
+                remote, _ = await self.steps.stepped(
+                    action_id, "copy_disk", dest.name,
+                    self.steps.carry_disk(row, target_of(source), target_of(dest), stash["disk"]),
+                    lambda carried: f"{carried[1]} bytes from {source.name} to {dest.name}",
+                )  # fmt: skip
+                disk = {"disk_from": remote}
+            result = await self.steps.spawn(
+                row, dest, action_id, {**disk, "start": was_running}, flavor=flavor,
+                cleanup=dest.id != source.id,
+            )  # fmt: skip
+        except HerdError as exc:
+            return await self.restore.undo(
+                row, migration, source, dest, action_id, stashed,
+                f"resize to {flavor_name} on {dest.name} failed: {exc}",
+            )  # fmt: skip
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, f"resize on {dest.name}")
+                wear(fresh, flavor)
+                fresh.host_id = dest.id
+                fresh.vm_state = VmState.RESIZED
+                lifecycle.end_task(fresh)
+                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+                db.add(fresh)
+                await migration_records.mark(
+                    db, migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
+                )
+                await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:  # the kept disk on the source stays
+            return await self.steps.abort(row, action_id, source.name, str(exc))
+        self.progress.update(
+            fresh, VmState.RESIZED, host=dest.name, detail="confirm or revert the resize"
+        )
+        return outcome_of(fresh, dest.name)
+
+    async def _new_flavor(self, instance: Instance, name: str) -> dict[str, Any]:
+        async with self.db.session() as db:
+            flavor = (await db.exec(select(Flavor).where(Flavor.name == name))).first()
+            image = await db.get(Image, instance.image_id) if instance.image_id else None
+        if flavor is None:
+            raise NotFound(f"flavor {name!r} not found")
+        if flavor.name == instance.flavor_name:
+            raise InvalidInput(f"server {instance.name} already has flavor {name}")
+        if flavor.disk_gb < instance.disk_gb:
+            raise InvalidInput(
+                f"flavor {name} has a {flavor.disk_gb} GiB disk, smaller than server "
+                f"{instance.name}'s {instance.disk_gb} GiB: disks cannot shrink"
+            )
+        if image is not None and (
+            image.min_ram_mb > flavor.ram_mb or image.min_disk_gb > flavor.disk_gb
+        ):
+            raise InvalidInput(
+                f"image {image.name!r} needs {image.min_ram_mb} MiB RAM and "
+                f"{image.min_disk_gb} GiB disk; flavor {name} has {flavor.ram_mb} MiB "
+                f"and {flavor.disk_gb} GiB"
+            )
+        return flavor_record(flavor)
+
+    async def _schedule(
+        self, row: Instance, flavor: dict[str, Any], source: Host, host_name: str | None
+    ) -> Host:
+        """The server's own host if the new size fits there too, else anywhere the
+        filters allow; ``host_name`` asks for one host only."""
+        base = dataclasses.replace(
+            await self.steps.spec(row), vcpus=flavor["vcpus"], ram_mb=flavor["ram_mb"],
+            disk_gb=flavor["disk_gb"], extra_specs=dict(flavor["extra_specs"]),
+            requested_host=None,
+        )  # fmt: skip
+        tries = (
+            [dataclasses.replace(base, requested_host=host_name)]
+            if host_name
+            else [
+                dataclasses.replace(base, requested_host=source.name),
+                dataclasses.replace(base, ignore_hosts=frozenset({source.name})),
+            ]
+        )
+        refusal = NoValidHost("no host fits the new size")
+        for spec in tries:
+            try:
+                plan = await self.conductor.scheduler.place([spec])
+            except NoValidHost as exc:
+                refusal = exc
+                continue
+            async with self.db.session() as db:
+                dest = await db.get(Host, plan.placements[0].host_id)
+            assert dest is not None
+            return dest
+        raise refusal
+
+
+class ConfirmResizeTask(Task):
+    """The new size stays: the source's kept disk and old claim go."""
+
+    kind = "confirm"
+
+    def __init__(self, conductor: Conductor, instance: Instance) -> None:
+        super().__init__(conductor)
+        self.instance = instance
+        self.restore = SourceRestore(self.steps)
+
+    async def execute(self) -> Outcome:
+        instance = self.instance
+        """The new size stays: the source's kept disk and old claim go."""
+        try:
+            row, action_id, host = await self.steps.begin(instance, "confirm_resize")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        migration, source = await self.restore.open(row)
+        if migration is None or source is None:
+            return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
+        try:
+            await self.steps.stepped(
+                action_id, "drop_source", source.name,
+                self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
+            )  # fmt: skip
+        except HerdError as exc:
+            return await self.steps.abort(
+                row, action_id, source.name,
+                f"confirm: could not remove the old disk on {source.name}: {exc} "
+                "(the resize stays open: confirm again)",
+            )  # fmt: skip
+        try:
+            async with self.db.session() as db:
+                fresh = await lifecycle.held(db, row.uuid, action_id, "confirm")
+                await migration_records.finish(db, migration.uuid, MigrationStatus.CONFIRMED)
+                fresh.vm_state = (
+                    VmState.STOPPED if fresh.power_state == PowerState.SHUTDOWN else VmState.ACTIVE
+                )
+                lifecycle.end_task(fresh)
+                db.add(fresh)
+                await finish_action(db, action_id)
+        except lifecycle.TaskTaken as exc:
+            return await self.steps.abort(row, action_id, source.name, str(exc))
+        where = host.name if host else None
+        self.progress.update(fresh, fresh.vm_state, host=where, detail="resize confirmed")
+        return outcome_of(fresh, where)
+
+
+class RevertResizeTask(Task):
+    """Back to the old size on the source, from the disk kept there."""
+
+    kind = "revert"
+
+    def __init__(self, conductor: Conductor, instance: Instance) -> None:
+        super().__init__(conductor)
+        self.instance = instance
+        self.restore = SourceRestore(self.steps)
+
+    async def execute(self) -> Outcome:
+        instance = self.instance
+        """Back to the old size on the source, from the disk kept there."""
+        try:
+            row, action_id, dest = await self.steps.begin(instance, "revert_resize")
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        migration, source = await self.restore.open(row)
+        if migration is None or source is None:
+            return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
+        if dest is not None and dest.id != source.id:
+            try:
+                await self.steps.stepped(
+                    action_id, "remove_dest", dest.name,
+                    self.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN),
+                )  # fmt: skip
+            except HerdError as exc:
+                return await self.steps.abort(
+                    row, action_id, dest.name,
+                    f"revert: could not remove the resized copy on {dest.name}: {exc} "
+                    "(the resize stays open: revert again)",
+                )  # fmt: skip
+        return await self.restore.undo(row, migration, source, dest, action_id, True, None)
+
+    # -- steps -------------------------------------------------------------------
