@@ -11,7 +11,17 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -452,3 +462,56 @@ class AgentJob(SQLModel, table=True):
     created_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     collected_at: datetime | None = _ts()
+
+
+class TaskRecordState(enum.StrEnum):
+    RUNNING = "running"
+    RECOVERING = "recovering"  # another process took it over and is finishing or undoing it
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+OPEN_TASK_STATES = (TaskRecordState.RUNNING, TaskRecordState.RECOVERING)
+
+
+class TaskRecord(SQLModel, table=True):
+    """One multi-step task (a move, a rebuild...) as its journal: where it stands, and who
+    runs it.
+
+    The step is written, with the inputs it needs, *before* the step's side effect, so
+    whoever finds the task abandoned (its runner gone, see ``conductor.journal``) knows
+    exactly where it stopped and which rule finishes or undoes it. ``generation`` is
+    bumped by every write: a write made against a stale view (the runner, after a
+    recovery took the task over) matches no row and fails.
+    """
+
+    __tablename__ = "tasks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    instance_uuid: str = Field(index=True)
+    action_id: int | None = None
+    migration_uuid: str | None = None
+    source_host_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="SET NULL"), nullable=True),
+    )
+    dest_host_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="SET NULL"), nullable=True),
+    )
+    step: str
+    inputs: dict[str, Any] = _json()
+    claims: dict[str, Any] = _json()
+    state: str = TaskRecordState.RUNNING
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Who runs it: a pid alone is reused, so also the boot and the process's start time.
+    runner_host: str
+    runner_pid: int
+    runner_boot_id: str
+    runner_started: int = Field(sa_column=Column(BigInteger, nullable=False))
+    heartbeat_at: datetime | None = _ts()
+    generation: int = 0
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()

@@ -102,3 +102,32 @@ def test_a_database_from_a_newer_herd_is_one_clear_error(tmp_path: Path) -> None
     connection.close()
     with pytest.raises(HerdError, match=f"schema revision {newer}, which this herd does not know"):
         upgrade_to_head(f"sqlite:///{path}")
+
+
+def test_the_task_journal_outlives_its_hosts_and_goes_away_on_downgrade(tmp_path: Path) -> None:
+    """A task names its hosts for recovery; deleting a host must not delete the journal
+    (nor be refused): the host ids go to NULL. 0008 knows no tasks table."""
+    url = f"sqlite:///{tmp_path / 'herd.db'}"
+    upgrade_to_head(url)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("PRAGMA foreign_keys=ON"))
+        connection.execute(text("INSERT INTO hosts (id, name, address, libvirt_uri, agent_dir, "
+            "labels, availability_zone, domain_type_pref, image_source_dirs, max_image_gb, "
+            "cpu_ratio, ram_ratio, disk_ratio, reserved_vcpus, reserved_ram_mb, "
+            "reserved_disk_gb, enabled, facts, failed_builds, missed_surveys, marked_down, "
+            "generation) VALUES (1, 'hv1', 'a', 'qemu:///system', '/var/lib/herd', '{}', "
+            "'default', 'auto', '[]', 64, 1, 1, 1, 0, 0, 0, 1, '{}', 0, 0, 0, 0)"))  # fmt: skip
+        connection.execute(text("INSERT INTO tasks (kind, instance_uuid, source_host_id, "
+            "dest_host_id, step, inputs, claims, state, runner_host, runner_pid, "
+            "runner_boot_id, runner_started, generation) VALUES ('migrate', 'u-1', 1, 1, "
+            "'copy', '{}', '{}', 'running', 'h', 1, 'b', 12345678901, 0)"))  # fmt: skip
+        connection.execute(text("DELETE FROM hosts WHERE id = 1"))
+        row = connection.execute(
+            text("SELECT source_host_id, dest_host_id, runner_started FROM tasks")
+        ).one()
+    assert tuple(row) == (None, None, 12345678901)
+    command.downgrade(alembic_config(url), "0008")
+    with engine.connect() as connection:
+        assert "tasks" not in inspect(connection).get_table_names()
+    engine.dispose()
