@@ -361,8 +361,17 @@ def delete(ctx: Context, spec: DeleteSpec) -> Dict[str, Any]:
     for path in (inst_dir, stash_dir(ctx, spec.uuid)):  # and a resize's kept disk
         if path.exists():
             shutil.rmtree(path)
+    carried = incoming_disk(ctx, spec.uuid)  # a disk a migration was carrying here
+    if carried.exists():
+        carried.unlink()
     log.info("deleted %s (existed: %s)", spec.uuid, existed)
     return {"existed": existed}
+
+
+def incoming_disk(ctx: Context, uuid: str) -> Path:
+    """Where a cold migration or resize carries the server's disk to (herd's
+    ``carry_disk``), until the build on this host takes it."""
+    return images.incoming_dir(ctx.state_dir) / f"{uuid}.migrating"
 
 
 def stash_dir(ctx: Context, uuid: str) -> Path:

@@ -399,6 +399,7 @@ def wait_(
         progress = None if as_json else LiveProgress("Waiting")
         async with herd(progress) as h:
             named = await api.find_servers(h.db, names) if names else []
+            recovered = await _recover(h.conductor, [i.uuid for i in named] if names else None)
             jobs = await api.pending_jobs(h.db, [i.uuid for i in named] if names else None)
             outcomes: list[Outcome] = []
             if jobs:
@@ -410,9 +411,9 @@ def wait_(
             # A task herd itself drives (a migration, a resize), maybe in the
             # background after --no-wait, has no job on a host to follow: wait for the
             # task to clear. A named server that is idle already is shown as it is.
-            followed = {o.uuid for o in outcomes}
+            followed = {o.uuid for o in outcomes} | {o.uuid for o in recovered}
             rest = [i for i in named if i.uuid not in followed]
-            return outcomes + await _until_idle(h.db, rest, timeout)
+            return recovered + outcomes + await _until_idle(h.db, rest, timeout)
 
     outcomes = run_async(main())
     if not outcomes and not as_json:
@@ -498,6 +499,20 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
 
 # The workflows import the conductor, SSH and the agent client: only the commands that
 # run one pay for that (`server list` and `show` answer from the DB alone).
+
+
+async def _recover(conductor: Conductor, uuids: list[str] | None) -> list[Outcome]:
+    """Tasks of these servers (or all) whose herd died: finished or undone first, so
+    that waiting for them ends (conductor/recovery.py)."""
+    from orchestrator.conductor import recovery
+
+    outcomes = []
+    for done in await recovery.recover(conductor, uuids):
+        view = await api.show_server(conductor.db, done.uuid)
+        row = view.instance
+        error = None if done.outcome == "done" else f"{done.kind} recovered: {done.detail}"
+        outcomes.append(Outcome(row.uuid, row.name, view.host, row.vm_state, row.task_state, error))
+    return outcomes
 
 
 def _power(

@@ -214,6 +214,11 @@ class TaskHandle:
         """Record claims the task now holds (merged into those it held)."""
         await self._write(claims={**self.record.claims, **claims})
 
+    async def destination(self, host_id: int | None) -> None:
+        """The destination, once the scheduler chose it: reconcile leaves the server's
+        domain there alone while the task is open, and recovery knows where to look."""
+        await self._write(dest_host_id=host_id)
+
     async def finish(self, state: TaskRecordState | str, detail: str | None = None) -> None:
         """Close the task: done, rolled_back or failed."""
         state = TaskRecordState(state)

@@ -30,6 +30,7 @@ from orchestrator.conductor.actions import (
     start_event,
 )
 from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.journal import TaskHandle
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, outcome_of
 from orchestrator.db.models import (
@@ -42,7 +43,7 @@ from orchestrator.db.models import (
     Migration,
     utcnow,
 )
-from orchestrator.errors import HerdError, InvalidInput
+from orchestrator.errors import Conflict, HerdError, InvalidInput
 from orchestrator.guest_config import load_guest_config
 from orchestrator.rpc.agent_api import PowerArgs
 from orchestrator.rpc.ssh import HostTarget
@@ -74,10 +75,27 @@ class Steps:
         self.pool = conductor.pool
         self.agent = conductor.agent
         self.progress = conductor.progress
+        # The task's journal row, once it has one: each step is written there first.
+        self.journal: TaskHandle | None = None
 
     async def begin(self, instance: Instance, action: str) -> tuple[Instance, int, Host | None]:
         """Open the instance action and take the task for it (or raise Conflict, and
-        record nothing)."""
+        record nothing). A task held by a move whose herd died is recovered first (by
+        its step's rule), and then the action is tried again."""
+        try:
+            return await self._begin(instance, action)
+        except Conflict:
+            if not await self.recover(instance.uuid):
+                raise
+        return await self._begin(instance, action)
+
+    async def recover(self, instance_uuid: str) -> bool:
+        """Recover the server's orphaned tasks; whether there was one."""
+        from orchestrator.conductor import recovery  # it imports the tasks, which import this
+
+        return bool(await recovery.recover(self.conductor, [instance_uuid]))
+
+    async def _begin(self, instance: Instance, action: str) -> tuple[Instance, int, Host | None]:
         async with self.db.session() as db:
             act = await start_action(db, instance.uuid, action, f"req-{uuid.uuid4()}")
             assert act.id is not None
@@ -188,7 +206,10 @@ class Steps:
     async def step(self, action_id: int, event: str, host: str, *, owned: bool = True) -> int:
         """Record the step before its side effect. An ``owned`` step is taken only while
         the action still holds the server's task (``TaskTaken`` otherwise): a move whose
-        server was taken from it stops there, before it acts again."""
+        server was taken from it stops there, before it acts again. A journalled task
+        writes the step to its journal row first (``TaskTaken`` if recovery took it)."""
+        if self.journal is not None:
+            await self.journal.step(event)
         async with self.db.session() as db:
             if owned:
                 action = await db.get(InstanceAction, action_id)
@@ -317,3 +338,17 @@ class Steps:
             d.get("uuid") == instance_uuid and d.get("state") == "running"
             for d in listed.get("domains", [])
         )
+
+    async def domain_on(self, host: Host, instance_uuid: str) -> str | None:
+        """The state of the server's domain on ``host`` (running, shutoff...), None if
+        there is none; ``HostUnreachable`` if the host cannot say, since recovery must
+        never take "no answer" for "not there"."""
+        listed = await self.agent.list_domains(target_of(host))
+        for domain in listed.get("domains", []):
+            if domain.get("uuid") == instance_uuid:
+                return str(domain.get("state"))
+        return None
+
+    async def reread(self, instance_uuid: str) -> Instance:
+        async with self.db.read() as db:
+            return (await db.exec(select(Instance).where(Instance.uuid == instance_uuid))).one()

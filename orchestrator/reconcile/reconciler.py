@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlmodel import col, delete, select
 
-from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor import journal, lifecycle, migration_records, recovery
 from orchestrator.conductor.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor.hosts import apply_facts, target_of
 from orchestrator.conductor.manager import Conductor
@@ -89,6 +89,22 @@ class RunReport:
         }
 
 
+RECOVERED = {"done": "finished forward", "rolled_back": "rolled back", "waits": "left open"}
+
+
+def _recovered(done: recovery.Recovery) -> Finding:
+    """A recovered task as a finding: fixed when it ended on one side or the other."""
+    return Finding(
+        "orphaned_task",
+        f"{done.kind} stopped at step {done.step}: {RECOVERED.get(done.outcome, done.outcome)}",
+        "recover",
+        server=done.server,
+        uuid=done.uuid,
+        outcome="fixed" if done.outcome in ("done", "rolled_back") else "failed",
+        error=done.detail if done.outcome != "done" else None,
+    )
+
+
 class Reconciler:
     def __init__(self, conductor: Conductor, config: ReconcileConfig) -> None:
         self.conductor = conductor
@@ -99,6 +115,10 @@ class Reconciler:
 
     async def run(self, *, dry_run: bool = False) -> RunReport:
         started = time.monotonic()
+        # Tasks whose runner died are finished or undone first, by their step's rule,
+        # so the survey below sees the fleet as they left it; one still open (a host
+        # did not answer) keeps its domains out of reach of the repairs.
+        recovered = await self._recover(dry_run)
         snapshot = await self._snapshot()
         hosts = list(snapshot.hosts.values())
         surveys = await survey_hosts(
@@ -108,7 +128,7 @@ class Reconciler:
             with_cache=self.config.image_cache_max_age_hours is not None,
             concurrency=self.config.survey_concurrency,
         )
-        findings = detect(snapshot, surveys, self.config)
+        findings = [*recovered, *detect(snapshot, surveys, self.config)]
         quiet = [f for f in findings if f.data.get("quiet")]
         findings = [f for f in findings if not f.data.get("quiet")]
         if dry_run:
@@ -120,6 +140,20 @@ class Reconciler:
         report = RunReport(findings, surveys, time.monotonic() - started, dry_run)
         report.instance_states, report.host_states = await self._census()
         return report
+
+    async def _recover(self, dry_run: bool) -> list[Finding]:
+        if dry_run:
+            return [
+                Finding(
+                    "orphaned_task",
+                    f"{t.kind} stopped at step {t.step}: would recover",
+                    "recover",
+                    uuid=t.instance_uuid,
+                    outcome="would fix",
+                )
+                for t in await journal.orphans(self.db)
+            ]
+        return [_recovered(r) for r in await recovery.recover(self.conductor)]
 
     async def _snapshot(self) -> Snapshot:
         async with self.db.read() as db:

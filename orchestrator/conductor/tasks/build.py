@@ -41,7 +41,7 @@ class BuildTask(Task):
         super().__init__(conductor)
         self.instance, self.placement, self.hosts, self.wait = instance, placement, hosts, wait
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         instance, placement, hosts, wait = self.instance, self.placement, self.hosts, self.wait
         """Build on the chosen host; when that fails, on the next alternate that still
         passes the filters (Nova's reschedule), until the attempts run out."""

@@ -42,8 +42,9 @@ class DeleteTask(Task):
     def __init__(self, conductor: Conductor, instance: Instance, *, wait: bool = True) -> None:
         super().__init__(conductor)
         self.instance, self.wait = instance, wait
+        self.recovered = False
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         instance, wait = self.instance, self.wait
         request_id = f"req-{uuid.uuid4()}"
         try:
@@ -67,6 +68,9 @@ class DeleteTask(Task):
                     self.progress.update(row, "deleted")
                     return outcome_of(row, None)
         except Conflict as exc:  # a move runs: refused, and nothing recorded
+            if not self.recovered and await self.steps.recover(instance.uuid):
+                self.recovered = True  # its herd had died: recovered, so try once more
+                return await self._execute()
             return guard_outcome(instance, str(exc))
         if row.vm_state == VmState.RESIZED:
             await self._end_resize(row)

@@ -29,7 +29,7 @@ class EvacuateTask(Task):
         super().__init__(conductor)
         self.instance, self.source = instance, source
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         try:
             row, action_id, _ = await self.steps.begin(self.instance, "evacuate")
         except Conflict as exc:

@@ -19,18 +19,21 @@ destination lacks) are passed on as they come.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
+from typing import ClassVar
 
 from agent import specs as agent_specs
 from orchestrator import cloudinit
 from orchestrator.conductor import lifecycle, migration_reach, migration_records
 from orchestrator.conductor.actions import finish_action, record_event
 from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.journal import TaskHandle, TaskTaken
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
 from orchestrator.conductor.steps import FOLLOW_MARGIN, check_timeout
-from orchestrator.conductor.tasks.base import Task
+from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.models import (
     Host,
     Instance,
@@ -68,6 +71,13 @@ def incompatibility(source: Host, dest: Host) -> str | None:
 
 class LiveMigrateTask(Task):
     kind = "live_migrate"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "schedule": "back: the new claim goes, the source's is the server's again",
+        "prepare_dest": "back: the destination's prepared files go",
+        "live_migrate": "ask both hosts: running on the destination, forward; on the "
+        "source, back; on neither, ERROR; a host that does not answer, left open",
+        "switch": "forward: the DB places it on the destination",
+    }
 
     def __init__(
         self,
@@ -82,7 +92,7 @@ class LiveMigrateTask(Task):
         self.timeout = check_timeout(timeout, agent_specs.MIGRATION_TIMEOUT)
         self.pool = conductor.pool
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         instance, host_name, timeout = self.instance, self.host_name, self.timeout
         try:
             row, action_id, source = await self.steps.begin(instance, "live_migrate")
@@ -92,6 +102,11 @@ class LiveMigrateTask(Task):
             return await self.steps.abort(row, action_id, None, "the server is on no host")
         async with self.db.session() as db:
             migration = await migration_records.begin(db, row, source, "live-migration")
+        journal = await self.open_journal(
+            row, action_id, step="schedule", source_host_id=source.id,
+            migration_uuid=migration.uuid, inputs={"timeout": timeout},
+            claims={"source": migration.uuid, "dest": row.uuid},
+        )  # fmt: skip
         self.progress.update(row, "scheduling", host=source.name)
         try:
             dest, ports = await self._destination(row, source, host_name)
@@ -99,6 +114,7 @@ class LiveMigrateTask(Task):
             await self.steps.give_back(row, migration, MigrationStatus.ERROR)
             failed = await self.steps.abort(row, action_id, source.name, f"live-migrate: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
+        await journal.destination(dest.id)
         async with self.db.session() as db:
             reached = f"{source.name} reaches it on migration ports {ports}"
             await record_event(db, action_id, "schedule", True, dest.name, reached)
@@ -110,6 +126,8 @@ class LiveMigrateTask(Task):
                 self._migrate(row, source, dest, ports, timeout),
                 lambda _: f"from {source.name} to {dest.name}",
             )  # fmt: skip
+        except TaskTaken:
+            raise  # recovery has it now: this process must not undo anything
         except HerdError as exc:
             return await self._failed(row, migration, source, dest, action_id, exc)
         return await self._moved(row, migration, source, dest, action_id)
@@ -117,6 +135,9 @@ class LiveMigrateTask(Task):
     async def _moved(
         self, row: Instance, migration: Migration, source: Host, dest: Host, action_id: int
     ) -> Outcome:
+        """The guest runs on the destination: the DB says so, the source claim goes."""
+        if self.journal is not None:
+            await self.journal.step("switch")
         try:
             async with self.db.session() as db:
                 fresh = await lifecycle.held(
@@ -243,4 +264,41 @@ class LiveMigrateTask(Task):
             row, action_id, source.name,
             f"live migration to {dest.name} failed and neither host shows the guest "
             f"running: {exc}",
+        )  # fmt: skip
+
+    # -- recovery ------------------------------------------------------------------
+
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """Finish or undo a live migration whose runner died at ``handle``'s step. After
+        libvirt moved the guest but before the DB knew, the guest runs on the
+        destination only: that is where it is recorded, never reaped."""
+        task = cls(conductor, found.instance, timeout=int(handle.inputs.get("timeout", 300)))
+        await task.adopt(handle, found.died)
+        row, source, dest, migration = found.instance, found.source, found.dest, found.migration
+        assert source is not None and migration is not None
+        step, action_id = handle.current_step, found.action_id
+        if migration.status == MigrationStatus.COMPLETED:
+            await task.note("the DB had recorded the move: nothing left to do")
+            return outcome_of(await task.steps.reread(row.uuid), dest.name if dest else None)
+        if dest is not None and step in ("live_migrate", "switch"):
+            on_dest = await task.steps.domain_on(dest, row.uuid)  # no answer: left open
+            if on_dest == "running":
+                await task.note(f"the guest runs on {dest.name}: recorded there")
+                return await task._moved(row, migration, source, dest, action_id)
+            on_source = await task.steps.domain_on(source, row.uuid)
+            if on_source != "running":
+                await task.note("the guest runs on neither host")
+                return await task._failed(
+                    row, migration, source, dest, action_id,
+                    HerdError(f"live migration stopped at {step}"),
+                )  # fmt: skip
+        await task.note(f"the guest stays on {source.name}: rolled back")
+        if dest is not None:
+            with contextlib.suppress(HerdError):  # reconcile removes the rest later
+                await task.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN)
+        await task.steps.give_back(row, migration, MigrationStatus.ERROR)
+        return await task.steps.abort(
+            row, action_id, source.name,
+            f"live migration stopped at {step}: rolled back by recovery, it runs on {source.name}",
         )  # fmt: skip

@@ -11,16 +11,17 @@ source claim back to the server (it was never free) and puts the server back.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import ClassVar
 
 from agent import specs as agent_specs
 from orchestrator.conductor import lifecycle, migration_records
 from orchestrator.conductor.actions import finish_action, record_event
 from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.journal import TaskHandle, TaskTaken
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
-from orchestrator.conductor.steps import POWER_TIMEOUT, check_timeout
-from orchestrator.conductor.tasks.base import Task
+from orchestrator.conductor.steps import FOLLOW_MARGIN, POWER_TIMEOUT, check_timeout
+from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.models import (
     POWER_OF,
     Host,
@@ -34,6 +35,14 @@ from orchestrator.errors import Conflict, HerdError, NoValidHost
 
 class MigrateTask(Task):
     kind = "migrate"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "schedule": "back: the new claim goes, the source's is the server's again",
+        "stop_source": "back: started again on the source if it ran",
+        "copy_disk": "back: the partial copy on the destination goes, started again on the source",
+        "spawn": "forward if the destination has the domain, else back",
+        "switch": "forward: the DB places it on the destination, the source copy goes",
+        "cleanup_source": "forward: the source copy goes (reconcile reaps it if unreachable)",
+    }
 
     def __init__(
         self,
@@ -47,7 +56,7 @@ class MigrateTask(Task):
         self.instance, self.host_name = instance, host_name
         self.timeout = check_timeout(timeout, agent_specs.STOP_TIMEOUT)
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         try:
             row, action_id, source = await self.steps.begin(self.instance, "migrate")
         except Conflict as exc:
@@ -58,6 +67,12 @@ class MigrateTask(Task):
         self.was_running = row.vm_state == VmState.ACTIVE
         async with self.db.session() as db:
             self.migration = await migration_records.begin(db, row, source, "migration")
+        await self.open_journal(
+            row, action_id, step="schedule", source_host_id=source.id,
+            migration_uuid=self.migration.uuid,
+            inputs={"was_running": self.was_running, "timeout": self.timeout},
+            claims={"source": self.migration.uuid, "dest": row.uuid},
+        )  # fmt: skip
         try:
             dest = await self._schedule()
         except NoValidHost as exc:
@@ -71,18 +86,23 @@ class MigrateTask(Task):
             result = await self.steps.spawn(
                 row, dest, action_id, {"disk_from": disk, "start": self.was_running}
             )
+        except TaskTaken:
+            raise  # recovery has it now: this process must not undo anything
         except HerdError as exc:
-            return await self.rollback(dest, exc)
-        return await self._switch(dest, result)
+            return await self.rollback(dest, f"migrate to {dest.name} failed: {exc}")
+        return await self._switch(dest, POWER_OF.get(str(result.get("state")), PowerState.NOSTATE))
 
-    async def rollback(self, dest: Host, exc: HerdError) -> Outcome:
-        """Nothing runs on the destination (spawn removes a half-made copy): the server
-        starts again on the source, with the claim it held there all along."""
+    async def rollback(self, dest: Host | None, error: str) -> Outcome:
+        """Nothing of it stays on the destination; it starts again on the source (if it
+        ran), with the claim it held there all along."""
+        if dest is not None:
+            try:  # a half-copied disk or a half-made domain (the agent's delete takes both)
+                await self.agent.delete(target_of(dest), self.row.uuid, timeout=FOLLOW_MARGIN)
+            except HerdError as exc:
+                error = f"{error}; and {dest.name} kept what it had of it: {exc}"
         await self.steps.put_back(self.row, self.source, self.was_running)
         await self.steps.give_back(self.row, self.migration, MigrationStatus.ERROR)
-        return await self.steps.abort(
-            self.row, self.action_id, self.source.name, f"migrate to {dest.name} failed: {exc}"
-        )
+        return await self.steps.abort(self.row, self.action_id, self.source.name, error)
 
     async def _schedule(self) -> Host:
         spec = dataclasses.replace(
@@ -96,6 +116,8 @@ class MigrateTask(Task):
             dest = await db.get(Host, plan.placements[0].host_id)
             assert dest is not None
             await record_event(db, self.action_id, "schedule", True, dest.name)
+        assert self.journal is not None
+        await self.journal.destination(dest.id)
         return dest
 
     async def _copy_disk(self, dest: Host) -> str:
@@ -109,29 +131,58 @@ class MigrateTask(Task):
         )  # fmt: skip
         return remote
 
-    async def _switch(self, dest: Host, result: dict[str, Any]) -> Outcome:
+    async def _switch(self, dest: Host, power_state: str, *, done: bool = False) -> Outcome:
         """The server is the destination's now: its host, its state, the source claim
-        released; then the source copy goes (best effort: reconcile reaps it else)."""
+        released; then the source copy goes (best effort: reconcile reaps it else).
+        ``done``: recovery found the switch already committed."""
         row, source, action_id = self.row, self.source, self.action_id
-        try:
-            async with self.db.session() as db:
-                fresh = await lifecycle.held(db, row.uuid, action_id, f"migrate to {dest.name}")
-                await migration_records.finish(
-                    db, self.migration.uuid, MigrationStatus.COMPLETED, dest_id=dest.id
-                )
-                fresh.host_id = dest.id
-                lifecycle.end_task(fresh)
-                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
-                db.add(fresh)
-                await finish_action(db, action_id)
-        except lifecycle.TaskTaken as exc:  # the source copy stays: never lose the only one
-            return await self.steps.abort(
-                row, action_id, source.name,
-                f"{exc}; its copy on {source.name} is kept, the one started on {dest.name} "
-                "is left for `herd reconcile`",
-            )  # fmt: skip
+        if not done:
+            assert self.journal is not None
+            await self.journal.step("switch")
+            try:
+                async with self.db.session() as db:
+                    fresh = await lifecycle.held(db, row.uuid, action_id, f"migrate to {dest.name}")
+                    await migration_records.finish(
+                        db, self.migration.uuid, MigrationStatus.COMPLETED, dest_id=dest.id
+                    )
+                    fresh.host_id = dest.id
+                    lifecycle.end_task(fresh)
+                    fresh.power_state = power_state
+                    db.add(fresh)
+                    await finish_action(db, action_id)
+            except lifecycle.TaskTaken as exc:  # the source copy stays: never lose it
+                return await self.steps.abort(
+                    row, action_id, source.name,
+                    f"{exc}; its copy on {source.name} is kept, the one started on "
+                    f"{dest.name} is left for `herd reconcile`",
+                )  # fmt: skip
+        else:
+            fresh = await self.steps.reread(row.uuid)
         await self.steps.remove_source_copy(fresh, source, action_id)
         self.progress.update(
             fresh, fresh.vm_state, host=dest.name, detail=f"moved from {source.name}"
         )
         return outcome_of(fresh, dest.name)
+
+    # -- recovery ------------------------------------------------------------------
+
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """Finish or undo a cold migration whose runner died at ``handle``'s step."""
+        task = cls(conductor, found.instance, timeout=int(handle.inputs.get("timeout", 60)))
+        await task.adopt(handle, found.died)
+        assert found.source is not None and found.migration is not None
+        task.row, task.source, task.migration = found.instance, found.source, found.migration
+        task.action_id = found.action_id
+        task.was_running = bool(handle.inputs.get("was_running"))
+        dest, step = found.dest, handle.current_step
+        if found.migration.status == MigrationStatus.COMPLETED and dest is not None:
+            await task.note(f"the switch to {dest.name} had committed: finishing forward")
+            return await task._switch(dest, found.instance.power_state, done=True)
+        if step in ("spawn", "switch", "cleanup_source") and dest is not None:
+            domain = await task.steps.domain_on(dest, found.instance.uuid)
+            if domain is not None:
+                await task.note(f"{dest.name} has the server: finishing forward")
+                return await task._switch(dest, POWER_OF.get(domain, PowerState.NOSTATE))
+        await task.note(f"rolling back to {found.source.name}")
+        return await task.rollback(dest, f"migrate stopped at {step}: rolled back by recovery")

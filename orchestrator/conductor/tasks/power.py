@@ -37,7 +37,7 @@ class PowerTask(Task):
         super().__init__(conductor)
         self.instance, self.action, self.wait, self.timeout = instance, action, wait, timeout
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         rule = lifecycle.RULES[self.action]
         try:
             row, action_id, host = await self.steps.begin(self.instance, self.action)

@@ -31,7 +31,7 @@ class RebuildTask(Task):
         super().__init__(conductor)
         self.instance, self.image_name, self.wait = instance, image_name, wait
 
-    async def execute(self) -> Outcome:
+    async def _execute(self) -> Outcome:
         image = await self._image(self.image_name) if self.image_name else None
         try:
             row, action_id, host = await self.steps.begin(self.instance, "rebuild")

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlmodel import col, select
 
 from orchestrator.conductor import lifecycle, migration_records
 from orchestrator.conductor.actions import finish_action, record_event
 from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.journal import TaskHandle, TaskTaken
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
 from orchestrator.conductor.steps import FOLLOW_MARGIN, POWER_TIMEOUT, Steps
-from orchestrator.conductor.tasks.base import Task
+from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.models import (
     POWER_OF,
     Flavor,
@@ -89,13 +90,21 @@ class SourceRestore:
         action_id: int,
         stashed: bool,
         error: str | None,
+        *,
+        rebuilt: bool = False,
     ) -> Outcome:
         """Put the server back on its source at its old size: after a failed resize
         (``error``), or as a revert. The new copy is already gone from another host;
-        on the same host the rebuild replaces it."""
+        on the same host the rebuild replaces it. ``rebuilt``: recovery found the source
+        built again already (its runner died after that step), so only the rest is done."""
         old_running = migration.old_vm_state == VmState.ACTIVE
         result: dict[str, Any] = {}
-        if stashed:
+        if rebuilt:
+            with contextlib.suppress(HerdError):
+                await self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN)
+            state = await self.steps.domain_on(source, row.uuid)
+            result = {"state": state} if state else {}
+        elif stashed:
             try:
                 result = await self.steps.spawn(
                     row, source, action_id,
@@ -114,6 +123,8 @@ class SourceRestore:
         else:  # stopped, perhaps, but still defined there: start it again if it ran
             await self.steps.put_back(row, source, old_running)
         status = MigrationStatus.ERROR if error else MigrationStatus.REVERTED
+        if self.steps.journal is not None:
+            await self.steps.journal.step("restore")
         try:
             async with self.db.session() as db:
                 fresh = await lifecycle.held(db, row.uuid, action_id, "revert")
@@ -188,6 +199,17 @@ class ResizeTask(Task):
     """The server onto another flavor, kept aside until the operator confirms."""
 
     kind = "resize"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "schedule": "back: the new claim goes, the old one is the server's again",
+        "stop_source": "back: started again on the source if it ran",
+        "stash_source": "back: from the kept disk if the source's domain is gone, else as it is",
+        "copy_disk": "back: the partial copy goes; built again on the source from the kept disk",
+        "spawn": "forward if the destination has the domain (resized, to confirm), else back",
+        "switch": "forward: the DB records the resize, waiting for confirm or revert",
+        "revert_source": "back (it was being undone): built again on the source",
+        "drop_stash": "back: the rest of the undo (the kept disk goes, the DB restored)",
+        "restore": "back: the rest of the undo (the DB restored)",
+    }
 
     def __init__(
         self,
@@ -203,16 +225,15 @@ class ResizeTask(Task):
         self.timeout = timeout
         self.restore = SourceRestore(self.steps)
 
-    async def execute(self) -> Outcome:
-        instance, flavor_name, host_name = self.instance, self.flavor_name, self.host_name
-        timeout = self.timeout
-        flavor = await self._new_flavor(instance, flavor_name)
+    async def _execute(self) -> Outcome:
+        flavor = await self._new_flavor(self.instance, self.flavor_name)
         try:
-            row, action_id, source = await self.steps.begin(instance, "resize")
+            row, action_id, source = await self.steps.begin(self.instance, "resize")
         except Conflict as exc:
-            return guard_outcome(instance, str(exc))
+            return guard_outcome(self.instance, str(exc))
         if source is None:
             return await self.steps.abort(row, action_id, None, "the server is on no host")
+        self.row, self.action_id, self.source, self.flavor = row, action_id, source, flavor
         was_running = row.vm_state == VmState.ACTIVE
         try:
             async with self.db.session() as db:
@@ -222,62 +243,119 @@ class ResizeTask(Task):
                 )
         except HerdError as exc:  # its image is gone, say: nothing has moved yet
             return await self.steps.abort(row, action_id, source.name, f"resize: {exc}")
+        self.migration = migration
+        journal = await self.open_journal(
+            row, action_id, step="schedule", source_host_id=source.id,
+            migration_uuid=migration.uuid, inputs={"timeout": self.timeout},
+            claims={"source": migration.uuid, "dest": row.uuid},
+        )  # fmt: skip
         self.progress.update(row, "scheduling", host=source.name)
         try:
-            dest = await self._schedule(row, flavor, source, host_name)
+            dest = await self._schedule(row, flavor, source, self.host_name)
         except NoValidHost as exc:
             await self.steps.give_back(row, migration, MigrationStatus.ERROR)
             failed = await self.steps.abort(row, action_id, source.name, f"resize: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
+        await journal.destination(dest.id)
         async with self.db.session() as db:
             await record_event(db, action_id, "schedule", True, dest.name)
         stashed = False
         try:
             if was_running:
-                await self.steps.stop_source(row, source, action_id, timeout)
-            stash = await self.steps.stepped(
-                action_id, "stash_source", source.name,
-                self.agent.resize_stash(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
-            )  # fmt: skip
+                await self.steps.stop_source(row, source, action_id, self.timeout)
+            stash = await self._stash()
             stashed = True
-            if dest.id == source.id:
-                disk: dict[str, object] = {"disk_from": stash["disk"], "keep_disk_from": True}
-            else:
-                self.progress.update(row, "copying disk", host=dest.name)
-                remote, _ = await self.steps.stepped(
-                    action_id, "copy_disk", dest.name,
-                    self.steps.carry_disk(row, target_of(source), target_of(dest), stash["disk"]),
-                    lambda carried: f"{carried[1]} bytes from {source.name} to {dest.name}",
-                )  # fmt: skip
-                disk = {"disk_from": remote}
+            disk = await self._disk_on(dest, stash)
             result = await self.steps.spawn(
                 row, dest, action_id, {**disk, "start": was_running}, flavor=flavor,
                 cleanup=dest.id != source.id,
             )  # fmt: skip
+        except TaskTaken:
+            raise  # recovery has it now: this process must not undo anything
         except HerdError as exc:
             return await self.restore.undo(
                 row, migration, source, dest, action_id, stashed,
-                f"resize to {flavor_name} on {dest.name} failed: {exc}",
+                f"resize to {self.flavor_name} on {dest.name} failed: {exc}",
             )  # fmt: skip
+        return await self._resized(dest, POWER_OF.get(str(result.get("state")), PowerState.NOSTATE))
+
+    async def _stash(self) -> str:
+        """The source's domain goes, its directory kept whole as ``<uuid>.resize``."""
+        stash = await self.steps.stepped(
+            self.action_id, "stash_source", self.source.name,
+            self.agent.resize_stash(target_of(self.source), self.row.uuid, timeout=FOLLOW_MARGIN),
+        )  # fmt: skip
+        return str(stash["disk"])
+
+    async def _disk_on(self, dest: Host, stash: str) -> dict[str, object]:
+        """What the destination builds from: the kept disk itself on the same host,
+        else a copy carried to it."""
+        if dest.id == self.source.id:
+            return {"disk_from": stash, "keep_disk_from": True}
+        self.progress.update(self.row, "copying disk", host=dest.name)
+        src, dst = target_of(self.source), target_of(dest)
+        remote, _ = await self.steps.stepped(
+            self.action_id, "copy_disk", dest.name,
+            self.steps.carry_disk(self.row, src, dst, stash),
+            lambda carried: f"{carried[1]} bytes from {self.source.name} to {dest.name}",
+        )  # fmt: skip
+        return {"disk_from": remote}
+
+    async def _resized(self, dest: Host, power_state: str) -> Outcome:
+        """The server runs at its new size: the DB says so, and waits for the operator."""
+        row, action_id = self.row, self.action_id
+        assert self.journal is not None
+        await self.journal.step("switch")
         try:
             async with self.db.session() as db:
                 fresh = await lifecycle.held(db, row.uuid, action_id, f"resize on {dest.name}")
-                wear(fresh, flavor)
+                wear(fresh, self.flavor)
                 fresh.host_id = dest.id
                 fresh.vm_state = VmState.RESIZED
                 lifecycle.end_task(fresh)
-                fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+                fresh.power_state = power_state
                 db.add(fresh)
                 await migration_records.mark(
-                    db, migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
+                    db, self.migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
                 )
                 await finish_action(db, action_id)
         except lifecycle.TaskTaken as exc:  # the kept disk on the source stays
-            return await self.steps.abort(row, action_id, source.name, str(exc))
+            return await self.steps.abort(row, action_id, self.source.name, str(exc))
         self.progress.update(
             fresh, VmState.RESIZED, host=dest.name, detail="confirm or revert the resize"
         )
         return outcome_of(fresh, dest.name)
+
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """Finish or undo a resize whose runner died at ``handle``'s step."""
+        migration, source, dest = found.migration, found.source, found.dest
+        assert migration is not None and source is not None
+        task = cls(conductor, found.instance, str(migration.new_flavor.get("name")))
+        await task.adopt(handle, found.died)
+        task.row, task.action_id, task.source = found.instance, found.action_id, source
+        task.flavor, task.migration = migration.new_flavor, migration
+        row, step = found.instance, handle.current_step
+        if migration.status != MigrationStatus.MIGRATING:
+            await task.note(f"the DB had recorded its end ({migration.status})")
+            return outcome_of(await task.steps.reread(row.uuid), None)
+        if step in ("spawn", "switch") and dest is not None:
+            state = await task.steps.domain_on(dest, row.uuid)
+            if state is not None:
+                await task.note(f"{dest.name} runs it at the new size: finishing forward")
+                return await task._resized(dest, POWER_OF.get(state, PowerState.NOSTATE))
+        if dest is not None and dest.id != source.id and step in ("copy_disk", "spawn", "switch"):
+            with contextlib.suppress(HerdError):  # the half-made copy (reconcile: the rest)
+                await task.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN)
+        stashed = step not in ("schedule", "stop_source")
+        if step == "stash_source":
+            stashed = await task.steps.domain_on(source, row.uuid) is None
+        await task.note(f"rolling back to {source.name} at the old size")
+        return await task.restore.undo(
+            row, migration, source, dest, found.action_id, stashed,
+            f"resize stopped at {step}: rolled back by recovery",
+            rebuilt=step in ("drop_stash", "restore"),
+        )  # fmt: skip
 
     async def _new_flavor(self, instance: Instance, name: str) -> dict[str, Any]:
         async with self.db.session() as db:
@@ -338,33 +416,48 @@ class ConfirmResizeTask(Task):
     """The new size stays: the source's kept disk and old claim go."""
 
     kind = "confirm"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "drop_source": "forward: the kept disk goes (again), the old claim goes",
+        "switch": "forward: the DB records the resize confirmed",
+    }
 
     def __init__(self, conductor: Conductor, instance: Instance) -> None:
         super().__init__(conductor)
         self.instance = instance
         self.restore = SourceRestore(self.steps)
 
-    async def execute(self) -> Outcome:
-        instance = self.instance
-        """The new size stays: the source's kept disk and old claim go."""
+    async def _execute(self) -> Outcome:
         try:
-            row, action_id, host = await self.steps.begin(instance, "confirm_resize")
+            row, action_id, host = await self.steps.begin(self.instance, "confirm_resize")
         except Conflict as exc:
-            return guard_outcome(instance, str(exc))
+            return guard_outcome(self.instance, str(exc))
         migration, source = await self.restore.open(row)
         if migration is None or source is None:
             return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
+        await self.open_journal(
+            row, action_id, step="drop_source", source_host_id=source.id,
+            dest_host_id=row.host_id, migration_uuid=migration.uuid,
+        )  # fmt: skip
+        return await self._confirm(row, action_id, migration, source, host)
+
+    async def _confirm(
+        self, row: Instance, action_id: int, migration: Migration, source: Host, host: Host | None
+    ) -> Outcome:
         try:
             await self.steps.stepped(
                 action_id, "drop_source", source.name,
                 self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
             )  # fmt: skip
+        except TaskTaken:
+            raise
         except HerdError as exc:
             return await self.steps.abort(
                 row, action_id, source.name,
                 f"confirm: could not remove the old disk on {source.name}: {exc} "
                 "(the resize stays open: confirm again)",
             )  # fmt: skip
+        assert self.journal is not None
+        await self.journal.step("switch")
         try:
             async with self.db.session() as db:
                 fresh = await lifecycle.held(db, row.uuid, action_id, "confirm")
@@ -381,39 +474,92 @@ class ConfirmResizeTask(Task):
         self.progress.update(fresh, fresh.vm_state, host=where, detail="resize confirmed")
         return outcome_of(fresh, where)
 
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """A confirm only ever goes forward: dropping the kept disk is safe to repeat."""
+        task = cls(conductor, found.instance)
+        await task.adopt(handle, found.died)
+        migration, source = found.migration, found.source
+        assert migration is not None and source is not None
+        if migration.status != MigrationStatus.FINISHED:
+            await task.note(f"the DB had recorded its end ({migration.status})")
+            return outcome_of(await task.steps.reread(found.instance.uuid), None)
+        await task.note("finishing the confirm")
+        return await task._confirm(found.instance, found.action_id, migration, source, found.dest)
+
 
 class RevertResizeTask(Task):
     """Back to the old size on the source, from the disk kept there."""
 
     kind = "revert"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "remove_dest": "forward: the resized copy goes (again), then as below",
+        "revert_source": "forward: built again on the source from the kept disk",
+        "drop_stash": "forward: the kept disk goes, the DB restored",
+        "restore": "forward: the DB restored to the old size on the source",
+    }
 
     def __init__(self, conductor: Conductor, instance: Instance) -> None:
         super().__init__(conductor)
         self.instance = instance
         self.restore = SourceRestore(self.steps)
 
-    async def execute(self) -> Outcome:
-        instance = self.instance
-        """Back to the old size on the source, from the disk kept there."""
+    async def _execute(self) -> Outcome:
         try:
-            row, action_id, dest = await self.steps.begin(instance, "revert_resize")
+            row, action_id, dest = await self.steps.begin(self.instance, "revert_resize")
         except Conflict as exc:
-            return guard_outcome(instance, str(exc))
+            return guard_outcome(self.instance, str(exc))
         migration, source = await self.restore.open(row)
         if migration is None or source is None:
             return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
-        if dest is not None and dest.id != source.id:
+        await self.open_journal(
+            row, action_id, step="remove_dest", source_host_id=source.id,
+            dest_host_id=dest.id if dest else None, migration_uuid=migration.uuid,
+        )  # fmt: skip
+        return await self._revert(row, action_id, migration, source, dest)
+
+    async def _revert(
+        self,
+        row: Instance,
+        action_id: int,
+        migration: Migration,
+        source: Host,
+        dest: Host | None,
+        *,
+        rebuilt: bool = False,
+    ) -> Outcome:
+        if dest is not None and dest.id != source.id and not rebuilt:
             try:
                 await self.steps.stepped(
                     action_id, "remove_dest", dest.name,
                     self.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN),
                 )  # fmt: skip
+            except TaskTaken:
+                raise
             except HerdError as exc:
                 return await self.steps.abort(
                     row, action_id, dest.name,
                     f"revert: could not remove the resized copy on {dest.name}: {exc} "
                     "(the resize stays open: revert again)",
                 )  # fmt: skip
-        return await self.restore.undo(row, migration, source, dest, action_id, True, None)
+        return await self.restore.undo(
+            row, migration, source, dest, action_id, True, None, rebuilt=rebuilt
+        )
+
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """A revert only ever goes forward, from the step it reached."""
+        task = cls(conductor, found.instance)
+        await task.adopt(handle, found.died)
+        migration, source = found.migration, found.source
+        assert migration is not None and source is not None
+        if migration.status != MigrationStatus.FINISHED:
+            await task.note(f"the DB had recorded its end ({migration.status})")
+            return outcome_of(await task.steps.reread(found.instance.uuid), None)
+        await task.note("finishing the revert")
+        return await task._revert(
+            found.instance, found.action_id, migration, source, found.dest,
+            rebuilt=handle.current_step in ("drop_stash", "restore"),
+        )  # fmt: skip
 
     # -- steps -------------------------------------------------------------------

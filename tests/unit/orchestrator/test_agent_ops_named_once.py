@@ -58,10 +58,9 @@ def other_roles(tree: ast.Module) -> set[int]:
                 exempt.update(id(n) for n in ast.walk(decorator))
         if isinstance(node, ast.ClassDef):
             for statement in node.body:
-                if (
-                    isinstance(statement, ast.Assign)
-                    and [getattr(t, "id", None) for t in statement.targets] == ["kind"]
-                ):
+                if isinstance(statement, ast.Assign) and [
+                    getattr(t, "id", None) for t in statement.targets
+                ] == ["kind"]:
                     exempt.add(id(statement.value))
         elif isinstance(node, (ast.List, ast.Tuple)) and node.elts:
             first = node.elts[0]
