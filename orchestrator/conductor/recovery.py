@@ -50,8 +50,10 @@ class Recovery:
 def task_classes() -> dict[str, type[Task]]:
     """The journalled tasks by kind (imported here: every task imports this module's
     callers, the steps)."""
+    from orchestrator.conductor.tasks.evacuate import EvacuateTask
     from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
     from orchestrator.conductor.tasks.migrate import MigrateTask
+    from orchestrator.conductor.tasks.rebuild import RebuildTask
     from orchestrator.conductor.tasks.resize import (
         ConfirmResizeTask,
         ResizeTask,
@@ -60,6 +62,7 @@ def task_classes() -> dict[str, type[Task]]:
 
     classes: list[type[Task]] = [
         MigrateTask, ResizeTask, ConfirmResizeTask, RevertResizeTask, LiveMigrateTask,
+        EvacuateTask, RebuildTask,
     ]  # fmt: skip
     return {c.kind: c for c in classes}
 

@@ -182,9 +182,13 @@ class Steps:
         self, instance: Instance, host: Host, op: str, action_id: int, *, start: bool, wait: bool
     ) -> Outcome:
         """Build the server afresh on ``host`` (rebuild, evacuate): its images cached
-        there, its seed made again from the DB, anything of it already there replaced."""
+        there, its seed made again from the DB, anything of it already there replaced.
+        Journalled as ``prepare`` then ``cast``: past the cast the job is durable on the
+        host, and whoever collects it finishes the task."""
         target = target_of(host)
         self.progress.update(instance, "preparing image", host=host.name)
+        if self.journal is not None:
+            await self.journal.step("prepare")
         try:
             async with self.db.session() as db:
                 row = (await db.exec(select(Instance).where(Instance.uuid == instance.uuid))).one()
@@ -195,13 +199,40 @@ class Steps:
             return await self.abort(instance, action_id, host.name, f"{op} failed: {exc}")
         args = config.build_args(row, host.domain_type or "qemu", seed)
         args.update(rebuild=True, start=start)
+        if self.journal is not None:
+            await self.journal.step("cast")
         return await self.cast(
             row, host, op, lambda job_id: self.agent.build(target, args, job_id=job_id),
             action_id, wait=wait,
             timeout=self.conductor.build_timeout,
         )  # fmt: skip
 
-    # -- evacuate --------------------------------------------------------------
+    async def build_on_again(
+        self, instance: Instance, host: Host, op: str, action_id: int, *, start: bool
+    ) -> Outcome:
+        """Recovery of a ``build_on`` whose runner died: the job it cast is followed if
+        the host has it; one it recorded but the host never received is closed; then
+        the build is made again (a rebuild replaces whatever half of it is there)."""
+        target = target_of(host)
+        on_host = {j["job_id"] for j in (await self.agent.jobs(target))["jobs"]}
+        async with self.db.session() as db:
+            jobs = (
+                await db.exec(
+                    select(AgentJob).where(
+                        AgentJob.action_id == action_id, col(AgentJob.collected_at).is_(None)
+                    )
+                )
+            ).all()
+        cast = [j for j in jobs if j.id in on_host]
+        if cast:
+            return await self.conductor.follow(cast[0].id, target, self.conductor.build_timeout)
+        async with self.db.session() as db:
+            for job in jobs:  # recorded, never received by the host: over
+                job.state, job.error = JobState.FAILED, "never received by the host"
+                job.finished_at = job.collected_at = utcnow()
+                db.add(job)
+            await self.close_open_events(db, action_id, f"{op}: its herd died before the cast")
+        return await self.build_on(instance, host, op, action_id, start=start, wait=True)
 
     async def step(self, action_id: int, event: str, host: str, *, owned: bool = True) -> int:
         """Record the step before its side effect. An ``owned`` step is taken only while

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import ClassVar
 
 from sqlmodel import select
 
 from orchestrator.conductor import lifecycle
 from orchestrator.conductor.hosts import target_of
+from orchestrator.conductor.journal import TaskHandle
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome
-from orchestrator.conductor.tasks.base import Task
+from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.models import Host, Instance, VmState
 from orchestrator.errors import Conflict, HerdError, NotFound, NoValidHost
 from orchestrator.scheduler.claims import release
@@ -24,6 +26,11 @@ from orchestrator.scheduler.claims import release
 
 class EvacuateTask(Task):
     kind = "evacuate"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "schedule": "forward: placed again (any claim of it released first), then built",
+        "prepare": "forward: built again on the destination",
+        "cast": "forward: the job followed if the destination has it, else built again",
+    }
 
     def __init__(self, conductor: Conductor, instance: Instance, source: Host) -> None:
         super().__init__(conductor)
@@ -35,6 +42,10 @@ class EvacuateTask(Task):
         except Conflict as exc:
             return guard_outcome(self.instance, str(exc))
         was_stopped = row.vm_state == VmState.STOPPED
+        await self.open_journal(
+            row, action_id, step="schedule", source_host_id=self.source.id,
+            inputs={"start": not was_stopped},
+        )  # fmt: skip
         async with self.db.session() as db:
             await release(db, row.uuid)  # the dead host's claim moves with it
         try:
@@ -68,8 +79,33 @@ class EvacuateTask(Task):
             fresh.host_id = placement.host_id
             db.add(fresh)
             dest = await db.get(Host, placement.host_id)
-        assert dest is not None
+        assert dest is not None and self.journal is not None
+        await self.journal.destination(dest.id)
         return dest
+
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """An evacuation only goes forward: its source is down, so back is nowhere."""
+        assert found.source is not None
+        task = cls(conductor, found.instance, found.source)
+        await task.adopt(handle, found.died)
+        row, action_id, dest = found.instance, found.action_id, found.dest
+        start = bool(handle.inputs.get("start", True))
+        if dest is None or row.host_id != dest.id:
+            await task.note("placing it again")
+            async with task.db.session() as db:
+                await release(db, row.uuid)
+            try:
+                dest = await task._schedule(row, action_id)
+            except NoValidHost as exc:
+                return await task.steps.abort(row, action_id, found.source.name, f"evacuate: {exc}")
+            if dest is None:
+                return await task.steps.abort(row, action_id, found.source.name, "task taken over")
+            return await task.steps.build_on(
+                row, dest, "evacuate", action_id, start=start, wait=True
+            )
+        await task.note(f"building it again on {dest.name}")
+        return await task.steps.build_on_again(row, dest, "evacuate", action_id, start=start)
 
 
 async def evacuate(conductor: Conductor, host_name: str, *, wait: bool = True) -> list[Outcome]:

@@ -7,18 +7,25 @@ finished by whoever collects the job; before the job runs nothing has changed.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from sqlmodel import select
 
 from orchestrator.conductor import lifecycle
+from orchestrator.conductor.journal import TaskHandle
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome
-from orchestrator.conductor.tasks.base import Task
+from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.models import Image, Instance, VmState
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 
 
 class RebuildTask(Task):
     kind = "rebuild"
+    RECOVERY: ClassVar[dict[str, str]] = {
+        "prepare": "forward: built again on its host",
+        "cast": "forward: the job followed if the host has it, else built again",
+    }
 
     def __init__(
         self,
@@ -39,11 +46,27 @@ class RebuildTask(Task):
             return guard_outcome(self.instance, str(exc))
         if host is None:
             return await self.steps.abort(row, action_id, None, "the server is on no host")
+        start = row.vm_state != VmState.STOPPED
+        await self.open_journal(
+            row, action_id, step="prepare", source_host_id=host.id, inputs={"start": start}
+        )
         if image is not None and not await self._wear_image(row, action_id, image):
             return await self.steps.abort(row, action_id, host.name, "its task was taken over")
         return await self.steps.build_on(
-            row, host, "rebuild", action_id, start=row.vm_state != VmState.STOPPED, wait=self.wait
+            row, host, "rebuild", action_id, start=start, wait=self.wait
         )
+
+    @classmethod
+    async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
+        """A rebuild only goes forward: the disk may be half replaced already."""
+        task = cls(conductor, found.instance)
+        await task.adopt(handle, found.died)
+        assert found.source is not None
+        await task.note(f"building it again on {found.source.name}")
+        return await task.steps.build_on_again(
+            found.instance, found.source, "rebuild", found.action_id,
+            start=bool(handle.inputs.get("start", True)),
+        )  # fmt: skip
 
     async def _wear_image(self, row: Instance, action_id: int, image: Image) -> bool:
         async with self.db.session() as db:
