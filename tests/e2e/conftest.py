@@ -19,7 +19,8 @@ import pytest
 from orchestrator.lab import Lab
 from tests.e2e.herdcli import HerdCli
 
-LAB_BASE_ADDRESS = "198.18.101.1"
+# HERD_TEST_LAB_BASE lets two checkouts run their e2e tests at once on different addresses.
+LAB_BASE_ADDRESS = os.environ.get("HERD_TEST_LAB_BASE", "198.18.101.1")
 LAB_SSH_PORT = 2222
 LAB_HOSTS = 3
 OWNER_SUFFIX = ".lab-owner"
