@@ -15,7 +15,8 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.db.engine import Database, database_url, open_database
+from orchestrator.db.connection import database_url
+from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Host, Instance, Network, Port
 
 STATES = [

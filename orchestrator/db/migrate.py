@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.db.engine import (
+from orchestrator.db.connection import (
     BEGIN,
     BUSY_TIMEOUT_MS,
     busy,
@@ -38,12 +37,12 @@ from orchestrator.db.engine import (
     sync_url,
     where,
 )
+from orchestrator.db.revisions import MIGRATIONS, head_revision, known_revisions
 from orchestrator.errors import HerdError
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-MIGRATIONS = Path(__file__).with_name("migrations")
 # "herd" + 1: not the key reconcile's advisory lock uses (reconcile/lock.py).
 ADVISORY_KEY = 0x68657264 + 1
 _PG_UNDEFINED_TABLE = "42P01"
@@ -56,16 +55,6 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     return config
-
-
-def known_revisions() -> set[str]:
-    """Every migration's revision, from its file name (see the module docstring)."""
-    return {p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py")}
-
-
-def head_revision() -> str:
-    """The newest migration's revision."""
-    return max(known_revisions())
 
 
 def _no_such_table(exc: DBAPIError) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from orchestrator.db.engine import async_url, engine_options, is_sqlite, sqlite_file
+from orchestrator.db.connection import async_url, engine_options, is_sqlite, sqlite_file
 from orchestrator.errors import HerdError
 from orchestrator.local_files import PRIVATE_FILE, make_private_dirs
 

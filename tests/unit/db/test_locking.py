@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.db import engine as engine_module
-from orchestrator.db.engine import Database, DatabaseBusy
-from orchestrator.db.migrate import head_revision, upgrade_to_head
+from orchestrator.db import connection as engine_module
+from orchestrator.db.connection import DatabaseBusy
+from orchestrator.db.engine import Database
+from orchestrator.db.migrate import upgrade_to_head
 from orchestrator.db.models import Flavor
+from orchestrator.db.revisions import head_revision
 from tests.e2e.herdcli import HerdCli
 
 CONCURRENT = 32

@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
 import orchestrator.db.models  # noqa: F401  (registers the tables)
-from orchestrator.db.migrate import alembic_config, head_revision, upgrade_to_head
+from orchestrator.db.migrate import alembic_config, upgrade_to_head
+from orchestrator.db.revisions import head_revision
 from orchestrator.errors import HerdError
 
 
