@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator.config_seen import config_path, remember_accepted
 from orchestrator.errors import InvalidInput
 from orchestrator.inventory.problems import first_validation_problem
-from orchestrator.inventory.source import UnreadableYaml, read_yaml
-from orchestrator.local_files import xdg_dir
+from orchestrator.inventory.source import UnreadableYaml, parse, read_source
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.scheduler.config import SchedulerConfig
 
@@ -27,18 +27,12 @@ class HerdConfig(BaseModel):
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
 
 
-def config_path() -> Path:
-    explicit = os.environ.get("HERD_CONFIG")
-    if explicit:
-        return Path(explicit)
-    return xdg_dir("XDG_CONFIG_HOME", Path.home() / ".config") / "herd" / "config.yaml"
-
-
 def load_config(path: Path | None = None) -> HerdConfig:
     path = path or config_path()
     try:
         # The inventory's reader: its size and alias limits, duplicate keys refused.
-        document = read_yaml(path)
+        source = read_source(path)
+        document = parse(source, lambda _: False)
     except FileNotFoundError:
         if os.environ.get("HERD_CONFIG"):
             raise InvalidInput(f"{path}: no such file (named by HERD_CONFIG)") from None
@@ -54,6 +48,8 @@ def load_config(path: Path | None = None) -> HerdConfig:
         raise InvalidInput(f"{path}:{issue.line}: {issue.message}{more}")
     data: Any = document.data or {}
     try:
-        return HerdConfig.model_validate(data)
+        config = HerdConfig.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(f"{path}: {first_validation_problem(exc)}") from None
+    remember_accepted(path, source)
+    return config

@@ -8,7 +8,8 @@ from typing import Any
 
 from rich.text import Text
 
-from orchestrator.cli.output import age, out, print_json, table, text
+from orchestrator.cli.output import out, print_json, table, text
+from orchestrator.cli.states import age
 from orchestrator.scheduler.engine import HostVerdict
 from orchestrator.scheduler.scheduler import Plan, summarise
 

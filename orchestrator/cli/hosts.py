@@ -10,9 +10,10 @@ from sqlmodel import select
 
 from orchestrator import api, host_check
 from orchestrator.cli.context import herd, run_async
-from orchestrator.cli.output import age, err, out, print_json, styled, table
+from orchestrator.cli.output import err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
 from orchestrator.cli.servers import show_outcomes
+from orchestrator.cli.states import age
 from orchestrator.conductor.hosts import HostContact, target_of
 from orchestrator.conductor.outcomes import Outcome
 from orchestrator.db.models import Host, utcnow

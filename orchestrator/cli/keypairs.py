@@ -11,7 +11,8 @@ from sqlmodel import select
 
 from orchestrator import keypairs
 from orchestrator.cli.context import herd, run_async
-from orchestrator.cli.output import age, err, out, print_json, table
+from orchestrator.cli.output import err, out, print_json, table
+from orchestrator.cli.states import age
 from orchestrator.db.models import KeyPair, Network, Port
 from orchestrator.errors import HerdError, InvalidInput
 from orchestrator.files import os_reason, read_limited

@@ -89,6 +89,11 @@ def run() -> None:
         if args == ["--help"]:
             _help(args)
             return
+        if args[:2] == ["server", "list"]:
+            from orchestrator.cli import server_listing
+
+            if server_listing.answer(args[2:]):
+                return
         _application()()
     except HerdError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:

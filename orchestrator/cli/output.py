@@ -27,6 +27,7 @@ from rich.text import Text
 
 from orchestrator.cli.escape import visible
 from orchestrator.cli.plaintable import PlainTable
+from orchestrator.cli.states import state_style
 
 
 class _TextConsole(Console):
@@ -58,23 +59,6 @@ def make_console(stream: Any, *, terminal: bool | None = None) -> Console:
 out = make_console(sys.stdout)
 err = make_console(sys.stderr)
 
-STATE_STYLES = {
-    "active": "green",
-    "running": "green",
-    "up": "green",
-    "succeeded": "green",
-    "building": "yellow",
-    "spawning": "yellow",
-    "scheduling": "yellow",
-    "deleting": "yellow",
-    "resized": "cyan",
-    "error": "red",
-    "down": "red",
-    "failed": "red",
-    "deleted": "dim",
-    "disabled": "dim",
-}
-
 
 def text(value: object, style: str | Style = "") -> Text:
     """``value`` as plain text (never markup), optionally in a style."""
@@ -85,7 +69,7 @@ def styled(value: str | None) -> Text:
     """A state (``active``, ``down: no answer``...) in its colour."""
     if value is None:
         return Text("-")
-    return text(value, STATE_STYLES.get(value.split(" ")[0].split(":")[0], ""))
+    return text(value, state_style(value))
 
 
 def print_json(data: Any) -> None:
@@ -116,20 +100,3 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for row in rows:
         grid.add_row(*(cell(value) for value in row))
     return grid
-
-
-def age(moment: datetime | None) -> str:
-    if moment is None:
-        return "never"
-    from datetime import UTC
-
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    seconds = int((datetime.now(UTC) - moment).total_seconds())
-    if seconds < 90:
-        return f"{seconds}s ago"
-    if seconds < 5400:
-        return f"{seconds // 60}m ago"
-    if seconds < 172800:
-        return f"{seconds // 3600}h ago"
-    return f"{seconds // 86400}d ago"

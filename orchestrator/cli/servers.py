@@ -19,8 +19,9 @@ from orchestrator import api, cloudinit
 from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
-from orchestrator.cli.output import age, err, out, print_json, styled, table, text, visible
+from orchestrator.cli.output import err, out, print_json, styled, table, text, visible
 from orchestrator.cli.progress import LiveProgress
+from orchestrator.cli.states import age
 from orchestrator.conductor.outcomes import Outcome
 from orchestrator.db.models import Instance
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.table import Table
 
-from orchestrator.cli.output import STATE_STYLES, make_console, text
+from orchestrator.cli.output import make_console, text
 from orchestrator.cli.plaintable import PlainTable
+from orchestrator.cli.states import STATE_STYLES
 
 _words = st.one_of(
     st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=30),

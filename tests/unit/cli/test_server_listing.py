@@ -1,0 +1,196 @@
+"""The quick `server list` (cli/server_listing.py) prints what the normal path prints,
+byte for byte, or steps aside and prints nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bench.seed_servers import seed
+from orchestrator.cli import server_listing, servers
+from orchestrator.cli.output import make_console
+from orchestrator.config import load_config
+from orchestrator.db.engine import Database
+from orchestrator.db.models import Instance, Network, Port, VmState
+
+
+class Terminal(io.StringIO):
+    """A stream rich and the quick path both take for a UTF-8 terminal."""
+
+    encoding = "utf-8"  # type: ignore[assignment]
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+async def listing(db: Database, db_url: str, tmp_path: Path, monkeypatch) -> Database:
+    """A database of servers in every state, one deleted, one on no host, one with two
+    ports; herd's environment pointed at it, with no settings file."""
+    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in (*server_listing.RICH_ENVIRONMENT, "HERD_CONFIG", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+    await seed(db, 14, hosts=3)
+    now = datetime.now(UTC)
+    async with db.session() as session:
+        gone = Instance(uuid="00000000-0000-4000-8000-00000000dead", name="gone",
+                        flavor_name="m1.tiny", vcpus=1, ram_mb=64, disk_gb=1, image_name="cirros",
+                        vm_state=VmState.DELETED, created_at=now - timedelta(days=3),
+                        deleted_at=now, request_spec={"hints": {"group": "g"}})  # fmt: skip
+        homeless = Instance(uuid="00000000-0000-4000-8000-000000000001", name="homeless",
+                            flavor_name="m1.tiny", vcpus=1, ram_mb=64, disk_gb=1, image_name="cirros",
+                            vm_state=VmState.ERROR, created_at=now)  # fmt: skip
+        second = Network(name="b-net", kind="bridge", source="br-b", cidr="10.8.0.0/24")
+        session.add_all([gone, homeless, second])
+        await session.flush()
+        session.add_all([
+            Port(instance_uuid=homeless.uuid, network_id=second.id or 0, mac="52:54:00:aa:00:01",
+                 ip=None, device_index=1),
+            Port(instance_uuid=homeless.uuid, network_id=second.id or 0, mac="52:54:00:aa:00:02",
+                 ip="10.8.0.9", device_index=0),
+        ])  # fmt: skip
+    return db
+
+
+def normal_table(monkeypatch, stream: io.StringIO, *, all_: bool = False) -> str:
+    monkeypatch.setattr(servers, "out", make_console(stream))
+    servers.list_(all_=all_, as_json=False)
+    return stream.getvalue()
+
+
+def normal_json(capsys, *, all_: bool = False) -> list:
+    servers.list_(all_=all_, as_json=True)
+    return json.loads(capsys.readouterr().out)
+
+
+def quick(capsys, *args: str) -> str:
+    assert server_listing.answer(list(args)) is True
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("all_", [False, True])
+def test_the_table_for_a_pipe_is_the_normal_paths(listing, monkeypatch, capsys, all_) -> None:
+    expected = normal_table(monkeypatch, io.StringIO(), all_=all_)
+    got = quick(capsys, *(["--all"] if all_ else []))
+    assert got == expected
+    assert ("gone" in got) is all_ and "homeless" in got and "b-net=10.8.0.9" in got
+
+
+def test_the_coloured_table_for_a_terminal_is_the_normal_paths(listing, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "240")
+    expected = normal_table(monkeypatch, Terminal())
+    assert "\x1b[32m" in expected and "\x1b[1m" in expected  # rich did colour it
+    servers_now = server_listing._read(
+        Path(os.environ["HERD_DATABASE_URL"].removeprefix("sqlite:///")), include_deleted=False
+    )
+    assert servers_now is not None
+    stream = Terminal()
+    assert server_listing._print_table(servers_now, stream) is True
+    assert stream.getvalue() == expected
+
+
+@pytest.mark.parametrize("all_", [False, True])
+def test_json_is_the_normal_paths(listing, capsys, all_) -> None:
+    expected = normal_json(capsys, all_=all_)
+    got = json.loads(quick(capsys, "--json", *(["--all"] if all_ else [])))
+    assert got == expected
+    assert len(got) == (16 if all_ else 15)
+
+
+def test_an_empty_listing_is_the_normal_paths(db, db_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HERD_DATABASE_URL", db_url)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert quick(capsys) == normal_table(monkeypatch, io.StringIO())
+    assert json.loads(quick(capsys, "--json")) == []
+
+
+def test_a_table_wider_than_the_terminal_is_left_to_rich(listing, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert server_listing.answer([]) is False
+    assert capsys.readouterr().out == ""
+
+
+def test_it_steps_aside_for_what_it_does_not_handle(listing, monkeypatch, capsys) -> None:
+    url = os.environ["HERD_DATABASE_URL"]
+    assert server_listing.answer(["--long"]) is False  # typer says what is wrong
+    assert server_listing.answer(["--json", "--json"]) is False
+    monkeypatch.setenv("HERD_DATABASE_URL", "postgresql://herd@127.0.0.1/herd")
+    assert server_listing.answer([]) is False
+    monkeypatch.setenv("HERD_DATABASE_URL", url + "-missing")
+    assert server_listing.answer([]) is False  # the normal path creates it
+    monkeypatch.setenv("HERD_DATABASE_URL", url)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert server_listing.answer([]) is False
+    monkeypatch.delenv("NO_COLOR")
+    assert capsys.readouterr().out == ""
+
+
+def test_a_schema_of_another_revision_goes_the_normal_way(listing, capsys) -> None:
+    path = os.environ["HERD_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0008'")
+    assert server_listing.answer([]) is False
+    assert capsys.readouterr().out == ""
+
+
+def test_a_control_character_is_shown_escaped_as_rich_shows_it(listing, monkeypatch, capsys):
+    path = os.environ["HERD_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE instances SET name = 'evil\x1b]0;x' WHERE name = 'homeless'")
+    got = quick(capsys)
+    assert "evil\\x1b]0;x" in got and "\x1b" not in got
+    assert got == normal_table(monkeypatch, io.StringIO())
+
+
+def test_a_wide_character_is_left_to_rich(listing, capsys) -> None:
+    path = os.environ["HERD_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE instances SET name = '服务器' WHERE name = 'homeless'")
+    assert server_listing.answer([]) is False
+    assert capsys.readouterr().out == ""
+    assert json.loads(quick(capsys, "--json"))  # JSON has no layout to get wrong
+
+
+def test_a_settings_file_is_trusted_once_herd_accepted_it_as_it_is(
+    listing, tmp_path, capsys
+) -> None:
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("scheduler:\n  max_attempts: 5\n")
+    assert server_listing.answer([]) is False  # never read: the normal path checks it
+    load_config()
+    assert server_listing.answer([]) is True
+    settings.write_text("scheduler:\n  max_attempts: 0\n")
+    assert server_listing.answer([]) is False  # changed since: checked again (and refused)
+    capsys.readouterr()
+
+
+def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'herd.db'}"
+    env = {**os.environ, "HERD_DATABASE_URL": url, "HOME": str(tmp_path),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "c")}  # fmt: skip
+    env.pop("COLUMNS", None)
+    herd = [sys.executable, "-m", "orchestrator"]
+    subprocess.run([*herd, "server", "list"], env=env, check=True, capture_output=True)  # migrates
+    probe = (
+        "import sys; sys.argv = ['herd', 'server', 'list', '--json']\n"
+        "from orchestrator.cli.main import run\nrun()\n"
+        "sys.stderr.write(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert json.loads(done.stdout) == []
+    modules = set(done.stderr.split())
+    heavy = ("sqlalchemy", "sqlmodel", "alembic", "asyncssh", "rich", "typer", "pydantic", "yaml")
+    assert sorted(m for m in modules if m.split(".")[0] in heavy) == []
