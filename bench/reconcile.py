@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import select
 
-from orchestrator import api
+from orchestrator.api import servers as servers_api
 from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Instance
@@ -115,8 +115,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> list[tuple[str, st
             # In batches: the io_ops filter allows 8 builds at once per host.
             for batch, start in enumerate(range(0, args.servers, 12)):
                 count = min(12, args.servers - start)
-                instances = await api.create_servers(
-                    db, api.CreateRequest(f"rc{batch}", "m1.nano", "blank", count)
+                instances = await servers_api.create_servers(
+                    db, servers_api.CreateRequest(f"rc{batch}", "m1.nano", "blank", count)
                 )
                 outcomes += await conductor.build(instances)
         active = sum(o.vm_state == "active" for o in outcomes)

@@ -18,7 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import api, console
+from orchestrator.api import console
+from orchestrator.api import hosts as hosts_api
+from orchestrator.api import servers as servers_api
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome
@@ -58,7 +60,9 @@ async def measure_guests(
     db: Database, pool: AgentPool, conductor: Conductor, guests: int
 ) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    (first,) = await api.create_servers(db, api.CreateRequest("g0", "m1.tiny", "herd-test"))
+    (first,) = await servers_api.create_servers(
+        db, servers_api.CreateRequest("g0", "m1.tiny", "herd-test")
+    )
     t0 = time.perf_counter()
     await conductor.build([first])
     rows.append(
@@ -67,8 +71,8 @@ async def measure_guests(
             f"{time.perf_counter() - t0:.2f} s",
         )
     )
-    instances = await api.create_servers(
-        db, api.CreateRequest("guest", "m1.tiny", "herd-test", guests)
+    instances = await servers_api.create_servers(
+        db, servers_api.CreateRequest("guest", "m1.tiny", "herd-test", guests)
     )
     t0 = time.perf_counter()
     await conductor.build(instances)
@@ -81,7 +85,9 @@ async def measure_guests(
         (f"{guests} test guests until each printed HERD-TEST ready (TCG)", f"{ready:.2f} s")
     )
     rows += await measure_moves(db, conductor, first.name)
-    await conductor.delete(await api.find_servers(db, [first.name, *(i.name for i in instances)]))
+    await conductor.delete(
+        await servers_api.find_servers(db, [first.name, *(i.name for i in instances)])
+    )
     return rows
 
 
@@ -98,11 +104,11 @@ async def measure_moves(db: Database, conductor: Conductor, name: str) -> list[t
         rows.append((label, f"{time.perf_counter() - t0:.2f} s"))
 
     async def server() -> Instance:
-        (row,) = await api.find_servers(db, [name])
+        (row,) = await servers_api.find_servers(db, [name])
         return row
 
-    here = (await api.show_server(db, name)).host
-    hosts = [h.name for h in await api.find_hosts(db, None) if h.name != here]
+    here = (await servers_api.show_server(db, name)).host
+    hosts = [h.name for h in await hosts_api.find_hosts(db, None) if h.name != here]
     await timed(
         "live migration of a running test guest (disk overlay copied)",
         LiveMigrateTask(conductor, await server(), hosts[0]).execute(),
@@ -128,7 +134,7 @@ async def measure(
     rows: list[tuple[str, str]] = []
     db = await open_database(f"sqlite:///{workdir / 'bench.db'}")
     await apply_inventory(db, load_inventory(inventory))
-    hosts = await api.find_hosts(db, None)
+    hosts = await hosts_api.find_hosts(db, None)
     target = target_of(hosts[0])
 
     # Cold: the bundle is pushed, libvirtd answers for the first time, KVM is probed.
@@ -162,8 +168,8 @@ async def measure(
 
         conductor = Conductor(db, pool)
         await conductor.contact_hosts(hosts)
-        instances = await api.create_servers(
-            db, api.CreateRequest("bench", "m1.nano", "blank", servers)
+        instances = await servers_api.create_servers(
+            db, servers_api.CreateRequest("bench", "m1.nano", "blank", servers)
         )
         t0 = time.perf_counter()
         outcomes = await conductor.build(instances)

@@ -377,7 +377,7 @@ async def check_hosts(
     db: Database, names: list[str], min_free_gb: int = DEFAULT_MIN_FREE_GB
 ) -> list[CheckOutcome]:
     """Check the named hosts at once; one host's SSH failure is its own outcome."""
-    from orchestrator.api import find_hosts
+    from orchestrator.api.hosts import find_hosts
     from orchestrator.conductor.hosts import target_of
 
     hosts = await find_hosts(db, names)

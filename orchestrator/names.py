@@ -31,3 +31,8 @@ def check_name(kind: str, value: str) -> str:
         shown = repr(value) if len(value) <= 64 else f"{value[:64]!r}... ({len(value)} characters)"
         raise InvalidInput(f"{kind} name {shown} is invalid: {NAME_RULE}")
     return value
+
+
+def choices(names: list[str]) -> str:
+    """The names an operator could have meant, for a "not found" message."""
+    return ", ".join(sorted(names)) if names else "none defined; run `herd inventory apply`"

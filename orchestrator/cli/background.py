@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from orchestrator import api
+from orchestrator.api import servers as servers_api
 from orchestrator.cli.context import herd, run_async
 from orchestrator.conductor.outcomes import Outcome
 from orchestrator.errors import HerdError
@@ -72,7 +72,7 @@ def run_in_background(name: str, verb: str) -> tuple[Outcome, Path]:
 def _server(name: str) -> tuple[Outcome, int]:
     async def main() -> tuple[Outcome, int]:
         async with herd() as h:
-            view = await api.show_server(h.db, name)
+            view = await servers_api.show_server(h.db, name)
         i = view.instance
         return Outcome(i.uuid, i.name, view.host, i.vm_state, i.task_state), len(view.actions)
 

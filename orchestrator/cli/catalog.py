@@ -9,10 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator import api, image_catalog
+from orchestrator.api import flavors as flavors_api
+from orchestrator.api import images as images_api
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import err, out, print_json, table, text
-from orchestrator.db.models import Image
+from orchestrator.db.models import Flavor, Image
 from orchestrator.errors import HostUnreachable, InvalidInput
 
 flavors = typer.Typer(help="Flavors: the sizes servers come in.", no_args_is_help=True)
@@ -24,9 +25,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 def list_flavors(as_json: JsonOpt = False) -> None:
     """List flavors."""
 
-    async def main() -> list[api.Flavor]:
+    async def main() -> list[Flavor]:
         async with herd() as h:
-            return await api.list_flavors(h.db)
+            return await flavors_api.list_flavors(h.db)
 
     rows = run_async(main())
     if as_json:
@@ -59,9 +60,9 @@ def list_flavors(as_json: JsonOpt = False) -> None:
 def list_images(as_json: JsonOpt = False) -> None:
     """List images."""
 
-    async def main() -> list[api.Image]:
+    async def main() -> list[Image]:
         async with herd() as h:
-            return await api.list_images(h.db)
+            return await images_api.list_images(h.db)
 
     rows = run_async(main())
     if as_json:
@@ -155,7 +156,7 @@ def create_image(
 
     async def main() -> Image:
         async with herd() as h:
-            return await image_catalog.create_image(h.db, values)
+            return await images_api.create_image(h.db, values)
 
     _show_image(run_async(main()), as_json)
 
@@ -181,7 +182,7 @@ def show_image(
 
     async def main() -> Image:
         async with herd() as h:
-            return await image_catalog.get_image(h.db, name)
+            return await images_api.get_image(h.db, name)
 
     _show_image(run_async(main()), as_json)
 
@@ -194,7 +195,7 @@ def delete_image(
 
     async def main() -> None:
         async with herd() as h:
-            await image_catalog.delete_image(h.db, name)
+            await images_api.delete_image(h.db, name)
 
     run_async(main())
     if as_json:
@@ -208,7 +209,7 @@ images.add_typer(cache, name="cache")
 HostOpt = Annotated[list[str] | None, typer.Option("--host", help="Only this host; repeatable.")]
 
 
-def _cache_table(title: str | None, entries: list[image_catalog.CacheEntry]) -> Any:
+def _cache_table(title: str | None, entries: list[images_api.CacheEntry]) -> Any:
     now = time.time()
     return table(
         title,
@@ -227,7 +228,7 @@ def _cache_table(title: str | None, entries: list[image_catalog.CacheEntry]) -> 
     )
 
 
-def _unreachable(survey: image_catalog.CacheSurvey) -> None:
+def _unreachable(survey: images_api.CacheSurvey) -> None:
     for warning in survey.warnings:
         err.print(f"warning: {warning}", markup=False, highlight=False)
     for host, why in sorted(survey.unreachable.items()):
@@ -240,9 +241,9 @@ def _unreachable(survey: image_catalog.CacheSurvey) -> None:
 def cache_list(host: HostOpt = None, as_json: JsonOpt = False) -> None:
     """List cached images per host, with the servers using each."""
 
-    async def main() -> image_catalog.CacheSurvey:
+    async def main() -> images_api.CacheSurvey:
         async with herd() as h:
-            return await image_catalog.survey_caches(h.db, h.conductor, host)
+            return await images_api.survey_caches(h.db, h.conductor, host)
 
     survey = run_async(main())
     if as_json:
@@ -271,9 +272,9 @@ def cache_prune(
     if not math.isfinite(older_than) or older_than < 0:  # nan would prune nothing, silently
         raise InvalidInput(f"--older-than {older_than:g}: must be a finite number of hours")
 
-    async def main() -> tuple[list[image_catalog.CacheEntry], image_catalog.CacheSurvey]:
+    async def main() -> tuple[list[images_api.CacheEntry], images_api.CacheSurvey]:
         async with herd() as h:
-            return await image_catalog.prune_caches(
+            return await images_api.prune_caches(
                 h.db, h.conductor, host, older_than * 3600, dry_run
             )
 

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import api
+from orchestrator.api import groups as groups_api
+from orchestrator.cli import documents
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import out, print_json, table
 from orchestrator.scheduler.request import GROUP_POLICIES
@@ -24,15 +25,15 @@ def create(
 ) -> None:
     """Create a group; boot into it with `herd server create --group NAME`."""
 
-    async def main() -> api.GroupView:
+    async def main() -> groups_api.GroupView:
         async with herd() as h:
-            await api.create_group(h.db, name, policy)
-            (view,) = await api.list_groups(h.db, [name])
+            await groups_api.create_group(h.db, name, policy)
+            (view,) = await groups_api.list_groups(h.db, [name])
             return view
 
     view = run_async(main())
     if as_json:
-        print_json(api.group_dict(view))
+        print_json(documents.group_dict(view))
     else:
         out.print(f"server group {name} created (policy {policy})")
 
@@ -41,13 +42,13 @@ def create(
 def list_(as_json: JsonOpt = False) -> None:
     """Groups with their policy and where their members run."""
 
-    async def main() -> list[api.GroupView]:
+    async def main() -> list[groups_api.GroupView]:
         async with herd() as h:
-            return await api.list_groups(h.db)
+            return await groups_api.list_groups(h.db)
 
     views = run_async(main())
     if as_json:
-        print_json([api.group_dict(v) for v in views])
+        print_json([documents.group_dict(v) for v in views])
         return
     out.print(
         table(
@@ -71,7 +72,7 @@ def delete(name: str, as_json: JsonOpt = False) -> None:
 
     async def main() -> None:
         async with herd() as h:
-            await api.delete_group(h.db, name)
+            await groups_api.delete_group(h.db, name)
 
     run_async(main())
     if as_json:

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from sqlmodel import select
 
-from orchestrator import api, host_check
+from orchestrator import host_check
+from orchestrator.api import hosts as hosts_api
+from orchestrator.cli import documents
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import err, out, print_json, styled, table
 from orchestrator.cli.progress import LiveProgress
@@ -38,13 +40,13 @@ def _usage(used: int, total: int | None, ratio: float, reserved: int, unit: str 
 def list_(as_json: JsonOpt = False) -> None:
     """Hosts with status, capacity (after ratios and reservations) and usage."""
 
-    async def main() -> list[api.HostView]:
+    async def main() -> list[hosts_api.HostView]:
         async with herd() as h:
-            return await api.list_hosts(h.db)
+            return await hosts_api.list_hosts(h.db)
 
     views = run_async(main())
     if as_json:
-        print_json([api.host_dict(v) for v in views])
+        print_json([documents.host_dict(v) for v in views])
         return
     # Why a host is disabled is what the next operator asks first; the column is
     # there only when some host has a reason, so an all-enabled fleet's table stays narrow.
@@ -56,7 +58,7 @@ def list_(as_json: JsonOpt = False) -> None:
             (
                 h.name,
                 host_port(h.address, h.ssh_port),
-                styled(api.host_status(h)),
+                styled(hosts_api.host_status(h)),
                 h.domain_type,
                 _usage(v.used_vcpus, h.total_vcpus, h.cpu_ratio, h.reserved_vcpus),
                 _usage(v.used_ram_mb, h.total_ram_mb, h.ram_ratio, h.reserved_ram_mb),
@@ -95,7 +97,7 @@ def refresh(
 
     async def main() -> list[HostContact]:
         async with herd() as h:
-            hosts = await api.find_hosts(h.db, names)
+            hosts = await hosts_api.find_hosts(h.db, names)
             return await h.conductor.contact_hosts(hosts)
 
     contacts = run_async(main())
@@ -156,7 +158,7 @@ def trust(
 
     async def main() -> list[dict[str, object]]:
         async with herd() as h:
-            (host,) = await api.find_hosts(h.db, [name])
+            (host,) = await hosts_api.find_hosts(h.db, [name])
         decided: list[dict[str, object]] = []
 
         async def visit(offer: Offer) -> None:

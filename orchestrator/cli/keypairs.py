@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlmodel import select
 
-from orchestrator import keypairs
+from orchestrator.api import keypairs
+from orchestrator.api import networks as networks_api
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import err, out, print_json, table
 from orchestrator.cli.states import age
-from orchestrator.db.models import KeyPair, Network, Port
+from orchestrator.db.models import KeyPair
 from orchestrator.errors import HerdError, InvalidInput
 from orchestrator.files import os_reason, read_limited
-from orchestrator.networking import pool_addresses
 
 app = typer.Typer(help="Key pairs: SSH public keys given to guests.", no_args_is_help=True)
 networks = typer.Typer(help="Networks servers attach to (from the inventory).")
@@ -145,13 +144,11 @@ def delete(
 def list_networks(as_json: JsonOpt = False) -> None:
     """List networks with their subnet and how many addresses are in use."""
 
-    async def main() -> list[tuple[Network, int, int]]:
-        async with herd() as h, h.db.read() as session:
-            rows = (await session.exec(select(Network).order_by(Network.name))).all()
-            ports = (await session.exec(select(Port.network_id))).all()
-            return [(n, ports.count(n.id), len(pool_addresses(n))) for n in rows]
+    async def main() -> list[networks_api.NetworkView]:
+        async with herd() as h:
+            return await networks_api.list_networks(h.db)
 
-    rows = run_async(main())
+    rows = [(v.network, v.ports, v.pool_size) for v in run_async(main())]
     if as_json:
         print_json(
             [

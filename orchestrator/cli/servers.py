@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from orchestrator import api, cloudinit
+from orchestrator import cloudinit
+from orchestrator.api import hosts as hosts_api
+from orchestrator.api import servers as servers_api
+from orchestrator.cli import documents
 from orchestrator.cli.background import run_in_background
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.explain import show_plan
@@ -29,7 +32,7 @@ from orchestrator.files import read_limited
 from orchestrator.scheduler.scheduler import Plan
 
 if TYPE_CHECKING:
-    from orchestrator import console
+    from orchestrator.api import console
     from orchestrator.conductor.manager import Conductor
 
 app = typer.Typer(help="Create, inspect, power, rebuild and delete servers.", no_args_is_help=True)
@@ -144,7 +147,7 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Boot servers: schedule, claim, and build them on their hosts concurrently."""
-    request = api.CreateRequest(
+    request = servers_api.CreateRequest(
         name=name,
         flavor=flavor,
         image=image,
@@ -172,7 +175,7 @@ def create(
     async def main() -> tuple[list[Outcome], Plan | None, dict[str, str]]:
         progress = None if as_json else LiveProgress(f"Creating {name}")
         async with herd(progress) as h:
-            instances = await api.create_servers(h.db, request)
+            instances = await servers_api.create_servers(h.db, request)
             names = {i.uuid: i.name for i in instances}
             plan = None
             if explain:
@@ -192,7 +195,7 @@ def create(
 
 
 async def _dry_run(
-    request: api.CreateRequest, refresh: bool
+    request: servers_api.CreateRequest, refresh: bool
 ) -> tuple[Plan, dict[str, str], dict[str, datetime | None]]:
     """Plan from what the DB knows, writing nothing, and say how old that knowledge is.
     A dry run contacts no host unless asked (`--refresh`): it is what an operator runs
@@ -200,8 +203,8 @@ async def _dry_run(
     async with herd() as h:
         if refresh:
             await h.conductor.meet_hosts()
-        plan, names = await api.dry_run_plan(h.db, request, h.conductor.scheduler)
-        return plan, names, await api.hosts_last_seen(h.db)
+        plan, names = await servers_api.dry_run_plan(h.db, request, h.conductor.scheduler)
+        return plan, names, await hosts_api.hosts_last_seen(h.db)
 
 
 @app.command("list")
@@ -211,13 +214,13 @@ def list_(
 ) -> None:
     """List servers with their host and states."""
 
-    async def main() -> list[api.ServerView]:
+    async def main() -> list[servers_api.ServerView]:
         async with herd() as h:
-            return await api.list_servers(h.db, include_deleted=all_)
+            return await servers_api.list_servers(h.db, include_deleted=all_)
 
     views = run_async(main())
     if as_json:
-        print_json([api.server_dict(v) for v in views])
+        print_json([documents.server_dict(v) for v in views])
         return
     out.print(
         table(
@@ -253,10 +256,10 @@ def list_(
     )
 
 
-def _server_view(ref: str) -> api.ServerView:
-    async def main() -> api.ServerView:
+def _server_view(ref: str) -> servers_api.ServerView:
+    async def main() -> servers_api.ServerView:
         async with herd() as h:
-            return await api.show_server(h.db, ref)
+            return await servers_api.show_server(h.db, ref)
 
     return run_async(main())
 
@@ -268,7 +271,7 @@ def show(
     """Show one server: states, host, the latest faults and its actions."""
 
     view = _server_view(name)
-    data = api.server_dict(view)
+    data = documents.server_dict(view)
     data["faults"] = [
         {"message": f.message, "host": f.host, "code": f.code, "created_at": f.created_at}
         for f in view.faults
@@ -375,7 +378,7 @@ def delete(
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress("Deleting")
         async with herd(progress) as h:
-            instances = await api.find_servers(h.db, names)
+            instances = await servers_api.find_servers(h.db, names)
             if progress is None:
                 return await h.conductor.delete(instances, wait=wait)
             with progress:
@@ -399,9 +402,9 @@ def wait_(
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress("Waiting")
         async with herd(progress) as h:
-            named = await api.find_servers(h.db, names) if names else []
+            named = await servers_api.find_servers(h.db, names) if names else []
             recovered = await _recover(h.conductor, [i.uuid for i in named] if names else None)
-            jobs = await api.pending_jobs(h.db, [i.uuid for i in named] if names else None)
+            jobs = await servers_api.pending_jobs(h.db, [i.uuid for i in named] if names else None)
             outcomes: list[Outcome] = []
             if jobs:
                 if progress is None:
@@ -428,7 +431,7 @@ async def _until_idle(db: Any, busy: list[Instance], timeout: float) -> list[Out
     deadline = time.monotonic() + timeout
     for instance in busy:
         while True:
-            view = await api.show_server(db, instance.uuid)
+            view = await servers_api.show_server(db, instance.uuid)
             row = view.instance
             if row.task_state is None or time.monotonic() >= deadline:
                 break
@@ -462,7 +465,7 @@ def console_log(
         raise InvalidInput("--lines must be between 1 and 100000")
 
     async def main() -> console.ConsoleLog:
-        from orchestrator import console
+        from orchestrator.api import console
 
         async with herd() as h:
             return await console.console_log(h.db, h.pool, name, lines)
@@ -484,7 +487,7 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
     """Attach to the guest's serial console (virsh console over SSH); Ctrl-] detaches."""
 
     async def main() -> int:
-        from orchestrator import console
+        from orchestrator.api import console
 
         async with herd() as h:
             instance, target = await console.console_target(h.db, name)
@@ -509,7 +512,7 @@ async def _recover(conductor: Conductor, uuids: list[str] | None) -> list[Outcom
 
     outcomes = []
     for done in await recovery.recover(conductor, uuids):
-        view = await api.show_server(conductor.db, done.uuid)
+        view = await servers_api.show_server(conductor.db, done.uuid)
         row = view.instance
         error = None if done.outcome == "done" else f"{done.kind} recovered: {done.detail}"
         outcomes.append(Outcome(row.uuid, row.name, view.host, row.vm_state, row.task_state, error))
@@ -581,7 +584,7 @@ def _run_power(names: list[str], action: str, wait: bool, as_json: bool, timeout
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress(action.replace("_", " ").capitalize())
         async with herd(progress) as h:
-            instances = await api.find_servers(h.db, names)
+            instances = await servers_api.find_servers(h.db, names)
             if progress is None:
                 return await _power(h.conductor, instances, action, wait, timeout)
             with progress:
@@ -663,7 +666,7 @@ def _act_on_one(
     async def main() -> list[Outcome]:
         progress = None if as_json else LiveProgress(label)
         async with herd(progress) as h:
-            (instance,) = await api.find_servers(h.db, [name])
+            (instance,) = await servers_api.find_servers(h.db, [name])
             with progress or contextlib.nullcontext():
                 return [await work(h.conductor, instance)]
 

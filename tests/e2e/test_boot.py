@@ -149,7 +149,7 @@ def test_a_second_build_of_the_same_instance_is_harmless(herd: HerdCli, lab) -> 
     host = next(h for h in lab.hosts if h.name == created["host"])
 
     async def rebuild() -> dict:
-        from orchestrator.api import find_hosts
+        from orchestrator.api.hosts import find_hosts
         from orchestrator.conductor.hosts import target_of
         from orchestrator.db.engine import open_database
         from orchestrator.rpc.pool import AgentPool

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import console as console_module
+from orchestrator.api import console as console_module
+from orchestrator.api.console import ConsoleLog
+from orchestrator.api.images import CacheEntry, CacheSurvey
 from orchestrator.cli import catalog, explain, main, progress
 from orchestrator.cli import reconcile as reconcile_cli
 from orchestrator.cli.output import make_console, table, visible
-from orchestrator.console import ConsoleLog
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     AgentJob,
@@ -40,7 +41,6 @@ from orchestrator.db.models import (
     utcnow,
 )
 from orchestrator.errors import HostUnreachable
-from orchestrator.image_catalog import CacheEntry, CacheSurvey
 from orchestrator.reconcile.drift import Finding
 from orchestrator.reconcile.reconciler import RunReport
 from orchestrator.scheduler.engine import HostVerdict

@@ -10,7 +10,8 @@ import pytest
 
 from agent import specs as agent_specs
 from agent.specs import BuildSpec
-from orchestrator import api, image_catalog
+from orchestrator.api import images as images_api
+from orchestrator.api import servers as servers_api
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Image, Instance, Network
 from orchestrator.errors import InvalidInput
@@ -32,21 +33,21 @@ async def test_more_networks_than_the_agent_takes_are_refused_before_any_row(
     db: Database,
 ) -> None:
     names = await add_networks(db, agent_specs.MAX_NICS + 1)
-    request = api.CreateRequest("web", "small", "cirros", networks=tuple(names))
+    request = servers_api.CreateRequest("web", "small", "cirros", networks=tuple(names))
     with pytest.raises(InvalidInput) as caught:
-        await api.create_servers(db, request)
+        await servers_api.create_servers(db, request)
     assert str(caught.value) == (
         f"{len(names)} --network options: a server has at most {agent_specs.MAX_NICS} NICs"
     )
-    assert await api.list_servers(db) == []
+    assert await servers_api.list_servers(db) == []
 
 
 @pytest.mark.usefixtures("catalog")
 async def test_as_many_networks_as_the_agent_takes_are_accepted(db: Database) -> None:
     names = await add_networks(db, agent_specs.MAX_NICS)
-    request = api.CreateRequest("web", "small", "cirros", networks=tuple(names))
-    (server,) = await api.create_servers(db, request)
-    view = await api.show_server(db, server.uuid)
+    request = servers_api.CreateRequest("web", "small", "cirros", networks=tuple(names))
+    (server,) = await servers_api.create_servers(db, request)
+    view = await servers_api.show_server(db, server.uuid)
     assert len(view.ports) == agent_specs.MAX_NICS
 
 
@@ -67,11 +68,11 @@ async def test_image_create_refuses_a_command_line_the_agent_would_refuse(
         "properties": {CMDLINE_PROPERTY: cmdline},
     }
     with pytest.raises(InvalidInput) as caught:
-        await image_catalog.create_image(db, values)
+        await images_api.create_image(db, values)
     assert f"properties.{CMDLINE_PROPERTY}" in str(caught.value)
     assert "must be one line" in str(caught.value)
     assert "\n" not in str(caught.value)
-    assert await api.list_images(db) == []
+    assert await images_api.list_images(db) == []
 
 
 def test_what_the_orchestrator_accepts_at_its_limits_the_agent_builds(tmp_path: Path) -> None:
@@ -92,11 +93,11 @@ def test_what_the_orchestrator_accepts_at_its_limits_the_agent_builds(tmp_path: 
     bridge = NetworkSpec(name="lan", type="bridge", bridge="b" * 15)
     network = NetworkSpec(name="virt", type="network", libvirt_network="n" * 64)
     name = "s" * 63
-    api.instance_names(name, 1)
+    servers_api.instance_names(name, 1)
     instance = Instance(
         uuid="00000000-0000-4000-8000-000000000000",
         name=name,
-        hostname=api.hostname_of(name),
+        hostname=servers_api.hostname_of(name),
         flavor_name=flavor.name,
         vcpus=flavor.vcpus,
         ram_mb=flavor.ram_mb,

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from orchestrator import cloudinit, keypairs
+from orchestrator import cloudinit
+from orchestrator.api import keypairs
 from orchestrator.db.engine import Database
 from orchestrator.db.models import KeyPair
 from orchestrator.errors import Conflict, InvalidInput, NotFound

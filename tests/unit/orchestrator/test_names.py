@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import api
+from orchestrator.api import groups as groups_api
+from orchestrator.api import servers as servers_api
 from orchestrator.db.engine import Database
 from orchestrator.errors import InvalidInput
 from orchestrator.names import check_name
@@ -39,10 +40,10 @@ def test_check_name_returns_a_good_name(name: str) -> None:
 async def test_a_group_name_with_a_line_break_is_refused_and_nothing_written(
     db: Database, name: str
 ) -> None:
-    await api.create_group(db, "db", "anti-affinity")
+    await groups_api.create_group(db, "db", "anti-affinity")
     with pytest.raises(InvalidInput, match=r"group name .* is invalid"):
-        await api.create_group(db, name, "anti-affinity")
-    assert [view.group.name for view in await api.list_groups(db)] == ["db"]
+        await groups_api.create_group(db, name, "anti-affinity")
+    assert [view.group.name for view in await groups_api.list_groups(db)] == ["db"]
 
 
 @pytest.mark.usefixtures("catalog")
@@ -51,5 +52,5 @@ async def test_a_server_name_with_a_line_break_is_refused_and_nothing_written(
     db: Database, name: str
 ) -> None:
     with pytest.raises(InvalidInput, match=r"server name .* is invalid"):
-        await api.create_servers(db, api.CreateRequest(name, "small", "cirros"))
-    assert await api.list_servers(db) == []
+        await servers_api.create_servers(db, servers_api.CreateRequest(name, "small", "cirros"))
+    assert await servers_api.list_servers(db) == []

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
-from orchestrator import api
+from orchestrator.api import servers as servers_api
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.tasks.migrate import MigrateTask
 from orchestrator.conductor.tasks.power import power
@@ -207,8 +207,8 @@ async def test_a_build_whose_server_was_deleted_meanwhile_casts_nothing(
     db: Database, add_host: AddHost, catalog: None
 ) -> None:
     await add_host("hv1")
-    request = api.CreateRequest(name="b", flavor="small", image="cirros")
-    instances = await api.create_servers(db, request)
+    request = servers_api.CreateRequest(name="b", flavor="small", image="cirros")
+    instances = await servers_api.create_servers(db, request)
     await Conductor(db, FakePool()).delete(instances)  # before it was ever placed
     pool = FakePool()
     await Conductor(db, pool).build(instances)

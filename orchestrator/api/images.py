@@ -1,4 +1,4 @@
-"""`herd image create/show/delete` and the hosts' image caches (`herd image cache`).
+"""Images: `herd image create/list/show/delete` and the hosts' image caches (`herd image cache`).
 
 Images made here are ``managed_by="cli"``: `herd inventory apply` leaves them alone.
 Cache entries are keyed by sha256 on each host; this module maps them back to image
@@ -230,3 +230,8 @@ async def prune_caches(
 
     removed = await asyncio.gather(*(remove(e) for e in doomed))
     return [e for e in removed if e is not None], survey
+
+
+async def list_images(db: Database) -> list[Image]:
+    async with db.read() as session:
+        return list((await session.exec(select(Image).order_by(Image.name))).all())

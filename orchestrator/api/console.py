@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from orchestrator import api
+from orchestrator.api import servers as servers_api
 from orchestrator.conductor.hosts import target_of
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Instance
@@ -42,7 +42,7 @@ class ConsoleLog:
 
 
 async def _located(db: Database, ref: str) -> tuple[Instance, Host]:
-    (instance,) = await api.find_servers(db, [ref])
+    (instance,) = await servers_api.find_servers(db, [ref])
     async with db.read() as session:
         host = await session.get(Host, instance.host_id) if instance.host_id else None
     if host is None:

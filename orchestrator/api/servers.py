@@ -1,7 +1,6 @@
-"""What Nova's compute/api.py does: validate a request, then write the rows.
+"""Servers: create (validated, rows written, actions opened), find, list and show.
 
-Nothing here talks to a host. The conductor takes the rows from here and does the
-work; the CLI renders what both return.
+Nothing here talks to a host: the conductor takes the rows and does the work.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_
@@ -37,7 +35,7 @@ from orchestrator.db.models import (
     utcnow,
 )
 from orchestrator.errors import Conflict, InvalidInput, NotFound
-from orchestrator.names import check_name
+from orchestrator.names import check_name, choices
 from orchestrator.networking import (
     PortView,
     allocate_ports,
@@ -46,7 +44,6 @@ from orchestrator.networking import (
     resolve_networks,
 )
 from orchestrator.scheduler.loader import request_specs
-from orchestrator.scheduler.request import GROUP_POLICIES
 from orchestrator.scheduler.scheduler import FilterScheduler, Plan
 
 MAX_COUNT = 100
@@ -90,15 +87,11 @@ async def _key_pair(session: AsyncSession, name: str) -> KeyPair:
     return row
 
 
-def _choices(names: list[str]) -> str:
-    return ", ".join(sorted(names)) if names else "none defined; run `herd inventory apply`"
-
-
 async def _flavor(session: AsyncSession, name: str) -> Flavor:
     flavor = (await session.exec(select(Flavor).where(Flavor.name == name))).first()
     if flavor is None:
         known = (await session.exec(select(Flavor.name))).all()
-        raise NotFound(f"flavor {name!r} not found (known: {_choices(list(known))})")
+        raise NotFound(f"flavor {name!r} not found (known: {choices(list(known))})")
     return flavor
 
 
@@ -106,7 +99,7 @@ async def _image(session: AsyncSession, name: str) -> Image:
     image = (await session.exec(select(Image).where(Image.name == name))).first()
     if image is None:
         known = (await session.exec(select(Image.name))).all()
-        raise NotFound(f"image {name!r} not found (known: {_choices(list(known))})")
+        raise NotFound(f"image {name!r} not found (known: {choices(list(known))})")
     return image
 
 
@@ -204,14 +197,6 @@ async def dry_run_plan(
         await resolve_networks(session, request.networks)
         specs = await request_specs(session, instances)
     return await scheduler.plan(specs), {i.uuid: i.name for i in instances}
-
-
-async def hosts_last_seen(db: Database) -> dict[str, datetime | None]:
-    """When each host's facts were last read, by name: how old the knowledge is that a
-    dry run planned from (None: never reached)."""
-    async with db.read() as session:
-        rows = (await session.exec(select(Host.name, Host.last_seen_at).order_by(Host.name))).all()
-    return {name: seen for name, seen in rows}
 
 
 async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[Instance]:
@@ -407,194 +392,3 @@ async def pending_jobs(db: Database, instance_uuids: list[str] | None = None) ->
         if instance_uuids is not None:
             query = query.where(col(AgentJob.instance_uuid).in_(instance_uuids))
         return list((await session.exec(query)).all())
-
-
-def server_dict(view: ServerView) -> dict[str, Any]:
-    i = view.instance
-    return {
-        "uuid": i.uuid,
-        "name": i.name,
-        "host": view.host,
-        "vm_state": i.vm_state,
-        "task_state": i.task_state,
-        "power_state": i.power_state,
-        "flavor": i.flavor_name,
-        "image": i.image_name,
-        "vcpus": i.vcpus,
-        "ram_mb": i.ram_mb,
-        "disk_gb": i.disk_gb,
-        "group": view.group,
-        "hostname": i.hostname,
-        "key_name": i.key_name,
-        "addresses": [p.to_dict() for p in view.ports],
-        "request_spec": i.request_spec,
-        "created_at": i.created_at.isoformat() if i.created_at else None,
-        "launched_at": i.launched_at.isoformat() if i.launched_at else None,
-        "deleted_at": i.deleted_at.isoformat() if i.deleted_at else None,
-    }
-
-
-@dataclass
-class HostView:
-    host: Host
-    used_vcpus: int
-    used_ram_mb: int
-    used_disk_gb: int
-    instances: int
-
-
-async def list_hosts(db: Database) -> list[HostView]:
-    from orchestrator.scheduler.loader import load_host_states
-
-    async with db.read() as session:
-        hosts = {h.id: h for h in (await session.exec(select(Host).order_by(Host.name))).all()}
-        states = {s.id: s for s in await load_host_states(session)}
-    return [
-        HostView(
-            host,
-            states[host_id].used_vcpus,
-            states[host_id].used_ram_mb,
-            states[host_id].used_disk_gb,
-            states[host_id].instances,
-        )
-        for host_id, host in hosts.items()
-        if host_id is not None
-    ]
-
-
-async def find_hosts(db: Database, names: list[str] | None) -> list[Host]:
-    async with db.read() as session:
-        hosts = list((await session.exec(select(Host).order_by(Host.name))).all())
-    if not names:
-        return hosts
-    by_name = {h.name: h for h in hosts}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise NotFound(f"host {missing[0]!r} not found (known: {_choices(list(by_name))})")
-    return [by_name[n] for n in names]
-
-
-def host_status(host: Host) -> str:
-    return host.status
-
-
-def host_dict(view: HostView) -> dict[str, Any]:
-    h = view.host
-    return {
-        "name": h.name,
-        "address": h.address,
-        "port": h.ssh_port,
-        "status": host_status(h),
-        "enabled": h.enabled,
-        "disabled_reason": None if h.enabled else h.disabled_reason,
-        "availability_zone": h.availability_zone,
-        "labels": h.labels,
-        "domain_type": h.domain_type,
-        "vcpus": {
-            "total": h.total_vcpus,
-            "ratio": h.cpu_ratio,
-            "reserved": h.reserved_vcpus,
-            "used": view.used_vcpus,
-        },
-        "ram_mb": {
-            "total": h.total_ram_mb,
-            "ratio": h.ram_ratio,
-            "reserved": h.reserved_ram_mb,
-            "used": view.used_ram_mb,
-        },
-        "disk_gb": {
-            "total": h.total_disk_gb,
-            "ratio": h.disk_ratio,
-            "reserved": h.reserved_disk_gb,
-            "used": view.used_disk_gb,
-        },
-        "instances": view.instances,
-        "libvirt_ok": h.libvirt_ok,
-        "libvirt_error": h.libvirt_error,
-        "agent_version": h.agent_version,
-        "last_seen_at": h.last_seen_at.isoformat() if h.last_seen_at else None,
-        "last_error": h.last_error,
-    }
-
-
-async def list_flavors(db: Database) -> list[Flavor]:
-    async with db.read() as session:
-        return list(
-            (
-                await session.exec(
-                    select(Flavor).order_by(Flavor.vcpus, Flavor.ram_mb, Flavor.name)
-                )
-            ).all()
-        )
-
-
-async def list_images(db: Database) -> list[Image]:
-    async with db.read() as session:
-        return list((await session.exec(select(Image).order_by(Image.name))).all())
-
-
-# -- server groups -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GroupView:
-    group: ServerGroup
-    members: list[tuple[str, str | None]]  # (server name, host name)
-
-
-async def create_group(db: Database, name: str, policy: str) -> ServerGroup:
-    check_name("group", name)
-    if policy not in GROUP_POLICIES:
-        raise InvalidInput(f"policy {policy!r} is not one of {', '.join(GROUP_POLICIES)}")
-    async with db.session() as session:
-        exists = (await session.exec(select(ServerGroup).where(ServerGroup.name == name))).first()
-        if exists is not None:
-            raise Conflict(f"a server group named {name!r} already exists")
-        group = ServerGroup(name=name, policy=policy, created_at=utcnow())
-        session.add(group)
-    return group
-
-
-async def list_groups(db: Database, names: list[str] | None = None) -> list[GroupView]:
-    async with db.read() as session:
-        query = select(ServerGroup).order_by(ServerGroup.name)
-        if names:
-            query = query.where(col(ServerGroup.name).in_(names))
-        groups = (await session.exec(query)).all()
-        missing = set(names or ()) - {g.name for g in groups}
-        if missing:
-            raise NotFound(f"server group {sorted(missing)[0]!r} not found")
-        rows = (
-            await session.exec(
-                select(Instance.group_id, Instance.name, Host.name)
-                .join(Host, col(Host.id) == col(Instance.host_id), isouter=True)
-                .where(Instance.group_id.is_not(None), Instance.vm_state != VmState.DELETED)  # type: ignore[union-attr]
-                .order_by(Instance.name)
-            )
-        ).all()
-    members: dict[int, list[tuple[str, str | None]]] = {}
-    for group_id, server, host in rows:
-        members.setdefault(group_id, []).append((server, host))
-    return [GroupView(g, members.get(g.id or 0, [])) for g in groups]
-
-
-async def delete_group(db: Database, name: str) -> None:
-    (view,) = await list_groups(db, [name])
-    if view.members:
-        raise Conflict(
-            f"server group {name!r} still has {len(view.members)} server(s): "
-            f"{', '.join(m for m, _ in view.members[:5])}; delete them first"
-        )
-    async with db.session() as session:
-        group = await session.get(ServerGroup, view.group.id)
-        if group is not None:
-            await session.delete(group)
-
-
-def group_dict(view: GroupView) -> dict[str, Any]:
-    return {
-        "name": view.group.name,
-        "policy": view.group.policy,
-        "members": [{"server": s, "host": h} for s, h in view.members],
-        "created_at": view.group.created_at,
-    }
