@@ -101,11 +101,11 @@ async def recover_one(conductor: Conductor, record: TaskRecord) -> Recovery | No
     try:
         outcome = await cls.resume(conductor, handle, found)  # type: ignore[attr-defined]
     except HerdError as exc:
-        await handle.__aexit__(None, None, None)
         return Recovery(
             handle.id, record.kind, record.instance_uuid, name, record.step, "waits", str(exc)
         )
-    await handle.__aexit__(None, None, None)
+    finally:
+        await handle.close()  # the resumed task's heartbeat, if it started one
     state = closing_state(outcome)
     if handle.state in journal.OPEN_TASK_STATES:
         await handle.finish(state, outcome.error)
