@@ -157,7 +157,8 @@ def gone(record: TaskRecord, now: datetime | None = None, stale_after: float = S
 
 class TaskHandle:
     """The runner's grip on one open task: each write is checked against the generation
-    it last wrote, and ``async with handle:`` keeps its heartbeat going."""
+    it last wrote, and ``async with handle:`` keeps its heartbeat going (or
+    ``start_heartbeat`` ... ``close``, when the handle outlives one block)."""
 
     def __init__(
         self,
@@ -226,8 +227,23 @@ class TaskHandle:
             raise ValueError(f"a task finishes done, rolled_back or failed, not {state}")
         await self._write(state=state, detail=detail)
 
+    def start_heartbeat(self) -> None:
+        """Beat every ``heartbeat_every`` seconds until ``close``: a runner that beats is
+        not judged gone from another host. Starting it twice keeps the one beat."""
+        if self._beating is None:
+            self._beating = asyncio.create_task(self._heartbeat())
+
+    async def close(self) -> None:
+        """Stop the heartbeat (the row stays as it is: ``finish`` closes the task).
+        Safe to call more than once, and whether or not it beat."""
+        if self._beating is not None:
+            beating, self._beating = self._beating, None
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
     async def __aenter__(self) -> TaskHandle:
-        self._beating = asyncio.create_task(self._heartbeat())
+        self.start_heartbeat()
         return self
 
     async def __aexit__(
@@ -238,11 +254,7 @@ class TaskHandle:
     ) -> None:
         # An exception leaves the task open on purpose: once this process is gone, the
         # rule for its step finishes or undoes it (the caller rolls back what it can).
-        if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
-            self._beating = None
+        await self.close()
 
     async def _heartbeat(self) -> None:
         while True:

@@ -67,6 +67,22 @@ def task_classes() -> dict[str, type[Task]]:
     return {c.kind: c for c in classes}
 
 
+TABLE_BEGIN = "<!-- recovery-table:begin -->"
+TABLE_END = "<!-- recovery-table:end -->"
+
+
+def recovery_table_markdown() -> str:
+    """The task x step table of what recovery does, from the task classes' ``RECOVERY``:
+    README.md carries it between ``TABLE_BEGIN`` and ``TABLE_END`` (regenerate it with
+    `python -m orchestrator.conductor.recovery`), so the manual cannot drift from the code."""
+    rows = ["| task | step it stopped at | what recovery does |", "|---|---|---|"]
+    for kind, cls in task_classes().items():
+        for step, rule in cls.RECOVERY.items():
+            cell = rule.replace("|", "\\|")  # a pipe would end the cell
+            rows.append(f"| `{kind}` | `{step}` | {cell} |")
+    return "\n".join(rows) + "\n"
+
+
 async def recover(
     conductor: Conductor, instance_uuids: Collection[str] | None = None
 ) -> list[Recovery]:
@@ -101,11 +117,11 @@ async def recover_one(conductor: Conductor, record: TaskRecord) -> Recovery | No
     try:
         outcome = await cls.resume(conductor, handle, found)  # type: ignore[attr-defined]
     except HerdError as exc:
-        await handle.__aexit__(None, None, None)
         return Recovery(
             handle.id, record.kind, record.instance_uuid, name, record.step, "waits", str(exc)
         )
-    await handle.__aexit__(None, None, None)
+    finally:
+        await handle.close()  # the resumed task's heartbeat, if it started one
     state = closing_state(outcome)
     if handle.state in journal.OPEN_TASK_STATES:
         await handle.finish(state, outcome.error)
@@ -131,3 +147,9 @@ async def _rows(
             else None
         )
     return instance, source, dest, migration
+
+
+if __name__ == "__main__":
+    print(TABLE_BEGIN)
+    print(recovery_table_markdown(), end="")
+    print(TABLE_END)

@@ -4,6 +4,12 @@ Pure: no I/O, so each rule is unit-tested as data. The reconciler turns the find
 into repairs. A server with work in flight (an uncollected job that is still running,
 or a task_state) is left alone by every rule but the job rule: the work in progress
 will settle it, and a repair racing it would make things worse.
+
+A server with an open journal task (conductor/journal.py) is held harder still: on the
+hosts the task names, its domains may be the task's (a live migration's destination
+copy before the DB says so), so every finding there is reported as ``held`` and nothing
+is fixed, whether the task's runner lives or died and waits for recovery. Nor are the
+claims the task holds fixed. Reconcile never removes a domain an open task may own.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from orchestrator.db.models import (
     Host,
     Instance,
     PowerState,
+    TaskRecord,
     VmState,
 )
 from orchestrator.reconcile.config import ReconcileConfig
@@ -30,7 +37,8 @@ from orchestrator.reconcile.survey import HostSurvey
 FINISHED = ("succeeded", "failed", "lost")
 # A job row the host never heard of: after this long the cast surely never arrived.
 LOST_CAST_SECONDS = 120.0
-REPORT_ONLY = ("report", "log")
+HELD = "held"  # the policy of a finding an open task keeps out of reach: reported only
+REPORT_ONLY = ("report", "log", HELD)
 
 
 @dataclass
@@ -59,7 +67,38 @@ class Finding:
             "policy": self.policy,
             "outcome": self.outcome,
             "error": self.error,
+            "held_by": self.data.get("held_by"),
         }
+
+
+@dataclass(frozen=True)
+class OpenTask:
+    """An open journal task as reconcile sees it: what it may own, and whether its
+    runner still runs (judged by the reconciler, so the rules stay pure)."""
+
+    id: int
+    kind: str
+    step: str
+    server: str  # the server's uuid
+    hosts: frozenset[int]  # source and destination: where a domain of it may be the task's
+    claims: frozenset[str]  # allocation keys it holds: the server's, its migration's
+    live: bool
+
+    @classmethod
+    def of(cls, record: TaskRecord, live: bool) -> OpenTask:
+        held = {record.instance_uuid}
+        held.update(v for v in record.claims.values() if isinstance(v, str))
+        if record.migration_uuid:
+            held.add(record.migration_uuid)
+        hosts = {h for h in (record.source_host_id, record.dest_host_id) if h is not None}
+        assert record.id is not None
+        return cls(
+            record.id, record.kind, record.step, record.instance_uuid, frozenset(hosts),
+            frozenset(held), live,
+        )  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"open task {self.id} ({self.kind}, step {self.step})"
 
 
 @dataclass(frozen=True)
@@ -72,6 +111,8 @@ class Snapshot:
     now: float = field(default_factory=time.time)
     # Claims held by an open migration (a resize's old size on its source), by uuid.
     migration_claims: frozenset[str] = frozenset()
+    # Journal tasks still open (running, or recovering: recovery could not finish them).
+    open_tasks: Sequence[OpenTask] = ()
 
 
 def _epoch(moment: datetime | None) -> float:
@@ -104,7 +145,34 @@ def detect(
     if config.image_cache_max_age_hours is not None:
         for survey in reached.values():
             findings += _stale_images(survey, snapshot, config)
+    _hold(findings, snapshot)
     return findings
+
+
+def _holder(finding: Finding, snapshot: Snapshot, host_ids: dict[str, int]) -> OpenTask | None:
+    """The open task that may own what ``finding`` would fix: a domain (or the server's
+    power, state or job) on a host the task names, or a claim the task holds."""
+    if finding.uuid is None:
+        return None
+    for task in snapshot.open_tasks:
+        if finding.kind == "claim":
+            if finding.uuid in task.claims:
+                return task
+        elif finding.uuid == task.server and host_ids.get(finding.host or "") in task.hosts:
+            return task
+    return None
+
+
+def _hold(findings: list[Finding], snapshot: Snapshot) -> None:
+    """Turn every finding an open task may own into a report: ``held``, no fix."""
+    host_ids = {h.name: i for i, h in snapshot.hosts.items()}
+    for finding in findings:
+        task = _holder(finding, snapshot, host_ids)
+        if task is None:
+            continue
+        finding.policy = HELD
+        finding.detail = f"{finding.detail}; left alone: held by {task}"
+        finding.data["held_by"] = task.id
 
 
 def _host_findings(surveys: Sequence[HostSurvey], config: ReconcileConfig) -> list[Finding]:
@@ -305,8 +373,14 @@ def _stuck_builds(snapshot: Snapshot, busy: set[str], config: ReconcileConfig) -
     """Builds, and other tasks (a migration whose herd was killed), that nothing is
     working on any more: Nova's compute does the same at start-up (_init_instance)."""
     found = []
+    # A task whose runner still beats is slow, not stuck: its runner ends it.
+    running = {t.server for t in snapshot.open_tasks if t.live}
     for instance in snapshot.instances:
-        if instance.uuid in busy or instance.vm_state == VmState.DELETED:
+        if (
+            instance.uuid in busy
+            or instance.uuid in running
+            or instance.vm_state == VmState.DELETED
+        ):
             continue
         building = instance.vm_state == VmState.BUILDING
         if not building and instance.task_state is None:

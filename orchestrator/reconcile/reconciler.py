@@ -37,7 +37,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import HerdError
 from orchestrator.reconcile.config import ReconcileConfig
-from orchestrator.reconcile.drift import Finding, Snapshot, detect
+from orchestrator.reconcile.drift import Finding, OpenTask, Snapshot, detect
 from orchestrator.reconcile.survey import HostSurvey, survey_hosts
 from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.scheduler.claims import release
@@ -172,9 +172,14 @@ class Reconciler:
                     select(Migration.uuid).where(col(Migration.status).in_(OPEN_MIGRATIONS))
                 )
             ).all()
+        # After recovery: a task it left open (a host did not answer) is held too. Its
+        # runner is then this process, alive, so the task is not taken for stuck either.
+        judge = journal.Runner.here()
+        tasks = [OpenTask.of(t, live=not judge.gone(t)) for t in await journal.open_tasks(self.db)]
         return Snapshot(
-            hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations)
-        )
+            hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations),
+            open_tasks=tasks,
+        )  # fmt: skip
 
     async def _census(self) -> tuple[dict[str, int], dict[str, int]]:
         async with self.db.read() as db:
@@ -268,11 +273,21 @@ class Reconciler:
             raise HerdError(f"host {host_name} vanished from the database")
         return target_of(host)
 
+    async def _skip_if_held(self, finding: Finding) -> None:
+        """Checked again right before a host is acted on: a task opened since the
+        snapshot may own this domain."""
+        async with self.db.read() as db:
+            host = (await db.exec(select(Host).where(Host.name == finding.host))).first()
+        for task in await journal.open_tasks(self.db, finding.uuid):
+            if host is not None and host.id in (task.source_host_id, task.dest_host_id):
+                raise Skipped(f"open task {task.id} ({task.kind}) began since the survey")
+
     async def _fix_power(self, finding: Finding) -> None:
         power = finding.data["power"]
         if (await self._instance(finding.uuid)).task_state is not None:
             raise Skipped("an action began on the server since the survey; left alone")
         if finding.policy == "restore":
+            await self._skip_if_held(finding)
             action = "start" if finding.data["domain"] == "stopped" else "stop"
             await self.agent.domain_power(await self._target(finding.host), finding.uuid, action)
             return
@@ -303,6 +318,7 @@ class Reconciler:
             and row.host_id == host.id
         ):
             raise Skipped("the server changed in the database meanwhile; left alone")
+        await self._skip_if_held(finding)
         target = await self._target(finding.host)
         if finding.policy == "shutdown":
             await self.agent.domain_power(target, finding.uuid, "stop")

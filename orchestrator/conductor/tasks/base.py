@@ -57,7 +57,7 @@ class Task(ABC):
             outcome = await self._execute()
         finally:
             if self.journal is not None:
-                await self.journal.__aexit__(None, None, None)  # its heartbeat stops
+                await self.journal.close()  # its heartbeat stops
         if self.journal is not None and self.journal.state in ("running", "recovering"):
             await self.journal.finish(closing_state(outcome), outcome.error)
         return outcome
@@ -90,7 +90,7 @@ class Task(ABC):
         """Run under ``handle`` (a new task's, or one recovery took over from ``died``)."""
         self.died = died
         self.journal = self.steps.journal = handle
-        await handle.__aenter__()
+        handle.start_heartbeat()
         return handle
 
     async def note(self, what: str) -> None:

@@ -27,9 +27,9 @@ from orchestrator.scheduler.claims import release
 class EvacuateTask(Task):
     kind = "evacuate"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "schedule": "forward: placed again (any claim of it released first), then built",
-        "prepare": "forward: built again on the destination",
-        "cast": "forward: the job followed if the destination has it, else built again",
+        "schedule": "finished: placed again (any claim it held released first), then built",
+        "prepare": "finished: built again on the destination",
+        "cast": "finished: the build job is followed if the destination has it, else built again",
     }
 
     def __init__(self, conductor: Conductor, instance: Instance, source: Host) -> None:

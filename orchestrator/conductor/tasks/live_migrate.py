@@ -72,11 +72,14 @@ def incompatibility(source: Host, dest: Host) -> str | None:
 class LiveMigrateTask(Task):
     kind = "live_migrate"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "schedule": "back: the new claim goes, the source's is the server's again",
-        "prepare_dest": "back: the destination's prepared files go",
-        "live_migrate": "ask both hosts: running on the destination, forward; on the "
-        "source, back; on neither, ERROR; a host that does not answer, left open",
-        "switch": "forward: the DB places it on the destination",
+        "schedule": "rolled back: the destination's new claim is released; the server keeps "
+        "its claim on the source",
+        "prepare_dest": "rolled back: the files prepared on the destination are removed",
+        "live_migrate": "both hosts asked: running on the destination, finished; on the "
+        "source, rolled back; on neither, ERROR; a host that does not answer: left open "
+        "for the next recovery (reconcile holds its domains)",
+        "switch": "as at live_migrate (both hosts asked): running on the destination, "
+        "finished, the DB placing it there",
     }
 
     def __init__(

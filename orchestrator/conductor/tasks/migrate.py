@@ -36,12 +36,16 @@ from orchestrator.errors import Conflict, HerdError, NoValidHost
 class MigrateTask(Task):
     kind = "migrate"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "schedule": "back: the new claim goes, the source's is the server's again",
-        "stop_source": "back: started again on the source if it ran",
-        "copy_disk": "back: the partial copy on the destination goes, started again on the source",
-        "spawn": "forward if the destination has the domain, else back",
-        "switch": "forward: the DB places it on the destination, the source copy goes",
-        "cleanup_source": "forward: the source copy goes (reconcile reaps it if unreachable)",
+        "schedule": "rolled back: the destination's new claim is released; the server keeps "
+        "its claim on the source",
+        "stop_source": "rolled back: started again on the source if it was running",
+        "copy_disk": "rolled back: the partial copy on the destination is removed; started "
+        "again on the source if it was running",
+        "spawn": "finished if the destination has the domain, else rolled back",
+        "switch": "finished if the switch committed or the destination has the domain (the DB "
+        "places it there, the source copy is removed), else rolled back",
+        "cleanup_source": "finished: the source copy is removed (if the source does not "
+        "answer, reconcile reaps it later)",
     }
 
     def __init__(

@@ -23,8 +23,8 @@ from orchestrator.errors import Conflict, InvalidInput, NotFound
 class RebuildTask(Task):
     kind = "rebuild"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "prepare": "forward: built again on its host",
-        "cast": "forward: the job followed if the host has it, else built again",
+        "prepare": "finished: built again on its host",
+        "cast": "finished: the rebuild job is followed if the host has it, else built again",
     }
 
     def __init__(

@@ -200,15 +200,20 @@ class ResizeTask(Task):
 
     kind = "resize"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "schedule": "back: the new claim goes, the old one is the server's again",
-        "stop_source": "back: started again on the source if it ran",
-        "stash_source": "back: from the kept disk if the source's domain is gone, else as it is",
-        "copy_disk": "back: the partial copy goes; built again on the source from the kept disk",
-        "spawn": "forward if the destination has the domain (resized, to confirm), else back",
-        "switch": "forward: the DB records the resize, waiting for confirm or revert",
-        "revert_source": "back (it was being undone): built again on the source",
-        "drop_stash": "back: the rest of the undo (the kept disk goes, the DB restored)",
-        "restore": "back: the rest of the undo (the DB restored)",
+        "schedule": "rolled back: the new size's claim is released; the server keeps its old one",
+        "stop_source": "rolled back: started again on the source if it was running",
+        "stash_source": "rolled back: rebuilt on the source from the kept disk if its domain "
+        "is gone, else left as it is",
+        "copy_disk": "rolled back: the partial copy is removed; rebuilt on the source from the "
+        "kept disk",
+        "spawn": "finished if the destination has the domain (then resized: confirm or revert "
+        "it), else rolled back",
+        "switch": "finished if the destination has the domain: the DB records it resized, to "
+        "confirm or revert; else rolled back",
+        "revert_source": "rolled back (a failure was being undone): rebuilt on the source",
+        "drop_stash": "rolled back: the undo is finished (the kept disk is removed, the DB "
+        "restored to the old size)",
+        "restore": "rolled back: the undo is finished (the DB restored to the old size)",
     }
 
     def __init__(
@@ -417,8 +422,8 @@ class ConfirmResizeTask(Task):
 
     kind = "confirm"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "drop_source": "forward: the kept disk goes (again), the old claim goes",
-        "switch": "forward: the DB records the resize confirmed",
+        "drop_source": "finished: the kept disk is removed (again) and the old claim released",
+        "switch": "finished: the DB records the resize confirmed",
     }
 
     def __init__(self, conductor: Conductor, instance: Instance) -> None:
@@ -493,10 +498,10 @@ class RevertResizeTask(Task):
 
     kind = "revert"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "remove_dest": "forward: the resized copy goes (again), then as below",
-        "revert_source": "forward: built again on the source from the kept disk",
-        "drop_stash": "forward: the kept disk goes, the DB restored",
-        "restore": "forward: the DB restored to the old size on the source",
+        "remove_dest": "finished: the resized copy is removed (again), then as the steps below",
+        "revert_source": "finished: rebuilt on the source from the kept disk",
+        "drop_stash": "finished: the kept disk is removed, the DB restored to the old size",
+        "restore": "finished: the DB restored to the old size on the source",
     }
 
     def __init__(self, conductor: Conductor, instance: Instance) -> None:

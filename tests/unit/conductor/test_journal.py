@@ -111,6 +111,23 @@ async def test_the_heartbeat_advances_while_the_task_runs(db: Database, db_url: 
     assert (await read_row(db_url, handle.id)).generation == beat.generation  # stopped
 
 
+async def test_a_handle_that_outlives_one_block_stops_beating_on_close(
+    db: Database, db_url: str
+) -> None:
+    """A task adopts its handle in one method and drops it in another: ``close`` stops
+    the beat (once, however often it is called), as leaving ``async with`` does."""
+    handle = await TaskJournal(db, heartbeat_every=0.05).open("migrate", "u-1", step="copy")
+    handle.start_heartbeat()
+    handle.start_heartbeat()  # a second start keeps the one beat
+    await asyncio.sleep(0.3)
+    await handle.close()
+    await handle.close()
+    stopped = (await read_row(db_url, handle.id)).generation
+    assert stopped >= 2
+    await asyncio.sleep(0.15)
+    assert (await read_row(db_url, handle.id)).generation == stopped
+
+
 def test_a_runner_alive_on_this_host_is_not_gone() -> None:
     here = Runner.here()
     assert here.started > 0
