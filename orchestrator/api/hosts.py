@@ -1,4 +1,5 @@
-"""Hosts as the operator sees them: their usage from the scheduler's own view, found by name."""
+"""Hosts as the operator sees them: their usage from the scheduler's own view, found by
+name, enabled or disabled for scheduling."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from datetime import datetime
 from sqlmodel import select
 
 from orchestrator.db.engine import Database
-from orchestrator.db.models import (
-    Host,
-)
+from orchestrator.db.models import Host, utcnow
 from orchestrator.errors import NotFound
 from orchestrator.names import choices
 
@@ -65,3 +64,29 @@ async def find_hosts(db: Database, names: list[str] | None) -> list[Host]:
 
 def host_status(host: Host) -> str:
     return host.status
+
+
+@dataclass(frozen=True)
+class EnabledChange:
+    """What `host enable`/`disable` did: the host's state now, and whether it moved."""
+
+    host: str
+    enabled: bool
+    disabled_reason: str | None
+    changed: bool
+
+
+async def set_enabled(db: Database, name: str, enabled: bool, reason: str | None) -> EnabledChange:
+    """Let the scheduler use the host, or not. A reason is always stored on disabling:
+    an operator's disable is what `herd inventory apply` keeps, and the scheduler's
+    refusal names it."""
+    async with db.session() as session:
+        host = (await session.exec(select(Host).where(Host.name == name))).first()
+        if host is None:
+            raise NotFound(f"host {name!r} not found")
+        changed = host.enabled != enabled
+        host.enabled = enabled
+        host.disabled_reason = None if enabled else (reason or "disabled by an operator")
+        host.updated_at = utcnow()
+        session.add(host)
+        return EnabledChange(name, enabled, host.disabled_reason, changed)

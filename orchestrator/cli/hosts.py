@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated
 
 import typer
-from sqlmodel import select
 
 from orchestrator import host_check
 from orchestrator.api import hosts as hosts_api
@@ -18,9 +18,8 @@ from orchestrator.cli.servers import show_outcomes
 from orchestrator.cli.states import age
 from orchestrator.conductor.hosts import HostContact, target_of
 from orchestrator.conductor.outcomes import Outcome
-from orchestrator.db.models import Host, utcnow
 from orchestrator.endpoints import host_port
-from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable, NotFound
+from orchestrator.errors import HerdError, HostKeyNotTrusted, HostUnreachable
 from orchestrator.rpc.known_hosts import record_host_key
 from orchestrator.rpc.ssh import Offer, fingerprint, host_key_changed, walk_route
 
@@ -231,22 +230,8 @@ def _decide(
 
 async def _set_enabled(name: str, enabled: bool, reason: str | None) -> dict[str, object]:
     """Enable or disable the host; what it is now, for `--json`."""
-    async with herd() as h, h.db.session() as db:
-        host = (await db.exec(select(Host).where(Host.name == name))).first()
-        if host is None:
-            raise NotFound(f"host {name!r} not found")
-        changed = host.enabled != enabled
-        host.enabled = enabled
-        # Set by an operator, so `herd inventory apply` keeps the host disabled.
-        host.disabled_reason = None if enabled else (reason or "disabled by an operator")
-        host.updated_at = utcnow()
-        db.add(host)
-        return {
-            "host": name,
-            "enabled": enabled,
-            "disabled_reason": host.disabled_reason,
-            "changed": changed,
-        }
+    async with herd() as h:
+        return dataclasses.asdict(await hosts_api.set_enabled(h.db, name, enabled, reason))
 
 
 @app.command()
