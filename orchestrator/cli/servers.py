@@ -488,13 +488,15 @@ def console_(name: Annotated[str, typer.Argument(help="Name or UUID.")]) -> None
 
     async def main() -> int:
         from orchestrator.api import console
+        from orchestrator.cli import console_attach
 
         async with herd() as h:
             instance, target = await console.console_target(h.db, name)
         err.print(
-            f"Connected to {instance.name} on {target.name}; press {console.ESCAPE} to detach."
+            f"Connected to {instance.name} on {target.name}; "
+            f"press {console_attach.ESCAPE} to detach."
         )
-        return await console.attach(instance, target)
+        return await console_attach.attach(instance, target)
 
     status = run_async(main())
     err.print("\ndetached")
