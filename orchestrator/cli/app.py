@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("orchestrator.cli.catalog", "images", "Images: what servers boot from."),
     "keypair": ("orchestrator.cli.keypairs", "app", "Key pairs: SSH public keys given to guests."),
     "network": (
-        "orchestrator.cli.keypairs",
+        "orchestrator.cli.networks",
         "networks",
         "Networks servers attach to (from the inventory).",
     ),
