@@ -12,13 +12,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlmodel import select
 
 from orchestrator.conductor.hosts import target_of
-from orchestrator.conductor.manager import Conductor
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
@@ -27,6 +26,11 @@ from orchestrator.inventory.apply import IMAGE_REFERENCES, servers_using_image
 from orchestrator.inventory.models import ImageSpec, validation_context
 from orchestrator.inventory.problems import first_validation_problem
 from orchestrator.local_files import sha256_of
+
+if TYPE_CHECKING:
+    # The build manager and its tasks: only the cache commands reach a host, through the
+    # conductor they are handed, so `image list/show/create/delete` never load it.
+    from orchestrator.conductor.manager import Conductor
 
 
 async def create_image(db: Database, values: dict[str, Any]) -> Image:
