@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 
 HEARTBEAT_EVERY = 10.0  # seconds between a running task's heartbeats
 STALE_AFTER = 60.0  # a runner on another host whose heartbeat is older than this is gone
-# Test-only: "<kind>:<step>" makes ``TaskHandle.step`` commit that step and then SIGKILL
-# this process, as `kill -9` would at the worst moment. The lab's kill tests set it; nothing
-# else may.
+# Test-only: "<kind>:<step>" makes ``TaskHandle.step`` (and ``TaskJournal.open``, for a
+# task's first step) commit that step and then SIGKILL this process, as `kill -9` would at
+# the worst moment. The lab's kill tests set it; nothing else may.
 STOP_AT_ENV = "HERD_TEST_STOP_AT"
 CLOSED_STATES = (TaskRecordState.DONE, TaskRecordState.ROLLED_BACK, TaskRecordState.FAILED)
 
@@ -208,8 +208,7 @@ class TaskHandle:
         """Write step ``name`` and its inputs, committed before this returns: call it
         before the step's side effect, never after."""
         await self._write(step=name, inputs={**self.record.inputs, **inputs})
-        if os.environ.get(STOP_AT_ENV) == f"{self.kind}:{name}":
-            os.kill(os.getpid(), signal.SIGKILL)  # test-only, see STOP_AT_ENV
+        stop_if_asked(self.kind, name)
 
     async def hold(self, **claims: Any) -> None:
         """Record claims the task now holds (merged into those it held)."""
@@ -352,7 +351,14 @@ class TaskJournal:
         )
         async with self.db.session() as session:
             session.add(record)
+        stop_if_asked(kind, step)
         return TaskHandle(self.db, record, self.runner, self.heartbeat_every)
+
+
+def stop_if_asked(kind: str, step: str) -> None:
+    """SIGKILL this process if the test-only STOP_AT_ENV names this step, just written."""
+    if os.environ.get(STOP_AT_ENV) == f"{kind}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _runner_fields(runner: Runner) -> dict[str, Any]:

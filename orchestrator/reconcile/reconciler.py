@@ -136,7 +136,10 @@ class Reconciler:
                 finding.outcome = "would fix" if finding.wants_fix else "unfixed"
         else:
             await self._record_heartbeats(surveys)
-            await asyncio.gather(*(self._repair(f, snapshot) for f in [*quiet, *findings]))
+            # A recovered task's finding already says how its recovery ended: no repair.
+            done = {id(f) for f in recovered}
+            repairs = [f for f in [*quiet, *findings] if id(f) not in done]
+            await asyncio.gather(*(self._repair(f, snapshot) for f in repairs))
         report = RunReport(findings, surveys, time.monotonic() - started, dry_run)
         report.instance_states, report.host_states = await self._census()
         return report

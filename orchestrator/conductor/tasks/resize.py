@@ -349,8 +349,10 @@ class ResizeTask(Task):
             if state is not None:
                 await task.note(f"{dest.name} runs it at the new size: finishing forward")
                 return await task._resized(dest, POWER_OF.get(state, PowerState.NOSTATE))
-        if dest is not None and dest.id != source.id and step in ("copy_disk", "spawn", "switch"):
-            with contextlib.suppress(HerdError):  # the half-made copy (reconcile: the rest)
+        if dest is not None and dest.id != source.id and step not in ("schedule", "stop_source"):
+            # The half-made copy, or what a failed spawn's cleanup could not remove before
+            # the undo (revert_source...) was killed: its disk carried to incoming/.
+            with contextlib.suppress(HerdError):  # reconcile: the rest
                 await task.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN)
         stashed = step not in ("schedule", "stop_source")
         if step == "stash_source":

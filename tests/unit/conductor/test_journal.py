@@ -250,10 +250,15 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.parametrize(
+    ("stop_at", "step", "inputs"),
+    [("migrate:copy_disk", "copy_disk", {"dest": "hv2"}), ("migrate:claim", "claim", {})],
+    ids=["a later step", "the first step, written by open"],
+)
 async def test_the_kill_hook_dies_by_sigkill_right_after_committing_its_step(
-    db: Database, db_url: str
+    db: Database, db_url: str, stop_at: str, step: str, inputs: dict
 ) -> None:
-    env = {**os.environ, STOP_AT_ENV: "migrate:copy_disk"}
+    env = {**os.environ, STOP_AT_ENV: stop_at}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", textwrap.dedent(KILLED_AT_A_STEP), db_url,
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -262,5 +267,5 @@ async def test_the_kill_hook_dies_by_sigkill_right_after_committing_its_step(
     assert child.returncode == -signal.SIGKILL, err.decode()
     assert b"survived" not in out
     (row,) = await open_tasks(db)
-    assert (row.step, row.inputs, row.state) == ("copy_disk", {"dest": "hv2"}, "running")
+    assert (row.step, row.inputs, row.state) == (step, inputs, "running")
     assert [t.id for t in await orphans(db)] == [row.id]
