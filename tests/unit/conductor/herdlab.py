@@ -16,20 +16,22 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from orchestrator import api
-from orchestrator.conductor.journal import TaskHandle
+from orchestrator.conductor import recovery
+from orchestrator.conductor.journal import TaskHandle, open_tasks
 from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.recovery import Recovery
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     Allocation,
@@ -103,6 +105,8 @@ class HerdLab:
         self.root = root
         self.virt = root / "virt"
         self.virt.mkdir()
+        self.bin = root / "bin"
+        self.bin.mkdir()
         self.sessions: dict[str, LocalSession] = {}
         self.procs: list[asyncio.subprocess.Process] = []
         self.pool = LabPool(self.sessions)
@@ -118,8 +122,17 @@ class HerdLab:
 
     async def start(self, hosts: tuple[str, ...] = HOSTS) -> None:
         (self.virt / "addresses.json").write_text(json.dumps({self.address(h): h for h in hosts}))
+        # The fake virsh runs dozens of times a test: by this very interpreter, without
+        # site (a pyenv shim on PATH costs ~90 ms a call, this ~7 ms).
+        script = (FAKEVIRT / "virsh").read_text().split("\n", 1)[1]
+        virsh = self.bin / "virsh"
+        virsh.write_text(f"#!{os.path.realpath(sys.executable)} -SI\n{script}")
+        virsh.chmod(0o755)
         image = self.root / "base.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+        made = await asyncio.create_subprocess_exec(
+            "qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"
+        )
+        assert await made.wait() == 0
         digest = hashlib.sha256(image.read_bytes()).hexdigest()
         async with self.db.session() as db:
             db.add(Flavor(name="small", vcpus=1, ram_mb=1024, disk_gb=1))
@@ -146,7 +159,7 @@ class HerdLab:
         )  # fmt: skip
         env = {
             **os.environ,
-            "PATH": f"{FAKEVIRT}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "FAKEVIRT_DIR": str(self.virt),
             "PYTHONPATH": str(REPO),
             "HERD_TEMPLATES_DIR": str(REPO / "templates"),
@@ -281,6 +294,40 @@ class HerdLab:
                 .values(runner_boot_id="a-boot-long-gone")
             )
 
+    async def kill_at(self, kind: str, step: str, work: Callable[[], Awaitable[Any]]) -> TaskRecord:
+        """Run ``work`` until its ``kind`` task journals ``step``, and 'kill' it there: the
+        row is left open, its runner gone (as HERD_TEST_STOP_AT and kill -9 leave it)."""
+        with pytest.MonkeyPatch.context() as patch:
+            die_at(patch, kind, step)
+            try:
+                await work()
+            except Died:
+                pass
+            else:
+                raise AssertionError(f"{kind} finished without reaching step {step}")
+        (record,) = [t for t in await open_tasks(self.db) if t.kind == kind]
+        assert record.step == step
+        await self.orphan(record.id)
+        return record
+
+    async def recover(self) -> list[Recovery]:
+        return await recovery.recover(self.conductor)
+
+    async def assert_whole(self, uuid: str, host: str, state: str = "running") -> None:
+        """The server as every move must leave it: one domain, on its DB host, in
+        ``state``; its claims there only; no resize stash or carried disk anywhere, and
+        no files on the other hosts."""
+        row = await self.server(uuid)
+        assert await self.host_name(row.host_id) == host
+        assert self.where(uuid) == {host: state}
+        assert await self.claim_hosts(uuid) == [host]
+        for name in self.sessions:
+            files = self.files(name, uuid)
+            assert not files["stash"] and not files["incoming"], (name, files)
+            assert files["dir"] == (name == host), (name, files)
+        assert row.task_state is None
+        assert [t.kind for t in await open_tasks(self.db, uuid)] == []
+
 
 @asynccontextmanager
 async def herd_lab(db: Database, hosts: tuple[str, ...] = HOSTS) -> AsyncIterator[HerdLab]:
@@ -297,12 +344,23 @@ async def herd_lab(db: Database, hosts: tuple[str, ...] = HOSTS) -> AsyncIterato
 
 def die_at(monkeypatch: Any, kind: str, step: str) -> None:
     """The runner of ``kind`` dies right after it journals ``step`` (HERD_TEST_STOP_AT's
-    point: the step written, its side effect not begun), without running any handler."""
-    original: Callable[..., Any] = TaskHandle.step
+    point: the step written, its side effect not begun), without running any handler.
+    A task's first step is the one its journal row opens with."""
+    from orchestrator.conductor.tasks.base import Task
+
+    original_step: Callable[..., Any] = TaskHandle.step
+    original_open: Callable[..., Any] = Task.open_journal
 
     async def step_then_die(self: TaskHandle, name: str, **inputs: Any) -> None:
-        await original(self, name, **inputs)
+        await original_step(self, name, **inputs)
         if (self.kind, name) == (kind, step):
             raise Died(f"{kind} killed at {step}")
 
+    async def open_then_die(self: Task, *args: Any, **kw: Any) -> TaskHandle:
+        handle: TaskHandle = await original_open(self, *args, **kw)
+        if (self.kind, kw.get("step", "begin")) == (kind, step):
+            raise Died(f"{kind} killed at {step}")
+        return handle
+
     monkeypatch.setattr(TaskHandle, "step", step_then_die)
+    monkeypatch.setattr(Task, "open_journal", open_then_die)
