@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from orchestrator import api
+from orchestrator.api import servers as api
 from orchestrator.conductor import recovery
 from orchestrator.conductor.journal import TaskHandle, open_tasks
 from orchestrator.conductor.manager import Conductor

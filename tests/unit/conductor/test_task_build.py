@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator import api
+from orchestrator.api import servers as api
 from tests.unit.conductor.herdlab import HerdLab
 
 
