@@ -64,8 +64,7 @@ async def test_an_evacuation_with_no_host_to_go_to_keeps_the_servers_claim(
     never given back. It is set aside, then handed back to the server."""
     server = await lab.boot("s1", host="hv1", flavor="big")
     for other in ("hv2", "hv3"):
-        await lab.boot(f"fill-{other}", host=other, flavor="big")
-        await lab.boot(f"fill2-{other}", host=other, flavor="big")
+        await lab.fill(other)
     lab.pool.down.add("hv1")
     (outcome,) = await evacuate(lab.conductor, "hv1")
     assert outcome.failed_at == "schedule"
@@ -122,8 +121,7 @@ async def test_an_evacuation_resumed_with_no_room_left_keeps_the_servers_claim(
     task = EvacuateTask(lab.conductor, server, await lab.host("hv1"))
     await lab.kill_at("evacuate", "schedule", task.execute)
     for other in ("hv2", "hv3"):  # the room goes while nobody runs the task
-        await lab.boot(f"fill-{other}", host=other, flavor="big")
-        await lab.boot(f"fill2-{other}", host=other, flavor="big")
+        await lab.fill(other)
     await lab.recover()
     row = await lab.server(server.uuid)
     assert await lab.host_name(row.host_id) == "hv1"

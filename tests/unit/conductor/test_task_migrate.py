@@ -62,8 +62,7 @@ async def test_an_unreachable_destination_changes_nothing_on_the_source(lab: Her
 async def test_a_migration_with_no_host_to_go_to_keeps_its_claim(lab: HerdLab) -> None:
     server = await lab.boot("s1", host="hv1", flavor="big")
     for other in ("hv2", "hv3"):
-        await lab.boot(f"fill-{other}", host=other, flavor="big")
-        await lab.boot(f"fill2-{other}", host=other, flavor="big")
+        await lab.fill(other)
     lab.pool.ops.clear()
     outcome = await MigrateTask(lab.conductor, server).execute()
     assert outcome.failed_at == "schedule"
