@@ -58,7 +58,8 @@ async def _take_back(db: AsyncSession, row: Instance) -> None:
 class EvacuateTask(Task):
     kind = "evacuate"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "schedule": "finished: placed again (any claim it held released first), then built",
+        "schedule": "finished: placed again (the dead host's claim set aside, and handed back "
+        "if no host has room), then built",
         "prepare": "finished: built again on the destination",
         "cast": "finished: the build job is followed if the destination has it, else built again",
     }

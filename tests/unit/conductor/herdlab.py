@@ -72,18 +72,23 @@ class LocalSession(AgentSession):
 
 
 class LabPool(AgentPool):
-    """Each host's requests go to that host's agent; ``down`` hosts cannot be reached."""
+    """Each host's requests go to that host's agent, started when it is first asked for
+    (most tests never reach one host or two: an agent is a process to start and stop);
+    ``down`` hosts cannot be reached."""
 
-    def __init__(self, sessions: dict[str, LocalSession]) -> None:
+    def __init__(self, start: Callable[[str], Awaitable[LocalSession]]) -> None:
         super().__init__()
-        self.pipes = sessions
+        self._start = start
+        self._starting: dict[str, asyncio.Task[LocalSession]] = {}
         self.down: set[str] = set()
         self.ops: list[tuple[str, str]] = []  # (host, op) of every call, in order
 
     async def session(self, target: HostTarget) -> AgentSession:
         if target.name in self.down:
             raise HostUnreachable(f"host {target.name}: cannot reach it (test)")
-        return self.pipes[target.name]
+        if target.name not in self._starting:
+            self._starting[target.name] = asyncio.ensure_future(self._start(target.name))
+        return await asyncio.shield(self._starting[target.name])
 
     async def call(
         self, target: HostTarget, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0
@@ -109,7 +114,8 @@ class HerdLab:
         self.bin.mkdir()
         self.sessions: dict[str, LocalSession] = {}
         self.procs: list[asyncio.subprocess.Process] = []
-        self.pool = LabPool(self.sessions)
+        self.hosts: tuple[str, ...] = ()
+        self.pool = LabPool(self._start_agent)
         self.conductor = Conductor(db, self.pool, build_timeout=60)
 
     # -- setup -----------------------------------------------------------------
@@ -121,6 +127,7 @@ class HerdLab:
         return f"127.0.0.{HOSTS.index(host) + 11}"
 
     async def start(self, hosts: tuple[str, ...] = HOSTS) -> None:
+        self.hosts = hosts
         (self.virt / "addresses.json").write_text(json.dumps({self.address(h): h for h in hosts}))
         # The fake virsh runs dozens of times a test: by this very interpreter, without
         # site (a pyenv shim on PATH costs ~90 ms a call, this ~7 ms).
@@ -150,9 +157,8 @@ class HerdLab:
                         reserved_ram_mb=0, cpu_ratio=1.0, ram_ratio=1.0,
                     )
                 )  # fmt: skip
-        await asyncio.gather(*(self._start_agent(h) for h in hosts))
 
-    async def _start_agent(self, name: str) -> None:
+    async def _start_agent(self, name: str) -> LocalSession:
         target = HostTarget(
             name=name, address=self.address(name), agent_dir=self.agent_dir(name),
             libvirt_uri=f"fake:///{name}", domain_type="qemu",
@@ -173,6 +179,7 @@ class HerdLab:
         session = LocalSession(target, _NoConnection(), None)  # type: ignore[arg-type]
         await session.speak(_PipeProcess(proc))  # type: ignore[arg-type]
         self.sessions[name] = session
+        return session
 
     async def stop(self) -> None:
         for session in self.sessions.values():
@@ -198,7 +205,7 @@ class HerdLab:
 
     def where(self, uuid: str) -> dict[str, str]:
         """host -> state, of every host that has a domain for ``uuid``."""
-        found = {h: self.domains(h).get(uuid) for h in self.sessions}
+        found = {h: self.domains(h).get(uuid) for h in self.hosts}
         return {h: s for h, s in found.items() if s is not None}
 
     def fail(self, host: str, command: str, message: str = "boom", *, after: bool = False) -> None:
@@ -334,7 +341,7 @@ class HerdLab:
         assert await self.host_name(row.host_id) == host
         assert self.where(uuid) == {host: state}
         assert await self.claim_hosts(uuid) == [host]
-        for name in self.sessions:
+        for name in self.hosts:
             files = self.files(name, uuid)
             assert not files["stash"] and not files["incoming"], (name, files)
             assert files["dir"] == (name == host), (name, files)
