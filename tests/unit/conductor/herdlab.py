@@ -12,6 +12,7 @@ requests to that host's agent. Files move between hosts as local copies (SFTP's 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import os
@@ -136,10 +137,7 @@ class HerdLab:
         virsh.write_text(f"#!{os.path.realpath(sys.executable)} -SI\n{script}")
         virsh.chmod(0o755)
         image = self.root / "base.qcow2"
-        made = await asyncio.create_subprocess_exec(
-            "qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"
-        )
-        assert await made.wait() == 0
+        await asyncio.to_thread(shutil.copyfile, await _base_image(), image)
         digest = hashlib.sha256(image.read_bytes()).hexdigest()
         async with self.db.session() as db:
             db.add(Flavor(name="small", vcpus=1, ram_mb=1024, disk_gb=1))
@@ -347,6 +345,23 @@ class HerdLab:
             assert files["dir"] == (name == host), (name, files)
         assert row.task_state is None
         assert [t.kind for t in await open_tasks(self.db, uuid)] == []
+
+
+_BASE: list[Path] = []
+
+
+async def _base_image() -> Path:
+    """One empty qcow2 made by the real qemu-img for the whole run, copied into each lab."""
+    if not _BASE:
+        folder = Path(tempfile.mkdtemp(prefix="herd-lab-base-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        image = folder / "base.qcow2"
+        made = await asyncio.create_subprocess_exec(
+            "qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"
+        )
+        assert await made.wait() == 0
+        _BASE.append(image)
+    return _BASE[0]
 
 
 @asynccontextmanager
