@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from typing import ClassVar
 
+from sqlalchemy import delete
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.conductor import lifecycle
 from orchestrator.conductor.hosts import target_of
@@ -19,15 +22,44 @@ from orchestrator.conductor.journal import TaskHandle
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome
 from orchestrator.conductor.tasks.base import Resumed, Task
-from orchestrator.db.models import Host, Instance, VmState
+from orchestrator.db.models import Allocation, Host, Instance, VmState
 from orchestrator.errors import Conflict, HerdError, NotFound, NoValidHost
-from orchestrator.scheduler.claims import release
+from orchestrator.scheduler.claims import hand_over, release
+
+_ASIDE = uuid.UUID("6d1c2f0e-8a51-4c1e-9f3a-5e0b7a2d4c18")
+
+
+def set_aside(instance_uuid: str) -> str:
+    """The consumer the dead host's claim is kept under while the server is placed again
+    (its own UUID takes the destination's claim): given back to the server if no host has
+    room, so an evacuation that goes nowhere leaves the server its claim where it is."""
+    return str(uuid.uuid5(_ASIDE, instance_uuid))
+
+
+async def _put_aside(db: AsyncSession, row: Instance, source: Host) -> None:
+    """Any destination claim an earlier try left goes; the source's is set aside (once:
+    a resumed evacuation finds it there already)."""
+    await db.exec(
+        delete(Allocation).where(
+            Allocation.instance_uuid == row.uuid,  # type: ignore[arg-type]
+            Allocation.host_id != source.id,  # type: ignore[arg-type]
+        )
+    )
+    aside = select(Allocation).where(Allocation.instance_uuid == set_aside(row.uuid))
+    if (await db.exec(aside)).first() is None:
+        await hand_over(db, row.uuid, set_aside(row.uuid))
+
+
+async def _take_back(db: AsyncSession, row: Instance) -> None:
+    """No host had room: the server keeps its claim on the host it is recorded on."""
+    await hand_over(db, set_aside(row.uuid), row.uuid)
 
 
 class EvacuateTask(Task):
     kind = "evacuate"
     RECOVERY: ClassVar[dict[str, str]] = {
-        "schedule": "finished: placed again (any claim it held released first), then built",
+        "schedule": "finished: placed again (the dead host's claim set aside, and handed back "
+        "if no host has room), then built",
         "prepare": "finished: built again on the destination",
         "cast": "finished: the build job is followed if the destination has it, else built again",
     }
@@ -47,10 +79,12 @@ class EvacuateTask(Task):
             inputs={"start": not was_stopped},
         )  # fmt: skip
         async with self.db.session() as db:
-            await release(db, row.uuid)  # the dead host's claim moves with it
+            await _put_aside(db, row, self.source)
         try:
             dest = await self._schedule(row, action_id)
         except NoValidHost as exc:
+            async with self.db.session() as db:
+                await _take_back(db, row)
             failed = await self.steps.abort(row, action_id, self.source.name, f"evacuate: {exc}")
             return dataclasses.replace(failed, failed_at="schedule")
         if dest is None:
@@ -78,6 +112,7 @@ class EvacuateTask(Task):
                 return None
             fresh.host_id = placement.host_id
             db.add(fresh)
+            await release(db, set_aside(row.uuid))  # placed: the dead host's claim goes
             dest = await db.get(Host, placement.host_id)
         assert dest is not None and self.journal is not None
         await self.journal.destination(dest.id)
@@ -94,10 +129,12 @@ class EvacuateTask(Task):
         if dest is None or row.host_id != dest.id:
             await task.note("placing it again")
             async with task.db.session() as db:
-                await release(db, row.uuid)
+                await _put_aside(db, row, found.source)
             try:
                 dest = await task._schedule(row, action_id)
             except NoValidHost as exc:
+                async with task.db.session() as db:
+                    await _take_back(db, row)
                 return await task.steps.abort(row, action_id, found.source.name, f"evacuate: {exc}")
             if dest is None:
                 return await task.steps.abort(row, action_id, found.source.name, "task taken over")

@@ -136,9 +136,18 @@ class LiveMigrateTask(Task):
         return await self._moved(row, migration, source, dest, action_id)
 
     async def _moved(
-        self, row: Instance, migration: Migration, source: Host, dest: Host, action_id: int
+        self,
+        row: Instance,
+        migration: Migration,
+        source: Host,
+        dest: Host,
+        action_id: int,
+        *,
+        tidy_source: bool = False,
     ) -> Outcome:
-        """The guest runs on the destination: the DB says so, the source claim goes."""
+        """The guest runs on the destination: the DB says so, the source claim goes.
+        ``tidy_source``: the source's job never said it finished (its answer was lost,
+        or its herd died), so its directory may still be there: it goes too."""
         if self.journal is not None:
             await self.journal.step("switch")
         try:
@@ -157,8 +166,23 @@ class LiveMigrateTask(Task):
             return await self.steps.abort(
                 row, action_id, source.name, f"{exc}; it runs on {dest.name}"
             )
+        if tidy_source:
+            await self._tidy_source(row, source, action_id)
         self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=f"from {source.name}")
         return outcome_of(fresh, dest.name)
+
+    async def _tidy_source(self, row: Instance, source: Host, action_id: int) -> None:
+        """Best effort, after the switch: the guest's files on the source (no domain is
+        left there; the agent's delete then only removes the directory)."""
+        try:
+            await self.agent.delete(target_of(source), row.uuid, timeout=FOLLOW_MARGIN)
+        except HerdError as exc:
+            detail: str | None = f"{exc}; its files stay on {source.name}"
+            ok = False
+        else:
+            detail, ok = None, True
+        async with self.db.session() as db:
+            await record_event(db, action_id, "cleanup_source", ok, source.name, detail)
 
     async def _destination(
         self, row: Instance, source: Host, host_name: str | None
@@ -254,7 +278,7 @@ class LiveMigrateTask(Task):
                 f"{source.name}: {exc}",
             )  # fmt: skip
         if await self.steps.runs_on(dest, row.uuid):  # it moved; only the answer was lost
-            return await self._moved(row, migration, source, dest, action_id)
+            return await self._moved(row, migration, source, dest, action_id, tidy_source=True)
         async with self.db.session() as db:
             fresh = await lifecycle.hold(db, row.uuid, action_id)
             if fresh is not None:  # else the taker (reconcile) closed the migration already
@@ -288,7 +312,7 @@ class LiveMigrateTask(Task):
             on_dest = await task.steps.domain_on(dest, row.uuid)  # no answer: left open
             if on_dest == "running":
                 await task.note(f"the guest runs on {dest.name}: recorded there")
-                return await task._moved(row, migration, source, dest, action_id)
+                return await task._moved(row, migration, source, dest, action_id, tidy_source=True)
             on_source = await task.steps.domain_on(source, row.uuid)
             if on_source != "running":
                 await task.note("the guest runs on neither host")
