@@ -12,9 +12,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydantic
 import pytest
+import yaml
 
 from bench.seed_servers import seed
+from orchestrator import config_seen
 from orchestrator.cli import server_listing, servers
 from orchestrator.cli.output import make_console
 from orchestrator.config import load_config
@@ -176,11 +179,60 @@ def test_a_settings_file_is_trusted_once_herd_accepted_it_as_it_is(
     capsys.readouterr()
 
 
-def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path) -> None:
+def test_a_settings_file_judged_by_other_code_is_checked_again(listing, tmp_path, capsys):
+    """A herd upgraded (or a checkout moved) since may refuse what the old one took."""
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("reconcile: {}\n")
+    rules = tmp_path / "rules.py"
+    rules.write_text("STRICT = False\n")
+    config_seen.remember_accepted(settings, settings.read_bytes(), [rules])
+    assert server_listing.answer([]) is True
+    capsys.readouterr()
+    rules.write_text("STRICT = True\n")
+    assert server_listing.answer([]) is False
+    rules.unlink()
+    assert server_listing.answer([]) is False
+    assert capsys.readouterr().out == ""
+
+
+def test_herd_remembers_the_code_that_accepted_a_settings_file(listing, tmp_path) -> None:
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("scheduler:\n  max_attempts: 5\n")
+    load_config()
+    (mark,) = (tmp_path / "cache" / "herd" / "settings").iterdir()
+    judged = {Path(line.split(" ", 2)[2]) for line in mark.read_text().splitlines()}
+    package = Path(config_seen.__file__).parent
+    for module in ("config.py", "scheduler/config.py", "reconcile/config.py",
+                   "inventory/source.py"):  # fmt: skip
+        assert package / module in judged
+    assert Path(pydantic.__file__) in judged and Path(yaml.__file__) in judged
+
+
+def test_a_cut_or_empty_mark_trusts_nothing(listing, tmp_path) -> None:
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("reconcile: {}\n")
+    config_seen.remember_accepted(settings, settings.read_bytes(), [])
+    assert config_seen.accepted() is False  # as a mark of the herd before this one
+    load_config()
+    (mark,) = (tmp_path / "cache" / "herd" / "settings").iterdir()
+    assert config_seen.accepted() is True
+    mark.write_text(mark.read_text()[:-10])
+    assert config_seen.accepted() is False
+
+
+@pytest.mark.parametrize("settings", [False, True])
+def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path, settings) -> None:
     url = f"sqlite:///{tmp_path / 'herd.db'}"
     env = {**os.environ, "HERD_DATABASE_URL": url, "HOME": str(tmp_path),
            "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "c")}  # fmt: skip
     env.pop("COLUMNS", None)
+    env.pop("HERD_CONFIG", None)
+    if settings:  # the first run below reads and accepts it, the second trusts that
+        (tmp_path / "c" / "herd").mkdir(parents=True)
+        (tmp_path / "c" / "herd" / "config.yaml").write_text("scheduler:\n  max_attempts: 4\n")
     herd = [sys.executable, "-m", "orchestrator"]
     subprocess.run([*herd, "server", "list"], env=env, check=True, capture_output=True)  # migrates
     probe = (
