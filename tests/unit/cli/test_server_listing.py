@@ -246,3 +246,42 @@ def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path, setti
     modules = set(done.stderr.split())
     heavy = ("sqlalchemy", "sqlmodel", "alembic", "asyncssh", "rich", "typer", "pydantic", "yaml")
     assert sorted(m for m in modules if m.split(".")[0] in heavy) == []
+
+
+def _herd_env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "HERD_DATABASE_URL": f"sqlite:///{tmp_path / 'herd.db'}",
+           "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_CONFIG_HOME": str(tmp_path / "c")}  # fmt: skip
+    env.pop("HERD_CONFIG", None)
+    return env
+
+
+def _herd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "orchestrator", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("damage", ["newer revision", "corrupt pages"])
+def test_a_database_it_cannot_read_is_the_normal_paths_one_line_error(tmp_path, damage):
+    env = _herd_env(tmp_path)
+    assert _herd(env, "server", "list").returncode == 0  # creates and migrates it
+    path = tmp_path / "herd.db"
+    if damage == "newer revision":
+        with sqlite3.connect(path) as connection:
+            connection.execute("UPDATE alembic_version SET version_num = '9999'")
+        says = "schema revision 9999, which this herd does not know"
+    else:
+        content = bytearray(path.read_bytes())
+        content[100:] = b"\xff" * (len(content) - 100)  # the header kept, the pages gone
+        path.write_bytes(bytes(content))
+        says = "database disk image is malformed"
+    normal = _herd(env, "host", "list")  # never the quick path
+    for args in (("server", "list"), ("server", "list", "--json")):
+        done = _herd(env, *args)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            normal.returncode,
+            "",
+            normal.stderr,
+        ), args
+    assert normal.returncode != 0 and len(normal.stderr.splitlines()) == 1
+    assert says in normal.stderr and "Traceback" not in normal.stderr
