@@ -12,9 +12,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydantic
 import pytest
+import yaml
 
 from bench.seed_servers import seed
+from orchestrator import config_seen
 from orchestrator.cli import server_listing, servers
 from orchestrator.cli.output import make_console
 from orchestrator.config import load_config
@@ -176,11 +179,60 @@ def test_a_settings_file_is_trusted_once_herd_accepted_it_as_it_is(
     capsys.readouterr()
 
 
-def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path) -> None:
+def test_a_settings_file_judged_by_other_code_is_checked_again(listing, tmp_path, capsys):
+    """A herd upgraded (or a checkout moved) since may refuse what the old one took."""
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("reconcile: {}\n")
+    rules = tmp_path / "rules.py"
+    rules.write_text("STRICT = False\n")
+    config_seen.remember_accepted(settings, settings.read_bytes(), [rules])
+    assert server_listing.answer([]) is True
+    capsys.readouterr()
+    rules.write_text("STRICT = True\n")
+    assert server_listing.answer([]) is False
+    rules.unlink()
+    assert server_listing.answer([]) is False
+    assert capsys.readouterr().out == ""
+
+
+def test_herd_remembers_the_code_that_accepted_a_settings_file(listing, tmp_path) -> None:
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("scheduler:\n  max_attempts: 5\n")
+    load_config()
+    (mark,) = (tmp_path / "cache" / "herd" / "settings").iterdir()
+    judged = {Path(line.split(" ", 2)[2]) for line in mark.read_text().splitlines()}
+    package = Path(config_seen.__file__).parent
+    for module in ("config.py", "scheduler/config.py", "reconcile/config.py",
+                   "inventory/source.py"):  # fmt: skip
+        assert package / module in judged
+    assert Path(pydantic.__file__) in judged and Path(yaml.__file__) in judged
+
+
+def test_a_cut_or_empty_mark_trusts_nothing(listing, tmp_path) -> None:
+    settings = tmp_path / "config" / "herd" / "config.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("reconcile: {}\n")
+    config_seen.remember_accepted(settings, settings.read_bytes(), [])
+    assert config_seen.accepted() is False  # as a mark of the herd before this one
+    load_config()
+    (mark,) = (tmp_path / "cache" / "herd" / "settings").iterdir()
+    assert config_seen.accepted() is True
+    mark.write_text(mark.read_text()[:-10])
+    assert config_seen.accepted() is False
+
+
+@pytest.mark.parametrize("settings", [False, True])
+def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path, settings) -> None:
     url = f"sqlite:///{tmp_path / 'herd.db'}"
     env = {**os.environ, "HERD_DATABASE_URL": url, "HOME": str(tmp_path),
            "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "c")}  # fmt: skip
     env.pop("COLUMNS", None)
+    env.pop("HERD_CONFIG", None)
+    if settings:  # the first run below reads and accepts it, the second trusts that
+        (tmp_path / "c" / "herd").mkdir(parents=True)
+        (tmp_path / "c" / "herd" / "config.yaml").write_text("scheduler:\n  max_attempts: 4\n")
     herd = [sys.executable, "-m", "orchestrator"]
     subprocess.run([*herd, "server", "list"], env=env, check=True, capture_output=True)  # migrates
     probe = (
@@ -194,3 +246,42 @@ def test_herd_server_list_imports_no_orm_rich_typer_or_ssh(tmp_path: Path) -> No
     modules = set(done.stderr.split())
     heavy = ("sqlalchemy", "sqlmodel", "alembic", "asyncssh", "rich", "typer", "pydantic", "yaml")
     assert sorted(m for m in modules if m.split(".")[0] in heavy) == []
+
+
+def _herd_env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "HERD_DATABASE_URL": f"sqlite:///{tmp_path / 'herd.db'}",
+           "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_CONFIG_HOME": str(tmp_path / "c")}  # fmt: skip
+    env.pop("HERD_CONFIG", None)
+    return env
+
+
+def _herd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "orchestrator", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("damage", ["newer revision", "corrupt pages"])
+def test_a_database_it_cannot_read_is_the_normal_paths_one_line_error(tmp_path, damage):
+    env = _herd_env(tmp_path)
+    assert _herd(env, "server", "list").returncode == 0  # creates and migrates it
+    path = tmp_path / "herd.db"
+    if damage == "newer revision":
+        with sqlite3.connect(path) as connection:
+            connection.execute("UPDATE alembic_version SET version_num = '9999'")
+        says = "schema revision 9999, which this herd does not know"
+    else:
+        content = bytearray(path.read_bytes())
+        content[100:] = b"\xff" * (len(content) - 100)  # the header kept, the pages gone
+        path.write_bytes(bytes(content))
+        says = "database disk image is malformed"
+    normal = _herd(env, "host", "list")  # never the quick path
+    for args in (("server", "list"), ("server", "list", "--json")):
+        done = _herd(env, *args)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            normal.returncode,
+            "",
+            normal.stderr,
+        ), args
+    assert normal.returncode != 0 and len(normal.stderr.splitlines()) == 1
+    assert says in normal.stderr and "Traceback" not in normal.stderr
