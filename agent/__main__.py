@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import BinaryIO, List, Optional
 
 from agent import __version__
-from agent.calls import Agent
-from agent.protocol import MessageLoop
-from agent.runner import run_job
 
 _LOG_FORMAT = "%(asctime)s agent[%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -35,6 +32,9 @@ def _claim_stdout() -> BinaryIO:
 
 
 def serve() -> int:
+    from agent.calls import Agent
+    from agent.protocol import MessageLoop
+
     out = _claim_stdout()
     logging.getLogger(__name__).info("herd agent %s serving (pid %s)", __version__, os.getpid())
     agent = Agent()
@@ -56,6 +56,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     if args.command == "serve":
         return serve()
+    # A job's runner is a fresh process per job: it loads what running a job takes,
+    # not the protocol and every call the serving agent answers.
+    from agent.runner import run_job
+
     return run_job(args.journal)
 
 
