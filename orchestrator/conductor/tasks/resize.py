@@ -73,6 +73,17 @@ def stash_disk(host: Host, instance_uuid: str) -> str:
     return f"{target_of(host).agent_dir}/instances/{instance_uuid}.resize/disk"
 
 
+@dataclasses.dataclass(frozen=True)
+class WaitingResize:
+    """A resize waiting for the operator's answer, its server's task now held."""
+
+    row: Instance
+    action_id: int
+    host: Host | None  # where the resized server runs now
+    migration: Migration
+    source: Host  # where its old disk is kept
+
+
 class SourceRestore:
     """Putting a server back on its resize source at its old size, from the disk kept
     there: what a failed resize does at once and what a revert does on request."""
@@ -174,6 +185,19 @@ class SourceRestore:
             f"{why}restoring it on {source.name} failed too: {exc} "
             f"(its disk is kept at {stash_disk(source, row.uuid)})",
         )  # fmt: skip
+
+    async def answer(self, instance: Instance, action: str) -> WaitingResize | Outcome:
+        """Take the server's task to confirm or revert its waiting resize; the outcome
+        instead when there is nothing to answer (another task holds the server, or no
+        resize of it waits)."""
+        try:
+            row, action_id, host = await self.steps.begin(instance, action)
+        except Conflict as exc:
+            return guard_outcome(instance, str(exc))
+        migration, source = await self.open(row)
+        if migration is None or source is None:
+            return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
+        return WaitingResize(row, action_id, host, migration, source)
 
     async def open(self, row: Instance) -> tuple[Migration | None, Host | None]:
         async with self.db.session() as db:
@@ -434,18 +458,17 @@ class ConfirmResizeTask(Task):
         self.restore = SourceRestore(self.steps)
 
     async def _execute(self) -> Outcome:
-        try:
-            row, action_id, host = await self.steps.begin(self.instance, "confirm_resize")
-        except Conflict as exc:
-            return guard_outcome(self.instance, str(exc))
-        migration, source = await self.restore.open(row)
-        if migration is None or source is None:
-            return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
+        waiting = await self.restore.answer(self.instance, "confirm_resize")
+        if isinstance(waiting, Outcome):
+            return waiting
+        row, action_id, migration, source = (
+            waiting.row, waiting.action_id, waiting.migration, waiting.source
+        )  # fmt: skip
         await self.open_journal(
             row, action_id, step="drop_source", source_host_id=source.id,
             dest_host_id=row.host_id, migration_uuid=migration.uuid,
         )  # fmt: skip
-        return await self._confirm(row, action_id, migration, source, host)
+        return await self._confirm(row, action_id, migration, source, waiting.host)
 
     async def _confirm(
         self, row: Instance, action_id: int, migration: Migration, source: Host, host: Host | None
@@ -512,13 +535,12 @@ class RevertResizeTask(Task):
         self.restore = SourceRestore(self.steps)
 
     async def _execute(self) -> Outcome:
-        try:
-            row, action_id, dest = await self.steps.begin(self.instance, "revert_resize")
-        except Conflict as exc:
-            return guard_outcome(self.instance, str(exc))
-        migration, source = await self.restore.open(row)
-        if migration is None or source is None:
-            return await self.steps.abort(row, action_id, None, "no resize of it is waiting")
+        waiting = await self.restore.answer(self.instance, "revert_resize")
+        if isinstance(waiting, Outcome):
+            return waiting
+        row, action_id, migration, source, dest = (
+            waiting.row, waiting.action_id, waiting.migration, waiting.source, waiting.host
+        )  # fmt: skip
         await self.open_journal(
             row, action_id, step="remove_dest", source_host_id=source.id,
             dest_host_id=dest.id if dest else None, migration_uuid=migration.uuid,
