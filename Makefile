@@ -13,7 +13,7 @@ export HERD_LAB_DIR := $(LAB_DIR)
 APT_PACKAGES := python3 python3-venv python3-pip openssh-server openssh-client \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
 	qemu-system-x86 qemu-utils util-linux iproute2 procps \
-	linux-image-cloud-amd64 busybox-static cpio nftables
+	linux-image-cloud-amd64 busybox-static cpio nftables postgresql
 
 .PHONY: install system-packages demo demo-down test test-fast lint bench clean
 
