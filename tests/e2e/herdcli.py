@@ -25,14 +25,18 @@ class Result:
 
 
 class HerdCli:
-    """`herd` with its own database and known_hosts, so tests never share state."""
+    """`herd` with its own database and known_hosts, so tests never share state.
 
-    def __init__(self, home: Path) -> None:
+    The database is a SQLite file in ``home`` unless ``database_url`` names another
+    (a PostgreSQL database from the ``pg_url`` fixture, say)."""
+
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
         self.home = home
         self.db_path = home / "herd.db"
+        self.database_url = database_url or f"sqlite:///{self.db_path}"
         self.env = {
             **os.environ,
-            "HERD_DATABASE_URL": f"sqlite:///{self.db_path}",
+            "HERD_DATABASE_URL": self.database_url,
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_DATA_HOME": str(home / "data"),
             "XDG_STATE_HOME": str(home / "state"),
