@@ -96,10 +96,29 @@ async def allocate_ports(
     db: AsyncSession, instance_uuid: str, networks: Sequence[Network]
 ) -> list[Port]:
     """One port per network, in order; raises Conflict when a pool is exhausted."""
+    await lock_networks(db, networks)
     ports = []
     for index, network in enumerate(networks):
         ports.append(await _allocate_one(db, instance_uuid, network, index))
     return ports
+
+
+async def lock_networks(db: AsyncSession, networks: Sequence[Network]) -> None:
+    """Hold the networks' rows until the transaction ends, always in id order.
+
+    On PostgreSQL two servers asking for networks A,B and B,A would otherwise each hold
+    an address in one and wait for the other's (a deadlock, 40P01); in one fixed order
+    the second simply waits. It also makes the free-address read below see every port
+    committed before us. SQLite's IMMEDIATE transactions already run one at a time (and
+    it has no FOR UPDATE)."""
+    ids = sorted({n.id for n in networks if n.id is not None})
+    if ids:
+        await db.exec(
+            select(Network.id)
+            .where(col(Network.id).in_(ids))
+            .order_by(Network.id)
+            .with_for_update()
+        )
 
 
 async def _allocate_one(db: AsyncSession, instance_uuid: str, network: Network, index: int) -> Port:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlmodel import col, select
 
+from orchestrator.db.duplicates import duplicates_conflict
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     Host,
@@ -29,10 +30,11 @@ async def create_group(db: Database, name: str, policy: str) -> ServerGroup:
     check_name("group", name)
     if policy not in GROUP_POLICIES:
         raise InvalidInput(f"policy {policy!r} is not one of {', '.join(GROUP_POLICIES)}")
-    async with db.session() as session:
+    taken = f"a server group named {name!r} already exists"
+    async with duplicates_conflict("server_groups", taken), db.session() as session:
         exists = (await session.exec(select(ServerGroup).where(ServerGroup.name == name))).first()
         if exists is not None:
-            raise Conflict(f"a server group named {name!r} already exists")
+            raise Conflict(taken)
         group = ServerGroup(name=name, policy=policy, created_at=utcnow())
         session.add(group)
     return group

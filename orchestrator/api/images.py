@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlmodel import select
 
 from orchestrator.conductor.hosts import target_of
+from orchestrator.db.duplicates import duplicates_conflict
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
@@ -51,9 +52,10 @@ async def create_image(db: Database, values: dict[str, Any]) -> Image:
         if spec.sha256 and spec.sha256 != sha256:
             raise InvalidInput(f"--file {path} has sha256 {sha256}, not {spec.sha256}")
         size = path.stat().st_size
-    async with db.session() as session:
+    taken = f"image {spec.name!r} already exists"
+    async with duplicates_conflict("images", taken), db.session() as session:
         if (await session.exec(select(Image).where(Image.name == spec.name))).first():
-            raise Conflict(f"image {spec.name!r} already exists")
+            raise Conflict(taken)
         for key, wanted in IMAGE_REFERENCES.items():
             ref = spec.properties.get(key)
             if ref is None:

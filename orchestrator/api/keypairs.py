@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Protocol
 
 import asyncssh
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from orchestrator import names
+from orchestrator.db.duplicates import duplicates_conflict
 from orchestrator.db.engine import Database
 from orchestrator.db.models import KeyPair, utcnow
 from orchestrator.errors import Conflict, InvalidInput, NotFound
@@ -103,13 +103,13 @@ async def _refuse_taken(db: Database, name: str) -> None:
 
 
 async def _store(db: Database, row: KeyPair) -> KeyPair:
-    try:
-        async with db.session() as session:
-            if (await session.exec(select(KeyPair).where(KeyPair.name == row.name))).first():
-                raise Conflict(f"key pair {row.name!r} already exists")
-            session.add(row)
-    except IntegrityError:  # another process stored the same name meanwhile
-        raise Conflict(f"key pair {row.name!r} already exists") from None
+    taken = f"key pair {row.name!r} already exists"
+    # The check answers the common case; the constraint, another process storing the
+    # same name meanwhile.
+    async with duplicates_conflict("key_pairs", taken), db.session() as session:
+        if (await session.exec(select(KeyPair).where(KeyPair.name == row.name))).first():
+            raise Conflict(taken)
+        session.add(row)
     return row
 
 

@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.conductor.actions import start_action
+from orchestrator.db.duplicates import Duplicate, duplicates_conflict
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     OPEN_MIGRATIONS,
@@ -34,6 +35,7 @@ from orchestrator.db.models import (
     VmState,
     utcnow,
 )
+from orchestrator.db.retry import RetriesExhausted, retrying
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.names import check_name, choices
 from orchestrator.networking import (
@@ -177,15 +179,38 @@ def _names(names: Any) -> str:
 async def create_servers(db: Database, request: CreateRequest) -> list[Instance]:
     """Validate, then write the instance rows (building/scheduling) and their actions."""
     request_id = f"req-{uuid.uuid4()}"
-    async with db.session() as session:
-        instances = await _new_instances(session, request)
-        networks = await resolve_networks(session, request.networks)
-        for instance in instances:
-            action = await start_action(session, instance.uuid, "create", request_id)
-            instance.task_action_id = action.id  # the build's task is the create's
-            session.add(instance)
-            await allocate_ports(session, instance.uuid, networks)
-    return instances
+    names = instance_names(request.name, request.count)
+
+    async def write() -> list[Instance]:
+        async with (
+            duplicates_conflict("instances", lambda dup: _name_taken(names, dup)),
+            db.session() as session,
+        ):
+            instances = await _new_instances(session, request)
+            networks = await resolve_networks(session, request.networks)
+            for instance in instances:
+                action = await start_action(session, instance.uuid, "create", request_id)
+                instance.task_action_id = action.id  # the build's task is the create's
+                session.add(instance)
+                # Now, not inside a port's savepoint: a name another operator took
+                # meanwhile is a conflict, not a port that failed to allocate.
+                await session.flush()
+                await allocate_ports(session, instance.uuid, networks)
+        return instances
+
+    try:
+        return await retrying(write)  # a deadlock (PostgreSQL 40P01) is retried
+    except RetriesExhausted as exc:
+        raise Conflict(f"server create kept colliding with others; retry ({exc.last})") from None
+
+
+def _name_taken(names: list[str], duplicate: Duplicate) -> str:
+    """The loser of a race for a name: PostgreSQL says which name, SQLite only that one."""
+    name = duplicate.value if duplicate.value in names else None
+    if name is None and len(names) == 1:
+        name = names[0]
+    shown = repr(name) if name else f"one of {', '.join(names)}"
+    return f"a server named {shown} already exists (created by another operator just now)"
 
 
 async def dry_run_plan(

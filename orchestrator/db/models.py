@@ -17,10 +17,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -292,11 +294,28 @@ class ServerGroup(SQLModel, table=True):
     created_at: datetime | None = _ts()
 
 
+# The predicate of the partial unique index on live server names (migration 0010).
+LIVE_INSTANCE = "vm_state != 'deleted'"
+
+
 class Instance(SQLModel, table=True):
     """A server. Flavor and image are copied in, as Nova embeds the flavor, so that
-    editing or removing a flavor never changes what a running server is."""
+    editing or removing a flavor never changes what a running server is.
+
+    A name is unique among live servers (not deleted): the partial unique index, not
+    the check in `server create`, is what holds when two operators pick one name at
+    once. A deleted server keeps its name, so a name may be reused after a delete."""
 
     __tablename__ = "instances"
+    __table_args__ = (
+        Index(
+            "uq_instances_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text(LIVE_INSTANCE),
+            postgresql_where=text(LIVE_INSTANCE),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(sa_column=Column(String(36), unique=True, nullable=False))

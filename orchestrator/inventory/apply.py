@@ -16,6 +16,7 @@ from sqlalchemy import or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from orchestrator.db.duplicates import Duplicate, duplicates_conflict
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     OPEN_MIGRATIONS,
@@ -512,6 +513,18 @@ async def _network_problems(
     return problems
 
 
+# The tables an apply inserts named rows into, and what each row is called.
+_INVENTORY_TABLES = {"hosts": "host", "flavors": "flavor", "images": "image", "networks": "network"}
+
+
+def _applied_meanwhile(duplicate: Duplicate) -> str:
+    """Another apply (or `image create`) inserted the same name between our read and
+    our write: nothing of ours was written, and applying again sees theirs."""
+    what = _INVENTORY_TABLES.get(duplicate.table or "", "row")
+    named = f" {duplicate.value!r}" if duplicate.value else ""
+    return f"{what}{named} was created by another herd at the same time; apply again"
+
+
 async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Change]:
     _check_networks(inventory.networks)
     _check_image_references(inventory.images)
@@ -526,7 +539,7 @@ async def _apply(db: Database, inventory: Inventory, dry_run: bool) -> list[Chan
     for values in images.values():
         values["managed_by"] = "inventory"
     networks = {s.name: network_values(s) for s in inventory.networks}
-    async with db.session() as session:
+    async with duplicates_conflict(_INVENTORY_TABLES, _applied_meanwhile), db.session() as session:
         wanted_hosts = {s.name: host_values(s) for s in inventory.hosts}
         for row in (await session.exec(select(Host))).all():
             values = wanted_hosts.get(row.name)
