@@ -9,11 +9,17 @@ oversubscribe a host.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from sqlalchemy import delete, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.db.models import Allocation, Host, utcnow
 from orchestrator.scheduler.request import RequestSpec
+
+if TYPE_CHECKING:
+    from orchestrator.scheduler.engine import Choice
 
 
 async def try_claim(
@@ -38,6 +44,40 @@ async def try_claim(
             created_at=utcnow(),
         )
     )
+    return True
+
+
+async def claim_all(
+    session: AsyncSession,
+    generations: dict[int, int],
+    chosen: Sequence[tuple[Choice, RequestSpec]],
+) -> bool:
+    """A whole request's claims, in the caller's transaction: every host in
+    ``generations`` (host id -> the generation the scheduler saw) is bumped once if it
+    is still at that generation, in the order given (the caller sorts them). False as
+    soon as one moved; the caller then rolls the transaction back, so nothing of the
+    request is written."""
+    for host_id, generation in generations.items():
+        bumped = await session.exec(
+            update(Host)
+            .where(Host.id == host_id, Host.generation == generation)  # type: ignore[arg-type]
+            .values(generation=Host.generation + 1)
+        )
+        if bumped.rowcount != 1:
+            return False
+    now = utcnow()
+    for choice, spec in chosen:
+        assert choice.host is not None
+        session.add(
+            Allocation(
+                instance_uuid=spec.instance_uuid,
+                host_id=choice.host.id,
+                vcpus=spec.vcpus,
+                ram_mb=spec.ram_mb,
+                disk_gb=spec.disk_gb,
+                created_at=now,
+            )
+        )
     return True
 
 

@@ -1,10 +1,11 @@
 """The scheduler: load host states, select (filters → weighers), then claim.
 
 select → plan → apply as named steps: `engine.select_destinations` decides in memory
-from one consistent read of the DB; `place` then writes each claim with optimistic
-concurrency on the host's generation. A claim against a stale view fails, the states
-are re-read and the instances not yet claimed are selected again: a concurrent
-operator costs a re-read, never an oversubscribed host.
+from one consistent read of the DB; `place` then writes the whole request's claims in
+one transaction, with optimistic concurrency on every chosen host's generation. A
+claim against a stale view writes nothing; the states are re-read and the request is
+selected again after a jittered backoff (db/retry.py): a concurrent operator costs a
+re-read, never an oversubscribed host, and never half a request.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.db.engine import Database
+from orchestrator.db.retry import ATTEMPTS, RetriesExhausted, StaleGeneration, retrying
 from orchestrator.errors import NoValidHost
-from orchestrator.scheduler.claims import release, try_claim
+from orchestrator.scheduler.claims import claim_all, try_claim
 from orchestrator.scheduler.config import SchedulerConfig, build_filters
 from orchestrator.scheduler.engine import (
     Choice,
@@ -33,7 +35,8 @@ from orchestrator.scheduler.host_state import HostState
 from orchestrator.scheduler.loader import load_group, load_host_states
 from orchestrator.scheduler.request import GroupState, RequestSpec
 
-MAX_CLAIM_RETRIES = 10
+# A request that keeps losing races is refused after this many tries.
+CLAIM_ATTEMPTS = ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -98,51 +101,60 @@ class FilterScheduler:
         return plan
 
     async def place(self, specs: Sequence[RequestSpec], *, min_count: int | None = None) -> Plan:
-        """Claim a host for each spec; fewer than `min_count` (default: all) claims
-        means none: what was claimed is given back and NoValidHost says why."""
+        """Claim a host for each spec that fits; fewer than `min_count` (default: all)
+        means none, and NoValidHost says why.
+
+        The request's claims are written in one transaction that checks every chosen
+        host's generation: all of them land or none does. A request that lost a race
+        (a host moved on since it was read) reads again and decides again after a
+        jittered backoff, so of several requests racing for the last room each one
+        either gets all it needs or is refused for want of room, never for having
+        collided with another that was refused too."""
         wanted = len(specs) if min_count is None else min_count
         plan = Plan()
         try:
-            await self._place(list(specs), plan)
-        except BaseException:
-            await self._release(plan.placements)
-            raise
+            await retrying(lambda: self._attempt(list(specs), wanted, plan))
+        except RetriesExhausted:
+            plan.placements.clear()
+            for spec in specs:
+                plan.unplaced[spec.instance_uuid] = (
+                    f"could not claim resources after {CLAIM_ATTEMPTS} tries (heavy contention)"
+                )
         shortfall = plan.shortfall(wanted)
         if shortfall is not None:
-            await self._release(plan.placements)
             raise NoValidHost(shortfall)
         return plan
 
-    async def _place(self, pending: list[RequestSpec], plan: Plan) -> None:
-        for _ in range(MAX_CLAIM_RETRIES):
-            async with self.db.read() as session:
-                hosts = await load_host_states(session)
-                await _refresh_groups(session, pending)
-            generations = {h.id: h.generation for h in hosts}
-            selection = self._select(hosts, pending)
-            if not plan.explanation:
-                plan.explanation, plan.total_hosts = selection.explanation, len(hosts)
-            stale = False
-            for choice, spec in zip(selection.choices, list(pending), strict=True):
-                if choice.host is None:
-                    plan.unplaced[spec.instance_uuid] = choice.error or "no valid host"
-                    pending.remove(spec)
-                    continue
-                host_id = choice.host.id
-                async with self.db.session() as session:
-                    claimed = await try_claim(session, host_id, generations[host_id], spec)
-                if not claimed:
-                    stale = True  # someone else claimed there since we read: re-read
-                    break
-                generations[host_id] += 1
-                plan.placements.append(_placement(spec.instance_uuid, choice.host, choice))
-                pending.remove(spec)
-            if not stale:
-                return
-        for spec in pending:
-            plan.unplaced[spec.instance_uuid] = (
-                f"could not claim resources after {MAX_CLAIM_RETRIES} tries (heavy contention)"
-            )
+    async def _attempt(self, specs: list[RequestSpec], wanted: int, plan: Plan) -> None:
+        """One read, one selection, one transaction; StaleGeneration when a chosen host
+        changed since the read (the transaction then wrote nothing)."""
+        async with self.db.read() as session:
+            hosts = await load_host_states(session)
+            await _refresh_groups(session, specs)
+        generations = {h.id: h.generation for h in hosts}
+        selection = self._select(hosts, specs)
+        plan.placements.clear()
+        plan.unplaced.clear()
+        plan.explanation, plan.total_hosts = selection.explanation, len(hosts)
+        chosen: list[tuple[Choice, RequestSpec]] = []
+        for choice, spec in zip(selection.choices, specs, strict=True):
+            if choice.host is None:
+                plan.unplaced[spec.instance_uuid] = choice.error or "no valid host"
+            else:
+                chosen.append((choice, spec))
+        if len(chosen) < wanted:
+            return  # refused on this view: nothing to claim
+        async with self.db.session() as session:
+            # In id order, so two requests on PostgreSQL never wait for each other's
+            # hosts in opposite orders (a deadlock).
+            host_ids = sorted({c.host.id for c, _ in chosen if c.host is not None})
+            if not await claim_all(session, {h: generations[h] for h in host_ids}, chosen):
+                raise StaleGeneration("a chosen host was claimed on since it was read")
+        plan.placements.extend(
+            _placement(spec.instance_uuid, choice.host, choice)
+            for choice, spec in chosen
+            if choice.host is not None
+        )
 
     async def claim_alternate(
         self, spec: RequestSpec, alternates: Sequence[tuple[int, str]]
@@ -166,11 +178,6 @@ class FilterScheduler:
                     return Placement(spec.instance_uuid, host.id, host.name), refused
                 refused.append(f"{host_name}: claimed by someone else meanwhile")
         return None, refused
-
-    async def _release(self, placements: Sequence[Placement]) -> None:
-        async with self.db.session() as session:
-            for placement in placements:
-                await release(session, placement.instance_uuid)
 
 
 async def _refresh_groups(session: AsyncSession, specs: Sequence[RequestSpec]) -> None:
