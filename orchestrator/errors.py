@@ -62,3 +62,11 @@ class AgentError(HerdError):
 
 class LabError(HerdError):
     exit_code = 8
+
+
+class DatabaseUnavailable(HerdError):
+    """herd's database cannot be reached or opened, or went away during the command:
+    no server at the address, no such database, a login refused, a SQLite file that
+    cannot be created or opened. Its transaction, if any, was rolled back."""
+
+    exit_code = 9

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
 from orchestrator.config import HerdConfig, load_config
-from orchestrator.db.engine import Database, open_database
+from orchestrator.db.engine import Database, db_errors, open_database
 
 if TYPE_CHECKING:
     from orchestrator.conductor.manager import Conductor, Progress
@@ -61,6 +63,12 @@ async def herd(progress: Progress | None = None) -> AsyncIterator[Herd]:
     handle = Herd(db, config, progress)
     try:
         yield handle
+    except DBAPIError as exc:
+        # Outside Database.session too (an engine of its own, a lock): one line.
+        known = db_errors(db.url, exc)
+        if known is None:
+            raise
+        raise known from None
     finally:
         await handle.close()
         await db.dispose()

@@ -16,12 +16,22 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from orchestrator.errors import HerdError, InvalidInput
+from orchestrator.errors import DatabaseUnavailable, HerdError, InvalidInput
 from orchestrator.local_files import xdg_dir
 
 ENV_URL = "HERD_DATABASE_URL"
 SQLITE_HEADER = b"SQLite format 3\x00"
 PG_CONNECT_TIMEOUT = 10  # seconds; libpq waits forever for an address that never answers
+# PostgreSQL session limits, each overridable by the environment (HERD_PG_<NAME>, in
+# the server's units, e.g. "30s"; "0" turns one off): a statement that runs for
+# minutes is a bug or a stuck lock; a lock waited for longer than the busy timeout is
+# "busy" (as on SQLite); a transaction left idle (a herd killed mid-command behind a
+# proxy that keeps its connection) must not hold its row locks for ever.
+PG_SESSION_LIMITS = {
+    "statement_timeout": "120s",  # the schema upgrade lifts it (migrate.py)
+    "lock_timeout": "30s",  # BUSY_TIMEOUT_MS, as SQLite waits
+    "idle_in_transaction_session_timeout": "5min",
+}
 
 
 def default_database_url() -> str:
@@ -83,12 +93,32 @@ def _with_driver(url: str, *, sync: bool) -> str:
     return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
 
 
+def pg_session_limits() -> dict[str, str]:
+    """``PG_SESSION_LIMITS`` with the environment's overrides (``HERD_PG_LOCK_TIMEOUT``...)."""
+    limits = {}
+    for name, default in PG_SESSION_LIMITS.items():
+        value = os.environ.get(f"HERD_PG_{name.upper()}", "").strip() or default
+        if not re.fullmatch(r"\d+\s*(us|ms|s|min|h|d)?", value):
+            raise InvalidInput(
+                f"HERD_PG_{name.upper()}={value}: not a duration (e.g. 30s, 500ms, 0 for none)"
+            )
+        limits[name] = value
+    return limits
+
+
 def engine_options(url: str) -> dict[str, Any]:
     """``create_engine`` arguments: on PostgreSQL a connect timeout unless the URL
-    sets its own, so an unreachable server is an error, not a hang."""
-    if is_sqlite(url) or "connect_timeout" in make_url(url).query:
+    sets its own, so an unreachable server is an error, not a hang, and the session
+    limits above (sent in the startup packet: no round trip of their own)."""
+    if is_sqlite(url):
         return {}
-    return {"connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT}}
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in make_url(url).query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT
+    options = " ".join(f"-c {name}={value}" for name, value in pg_session_limits().items())
+    if "options" not in make_url(url).query:
+        args["options"] = options
+    return {"connect_args": args}
 
 
 def sync_url(url: str) -> str:
@@ -170,3 +200,39 @@ def busy(url: str) -> DatabaseBusy:
         f"the database {where(url)} is locked by another process "
         f"(waited {BUSY_TIMEOUT_MS // 1000} s); try again when it is done"
     )
+
+
+# PostgreSQL's classes of "the connection is gone": 08 connection exception, 57P0x
+# admin/crash shutdown, 53300 too many connections, 28 invalid authorization, 3D000
+# no such database.
+_PG_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300", "28", "3D000")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a DB error means "the database cannot be reached" (a refused or lost
+    connection, a login refused, no such database), not a bug in a statement."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    orig = getattr(exc, "orig", exc)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate.startswith(_PG_UNAVAILABLE)
+    module = type(orig).__module__ or ""
+    if module.startswith("psycopg"):  # no SQLSTATE: the client side (refused, timed out)
+        kinds = {kind.__name__ for kind in type(orig).__mro__}
+        return bool(kinds & {"OperationalError", "InterfaceError"})
+    return "unable to open database file" in str(orig)
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's reason in a few words: libpq's last "...failed: " part, without
+    "FATAL:" and the hints on the lines after it."""
+    orig = getattr(exc, "orig", exc)
+    lines = str(orig).strip().splitlines()
+    first = lines[0] if lines else type(orig).__name__
+    first = first.rsplit(" failed: ", 1)[-1]
+    return re.sub(r"^(FATAL|ERROR):\s+", "", first).strip() or type(orig).__name__
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"the database {where(url)} is unavailable: {_cause(exc)}")

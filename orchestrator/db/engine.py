@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,25 +31,27 @@ from orchestrator.db.connection import (
     engine_options,
     is_busy,
     is_sqlite,
+    is_unavailable,
     sqlite_file,
+    unavailable,
     where,
 )
 from orchestrator.db.migrate import upgrade_to_head
-from orchestrator.errors import HerdError
+from orchestrator.errors import DatabaseUnavailable, HerdError
 from orchestrator.local_files import create_private_file, make_private_dirs, withdraw_from_others
 
 
 def prepare_sqlite_file(path: Path) -> None:
     """Make sure ``path`` can be herd's SQLite database, and a private one.
 
-    Refused in one line: a directory, a device, a file that is not SQLite's, a
-    parent that is not a directory. A new database and the directories herd makes
-    for it are created 0600 / 0700 (SQLite gives its -wal and -shm files the
-    database file's mode); an existing one that every user may read is withdrawn
-    from them (``withdraw_from_others``), its -wal and -shm too."""
+    Refused in one line (``DatabaseUnavailable``, exit 9): a directory, a device, a
+    file that is not SQLite's, a parent that is not a directory. A new database and
+    the directories herd makes for it are created 0600 / 0700 (SQLite gives its
+    -wal and -shm files the database file's mode); an existing one that every user
+    may read is withdrawn from them (``withdraw_from_others``), its -wal and -shm too."""
 
     def refuse(problem: str) -> HerdError:
-        return HerdError(f"database {path}: {problem}")
+        return DatabaseUnavailable(f"database {path}: {problem}")
 
     try:
         make_private_dirs(path.parent)
@@ -76,10 +78,24 @@ def prepare_sqlite_file(path: Path) -> None:
 
 
 def unusable(url: str, exc: DBAPIError) -> HerdError:
-    """A database that refused us (no server there, bad password, a damaged file):
-    one line, in the driver's own words."""
+    """A database that refused us: unreachable, missing or a login refused
+    (``DatabaseUnavailable``, exit 9); otherwise (a damaged file) one line in the
+    driver's own words."""
+    if is_unavailable(exc):
+        return unavailable(url, exc)
     reason = str(exc.orig).strip().splitlines()
     return HerdError(f"database {where(url)}: {reason[0] if reason else type(exc.orig).__name__}")
+
+
+def db_errors(url: str, exc: DBAPIError) -> HerdError | None:
+    """What a DB error met in the middle of a command means to the operator: "busy"
+    or "unavailable" (the connection lost: its transaction is rolled back by the
+    server), or None for an error that is a bug."""
+    if is_busy(exc):
+        return busy(url)
+    if is_unavailable(exc):
+        return unavailable(url, exc)
+    return None
 
 
 def _refuse_writes(session: Any, _context: Any, _instances: Any) -> None:
@@ -119,9 +135,10 @@ class Database:
                 session.begin(),
             ):
                 yield session
-        except OperationalError as exc:
-            if is_busy(exc):
-                raise busy(self.url) from None
+        except DBAPIError as exc:
+            known = db_errors(self.url, exc)
+            if known is not None:
+                raise known from None
             raise
 
     @asynccontextmanager
@@ -133,9 +150,10 @@ class Database:
             async with AsyncSession(self.read_engine, expire_on_commit=False) as session:
                 event.listen(session.sync_session, "before_flush", _refuse_writes)
                 yield session
-        except OperationalError as exc:
-            if is_busy(exc):  # in WAL only a checkpoint or a recovery makes a reader wait
-                raise busy(self.url) from None
+        except DBAPIError as exc:  # in WAL only a checkpoint or a recovery makes a reader wait
+            known = db_errors(self.url, exc)
+            if known is not None:
+                raise known from None
             raise
 
     async def dispose(self) -> None:

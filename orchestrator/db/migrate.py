@@ -94,6 +94,8 @@ def _upgrade_lock(connection: Connection, sqlite: bool) -> Iterator[None]:
         yield
         return
     connection.execute(text(f"SET lock_timeout = '{BUSY_TIMEOUT_MS}ms'"))
+    # A migration rewrites whole tables: as long as it takes, not statement_timeout.
+    connection.execute(text("SET statement_timeout = 0"))
     connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_KEY})
     try:
         yield

@@ -288,12 +288,12 @@ DATABASE_URLS = {
     "no file": ("sqlite://", 2, "an in-memory or URI SQLite database is not kept"),
     "relative": ("sqlite:///rel/x.db", 2, "rel/x.db is a relative path; say which file"),
     "not utf-8": ("sqlite:///{dir}/\udcff.db", 2, "not valid UTF-8"),
-    "a directory": ("sqlite:///{dir}", 1, "is a directory"),
-    "a text file": ("sqlite:///{dir}/notes.txt", 1, "is not a SQLite database"),
-    "a device": ("sqlite:////dev/null", 1, "is not a regular file"),
-    "under a file": ("sqlite:///{dir}/notes.txt/x.db", 1, "notes.txt is not a directory"),
-    "cannot create": ("sqlite:////proc/herd/x.db", 1, "cannot create /proc/herd"),
-    "postgresql down": ("postgresql://herd:secret@127.0.0.1:{port}/herd", 1, "Connection refused"),
+    "a directory": ("sqlite:///{dir}", 9, "is a directory"),
+    "a text file": ("sqlite:///{dir}/notes.txt", 9, "is not a SQLite database"),
+    "a device": ("sqlite:////dev/null", 9, "is not a regular file"),
+    "under a file": ("sqlite:///{dir}/notes.txt/x.db", 9, "notes.txt is not a directory"),
+    "cannot create": ("sqlite:////proc/herd/x.db", 9, "cannot create /proc/herd"),
+    "postgresql down": ("postgresql://herd:secret@127.0.0.1:{port}/herd", 9, "Connection refused"),
 }
 
 
