@@ -10,10 +10,15 @@ export HERD_LAB_DIR := $(LAB_DIR)
 
 # linux-image-cloud-amd64: the kernel the agent boots to probe whether KVM really works,
 # and (with busybox-static) the lab's test guest. cpio: the tests read that guest's initramfs.
+# postgresql: only for the test suite's throwaway server (tests/pgserver.py: initdb under
+# /dev/shm, loopback, a free port); herd itself needs no PostgreSQL unless pointed at one.
 APT_PACKAGES := python3 python3-venv python3-pip openssh-server openssh-client \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
 	qemu-system-x86 qemu-utils util-linux iproute2 procps \
 	linux-image-cloud-amd64 busybox-static cpio nftables postgresql
+
+# The engines the tests run on: sqlite, postgresql or both (tests/conftest.py).
+HERD_TEST_DB ?= both
 
 .PHONY: install system-packages demo demo-down test test-fast lint bench clean
 
@@ -57,10 +62,10 @@ demo-down:
 	$(HERD) lab down
 
 test: install
-	$(PY) -m pytest -q
+	HERD_TEST_DB=$(HERD_TEST_DB) $(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not e2e"
+	HERD_TEST_DB=$(HERD_TEST_DB) $(PY) -m pytest -q -m "not e2e"
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

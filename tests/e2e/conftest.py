@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lab import Lab
+from tests.conftest import postgres_wanted
 from tests.e2e.herdcli import HerdCli
 
 # HERD_TEST_LAB_BASE lets two checkouts run their e2e tests at once on different addresses.
@@ -116,10 +117,19 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
 
 
 @pytest.fixture
-def herd(tmp_path: Path, lab: Lab, lab_inventory: Path) -> Iterator[HerdCli]:
+def herd(
+    request: pytest.FixtureRequest, tmp_path: Path, lab: Lab, lab_inventory: Path
+) -> Iterator[HerdCli]:
     """A herd with its own DB and the session lab's inventory applied; the servers and
-    groups a test made are deleted after it."""
-    cli = HerdCli(tmp_path)
+    groups a test made are deleted after it.
+
+    Tests marked ``engine_postgresql`` (boot, scheduling, lifecycle, reconcile) run once,
+    on a fresh PostgreSQL database when HERD_TEST_DB selects PostgreSQL, else on SQLite;
+    the rest keep a SQLite file. The lab itself keeps no state in herd's database."""
+    database_url = None
+    if request.node.get_closest_marker("engine_postgresql") and postgres_wanted():
+        database_url = str(request.getfixturevalue("pg_url"))
+    cli = HerdCli(tmp_path, database_url=database_url)
     cli.ok("inventory", "apply", str(lab_inventory))
     yield cli
     names = [s["name"] for s in cli.servers()]

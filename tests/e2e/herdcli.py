@@ -44,6 +44,31 @@ class HerdCli:
             "COLUMNS": "200",
         }
 
+    @property
+    def on_postgresql(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def hours_ago(self, hours: int) -> str:
+        """SQL for a moment ``hours`` ago in this engine's dialect, for rigged rows."""
+        if self.on_postgresql:
+            return f"now() - interval '{hours} hours'"
+        return f"datetime('now', '-{hours} hours')"
+
+    def sql(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement on herd's database, whichever the engine, and commit: tests
+        rig and read state behind herd's back this way (``:name`` parameters)."""
+        from sqlalchemy import create_engine, text
+
+        from orchestrator.db.connection import engine_options, sync_url
+
+        engine = create_engine(sync_url(self.database_url), **engine_options(self.database_url))
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(text(statement), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "orchestrator", *args]
 

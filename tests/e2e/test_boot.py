@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error, domain_state
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
 
 
 def instance_dir_exists(lab, host: str, instance_uuid: str) -> bool:
@@ -206,9 +205,8 @@ def test_a_killed_orchestrator_leaves_a_job_that_a_later_command_collects(
     deadline = time.monotonic() + 60
     state = None
     while time.monotonic() < deadline:
-        with sqlite3.connect(herd.db_path) as conn:
-            row = conn.execute("SELECT state FROM agent_jobs WHERE op = 'build'").fetchone()
-        state = row[0] if row else None
+        rows = herd.sql("SELECT state FROM agent_jobs WHERE op = 'build'")
+        state = rows[0][0] if rows else None
         if state == "running":  # the agent acknowledged the cast
             break
         time.sleep(0.02)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from tests.e2e.herdcli import GuestConsole, HerdCli, assert_one_line_error, domain_state
 from tests.e2e.test_guest import guest_report
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 
@@ -358,13 +357,11 @@ def test_live_migration_moves_the_running_guest_with_its_memory(herd: HerdCli, l
     assert lab.exec_in("lab-2", ["test", "-e", f"/var/lib/herd/instances/{uuid}"]).returncode
     assert ram_used(herd) == base
     # A pair of hosts that cannot: said before anything moves.
-    with sqlite3.connect(herd.db_path) as db:
-        db.execute("UPDATE hosts SET domain_type = 'kvm' WHERE name = 'lab-3'")
+    herd.sql("UPDATE hosts SET domain_type = 'kvm' WHERE name = 'lab-3'")
     try:
         refused = herd.run("server", "live-migrate", "live", "--host", "lab-3")
     finally:
-        with sqlite3.connect(herd.db_path) as db:
-            db.execute("UPDATE hosts SET domain_type = 'qemu' WHERE name = 'lab-3'")
+        herd.sql("UPDATE hosts SET domain_type = 'qemu' WHERE name = 'lab-3'")
     assert refused.code == 5, refused
     assert (
         "herd: error: live-migrate: cannot live-migrate live from lab-1: lab-3: lab-1 runs "

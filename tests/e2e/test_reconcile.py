@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ import yaml
 
 from tests.e2e.herdcli import HerdCli, Result, assert_one_line_error, domain_state
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 
@@ -48,9 +47,8 @@ def boot(herd: HerdCli, name: str, *args: str) -> dict:
     return herd.server(name)
 
 
-def sql(herd: HerdCli, statement: str, *params: object) -> None:
-    with sqlite3.connect(herd.db_path) as conn:
-        conn.execute(statement, params)
+def sql(herd: HerdCli, statement: str) -> None:
+    herd.sql(statement)
 
 
 def test_quiet_when_all_is_well_and_a_summary_with_v(herd: HerdCli, tmp_path: Path) -> None:
@@ -146,9 +144,8 @@ def test_a_create_killed_after_the_cast_is_completed_by_reconcile(
     deadline = time.monotonic() + 60
     state = None
     while time.monotonic() < deadline and state != "running":
-        with sqlite3.connect(herd.db_path) as conn:
-            row = conn.execute("SELECT state FROM agent_jobs WHERE op = 'build'").fetchone()
-        state = row[0] if row else None
+        rows = herd.sql("SELECT state FROM agent_jobs WHERE op = 'build'")
+        state = rows[0][0] if rows else None
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -173,7 +170,7 @@ def test_missing_domains_stuck_builds_and_wrong_claims_are_repaired(
     sql(
         herd,
         "UPDATE instances SET vm_state='building', task_state='spawning', "
-        "updated_at=datetime('now', '-2 hours') WHERE name='stuck'",
+        f"updated_at={herd.hours_ago(2)} WHERE name='stuck'",
     )
     boot(herd, "unclaimed")
     sql(

@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error, domain_state
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 

@@ -1,4 +1,7 @@
-"""Shared fixtures for unit tests: a fresh migrated SQLite database per test."""
+"""Shared fixtures for unit tests: a fresh database per test, on each engine that
+``HERD_TEST_DB`` selects (tests/conftest.py), so every DB test runs on SQLite and on
+PostgreSQL. A test that is SQLite-only by nature (the file, its modes, its locking) asks
+for ``sqlite_url`` instead of ``db_url``."""
 
 from __future__ import annotations
 
@@ -10,11 +13,37 @@ import pytest
 
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Flavor, Host, Image, utcnow
+from tests.conftest import selected_engines
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file of the test's own, not yet created: for tests of the file itself."""
     return f"sqlite:///{tmp_path / 'herd.db'}"
+
+
+@pytest.fixture(params=selected_engines())
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's database URL on each selected engine: a SQLite file in tmp_path, or a
+    PostgreSQL database already at the schema's head (a clone of ``pg_template``), which
+    open_database must take as it finds it."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'herd.db'}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.xfail_on_postgresql(reason=...)``: a known herd bug on PostgreSQL
+    (issue 15) that another change fixes; the SQLite case still has to pass, and the
+    PostgreSQL one is reported, not hidden, when it starts passing (strict=False)."""
+    for item in items:
+        marker = item.get_closest_marker("xfail_on_postgresql")
+        callspec = getattr(item, "callspec", None)
+        if marker is None or callspec is None:
+            continue
+        if callspec.params.get("db_url") == "postgresql":
+            reason = marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.xfail(strict=False, reason=reason))
 
 
 @pytest.fixture

@@ -35,8 +35,9 @@ async def _one_host_with_room_for_one(url: str) -> None:
 
 
 @pytest.fixture
-def herd(tmp_path: Path) -> HerdCli:
-    cli = HerdCli(tmp_path)
+def herd(tmp_path: Path, db_url: str) -> HerdCli:
+    """On each selected engine (db_url): the CLI stores what these tests read back."""
+    cli = HerdCli(tmp_path, database_url=db_url)
     cli.ok("flavor", "list")  # the schema
     asyncio.run(_one_host_with_room_for_one(cli.env["HERD_DATABASE_URL"]))
     return cli

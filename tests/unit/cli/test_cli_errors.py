@@ -24,8 +24,9 @@ images:
 
 
 @pytest.fixture
-def herd(tmp_path: Path) -> HerdCli:
-    return HerdCli(tmp_path)
+def herd(tmp_path: Path, db_url: str) -> HerdCli:
+    """On each selected engine (db_url): the CLI stores what these tests read back."""
+    return HerdCli(tmp_path, database_url=db_url)
 
 
 @pytest.fixture

@@ -32,8 +32,9 @@ images:
 
 
 @pytest.fixture
-def herd(tmp_path: Path) -> HerdCli:
-    cli = HerdCli(tmp_path)
+def herd(tmp_path: Path, db_url: str) -> HerdCli:
+    """On each selected engine (db_url): the CLI stores what these tests read back."""
+    cli = HerdCli(tmp_path, database_url=db_url)
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(INVENTORY)
     cli.ok("inventory", "apply", str(inventory))

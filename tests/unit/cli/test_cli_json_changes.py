@@ -11,8 +11,9 @@ from tests.e2e.herdcli import HerdCli
 
 
 @pytest.fixture
-def herd(tmp_path: Path) -> HerdCli:
-    return HerdCli(tmp_path)
+def herd(tmp_path: Path, db_url: str) -> HerdCli:
+    """On each selected engine (db_url): the CLI stores what these tests read back."""
+    return HerdCli(tmp_path, database_url=db_url)
 
 
 def test_deleting_an_image_a_key_pair_and_a_group_answers_json(

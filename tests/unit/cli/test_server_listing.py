@@ -35,6 +35,13 @@ class Terminal(io.StringIO):
 
 
 @pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """SQLite only: the quick path reads the SQLite file itself and steps aside for any
+    other engine (test_it_steps_aside_for_what_it_does_not_handle shows it does)."""
+    return sqlite_url
+
+
+@pytest.fixture
 async def listing(db: Database, db_url: str, tmp_path: Path, monkeypatch) -> Database:
     """A database of servers in every state, one deleted, one on no host, one with two
     ports; herd's environment pointed at it, with no settings file."""
