@@ -52,6 +52,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "app",
         "Hosts, flavors, images and networks from YAML files.",
     ),
+    "db": (
+        "orchestrator.cli.db",
+        "app",
+        "The database: its engine, schema and rows; copy it to PostgreSQL.",
+    ),
     "lab": (
         "orchestrator.cli.lab",
         "app",
