@@ -69,4 +69,5 @@ bench: install
 	$(PY) -m bench.rpc
 	$(PY) -m bench.reconcile
 	$(PY) -m bench.scheduler
+	$(PY) -m bench.db
 	$(PY) -m bench.cli
