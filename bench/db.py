@@ -103,7 +103,8 @@ async def seed(db: Database, hosts: int, servers_per_host: int) -> None:
     building), written in bulk."""
     now = datetime.now(UTC)
     async with db.session() as session:
-        await session.execute(insert(Host), host_rows(hosts))
+        connection = await session.connection()  # executemany: the driver batches rows
+        await connection.execute(insert(Host), host_rows(hosts))
         ids = [row[0] for row in (await session.exec(Host.__table__.select())).all()]  # type: ignore[attr-defined]
         instances, allocations = [], []
         for host_id in ids:
@@ -137,9 +138,9 @@ async def seed(db: Database, hosts: int, servers_per_host: int) -> None:
                         "created_at": now,
                     }
                 )
-        if instances:  # executemany: the driver batches the rows
-            await session.execute(insert(Instance), instances)
-            await session.execute(insert(Allocation), allocations)
+        if instances:
+            await connection.execute(insert(Instance), instances)
+            await connection.execute(insert(Allocation), allocations)
 
 
 def request(instances: int, tag: str = "") -> list[RequestSpec]:

@@ -137,11 +137,11 @@ async def load_host_states(
         query = query.where(col(Host.id).in_(host_ids))
         claims = claims.where(col(Allocation.host_id).in_(host_ids))
     now = utcnow()
-    rows = (await session.execute(query)).all()
+    rows = (await session.exec(query)).all()
     states = {row[0]: _host_state(row, now) for row in rows}
     building = frozenset(BUILDING_TASKS)
     for host_id, instance_uuid, vcpus, ram_mb, disk_gb, task_state in (
-        await session.execute(claims)
+        await session.exec(claims)
     ).all():
         state = states.get(host_id)
         if state is None:
