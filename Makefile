@@ -74,4 +74,5 @@ bench: install
 	$(PY) -m bench.rpc
 	$(PY) -m bench.reconcile
 	$(PY) -m bench.scheduler
+	$(PY) -m bench.db
 	$(PY) -m bench.cli

@@ -168,17 +168,9 @@ class Host(SQLModel, table=True):
     @property
     def status(self) -> str:
         """disabled | unknown (never contacted) | down | no-libvirt | up, as last seen."""
-        if not self.enabled:
-            return "disabled"
-        if self.marked_down:
-            return "down"
-        if self.last_seen_at is None:
-            return "unknown" if self.last_error is None else "down"
-        if self.last_error:
-            return "down"
-        if self.libvirt_ok is False:
-            return "no-libvirt"
-        return "up"
+        return host_status(
+            self.enabled, self.marked_down, self.last_seen_at, self.last_error, self.libvirt_ok
+        )
 
     @property
     def total_vcpus(self) -> int | None:
@@ -191,6 +183,28 @@ class Host(SQLModel, table=True):
     @property
     def total_disk_gb(self) -> int | None:
         return self.override_disk_gb if self.override_disk_gb is not None else self.disk_gb
+
+
+def host_status(
+    enabled: bool,
+    marked_down: bool,
+    last_seen_at: datetime | None,
+    last_error: str | None,
+    libvirt_ok: bool | None,
+) -> str:
+    """``Host.status`` from the columns alone, so the scheduler's loader can read plain
+    rows for 10,000 hosts instead of hydrating ORM objects."""
+    if not enabled:
+        return "disabled"
+    if marked_down:
+        return "down"
+    if last_seen_at is None:
+        return "unknown" if last_error is None else "down"
+    if last_error:
+        return "down"
+    if libvirt_ok is False:
+        return "no-libvirt"
+    return "up"
 
 
 class Flavor(SQLModel, table=True):
