@@ -4,7 +4,7 @@ SQLite: ``flock`` on a file next to the database; the kernel drops it when the h
 dies, however it dies, so a "stale" lock is recovered by construction. The file holds
 the holder's pid and start time, for the message a second run prints.
 PostgreSQL: a session-level advisory lock, so runs on several machines exclude each
-other; it too dies with the holder's connection.
+other; it too dies with the holder's connection, which names its pid and machine.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import sqlalchemy
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from orchestrator.db.connection import async_url, engine_options, is_sqlite, sqlite_file
 from orchestrator.errors import HerdError
@@ -74,9 +75,35 @@ def file_lock(path: Path, mode: int = PRIVATE_FILE) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
+def _holder_name() -> str:
+    """What the lock's connection calls itself (``application_name``), so a second
+    run, or a DBA's ``pg_stat_activity``, can say who holds it from which machine."""
+    return f"herd reconcile: pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
+# The holder of a bigint advisory lock: its low 32 bits are objid, objsubid is 1.
+_HOLDER = sqlalchemy.text(
+    "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+    "AND l.granted AND l.classid = 0 AND l.objid = :k AND l.objsubid = 1"
+)
+
+
+async def _describe_holder(conn: AsyncConnection) -> str:
+    row = (await conn.execute(_HOLDER, {"k": ADVISORY_KEY})).first()
+    if row is None:  # it let go between our try and this look: cron will try again
+        return "another process"
+    name, address, since = row
+    who = name.removeprefix("herd reconcile: ") if name else "a client without a name"
+    where = f" from {address}" if address else ""
+    return f"{who}{where}, started {since.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
 @contextlib.asynccontextmanager
 async def advisory_lock(database_url: str) -> AsyncIterator[None]:
-    engine = create_async_engine(async_url(database_url), **engine_options(database_url))
+    options = engine_options(database_url)
+    options["connect_args"] = {**options["connect_args"], "application_name": _holder_name()}
+    engine = create_async_engine(async_url(database_url), **options)
     try:
         async with engine.connect() as conn:
             got = (
@@ -85,9 +112,9 @@ async def advisory_lock(database_url: str) -> AsyncIterator[None]:
                 )
             ).scalar()
             if not got:
+                holder = await _describe_holder(conn)
                 raise ReconcileLocked(
-                    "another herd reconcile holds the PostgreSQL advisory lock; "
-                    "not starting a second"
+                    f"another herd reconcile is running ({holder}); not starting a second"
                 )
             try:
                 yield

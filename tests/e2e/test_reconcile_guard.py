@@ -4,36 +4,38 @@ is open, and is reaped by the default policy once the row is closed."""
 
 from __future__ import annotations
 
-import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.herdcli import HerdCli, domain_state
-from tests.e2e.test_reconcile import VIRSH, boot, configure, orphan_xml, reconcile, sql
+from tests.e2e.test_reconcile import VIRSH, boot, configure, orphan_xml, reconcile
 
 pytestmark = pytest.mark.e2e
 
 
 def host_id(herd: HerdCli, name: str) -> int:
-    with sqlite3.connect(herd.db_path) as conn:
-        return int(conn.execute("SELECT id FROM hosts WHERE name = ?", (name,)).fetchone()[0])
+    ((found,),) = herd.sql("SELECT id FROM hosts WHERE name = :name", name=name)
+    return int(found)
 
 
 def open_live_migration(herd: HerdCli, instance_uuid: str, source: str, dest: str) -> int:
     """A live migration's row at step switch, its runner another operator's herd whose
     heartbeat is fresh: alive, so recovery leaves it to its runner."""
-    with sqlite3.connect(herd.db_path) as conn:
-        cursor = conn.execute(
-            "INSERT INTO tasks (kind, instance_uuid, source_host_id, dest_host_id, step, "
-            "inputs, claims, state, runner_host, runner_pid, runner_boot_id, runner_started, "
-            "heartbeat_at, generation, created_at, updated_at) VALUES ('live_migrate', ?, ?, "
-            "?, 'switch', '{}', '{}', 'running', 'ops-elsewhere', 4242, 'boot', 1, "
-            "datetime('now'), 0, datetime('now'), datetime('now'))",
-            (instance_uuid, host_id(herd, source), host_id(herd, dest)),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+    now = datetime.now(UTC).replace(tzinfo=None)  # herd stores UTC without a zone
+    ((task,),) = herd.sql(
+        "INSERT INTO tasks (kind, instance_uuid, source_host_id, dest_host_id, step, "
+        "inputs, claims, state, runner_host, runner_pid, runner_boot_id, runner_started, "
+        "heartbeat_at, generation, created_at, updated_at) VALUES ('live_migrate', :uuid, "
+        ":source, :dest, 'switch', '{}', '{}', 'running', 'ops-elsewhere', 4242, 'boot', 1, "
+        ":now, 0, :now, :now) RETURNING id",
+        uuid=instance_uuid,
+        source=host_id(herd, source),
+        dest=host_id(herd, dest),
+        now=now,
+    )
+    return int(task)
 
 
 def test_a_destination_copy_survives_reconcile_until_its_task_closes(
@@ -62,7 +64,7 @@ def test_a_destination_copy_survives_reconcile_until_its_task_closes(
     assert domain_state(lab, dest, uuid) == "running"
     assert domain_state(lab, source, uuid) == "running"
 
-    sql(herd, "UPDATE tasks SET state = 'done' WHERE id = ?", task)
+    herd.sql("UPDATE tasks SET state = 'done' WHERE id = :id", id=task)
     result, report = reconcile(herd)
     assert result.code == 1
     assert [(f["kind"], f["host"], f["outcome"]) for f in report["findings"]] == [

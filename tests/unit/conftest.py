@@ -32,20 +32,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'herd.db'}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``@pytest.mark.xfail_on_postgresql(reason=...)``: a known herd bug on PostgreSQL
-    (issue 15) that another change fixes; the SQLite case still has to pass, and the
-    PostgreSQL one is reported, not hidden, when it starts passing (strict=False)."""
-    for item in items:
-        marker = item.get_closest_marker("xfail_on_postgresql")
-        callspec = getattr(item, "callspec", None)
-        if marker is None or callspec is None:
-            continue
-        if callspec.params.get("db_url") == "postgresql":
-            reason = marker.kwargs.get("reason", "")
-            item.add_marker(pytest.mark.xfail(strict=False, reason=reason))
-
-
 @pytest.fixture
 async def db(db_url: str) -> AsyncIterator[Database]:
     database = await open_database(db_url)

@@ -10,6 +10,7 @@ Table-driven tests of hundreds of hostile inputs use it; tests of start-up itsel
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,37 +26,60 @@ from typing import Any
 from tests.e2e.herdcli import HerdCli, Result
 
 
-class ForkedHerd(HerdCli):
-    """``HerdCli`` whose ``run`` forks from a process that imported herd once."""
+class _ForkServer:
+    """The one process per test session that imported herd; commands fork from it."""
 
-    def __init__(self, home: Path) -> None:
-        super().__init__(home)
-        self._server = subprocess.Popen(
+    _shared: _ForkServer | None = None
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.unit.cli.forkcli"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=self.env,
             text=True,
         )
+        self.lock = threading.Lock()  # one request at a time on the pipe
+        atexit.register(self.close)
+
+    @classmethod
+    def shared(cls) -> _ForkServer:
+        if cls._shared is None or cls._shared.process.poll() is not None:
+            cls._shared = cls()
+        return cls._shared
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        with self.lock:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+
+
+class ForkedHerd(HerdCli):
+    """``HerdCli`` whose ``run`` forks from a process that imported herd once.
+
+    The environment, working directory and argv travel with each request, so every
+    ``ForkedHerd`` of a session shares one server: the imports are paid once."""
 
     def run(self, *args: str, timeout: float = 120) -> Result:
-        assert self._server.stdin is not None and self._server.stdout is not None
-        request = {
-            "args": list(args),
-            "env": dict(self.env),
-            "cwd": str(self.home),  # relative paths land in the test's directory
-            "timeout": timeout,
-        }
-        self._server.stdin.write(json.dumps(request) + "\n")
-        self._server.stdin.flush()
-        reply = json.loads(self._server.stdout.readline())
+        reply = _ForkServer.shared().request(
+            {
+                "args": list(args),
+                "env": dict(self.env),
+                "cwd": str(self.home),  # relative paths land in the test's directory
+                "timeout": timeout,
+            }
+        )
         return Result(reply["code"], reply["stdout"], reply["stderr"])
 
     def close(self) -> None:
-        if self._server.poll() is None:
-            assert self._server.stdin is not None
-            self._server.stdin.close()
-            self._server.wait(timeout=30)
+        """Nothing of this instance's own to release: the server outlives it."""
 
 
 def _child(args: list[str], env: dict[str, str], cwd: str, out: Path, err: Path) -> None:
@@ -65,7 +90,13 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: Path, err: Path)
     os.dup2(null, 0)
     os.dup2(os.open(out, os.O_WRONLY), 1)
     os.dup2(os.open(err, os.O_WRONLY), 2)
+    from orchestrator.cli import output
     from orchestrator.cli.main import run
+
+    # The consoles were made at import, from the server's environment; a process of
+    # its own would make them from this one (COLUMNS, NO_COLOR...).
+    for console, stream in ((output.out, sys.stdout), (output.err, sys.stderr)):
+        console.__dict__.update(output.make_console(stream).__dict__)
 
     sys.argv = ["herd", *args]
     code = 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.unit.cli.forkcli import ForkedHerd
 
 CATALOG = """\
 flavors:
@@ -22,7 +23,7 @@ networks:
 
 @pytest.fixture
 def herd(tmp_path: Path) -> HerdCli:
-    return HerdCli(tmp_path)
+    return ForkedHerd(tmp_path)
 
 
 def test_a_group_name_with_a_trailing_newline_is_refused(herd: HerdCli) -> None:

@@ -14,6 +14,7 @@ from sqlmodel import select
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Flavor, Host, Image, utcnow
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.unit.cli.forkcli import ForkedHerd
 
 
 async def _one_host_with_room_for_one(url: str) -> None:
@@ -37,7 +38,7 @@ async def _one_host_with_room_for_one(url: str) -> None:
 @pytest.fixture
 def herd(tmp_path: Path, db_url: str) -> HerdCli:
     """On each selected engine (db_url): the CLI stores what these tests read back."""
-    cli = HerdCli(tmp_path, database_url=db_url)
+    cli = ForkedHerd(tmp_path, database_url=db_url)
     cli.ok("flavor", "list")  # the schema
     asyncio.run(_one_host_with_room_for_one(cli.env["HERD_DATABASE_URL"]))
     return cli

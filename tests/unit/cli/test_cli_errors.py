@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.unit.cli.forkcli import ForkedHerd
 
 CATALOG = """\
 flavors:
@@ -26,7 +27,7 @@ images:
 @pytest.fixture
 def herd(tmp_path: Path, db_url: str) -> HerdCli:
     """On each selected engine (db_url): the CLI stores what these tests read back."""
-    return HerdCli(tmp_path, database_url=db_url)
+    return ForkedHerd(tmp_path, database_url=db_url)
 
 
 @pytest.fixture

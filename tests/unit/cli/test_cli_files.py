@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.unit.cli.forkcli import ForkedHerd
 
 
 @pytest.fixture
 def herd(tmp_path: Path) -> HerdCli:
-    return HerdCli(tmp_path)
+    return ForkedHerd(tmp_path)
 
 
 @pytest.fixture

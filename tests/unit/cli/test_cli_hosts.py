@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli
+from tests.unit.cli.forkcli import ForkedHerd
 
 # Documentation addresses (RFC 3849, RFC 5737): applied to the DB, never contacted
 # (a disabled host is not met before scheduling, and `host list` reads the DB only).
@@ -34,7 +35,7 @@ images:
 @pytest.fixture
 def herd(tmp_path: Path, db_url: str) -> HerdCli:
     """On each selected engine (db_url): the CLI stores what these tests read back."""
-    cli = HerdCli(tmp_path, database_url=db_url)
+    cli = ForkedHerd(tmp_path, database_url=db_url)
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(INVENTORY)
     cli.ok("inventory", "apply", str(inventory))

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.unit.cli.forkcli import ForkedHerd
 
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
 
 @pytest.fixture
 def herd(tmp_path: Path) -> HerdCli:
-    return HerdCli(tmp_path)
+    return ForkedHerd(tmp_path)
 
 
 def backed_by(tmp_path: Path, target: str) -> Path:

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli
+from tests.unit.cli.forkcli import ForkedHerd
 
 
 @pytest.fixture
 def herd(tmp_path: Path, db_url: str) -> HerdCli:
     """On each selected engine (db_url): the CLI stores what these tests read back."""
-    return HerdCli(tmp_path, database_url=db_url)
+    return ForkedHerd(tmp_path, database_url=db_url)
 
 
 def test_deleting_an_image_a_key_pair_and_a_group_answers_json(

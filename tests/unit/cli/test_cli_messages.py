@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.unit.cli.forkcli import ForkedHerd
 
 IMAGE_CASES = {
     "scheme": ("x", ("--url", "ftp://a/x"), "image source: unknown scheme 'ftp'"),
@@ -20,7 +21,7 @@ IMAGE_CASES = {
 
 @pytest.fixture(scope="module")
 def herd(tmp_path_factory: pytest.TempPathFactory) -> HerdCli:
-    return HerdCli(tmp_path_factory.mktemp("messages"))
+    return ForkedHerd(tmp_path_factory.mktemp("messages"))
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES, ids=list(IMAGE_CASES))

@@ -43,6 +43,13 @@ from tests.e2e.herdcli import HerdCli, assert_one_line_error
 WHEN = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
 
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """The source is a SQLite file on every run: the copy is the way up from SQLite,
+    and these tests read the file's bytes to prove it is left untouched."""
+    return sqlite_url
+
+
 async def populate(db: Database, servers: int = 3) -> None:
     """At least one row in every table, ids not starting at 1 where it matters."""
     async with db.session() as s:

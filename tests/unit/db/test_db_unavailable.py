@@ -5,6 +5,7 @@ exit 9, or busy), never "internal error", and nothing half written."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -218,7 +219,8 @@ async def test_two_reconciles_at_once_on_postgres_one_runs_the_other_exits_3(
         assert caught.value.exit_code == 3
         result = await asyncio.to_thread(HerdCli(tmp_path, database_url=pg_url).run, "reconcile")
         line = _one_line(result, code=3)
-        assert "another herd reconcile holds the PostgreSQL advisory lock" in line
+        holder = f"another herd reconcile is running (pid {os.getpid()} on {socket.gethostname()}"
+        assert holder in line and "from 127.0.0.1, started " in line  # who, where, since
     async with advisory_lock(pg_url):  # released with its holder
         pass
     result = await asyncio.to_thread(HerdCli(tmp_path, database_url=pg_url).run, "reconcile")

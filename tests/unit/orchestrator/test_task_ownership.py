@@ -269,11 +269,15 @@ async def test_reconcile_clears_a_task_whose_timestamp_was_written_by_hand(
 ) -> None:
     """An operator's `UPDATE ... updated_at=datetime('now', '-2 hours')` stores another
     text format than SQLAlchemy's: the task is still the one reconcile saw."""
+    by_hand = (
+        "now() - interval '2 hours'"  # PostgreSQL's own spelling, a real timestamp there
+        if db.engine.dialect.name == "postgresql"
+        else "datetime('now', '-2 hours')"
+    )
     async with db.session() as session:
         await session.exec(
             text(
-                "UPDATE instances SET task_state='migrating', "
-                "updated_at=datetime('now', '-2 hours') WHERE uuid='u-s'"
+                f"UPDATE instances SET task_state='migrating', updated_at={by_hand} WHERE uuid='u-s'"
             )
         )
     (finding,) = await stuck_findings(db)
