@@ -218,4 +218,6 @@ def test_two_cron_hosts_reconcile_at_once_one_runs_the_other_exits_3(
     ]
     outcomes = sorted((p.wait(timeout=120), p.stderr.read()) for p in runs)
     assert [code for code, _ in outcomes] == [2, 3]  # one ran (and met the hung host)
-    assert_one_line_error(Result(3, "", outcomes[1][1]), code=3, contains="another herd reconcile is running (pid ")
+    assert_one_line_error(
+        Result(3, "", outcomes[1][1]), code=3, contains="another herd reconcile is running (pid "
+    )
