@@ -36,7 +36,7 @@ async def list_hosts(db: Database) -> list[HostView]:
 
     async with db.read() as session:
         hosts = {h.id: h for h in (await session.exec(select(Host).order_by(Host.name))).all()}
-        states = {s.id: s for s in await load_host_states(session)}
+        states = {s.id: s for s in await load_host_states(session, servers=())}
     return [
         HostView(
             host,

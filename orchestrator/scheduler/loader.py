@@ -4,11 +4,11 @@ hosts, so scheduling 10,000 hosts costs two round trips, not 10,000."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -120,39 +120,54 @@ def _host_state(row: Sequence[Any], now: datetime) -> HostState:
 
 
 async def load_host_states(
-    session: AsyncSession, host_ids: list[int] | None = None
+    session: AsyncSession,
+    host_ids: list[int] | None = None,
+    servers: Collection[str] | None = None,
 ) -> list[HostState]:
-    """Every host (or those of ``host_ids``) with what is claimed on it: two queries,
-    plain rows, one pass over the claims."""
+    """Every host (or those of ``host_ids``) with what is claimed on it, in a fixed
+    number of queries: the hosts, then their claims summed by the database (one row a
+    host, not one a claim: 20,000 claims are 20,000 rows to decode otherwise).
+
+    ``instance_uuids`` says which servers a host holds, for the same-host and
+    different-host hints: only those of ``servers`` when given (the scheduler passes
+    the ones its request names, usually none), every one when None."""
     query = select(*_HOST_COLUMNS).order_by(col(Host.name))
-    claims = select(
-        col(Allocation.host_id),
-        col(Allocation.instance_uuid),
-        col(Allocation.vcpus),
-        col(Allocation.ram_mb),
-        col(Allocation.disk_gb),
-        col(Instance.task_state),
-    ).join(Instance, col(Instance.uuid) == col(Allocation.instance_uuid), isouter=True)
+    building = [state.value for state in BUILDING_TASKS]
+    claimed = (
+        select(
+            col(Allocation.host_id),
+            func.sum(col(Allocation.vcpus)),
+            func.sum(col(Allocation.ram_mb)),
+            func.sum(col(Allocation.disk_gb)),
+            func.count(),
+            func.count(case((col(Instance.task_state).in_(building), 1))),  # NULL otherwise
+        )
+        .join(Instance, col(Instance.uuid) == col(Allocation.instance_uuid), isouter=True)
+        .group_by(col(Allocation.host_id))
+    )
+    held = select(col(Allocation.host_id), col(Allocation.instance_uuid))
+    if servers is not None:
+        held = held.where(col(Allocation.instance_uuid).in_(list(servers)))
     if host_ids is not None:
         query = query.where(col(Host.id).in_(host_ids))
-        claims = claims.where(col(Allocation.host_id).in_(host_ids))
+        claimed = claimed.where(col(Allocation.host_id).in_(host_ids))
+        held = held.where(col(Allocation.host_id).in_(host_ids))
     now = utcnow()
     rows = (await session.exec(query)).all()
     states = {row[0]: _host_state(row, now) for row in rows}
-    building = frozenset(BUILDING_TASKS)
-    for host_id, instance_uuid, vcpus, ram_mb, disk_gb, task_state in (
-        await session.exec(claims)
-    ).all():
+    for host_id, vcpus, ram_mb, disk_gb, count, builds in (await session.exec(claimed)).all():
         state = states.get(host_id)
-        if state is None:
-            continue
-        state.used_vcpus += vcpus
-        state.used_ram_mb += ram_mb
-        state.used_disk_gb += disk_gb
-        state.instances += 1
-        state.instance_uuids.add(instance_uuid)
-        if task_state in building:
-            state.builds_in_progress += 1
+        if state is not None:
+            state.used_vcpus = int(vcpus)
+            state.used_ram_mb = int(ram_mb)
+            state.used_disk_gb = int(disk_gb)
+            state.instances = count
+            state.builds_in_progress = builds
+    if servers is None or servers:
+        for host_id, instance_uuid in (await session.exec(held)).all():
+            state = states.get(host_id)
+            if state is not None:
+                state.instance_uuids.add(instance_uuid)
     return list(states.values())
 
 

@@ -89,7 +89,7 @@ class FilterScheduler:
     async def plan(self, specs: Sequence[RequestSpec]) -> Plan:
         """Where the request would go, claiming nothing: `--dry-run` and `--explain`."""
         async with self.db.read() as session:
-            hosts = await load_host_states(session)
+            hosts = await load_host_states(session, servers=hinted(specs))
             await _refresh_groups(session, specs)
         selection = self._select(hosts, specs)
         plan = Plan(explanation=selection.explanation, total_hosts=len(hosts))
@@ -129,7 +129,7 @@ class FilterScheduler:
         """One read, one selection, one transaction; StaleGeneration when a chosen host
         changed since the read (the transaction then wrote nothing)."""
         async with self.db.read() as session:
-            hosts = await load_host_states(session)
+            hosts = await load_host_states(session, servers=hinted(specs))
             await _refresh_groups(session, specs)
         generations = {h.id: h.generation for h in hosts}
         selection = self._select(hosts, specs)
@@ -164,7 +164,7 @@ class FilterScheduler:
         refused: list[str] = []
         for host_id, host_name in alternates:
             async with self.db.session() as session:
-                found = await load_host_states(session, [host_id])
+                found = await load_host_states(session, [host_id], hinted([spec]))
                 await _refresh_groups(session, [spec])
                 if not found:
                     refused.append(f"{host_name}: gone")
@@ -178,6 +178,12 @@ class FilterScheduler:
                     return Placement(spec.instance_uuid, host.id, host.name), refused
                 refused.append(f"{host_name}: claimed by someone else meanwhile")
         return None, refused
+
+
+def hinted(specs: Sequence[RequestSpec]) -> set[str]:
+    """The servers the request's same-host and different-host hints name: the only
+    ones whose hosts the filters need to know."""
+    return {uuid for spec in specs for uuid in spec.same_host | spec.different_host}
 
 
 async def _refresh_groups(session: AsyncSession, specs: Sequence[RequestSpec]) -> None:
