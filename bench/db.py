@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import random
 import shutil
 import tempfile
@@ -220,6 +221,17 @@ class OperatorResult:
     errors: int = 0
     started: float = 0.0
     ended: float = 0.0
+    cpu: float = 0.0  # this process's CPU seconds between started and ended
+    busy_started: int = 0  # the machine's busy jiffies (all CPUs) at started
+    busy_ended: int = 0
+
+
+def machine_busy_jiffies() -> int:
+    """All CPUs' busy time so far (/proc/stat, clock ticks): herd and PostgreSQL."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return sum(fields[:8]) - idle - iowait
 
 
 def _operator(url: str, requests: int, per_request: int, barrier: Any, out: Any) -> None:
@@ -229,21 +241,22 @@ def _operator(url: str, requests: int, per_request: int, barrier: Any, out: Any)
 
 async def _operate(url: str, requests: int, per_request: int, barrier: Any) -> OperatorResult:
     result = OperatorResult()
-    original = scheduler_module.try_claim
+    original = scheduler_module.claim_all
 
     async def counted(*args: Any, **kwargs: Any) -> bool:
         claimed = await original(*args, **kwargs)
-        if not claimed:
+        if not claimed:  # a chosen host moved on: the request reads and decides again
             result.conflicts += 1
         return claimed
 
-    scheduler_module.try_claim = counted  # type: ignore[assignment]
+    scheduler_module.claim_all = counted  # type: ignore[assignment]
     db = Database(url)
     scheduler = FilterScheduler(db, CONFIG)
     async with db.read() as session:  # connect and warm up before the start
         await scheduler_module.load_host_states(session)
     await asyncio.to_thread(barrier.wait)
-    result.started = time.monotonic()
+    result.started, result.busy_started = time.monotonic(), machine_busy_jiffies()
+    cpu = time.process_time()
     for _ in range(requests):
         try:
             plan = await scheduler.place(request(per_request))
@@ -252,7 +265,8 @@ async def _operate(url: str, requests: int, per_request: int, barrier: Any) -> O
             result.refused += 1
         except Exception:  # a driver error the scheduler let through: count it
             result.errors += 1
-    result.ended = time.monotonic()
+    result.ended, result.busy_ended = time.monotonic(), machine_busy_jiffies()
+    result.cpu = time.process_time() - cpu
     await db.dispose()
     return result
 
@@ -270,14 +284,20 @@ def operators_at_once(url: str, processes: int, requests: int, per_request: int)
     results = [out.get() for _ in workers]
     for worker in workers:
         worker.join()
-    wall = max(r.ended for r in results) - min(r.started for r in results)
+    first = min(results, key=lambda r: r.started)
+    last = max(results, key=lambda r: r.ended)
+    wall = last.ended - first.started
     placed = sum(r.placed for r in results)
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = (last.busy_ended - first.busy_started) / ticks / wall if wall > 0 else 0.0
     return (
         placed,
         sum(r.refused for r in results),
         sum(r.conflicts for r in results),
         sum(r.errors for r in results),
         wall,
+        sum(r.cpu for r in results) / wall if wall > 0 else 0.0,
+        busy,
     )
 
 
@@ -318,6 +338,8 @@ def throughput_table(
         "conflicts",
         "errors",
         "wall",
+        "herd CPUs",
+        "machine CPUs",
         "placements/s",
         "speed-up",
     ):
@@ -329,7 +351,7 @@ def throughput_table(
         rates[engine] = {}
         for count in counts:
             asyncio.run(reset(url))
-            placed, refused, conflicts, errors, wall = operators_at_once(
+            placed, refused, conflicts, errors, wall, herd_cpus, busy = operators_at_once(
                 url, count, args.requests, args.per_request
             )
             rate = placed / wall if wall > 0 else 0.0
@@ -343,6 +365,8 @@ def throughput_table(
                 str(conflicts),
                 str(errors),
                 f"{wall:.2f} s",
+                f"{herd_cpus:.2f}",
+                f"{busy:.2f} of {os.cpu_count()}",
                 f"{rate:.1f}",
                 f"{rate / base:.2f}x" if base else "-",
             )

@@ -52,7 +52,9 @@ def check(output: str, engine: str) -> None:
         placed, refused, errors = int(row[2]), int(row[3]), int(row[5])
         assert placed == int(row[1]) * 2 * 2  # operators x requests x servers each
         assert (refused, errors) == (0, 0)
-        assert float(row[7]) > 0  # placements per second
+        assert float(row[7]) > 0  # the operators' own CPUs
+        assert re.fullmatch(r"\d+\.\d\d of \d+", row[8]), row[8]  # the machine's
+        assert float(row[9]) > 0  # placements per second
     (big,) = scale
     assert big[1] == "40" and big[3] == "10"
     assert big[9] == "10"  # all ten placed
