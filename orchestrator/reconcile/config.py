@@ -28,6 +28,11 @@ class ReconcileConfig(BaseModel):
     """Consecutive missed surveys before a host is marked down."""
     build_timeout: float = Field(default=3600.0, gt=0)
     """Seconds a server may stay building with no job running before it is stuck."""
+    collect_grace: float = Field(default=30.0, ge=0, le=3600)
+    """Seconds a job may sit finished on its host, not yet collected, before reconcile
+    collects it: the command that cast it (on this machine or another operator's)
+    collects it itself moments later, and a reconcile during the boots must not race
+    it. Only a caster that died leaves a job uncollected for longer."""
     finished_jobs: FixOrReport = "fix"
     stuck_builds: FixOrReport = "fix"
     power_state: Literal["record", "restore", "report"] = "record"

@@ -205,6 +205,17 @@ def _host_findings(surveys: Sequence[HostSurvey], config: ReconcileConfig) -> li
     return found
 
 
+def _finished_at(job: AgentJob, record: dict[str, Any]) -> float:
+    """When the job finished, on this machine's clock: the row's cast time plus how
+    long the host says it ran (the host's own clock may be off; its durations are not).
+    A record without times counts as finished when it was cast."""
+    started, finished = record.get("started_at"), record.get("finished_at")
+    ran = 0.0
+    if isinstance(started, (int, float)) and isinstance(finished, (int, float)):
+        ran = max(0.0, float(finished) - float(started))
+    return _epoch(job.created_at) + ran
+
+
 def _job_findings(
     job: AgentJob,
     survey: HostSurvey,
@@ -219,6 +230,10 @@ def _job_findings(
     if record is not None and record.get("state") not in FINISHED:
         if job.instance_uuid:
             busy.add(job.instance_uuid)
+        return []
+    if record is not None and now - _finished_at(job, record) < config.collect_grace:
+        if job.instance_uuid:
+            busy.add(job.instance_uuid)  # just finished: its caster is collecting it
         return []
     if record is None and job.id in survey.unreadable_jobs:
         # The host has a record but it cannot be read: unknown, not lost (reported).

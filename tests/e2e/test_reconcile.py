@@ -138,7 +138,7 @@ def test_orphans_are_reported_then_reaped_and_deleted_servers_domains_are_reaped
 def test_a_create_killed_after_the_cast_is_completed_by_reconcile(
     herd: HerdCli, lab, tmp_path: Path
 ) -> None:
-    configure(herd, tmp_path)
+    configure(herd, tmp_path, collect_grace=0)  # the caster is dead: no need to wait
     herd.ok("host", "refresh")
     process = herd.popen("server", "create", "cut", "--flavor", "m1.nano", "--image", "blank")
     deadline = time.monotonic() + 60

@@ -124,7 +124,7 @@ def test_a_finished_job_nobody_collected_is_applied_and_shields_its_server() -> 
         instance_uuid="u-b",
         op="build",
         state="running",
-        created_at=datetime.now(UTC),
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
     )
     done = {"j1": {"job_id": "j1", "state": "succeeded", "result": {}}}
     assert findings(
@@ -260,3 +260,36 @@ def test_a_job_whose_journal_the_host_cannot_read_is_unknown_not_lost() -> None:
     damaged = survey(H1)
     damaged.unreadable_jobs = {"j"}
     assert findings([b], [damaged], [claim(b)], [old], hosts=(H1,)) == []
+
+
+def test_a_job_that_just_finished_is_left_to_the_command_collecting_it() -> None:
+    """Cast 5 minutes ago and ran 4m50s by the host's account: finished 10 s ago, so
+    the command that cast it is collecting it (a reconcile during the boots); the host's
+    clock, an hour off, does not matter. Nothing else may touch the server meanwhile."""
+    building = server(
+        "b", "u-b", vm_state=VmState.BUILDING, task_state="spawning", power_state=PowerState.NOSTATE
+    )
+    job = AgentJob(
+        id="j1",
+        host_id=1,
+        instance_uuid="u-b",
+        op="build",
+        state="running",
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    skewed = time.time() + 3600
+    record = {"job_id": "j1", "state": "succeeded", "result": {}}
+    just = {"j1": {**record, "started_at": skewed - 300, "finished_at": skewed - 10}}
+    assert findings([building], [survey(H1, {}, just)], [claim(building)], [job], hosts=(H1,)) == []
+    long_ago = {"j1": {**record, "started_at": skewed - 300, "finished_at": skewed - 280}}
+    assert findings(
+        [building], [survey(H1, {}, long_ago)], [claim(building)], [job], hosts=(H1,)
+    ) == [("finished_job", "b", "fix")]
+    assert findings(
+        [building],
+        [survey(H1, {}, just)],
+        [claim(building)],
+        [job],
+        hosts=(H1,),
+        config=ReconcileConfig(collect_grace=0),
+    ) == [("finished_job", "b", "fix")]

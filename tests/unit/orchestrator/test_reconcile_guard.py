@@ -140,7 +140,7 @@ def test_a_finished_job_of_the_tasks_server_is_left_to_its_runner() -> None:
     a = server("a", "u-a", task_state="rebuild_spawning")
     job = AgentJob(
         id="j1", host_id=1, instance_uuid="u-a", op="build", state="running",
-        created_at=datetime.now(UTC),
+        created_at=LONG_AGO,  # past collect_grace: only the open task holds it
     )  # fmt: skip
     done = {"j1": {"job_id": "j1", "state": "succeeded", "result": {}}}
     surveys = [survey(H1, {"u-a": "running"}, done)]
