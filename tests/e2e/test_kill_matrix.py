@@ -165,6 +165,11 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     herd: HerdCli, lab, tmp_path: Path
 ) -> None:
     started = time.monotonic()
+    # Every caster here is killed: reconcile need not give a just-finished job the
+    # moments a live command would take to collect it (collect_grace).
+    config = tmp_path / "config.yaml"
+    config.write_text("reconcile:\n  collect_grace: 0\n")
+    herd.env["HERD_CONFIG"] = str(config)
     cases: list[Case] = []
 
     def add(kind: str, steps: list[tuple[str, str]], names: list[str]) -> None:
