@@ -114,7 +114,8 @@ def test_a_missing_domain_on_a_live_host_is_found_but_not_on_an_unreachable_one(
     ]
 
 
-def test_a_finished_job_nobody_collected_is_applied_and_shields_its_server() -> None:
+def build_cast_minutes_ago(minutes: int) -> tuple[Instance, AgentJob]:
+    """A server building on hv1 and the build job cast to it ``minutes`` ago."""
     building = server(
         "b", "u-b", vm_state=VmState.BUILDING, task_state="spawning", power_state=PowerState.NOSTATE
     )
@@ -124,8 +125,13 @@ def test_a_finished_job_nobody_collected_is_applied_and_shields_its_server() -> 
         instance_uuid="u-b",
         op="build",
         state="running",
-        created_at=datetime.now(UTC) - timedelta(minutes=5),
+        created_at=datetime.now(UTC) - timedelta(minutes=minutes),
     )
+    return building, job
+
+
+def test_a_finished_job_nobody_collected_is_applied_and_shields_its_server() -> None:
+    building, job = build_cast_minutes_ago(5)
     done = {"j1": {"job_id": "j1", "state": "succeeded", "result": {}}}
     assert findings(
         [building], [survey(H1, {"u-b": "running"}, done)], [claim(building)], [job], hosts=(H1,)
@@ -266,17 +272,7 @@ def test_a_job_that_just_finished_is_left_to_the_command_collecting_it() -> None
     """Cast 5 minutes ago and ran 4m50s by the host's account: finished 10 s ago, so
     the command that cast it is collecting it (a reconcile during the boots); the host's
     clock, an hour off, does not matter. Nothing else may touch the server meanwhile."""
-    building = server(
-        "b", "u-b", vm_state=VmState.BUILDING, task_state="spawning", power_state=PowerState.NOSTATE
-    )
-    job = AgentJob(
-        id="j1",
-        host_id=1,
-        instance_uuid="u-b",
-        op="build",
-        state="running",
-        created_at=datetime.now(UTC) - timedelta(minutes=5),
-    )
+    building, job = build_cast_minutes_ago(5)
     skewed = time.time() + 3600
     record = {"job_id": "j1", "state": "succeeded", "result": {}}
     just = {"j1": {**record, "started_at": skewed - 300, "finished_at": skewed - 10}}
