@@ -19,6 +19,10 @@ APT_PACKAGES := python3 python3-venv python3-pip openssh-server openssh-client \
 
 # The engines the tests run on: sqlite, postgresql or both (tests/conftest.py).
 HERD_TEST_DB ?= both
+# pytest-xdist workers: one per core. Each keeps a test module whole (--dist loadfile:
+# module fixtures, such as a booted set of servers, are made once) and gets its own
+# session lab on its own addresses and its own PostgreSQL (tests/e2e/conftest.py).
+TEST_WORKERS ?= $(shell nproc)
 
 .PHONY: install system-packages demo demo-down test test-fast lint bench clean
 
@@ -62,10 +66,10 @@ demo-down:
 	$(HERD) lab down
 
 test: install
-	HERD_TEST_DB=$(HERD_TEST_DB) $(PY) -m pytest -q
+	HERD_TEST_DB=$(HERD_TEST_DB) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	HERD_TEST_DB=$(HERD_TEST_DB) $(PY) -m pytest -q -m "not e2e"
+	HERD_TEST_DB=$(HERD_TEST_DB) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not e2e"
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -16,6 +16,21 @@ import pytest
 from tests import pgserver
 
 ENGINES = ("sqlite", "postgresql")
+_COLUMNS_SEEN = "HERD_TEST_CONTROLLER_COLUMNS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's workers start with COLUMNS=80 whatever the run's own environment
+    said, and herd's output widths follow COLUMNS (cli/output.py): the controller notes
+    what it had, and each worker puts that back, so a test sees the same environment
+    with ``-n`` as without."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        os.environ[_COLUMNS_SEEN] = os.environ.get("COLUMNS", "")
+    elif _COLUMNS_SEEN in os.environ:
+        if os.environ[_COLUMNS_SEEN]:
+            os.environ["COLUMNS"] = os.environ[_COLUMNS_SEEN]
+        else:
+            os.environ.pop("COLUMNS", None)
 
 
 def selected_engines() -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Real labs for e2e tests: one 3-host lab (198.18.101.1-3) for the whole session, and
+"""Real labs for e2e tests: one 3-host lab (198.18.101.1-3) for the whole session (one
+per pytest-xdist worker, each on its own addresses), and
 small private ones for tests that must break or remove a lab.
 
 Labs live under pytest's temporary directory and are always taken down. A session
@@ -20,8 +21,20 @@ from orchestrator.lab import Lab
 from tests.conftest import postgres_wanted
 from tests.e2e.herdcli import HerdCli
 
-# HERD_TEST_LAB_BASE lets two checkouts run their e2e tests at once on different addresses.
-LAB_BASE_ADDRESS = os.environ.get("HERD_TEST_LAB_BASE", "198.18.101.1")
+
+def _session_lab_base() -> str:
+    """The session lab's first address: HERD_TEST_LAB_BASE (so two checkouts can run their
+    e2e tests at once) or 198.18.101.1, moved up ten /24s per pytest-xdist worker so
+    that each worker's lab has its own subnets, bridges and namespaces (gw0: .101,
+    gw1: .111, ...). The private labs the tests make sit on .102-.106, between them."""
+    base = os.environ.get("HERD_TEST_LAB_BASE", "198.18.101.1")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    octets = base.split(".")
+    octets[2] = str(int(octets[2]) + 10 * int(worker or 0))
+    return ".".join(octets)
+
+
+LAB_BASE_ADDRESS = _session_lab_base()
 LAB_SSH_PORT = 2222
 LAB_HOSTS = 3
 OWNER_SUFFIX = ".lab-owner"
@@ -43,6 +56,15 @@ def _process_identity(pid: int) -> str | None:
     except OSError:
         return None
     return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _pytest_tmp_root(basetemp: Path) -> Path:
+    """pytest's per-user directory (/tmp/pytest-of-USER), above one session's
+    pytest-N (and, under pytest-xdist, the worker's popen-gwN below it)."""
+    for directory in (basetemp, *basetemp.parents):
+        if directory.name.startswith("pytest-of-"):
+            return directory
+    return basetemp.parent
 
 
 def _take_down_labs_of_dead_sessions(pytest_tmp: Path) -> None:
@@ -81,7 +103,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The session's 3-host lab: `lab.hosts`, `lab.info()`, `lab.exec_in(...)`,
     `lab.stop_service(...)`; tests that stop a daemon start it again."""
     require_root()
-    _take_down_labs_of_dead_sessions(tmp_path_factory.getbasetemp().parent)
+    _take_down_labs_of_dead_sessions(_pytest_tmp_root(tmp_path_factory.getbasetemp()))
     maker = LabMaker()
     try:
         session_lab = maker(tmp_path_factory.mktemp("lab"), LAB_BASE_ADDRESS)

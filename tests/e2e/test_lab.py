@@ -17,6 +17,7 @@ import yaml
 
 from orchestrator.errors import LabError
 from orchestrator.lab import Lab, LabHost, LabInfo, network, procs
+from tests.e2e.conftest import LAB_BASE_ADDRESS
 from tests.e2e.herdcli import HerdCli
 
 pytestmark = pytest.mark.e2e
@@ -138,10 +139,11 @@ def test_the_inventory_names_every_host_with_the_lab_key_and_known_hosts(
 ) -> None:
     info = lab.info()
     inventory = yaml.safe_load(lab_inventory.read_text())
+    subnet = LAB_BASE_ADDRESS.rsplit(".", 1)[0]
     assert [(h["name"], h["address"], h["ssh"]["port"]) for h in inventory["hosts"]] == [
-        ("lab-1", "198.18.101.1", 2222),
-        ("lab-2", "198.18.101.2", 2222),
-        ("lab-3", "198.18.101.3", 2222),
+        ("lab-1", f"{subnet}.1", 2222),
+        ("lab-2", f"{subnet}.2", 2222),
+        ("lab-3", f"{subnet}.3", 2222),
     ]
     for host in inventory["hosts"]:
         assert Path(host["ssh"]["key"]) == info.key and info.key.exists()
@@ -171,7 +173,8 @@ def test_each_host_has_its_own_network_stack_and_no_way_off_the_lab(lab: Lab) ->
         bridge = lab.exec_in(host.name, ["ip", "-j", "link", "show", "master", "br-provider"])
         assert [link["ifname"] for link in json.loads(bridge.stdout)] == ["prov0"]
     # Hosts reach each other over the management network only, and nothing else.
-    reached = lab.exec_in("lab-1", ["busybox", "ping", "-c", "1", "-W", "2", "198.18.101.2"])
+    lab_2 = info.host("lab-2").address
+    reached = lab.exec_in("lab-1", ["busybox", "ping", "-c", "1", "-W", "2", lab_2])
     assert reached.returncode == 0, reached.stderr
     # TEST-NET-3, routed nowhere: the host has no route for it, so nothing is sent.
     off_lab = lab.exec_in("lab-1", ["busybox", "ping", "-c", "1", "-W", "2", "203.0.113.1"])
@@ -181,10 +184,11 @@ def test_each_host_has_its_own_network_stack_and_no_way_off_the_lab(lab: Lab) ->
     for bridge_name in (lab_network.management_bridge, lab_network.provider_bridge):
         assert sysctl(f"net.ipv4.conf.{bridge_name}.forwarding") == "0"
         assert sysctl(f"net.ipv6.conf.{bridge_name}.disable_ipv6") == "1"
+    n = lab_network.index
     assert lab_links(lab_network) == sorted(
         [
-            "herd101m", "herd101p", "herd101m1", "herd101m2", "herd101m3",
-            "herd101p1", "herd101p2", "herd101p3",
+            f"herd{n}m", f"herd{n}p", f"herd{n}m1", f"herd{n}m2", f"herd{n}m3",
+            f"herd{n}p1", f"herd{n}p2", f"herd{n}p3",
         ]
     )  # fmt: skip
 
