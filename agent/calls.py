@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from agent import PROTOCOL_VERSION, __version__, confine, image_format, images, reach
+from agent import PROTOCOL_VERSION, __version__, confine, image_format, images, reach, volumes
 from agent import facts as host_facts
 from agent.errors import BadRequest, NotFound, UnknownOp
 from agent.fsutil import DIR_MODE, ensure_dir
@@ -130,7 +130,16 @@ class Agent:
             "reach_listen": lambda args: reach.listen_op(self._probes, args),
             "reach_close": lambda args: reach.close_op(self._probes, args),
             "reach_check": lambda args: reach.check_op(self.session.state_dir, args),
+            "volume_create": lambda args: volumes.create(self.session.state_dir, args),
+            "volume_list": lambda args: volumes.list_volumes(self.session.state_dir, args),
+            "volume_delete": lambda args: volumes.delete(*self._volume_context(), args),
+            "volume_extend": lambda args: volumes.extend(*self._volume_context(), args),
+            "volume_attach": lambda args: volumes.attach(*self._volume_context(), args),
+            "volume_detach": lambda args: volumes.detach(*self._volume_context(), args),
         }
+
+    def _volume_context(self) -> "tuple[Path, Virsh]":
+        return self.session.state_dir, Virsh(self.session.libvirt_uri)
 
     @property
     def capabilities(self) -> List[str]:

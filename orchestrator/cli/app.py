@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "app",
         "Create, inspect, power, rebuild and delete servers.",
     ),
+    "volume": (
+        "orchestrator.cli.volumes",
+        "app",
+        "Volumes: data disks on a host's storage, attached to servers.",
+    ),
     "host": ("orchestrator.cli.hosts", "app", "Hypervisors: capacity, usage, contact and trust."),
     "group": ("orchestrator.cli.groups", "app", "Server groups (affinity and anti-affinity)."),
     "flavor": ("orchestrator.cli.catalog", "flavors", "Flavors: the sizes servers come in."),

@@ -765,3 +765,54 @@ def live_migrate(
         lambda c, i: _live_migrate(c, i, host, timeout),
     )  # fmt: skip
     show_outcomes(outcomes, as_json, "live-migrate")
+
+
+# `herd server add volume` / `herd server remove volume`, the openstack CLI's verbs.
+add_app = typer.Typer(help="Add a volume to a server.", no_args_is_help=True)
+remove_app = typer.Typer(help="Remove a volume from a server.", no_args_is_help=True)
+app.add_typer(add_app, name="add")
+app.add_typer(remove_app, name="remove")
+
+
+@add_app.command("volume")
+def add_volume(
+    server: Annotated[str, typer.Argument(help="Server name or UUID.")],
+    volume: Annotated[str, typer.Argument(help="Volume name or UUID.")],
+    device: Annotated[
+        str | None, typer.Option(help="The disk's name in the guest (default: the next free).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Attach a volume: hot-plugged into a running server, into the definition of a
+    stopped one. The volume must be on the server's host."""
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        return _volume_task(conductor, instance, volume, device, attach=True)
+
+    show_outcomes(_act_on_one(server, "Attaching", as_json, work), as_json, "attach")
+
+
+@remove_app.command("volume")
+def remove_volume(
+    server: Annotated[str, typer.Argument(help="Server name or UUID.")],
+    volume: Annotated[str, typer.Argument(help="Volume name or UUID.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Detach a volume (a running guest must release it: PCI hot-unplug)."""
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        return _volume_task(conductor, instance, volume, None, attach=False)
+
+    show_outcomes(_act_on_one(server, "Detaching", as_json, work), as_json, "detach")
+
+
+async def _volume_task(
+    conductor: Conductor, instance: Instance, volume: str, device: str | None, *, attach: bool
+) -> Outcome:
+    from orchestrator.api.volumes import find_volume
+    from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
+
+    view = await find_volume(conductor.db, volume)
+    if attach:
+        return await AttachVolumeTask(conductor, instance, view.volume, device).execute()
+    return await DetachVolumeTask(conductor, instance, view.volume).execute()

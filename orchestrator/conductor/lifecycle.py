@@ -68,7 +68,15 @@ RULES: dict[str, ActionRule] = {
     "confirm_resize": ActionRule((V.RESIZED,), "resize_confirming"),
     "revert_resize": ActionRule((V.RESIZED,), "resize_reverting"),
     "evacuate": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR, V.PAUSED, V.SUSPENDED), "rebuilding"),
+    # Hot (running or paused) or cold (stopped); a suspended guest's saved state would
+    # not match a changed definition.
+    "attach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "attaching-volume"),
+    "detach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED, V.ERROR), "detaching-volume"),
 }
+# Actions that make the domain again from its template, here or on another host: they
+# would leave a volume behind, so they are refused while one is attached (until moves
+# carry volumes along).
+REFUSED_WITH_VOLUMES = ("rebuild", "migrate", "live_migrate", "resize", "evacuate")
 POWER_ACTIONS = tuple(name for name, rule in RULES.items() if rule.agent_action)
 
 # What a delete may take over, as Nova lets a delete interrupt almost anything: a build

@@ -15,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from sqlalchemy import update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator.conductor import lifecycle
 from orchestrator.conductor.actions import (
@@ -44,6 +46,8 @@ from orchestrator.db.models import (
     PowerState,
     TaskState,
     VmState,
+    Volume,
+    VolumeStatus,
     utcnow,
 )
 from orchestrator.errors import HerdError, HostUnreachable, NoValidHost
@@ -276,6 +280,7 @@ class Conductor:
                     await release(db, instance.uuid)
                 if instance.vm_state == VmState.DELETED:
                     await release_ports(db, instance.uuid)
+                    await release_volumes(db, instance.uuid)
                 await finish_action(db, job.action_id, None if ok else "error")
                 instance.updated_at = utcnow()
                 db.add(instance)
@@ -460,3 +465,13 @@ class Conductor:
             )
         ).first()
         return row.id if row else None
+
+
+async def release_volumes(db: AsyncSession, instance_uuid: str) -> None:
+    """A deleted server's volumes are detached with it (its domain, and so its disks,
+    are gone) and outlive it, available (Nova detaches a server's volumes on delete)."""
+    await db.exec(
+        update(Volume)  # type: ignore[call-overload]
+        .where(col(Volume.instance_uuid) == instance_uuid)
+        .values(status=VolumeStatus.AVAILABLE, instance_uuid=None, device=None, task_owner=None)
+    )

@@ -50,6 +50,7 @@ class Recovery:
 def task_classes() -> dict[str, type[Task]]:
     """The journalled tasks by kind (imported here: every task imports this module's
     callers, the steps)."""
+    from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
     from orchestrator.conductor.tasks.evacuate import EvacuateTask
     from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
     from orchestrator.conductor.tasks.migrate import MigrateTask
@@ -62,7 +63,7 @@ def task_classes() -> dict[str, type[Task]]:
 
     classes: list[type[Task]] = [
         MigrateTask, ResizeTask, ConfirmResizeTask, RevertResizeTask, LiveMigrateTask,
-        EvacuateTask, RebuildTask,
+        EvacuateTask, RebuildTask, AttachVolumeTask, DetachVolumeTask,
     ]  # fmt: skip
     return {c.kind: c for c in classes}
 

@@ -41,6 +41,7 @@ from orchestrator.db.models import (
     InstanceActionEvent,
     JobState,
     Migration,
+    Volume,
     utcnow,
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput
@@ -96,12 +97,25 @@ class Steps:
         return bool(await recovery.recover(self.conductor, [instance_uuid]))
 
     async def _begin(self, instance: Instance, action: str) -> tuple[Instance, int, Host | None]:
+        if action in lifecycle.REFUSED_WITH_VOLUMES:
+            await self._refuse_with_volumes(instance, action)
         async with self.db.session() as db:
             act = await start_action(db, instance.uuid, action, f"req-{uuid.uuid4()}")
             assert act.id is not None
             row = await lifecycle.begin(db, instance, action, act.id)
             host = await db.get(Host, row.host_id) if row.host_id else None
         return row, act.id, host
+
+    async def _refuse_with_volumes(self, instance: Instance, action: str) -> None:
+        async with self.db.read() as db:
+            names = (
+                await db.exec(select(Volume.name).where(Volume.instance_uuid == instance.uuid))
+            ).all()
+        if names:
+            raise Conflict(
+                f"server {instance.name} has volumes attached ({', '.join(sorted(names))}): "
+                f"{action.replace('_', ' ')} does not carry volumes yet; detach them first"
+            )
 
     async def abort(
         self, instance: Instance, action_id: int, host: str | None, error: str

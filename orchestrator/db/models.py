@@ -122,6 +122,8 @@ class Host(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
     max_image_gb: int = Field(default=64, sa_column_kwargs={"server_default": "64"})
+    # Where the host keeps volumes (the inventory's storage.path); None: agent_dir/volumes.
+    volume_dir: str | None = None
 
     # Capacity overrides from the inventory; None means "what the host reports".
     override_vcpus: int | None = None
@@ -546,5 +548,50 @@ class TaskRecord(SQLModel, table=True):
     runner_started: int = Field(sa_column=Column(BigInteger, nullable=False))
     heartbeat_at: datetime | None = _ts()
     generation: int = 0
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+
+
+class VolumeStatus(enum.StrEnum):
+    """Cinder's volume states, less the ones herd has no use for yet."""
+
+    CREATING = "creating"
+    AVAILABLE = "available"
+    ATTACHING = "attaching"
+    IN_USE = "in-use"
+    DETACHING = "detaching"
+    EXTENDING = "extending"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+class Volume(SQLModel, table=True):
+    """A data disk on one host's own storage: a file named by its UUID in the host's
+    volume directory, which outlives the servers it is attached to.
+
+    Its space is claimed like a server's (an ``allocations`` row whose consumer is the
+    volume's UUID, disk only), so the scheduler counts it against the host's disk and
+    two creates racing for the last room cannot both win. ``status`` is written before
+    each step's side effect, with ``task_owner`` naming the command that runs it."""
+
+    __tablename__ = "volumes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(sa_column=Column(String(36), unique=True, nullable=False))
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    host_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=False)
+    )
+    size_gb: int
+    format: str = "qcow2"
+    image_name: str | None = None
+    status: str = VolumeStatus.CREATING
+    # The server it is attached to, and as which disk.
+    instance_uuid: str | None = Field(default=None, index=True)
+    device: str | None = None
+    # Where the file is on its host, as the agent reported it.
+    path: str | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    task_owner: str | None = None
     created_at: datetime | None = _ts()
     updated_at: datetime | None = _ts()

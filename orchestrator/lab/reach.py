@@ -19,11 +19,11 @@ from typing import Any
 PORT = 80
 
 
-def http_get(address: str, timeout: float = 10.0) -> str:
-    """The guest's page (its instance-id), over plain TCP: no proxy settings of the
-    environment get a say."""
+def http_get(address: str, timeout: float = 10.0, path: str = "/") -> str:
+    """The guest's page (its instance-id, or what ``path`` answers: the test guest's
+    /cgi-bin/disk), over plain TCP: no proxy settings of the environment get a say."""
     with socket.create_connection((address, PORT), timeout=timeout) as conn:
-        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
         reply = b""
         while chunk := conn.recv(4096):
             reply += chunk

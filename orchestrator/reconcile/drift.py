@@ -111,6 +111,8 @@ class Snapshot:
     now: float = field(default_factory=time.time)
     # Claims held by an open migration (a resize's old size on its source), by uuid.
     migration_claims: frozenset[str] = frozenset()
+    # Claims whose consumer is a volume (its disk space), not a server.
+    volume_claims: frozenset[str] = frozenset()
     # Journal tasks still open (running, or recovering: recovery could not finish them).
     open_tasks: Sequence[OpenTask] = ()
 
@@ -429,7 +431,7 @@ def _claim_findings(snapshot: Snapshot, config: ReconcileConfig) -> list[Finding
         VmState.RESIZED,
     )  # fmt: skip
     for uuid, claim in claims.items():
-        if uuid in snapshot.migration_claims:
+        if uuid in snapshot.migration_claims or uuid in snapshot.volume_claims:
             continue
         instance = by_uuid.get(uuid)
         host = snapshot.hosts.get(claim.host_id)

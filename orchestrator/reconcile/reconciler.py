@@ -33,6 +33,7 @@ from orchestrator.db.models import (
     MigrationStatus,
     PowerState,
     VmState,
+    Volume,
     utcnow,
 )
 from orchestrator.errors import HerdError
@@ -175,13 +176,14 @@ class Reconciler:
                     select(Migration.uuid).where(col(Migration.status).in_(OPEN_MIGRATIONS))
                 )
             ).all()
+            volumes = (await db.exec(select(Volume.uuid))).all()
         # After recovery: a task it left open (a host did not answer) is held too. Its
         # runner is then this process, alive, so the task is not taken for stuck either.
         judge = journal.Runner.here()
         tasks = [OpenTask.of(t, live=not judge.gone(t)) for t in await journal.open_tasks(self.db)]
         return Snapshot(
             hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations),
-            open_tasks=tasks,
+            volume_claims=frozenset(volumes), open_tasks=tasks,
         )  # fmt: skip
 
     async def _census(self) -> tuple[dict[str, int], dict[str, int]]:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # the pool opens sessions, and a session says hello through h
     from orchestrator.rpc.pool import AgentPool
 
 HELLO_TIMEOUT = 30.0
+# qemu-img over a whole image, or a guest granting a hot-unplug, under TCG.
+VOLUME_TIMEOUT = 120.0
 
 
 # -- answers of calls ---------------------------------------------------------------
@@ -197,6 +199,35 @@ class Migrated(TypedDict):
 
 
 # -- the reachability check ---------------------------------------------------------
+
+
+class VolumeArgs(TypedDict, total=False):
+    volume: str  # the volume's UUID: its file's name
+    dir: str  # the host's volume directory (absent: agent_dir/volumes)
+    format: str
+    size_gb: int
+    image_sha256: str
+    image_format: str
+    uuid: str  # the server, to attach to or detach from
+    device: str
+
+
+class VolumeFile(TypedDict):
+    path: str
+    size_bytes: int
+    allocated_bytes: int
+    existed: bool
+
+
+class VolumeFiles(TypedDict):
+    dir: str
+    volumes: list[dict[str, Any]]
+
+
+class Attached(TypedDict, total=False):
+    device: str
+    live: bool
+    detached: bool
 
 
 @dataclass(frozen=True)
@@ -467,3 +498,38 @@ class AgentAPI:
         """On the source: move the running guest to the prepared destination."""
         migrated: Migrated = await self._job(target, "live_migrate", args, None, timeout)
         return migrated
+
+    # -- volumes (agent/volumes.py): direct calls, each idempotent by the volume's UUID --
+
+    async def volume_create(self, target: HostTarget, args: VolumeArgs) -> VolumeFile:
+        """Make the volume's file (blank, or from a cached image): ``existed`` when a
+        repeated call found it made."""
+        made: VolumeFile = await self._call(target, "volume_create", dict(args), VOLUME_TIMEOUT)
+        return made
+
+    async def volume_extend(self, target: HostTarget, args: VolumeArgs) -> VolumeFile:
+        grown: VolumeFile = await self._call(target, "volume_extend", dict(args), VOLUME_TIMEOUT)
+        return grown
+
+    async def volume_delete(self, target: HostTarget, args: VolumeArgs) -> Removed:
+        """Refused by the host while one of its domains still has the file as a disk."""
+        removed: Removed = await self._call(target, "volume_delete", dict(args), VOLUME_TIMEOUT)
+        return removed
+
+    async def volume_list(self, target: HostTarget, directory: str | None) -> VolumeFiles:
+        args = {} if directory is None else {"dir": directory}
+        found: VolumeFiles = await self._call(target, "volume_list", args, None)
+        return found
+
+    async def volume_attach(self, target: HostTarget, args: VolumeArgs) -> Attached:
+        """The volume as ``device`` of the server: in its definition, and hot-plugged
+        when it runs."""
+        attached: Attached = await self._call(target, "volume_attach", dict(args), VOLUME_TIMEOUT)
+        return attached
+
+    async def volume_detach(self, target: HostTarget, args: VolumeArgs) -> Attached:
+        """Out of the definition and of the running guest, once the guest released it."""
+        detached: Attached = await self._call(
+            target, "volume_detach", dict(args), VOLUME_TIMEOUT + 30
+        )
+        return detached

@@ -18,6 +18,7 @@ from orchestrator.db.models import (
     Instance,
     ServerGroup,
     TaskState,
+    Volume,
     host_status,
     utcnow,
 )
@@ -139,10 +140,11 @@ async def load_host_states(
             func.sum(col(Allocation.vcpus)),
             func.sum(col(Allocation.ram_mb)),
             func.sum(col(Allocation.disk_gb)),
-            func.count(),
+            func.count(case((col(Volume.id).is_(None), 1))),  # a volume is no server
             func.count(case((col(Instance.task_state).in_(building), 1))),  # NULL otherwise
         )
         .join(Instance, col(Instance.uuid) == col(Allocation.instance_uuid), isouter=True)
+        .join(Volume, col(Volume.uuid) == col(Allocation.instance_uuid), isouter=True)
         .group_by(col(Allocation.host_id))
     )
     held = select(col(Allocation.host_id), col(Allocation.instance_uuid))

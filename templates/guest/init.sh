@@ -53,6 +53,27 @@ fi
 if [ -e /sys/block/vda/size ]; then
     say "root-disk-bytes=$(( $(cat /sys/block/vda/size) * 512 ))"
 fi
+# Every disk (root, seed, volumes) by name and size, then a watcher that says when a
+# disk is hot-plugged, removed or grown: "disk-added=vdc bytes=N".
+disks() {
+    for block in /sys/block/vd*; do
+        [ -e "$block/size" ] && echo "${block##*/} $(( $(cat "$block/size") * 512 ))"
+    done
+}
+disks | while read -r name bytes; do say "disk=$name bytes=$bytes"; done
+(
+    disks > /tmp/disks.seen
+    while sleep 0.5; do
+        disks > /tmp/disks.now
+        awk 'NR == FNR { old[$1] = $2; next }
+             { now[$1] = $2
+               if (!($1 in old)) print "disk-added=" $1 " bytes=" $2
+               else if (old[$1] != $2) print "disk-resized=" $1 " bytes=" $2 }
+             END { for (d in old) if (!(d in now)) print "disk-removed=" d }' \
+            /tmp/disks.seen /tmp/disks.now | while read -r line; do say "$line"; done
+        mv /tmp/disks.now /tmp/disks.seen
+    done
+) &
 
 # network-config v2: give each NIC, matched by MAC, the addresses herd allocated,
 # and the default route where herd gave a gateway.
@@ -82,9 +103,38 @@ if [ -f /seed/network-config ]; then
 fi
 
 # Reachability end to end: the guest answers HTTP on port 80 with its instance-id.
+# /cgi-bin/disk lets a test look inside from outside: ?op=list names the disks,
+# ?op=write&dev=vdc&marker=M writes "HERD-MARKER M" 1 MiB into the disk (and syncs it),
+# ?op=read&dev=vdc reads it back.
 if [ -n "$seed" ]; then
-    mkdir -p /www
+    mkdir -p /www/cgi-bin
     value instance-id > /www/index.html
+    cat > /www/cgi-bin/disk <<'CGI'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+arg() { echo "&$QUERY_STRING" | sed -n "s/.*&$1=\([A-Za-z0-9._-]*\).*/\1/p"; }
+op=$(arg op); dev=$(arg dev); marker=$(arg marker)
+case "$op" in
+list)
+    for block in /sys/block/vd*; do echo "${block##*/} $(( $(cat "$block/size") * 512 ))"; done
+    exit 0 ;;
+esac
+case "$dev" in vd[a-z]) ;; *) echo "error: dev must be vda..vdz"; exit 0 ;; esac
+[ -b "/dev/$dev" ] || { echo "error: no /dev/$dev"; exit 0; }
+case "$op" in
+write)
+    [ -n "$marker" ] || { echo "error: no marker"; exit 0; }
+    printf 'HERD-MARKER %s\n' "$marker" | dd of="/dev/$dev" bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null
+    sync
+    echo "wrote $marker to $dev" ;;
+read)
+    echo 3 > /proc/sys/vm/drop_caches
+    dd if="/dev/$dev" bs=512 skip=2048 count=1 2>/dev/null | tr -d '\000' | head -n 1 ;;
+*)
+    echo "error: op must be list, write or read" ;;
+esac
+CGI
+    chmod 755 /www/cgi-bin/disk
     httpd -p 80 -h /www && say "httpd=80"
 fi
 

@@ -1,0 +1,105 @@
+"""Volumes on the lab: a file on the host's storage, hot-plugged into a running test
+guest, written from inside it, detached, attached to another server on the same host
+and read back there. The guest reports its disks on the console (``disk-added=vdc``)
+and reads and writes a marker through its /cgi-bin/disk, from the root namespace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from orchestrator.lab.reach import http_get
+from tests.e2e.herdcli import HerdCli, assert_one_line_error
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
+
+GIB = 1 << 30
+
+
+def console_until(herd: HerdCli, name: str, needle: str, timeout: float = 120) -> list[str]:
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = herd.ok("server", "console-log", name, "--lines", "400", "--json").json()["lines"]
+        if any(needle in line for line in lines):
+            return lines
+        time.sleep(1)
+    raise AssertionError(f"{name} never printed {needle!r}; console:\n" + "\n".join(lines[-40:]))
+
+
+def disk(address: str, query: str) -> str:
+    return http_get(address, timeout=20, path=f"/cgi-bin/disk?{query}")
+
+
+@pytest.fixture
+def volumes(herd: HerdCli) -> Iterator[list[str]]:
+    """Volumes the test made, deleted after it (their files live on the session lab)."""
+    made: list[str] = []
+    yield made
+    for server in herd.servers():
+        for name in made:
+            herd.run("server", "remove", "volume", server["name"], name)
+    for name in made:
+        herd.run("volume", "delete", name)
+
+
+def test_a_volume_hot_plugged_written_detached_and_read_back_from_another_server(
+    herd: HerdCli, volumes: list[str]
+) -> None:
+    created = herd.ok(
+        "server", "create", "vol", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--count", "2", "--network", "lab-net", "--host", "lab-1", "--json",
+    ).json()  # fmt: skip
+    assert {c["vm_state"] for c in created} == {"active"}, created
+    ips = {}
+    for name in ("vol-1", "vol-2"):
+        console_until(herd, name, "HERD-TEST ready")
+        (port,) = herd.server(name)["addresses"]
+        ips[name] = port["ip"]
+
+    made = herd.ok("volume", "create", "data", "--size", "2", "--host", "lab-1", "--json").json()
+    volumes.append("data")
+    assert [(v["status"], v["size_gb"], v["host"]) for v in made] == [("available", 2, "lab-1")]
+    attached = herd.ok("server", "add", "volume", "vol-1", "data", "--json").json()
+    assert attached[0]["error"] is None, attached
+    console_until(herd, "vol-1", f"HERD-TEST disk-added=vdc bytes={2 * GIB}")
+    shown = herd.ok("volume", "show", "data", "--json").json()
+    assert (shown["status"], shown["server"], shown["device"]) == ("in-use", "vol-1", "vdc")
+    assert disk(ips["vol-1"], "op=write&dev=vdc&marker=e2e-7c1f") == "wrote e2e-7c1f to vdc"
+    assert disk(ips["vol-1"], "op=read&dev=vdc") == "HERD-MARKER e2e-7c1f"
+
+    # Attached: not to another server, and not deleted (the refusal names its server).
+    refused = herd.run("volume", "delete", "data")
+    assert "in use by server vol-1" in assert_one_line_error(refused, code=4)
+    refused = herd.run("server", "add", "volume", "vol-2", "data")
+    assert "volume data is in-use" in assert_one_line_error(refused, code=4)
+
+    detached = herd.ok("server", "remove", "volume", "vol-1", "data", "--json").json()
+    assert detached[0]["error"] is None, detached
+    console_until(herd, "vol-1", "HERD-TEST disk-removed=vdc")
+    assert herd.ok("volume", "show", "data", "--json").json()["status"] == "available"
+
+    herd.ok("server", "add", "volume", "vol-2", "data", "--device", "vdd")
+    console_until(herd, "vol-2", f"HERD-TEST disk-added=vdd bytes={2 * GIB}")
+    assert disk(ips["vol-2"], "op=read&dev=vdd") == "HERD-MARKER e2e-7c1f"
+
+
+def test_a_volume_grows_under_a_running_guest_and_a_move_is_refused_while_attached(
+    herd: HerdCli, volumes: list[str]
+) -> None:
+    herd.ok(
+        "server", "create", "grow", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--network", "lab-net", "--host", "lab-2",
+    )  # fmt: skip
+    console_until(herd, "grow", "HERD-TEST ready")
+    herd.ok("volume", "create", "grown", "--size", "1", "--host", "lab-2", "--format", "raw")
+    volumes.append("grown")
+    herd.ok("server", "add", "volume", "grow", "grown")
+    console_until(herd, "grow", f"HERD-TEST disk-added=vdc bytes={GIB}")
+    herd.ok("volume", "extend", "grown", "--size", "3")
+    console_until(herd, "grow", f"HERD-TEST disk-resized=vdc bytes={3 * GIB}")
+    refused = herd.run("server", "migrate", "grow")
+    message = assert_one_line_error(refused, code=4)
+    assert "has volumes attached (grown)" in message and "detach them first" in message

@@ -1,0 +1,199 @@
+"""Volumes against real agents on fake hosts: files made by the real qemu-img, disks in
+the fake domains' definitions, claims the scheduler counts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
+from orchestrator.conductor.tasks.power import power
+from orchestrator.conductor.tasks.volumes import VolumeCreate, VolumeDelete, VolumeExtend
+from orchestrator.db.models import Volume
+from orchestrator.errors import Conflict, NoValidHost
+from tests.unit.conductor.herdlab import HerdLab
+
+
+def qemu_img_info(path: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], capture_output=True, check=True, text=True
+    )
+    return dict(json.loads(done.stdout))
+
+
+async def volume(lab: HerdLab, name: str) -> Volume:
+    async with lab.db.read() as db:
+        return (await db.exec(select(Volume).where(Volume.name == name))).one()
+
+
+def disks(lab: HerdLab, host: str, uuid: str, live: bool = False) -> dict[str, str]:
+    """{target dev: source file} of the fake domain's definition (or running state)."""
+    dom = lab.virt_state(host)["domains"][uuid]
+    root = ET.fromstring(dom["live_xml"] if live else dom["xml"])
+    return {
+        d.find("target").get("dev"): d.find("source").get("file")  # type: ignore[union-attr]
+        for d in root.iterfind("devices/disk")
+    }
+
+
+async def test_create_makes_the_file_and_claims_its_space_on_the_host(lab: HerdLab) -> None:
+    made = await VolumeCreate(lab.conductor, "data", 2, host="hv2").execute()
+    assert (made.status, made.error) == ("available", None)
+    path = Path(lab.agent_dir("hv2")) / "volumes" / f"{made.uuid}.qcow2"
+    assert made.path == str(path) and path.exists()
+    assert await lab.claims() == [(made.uuid, "hv2", 0)]
+    async with lab.db.read() as db:
+        from orchestrator.scheduler.loader import load_host_states
+
+        (state,) = await load_host_states(db, [(await lab.host("hv2")).id])  # type: ignore[list-item]
+    assert (state.used_disk_gb, state.instances) == (2, 0)  # a volume is no server
+
+
+async def test_a_volume_larger_than_any_hosts_free_disk_is_refused_with_the_reason(
+    lab: HerdLab,
+) -> None:
+    with pytest.raises(NoValidHost, match="disk"):
+        await VolumeCreate(lab.conductor, "huge", 500).execute()
+    assert await lab.claims() == []
+    async with lab.db.read() as db:
+        assert (await db.exec(select(Volume))).all() == []
+
+
+async def test_a_name_taken_is_a_conflict_and_claims_nothing(lab: HerdLab) -> None:
+    await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    with pytest.raises(Conflict, match="already exists"):
+        await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    assert len(await lab.claims()) == 1
+
+
+async def test_hot_attach_detach_and_attach_to_another_server(lab: HerdLab) -> None:
+    first = await lab.boot("s1", host="hv1")
+    second = await lab.boot("s2", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    outcome = await AttachVolumeTask(lab.conductor, first, data, None).execute()
+    assert outcome.error is None, outcome.error
+    attached = await volume(lab, "data")
+    assert (attached.status, attached.instance_uuid, attached.device) == (
+        "in-use", first.uuid, "vdc",
+    )  # fmt: skip
+    assert disks(lab, "hv1", first.uuid)["vdc"] == data.path
+    assert disks(lab, "hv1", first.uuid, live=True)["vdc"] == data.path  # hot
+    assert await lab.events(first.uuid, "attach_volume") == [("attach_volume", True)]
+    # In use: not to a second server, and not deleted.
+    refused = await AttachVolumeTask(lab.conductor, second, attached, None).execute()
+    assert refused.error is not None and "in-use" in refused.error
+    with pytest.raises(Conflict, match="in use by server s1"):
+        await VolumeDelete(lab.conductor, attached).execute()
+    outcome = await DetachVolumeTask(lab.conductor, first, attached).execute()
+    assert outcome.error is None, outcome.error
+    assert "vdc" not in disks(lab, "hv1", first.uuid)
+    assert "vdc" not in disks(lab, "hv1", first.uuid, live=True)
+    freed = await volume(lab, "data")
+    assert (freed.status, freed.instance_uuid, freed.device) == ("available", None, None)
+    outcome = await AttachVolumeTask(lab.conductor, second, freed, "vdd").execute()
+    assert outcome.error is None, outcome.error
+    assert disks(lab, "hv1", second.uuid)["vdd"] == data.path
+    assert (await lab.server(second.uuid)).task_state is None
+
+
+async def test_cold_attach_to_a_stopped_server_changes_only_its_definition(
+    lab: HerdLab,
+) -> None:
+    server = await lab.boot("s1", host="hv1")
+    await power(lab.conductor, [server], "stop")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    outcome = await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    assert outcome.error is None, outcome.error
+    assert disks(lab, "hv1", server.uuid)["vdc"] == data.path
+    (started,) = await power(lab.conductor, [await lab.server(server.uuid)], "start")
+    assert started.error is None
+    assert disks(lab, "hv1", server.uuid, live=True)["vdc"] == data.path
+
+
+async def test_a_volume_on_another_host_is_refused_and_left_available(lab: HerdLab) -> None:
+    server = await lab.boot("s1", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv2").execute()
+    outcome = await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    assert outcome.error is not None and "on another host" in outcome.error
+    assert (await volume(lab, "data")).status == "available"
+    assert (await lab.server(server.uuid)).task_state is None
+
+
+async def test_an_attach_the_hypervisor_refuses_puts_the_volume_back(lab: HerdLab) -> None:
+    server = await lab.boot("s1", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    lab.fail("hv1", "attach-device", "no PCI slot left")
+    outcome = await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    assert outcome.error is not None and "no PCI slot left" in outcome.error
+    back = await volume(lab, "data")
+    assert (back.status, back.instance_uuid) == ("available", None)
+    row = await lab.server(server.uuid)
+    assert (row.vm_state, row.task_state) == ("active", None)
+
+
+async def test_an_attach_killed_at_its_step_is_finished_by_recovery(lab: HerdLab) -> None:
+    server = await lab.boot("s1", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    await lab.kill_at(
+        "attach_volume", "attach",
+        lambda: AttachVolumeTask(lab.conductor, server, data, None).execute(),
+    )  # fmt: skip
+    assert (await volume(lab, "data")).status == "attaching"
+    (recovered,) = await lab.recover()
+    assert recovered.outcome == "done", recovered
+    assert (await volume(lab, "data")).status == "in-use"
+    assert disks(lab, "hv1", server.uuid)["vdc"] == data.path
+    assert (await lab.server(server.uuid)).task_state is None
+
+
+async def test_moves_are_refused_while_a_volume_is_attached(lab: HerdLab) -> None:
+    from orchestrator.conductor.tasks.migrate import MigrateTask
+
+    server = await lab.boot("s1", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    outcome = await MigrateTask(lab.conductor, await lab.server(server.uuid), None).execute()
+    assert outcome.error is not None and "has volumes attached (data)" in outcome.error
+    assert lab.where(server.uuid) == {"hv1": "running"}
+
+
+async def test_extend_grows_the_file_and_the_claim(lab: HerdLab) -> None:
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    grown = await VolumeExtend(lab.conductor, data, 3).execute()
+    assert (grown.size_gb, grown.status) == (3, "available")
+    async with lab.db.read() as db:
+        from orchestrator.db.models import Allocation
+
+        claim = (
+            await db.exec(select(Allocation).where(Allocation.instance_uuid == data.uuid))
+        ).one()
+    assert claim.disk_gb == 3
+    info = await asyncio.to_thread(qemu_img_info, Path(str(data.path)))
+    assert info["virtual-size"] == 3 << 30
+
+
+async def test_delete_removes_the_file_the_row_and_the_claim(lab: HerdLab) -> None:
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    await VolumeDelete(lab.conductor, data).execute()
+    assert not Path(str(data.path)).exists()
+    assert await lab.claims() == []
+    async with lab.db.read() as db:
+        assert (await db.exec(select(Volume))).all() == []
+
+
+async def test_deleting_a_server_leaves_its_volume_available(lab: HerdLab) -> None:
+    server = await lab.boot("s1", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    (deleted,) = await lab.conductor.delete([await lab.server(server.uuid)])
+    assert deleted.error is None, deleted.error
+    left = await volume(lab, "data")
+    assert (left.status, left.instance_uuid) == ("available", None)
+    assert Path(str(data.path)).exists()
