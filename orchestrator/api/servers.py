@@ -33,6 +33,8 @@ from orchestrator.db.models import (
     ServerGroup,
     TaskState,
     VmState,
+    Volume,
+    VolumeStatus,
     utcnow,
 )
 from orchestrator.db.retry import RetriesExhausted, retrying
@@ -70,6 +72,9 @@ class CreateRequest:
     networks: tuple[str, ...] = ()
     key_name: str | None = None
     user_data: str | None = None  # already checked by cloudinit.check_user_data
+    # Volumes (by name or UUID) attached once the server is built: it is placed on
+    # their host.
+    volumes: tuple[str, ...] = ()
 
 
 NOT_BOOTABLE = {"aki": "a kernel (aki)", "ari": "a ramdisk (ari)"}
@@ -224,6 +229,40 @@ async def dry_run_plan(
     return await scheduler.plan(specs), {i.uuid: i.name for i in instances}
 
 
+async def _boot_volumes(session: AsyncSession, request: CreateRequest) -> dict[str, Any]:
+    """The request spec's part for `--volume`: their host (the scheduler's
+    VolumeHostFilter holds the server to it) and their names."""
+    if not request.volumes:
+        return {}
+    if request.count != 1:
+        raise InvalidInput("--volume attaches a volume to one server: boot with --count 1")
+    rows = (
+        await session.exec(
+            select(Volume, Host.name)
+            .join(Host, col(Host.id) == col(Volume.host_id))
+            .where(
+                or_(col(Volume.name).in_(request.volumes), col(Volume.uuid).in_(request.volumes))
+            )
+        )
+    ).all()
+    for wanted in request.volumes:
+        if not any(wanted in (v.name, v.uuid) for v, _ in rows):
+            raise NotFound(f"volume {wanted!r} not found")
+    for volume, _ in rows:
+        if volume.status != VolumeStatus.AVAILABLE:
+            raise Conflict(f"volume {volume.name} is {volume.status}, not available")
+    hosts = sorted({host for _, host in rows})
+    if len(hosts) != 1:
+        raise InvalidInput(
+            "--volume: the volumes are on different hosts ("
+            + ", ".join(f"{v.name} on {h}" for v, h in rows)
+            + "); a server can only have the local volumes of its own host"
+        )
+    if request.host is not None and request.host != hosts[0]:
+        raise InvalidInput(f"--host {request.host}: the volumes are on {hosts[0]}")
+    return {"volume_host": hosts[0], "volumes": sorted(v.name for v, _ in rows)}
+
+
 async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[Instance]:
     names = instance_names(request.name, request.count)
     flavor = await _flavor(session, request.flavor)
@@ -239,6 +278,7 @@ async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[
         "extra_specs": dict(flavor.extra_specs),
         "image_properties": dict(image.properties),
         **constraints,
+        **await _boot_volumes(session, request),
     }
     if image.min_ram_mb > flavor.ram_mb:
         raise InvalidInput(

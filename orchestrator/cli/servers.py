@@ -129,6 +129,13 @@ def create(
             help="File given to cloud-init as user-data (at most 65,535 bytes, not base64).",
         ),
     ] = None,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Attach this volume (herd volume list) once built; repeatable. The server "
+            "goes to the volumes' host."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show where the servers would go; change nothing.")
     ] = False,
@@ -159,8 +166,11 @@ def create(
         networks=tuple(network or ()),
         key_name=key_name,
         user_data=_read_user_data(user_data) if user_data else None,
+        volumes=tuple(volume or ()),
         **_hints(hint or []),
     )
+    if volume and not wait and not dry_run:
+        raise InvalidInput("--volume attaches once the server is built: it needs --wait")
     if refresh and not dry_run:
         raise InvalidInput("--refresh goes with --dry-run (a create always meets stale hosts)")
     if dry_run:
@@ -181,11 +191,12 @@ def create(
             if explain:
                 await h.conductor.meet_hosts()
                 plan = await h.conductor.scheduler.plan(await h.conductor.specs_of(instances))
-            if progress is None:
+            with progress or contextlib.nullcontext():
                 outcomes = await h.conductor.build(instances, wait=wait, min_count=min_count)
-            else:
-                with progress:
-                    outcomes = await h.conductor.build(instances, wait=wait, min_count=min_count)
+                if request.volumes:
+                    from orchestrator.conductor.tasks.attach import attach_boot_volumes
+
+                    outcomes = [await attach_boot_volumes(h.conductor, o) for o in outcomes]
             return outcomes, plan, names
 
     outcomes, plan, names = run_async(main())

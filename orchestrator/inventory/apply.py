@@ -79,6 +79,7 @@ def host_values(spec: HostSpec) -> dict[str, Any]:
         "enabled": spec.enabled,
         "image_source_dirs": list(spec.image_source_dirs),
         "max_image_gb": spec.max_image_gb,
+        "volume_dir": spec.storage.path,
     }
 
 
@@ -250,9 +251,9 @@ async def apply_inventory(
 # three reasons says all three at once.
 
 # A host's servers have their disks under agent_dir and their domains in libvirt_uri's
-# libvirtd: changing either loses them all. The address, SSH settings, labels, ratios
-# and reservations may change (a re-IP'd host keeps its guests).
-HOST_FIELDS_IN_USE = ("libvirt_uri", "agent_dir")
+# libvirtd, its volumes their files in volume_dir: changing one loses them. The address,
+# SSH settings, labels, ratios and reservations may change (a re-IP'd host keeps its guests).
+HOST_FIELDS_IN_USE = ("libvirt_uri", "agent_dir", "volume_dir")
 # Claims were made with the old sizes, and a flavor name must mean one size (Nova's
 # flavors are immutable once used). Extra specs may change: servers carry their own
 # copy in their request spec, so only new boots and resizes see the new ones.

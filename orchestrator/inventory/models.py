@@ -290,6 +290,14 @@ class AllocationRatios(_Frozen):
     disk: Ratio = 1.0
 
 
+class StorageSpec(_Frozen):
+    """Where the host keeps volumes: a directory of herd's own (the agent_dir's rule),
+    ``<agent_dir>/volumes`` when not given."""
+
+    type: Literal["dir"] = "dir"
+    path: AgentDir | None = None
+
+
 class Reserved(_Frozen):
     """Resources kept for the hypervisor itself, never given to instances (as Nova's)."""
 
@@ -318,6 +326,8 @@ class HostSpec(_Spec):
     (a host path is then refused). Only trusted users should be able to write there."""
     max_image_gb: Annotated[int, Strict(), Field(gt=0, le=1024 * 1024)] = 64
     """The largest image the host takes (uploaded, downloaded or copied), in GiB."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Where volumes live on the host (`herd volume create`)."""
 
     @model_validator(mode="after")
     def _image_dirs_apart_from_agent_dir(self) -> Self:

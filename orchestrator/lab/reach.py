@@ -10,18 +10,26 @@ joined across hosts. `make demo` ends with it:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import sys
 import time
 from typing import Any
 
+from orchestrator.lab.network import PROVIDER_RANGE
+
 PORT = 80
+# Every lab's provider bridge is 198.19.N.0/24 (network.py): only those are asked.
+LAB_PROVIDER_NETWORKS = PROVIDER_RANGE
 
 
 def http_get(address: str, timeout: float = 10.0, path: str = "/") -> str:
     """The guest's page (its instance-id, or what ``path`` answers: the test guest's
     /cgi-bin/disk), over plain TCP: no proxy settings of the environment get a say."""
+    if ipaddress.ip_address(address) not in LAB_PROVIDER_NETWORKS:
+        # A user-mode network's 10.0.2.x (or any other) would be routed off the machine.
+        raise OSError(f"{address} is not on a lab provider network ({LAB_PROVIDER_NETWORKS})")
     with socket.create_connection((address, PORT), timeout=timeout) as conn:
         conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
         reply = b""

@@ -15,6 +15,7 @@ from orchestrator.scheduler.filters import (
     IoOpsFilter,
     NumInstancesFilter,
     RequestedHostFilter,
+    VolumeHostFilter,
 )
 from orchestrator.scheduler.weighers import (
     WEIGHER_CLASSES,
@@ -108,7 +109,7 @@ def build_filters(config: SchedulerConfig) -> tuple[HostFilter, ...]:
     the configuration, and running it first makes "not the requested host" the reason
     every other host shows.
     """
-    made: list[HostFilter] = [RequestedHostFilter()]
+    made: list[HostFilter] = [RequestedHostFilter(), VolumeHostFilter()]
     for name in config.enabled_filters:
         if name == "compute":
             made.append(ComputeFilter(config.service_down_seconds))

@@ -116,6 +116,7 @@ def _same_request(first: RequestSpec, spec: RequestSpec) -> bool:
         and spec.group is first.group
         and spec.availability_zone == first.availability_zone
         and spec.requested_host == first.requested_host
+        and spec.volume_host == first.volume_host
         and spec.ignore_hosts == first.ignore_hosts
         and spec.same_host == first.same_host
         and spec.different_host == first.different_host

@@ -75,6 +75,23 @@ class RequestedHostFilter(HostFilter):
         return Verdict.no(f"not the requested host {spec.requested_host}")
 
 
+class VolumeHostFilter(HostFilter):
+    """A server booting with local volumes goes to their host: a volume is a file on
+    one host's storage and cannot follow it elsewhere."""
+
+    name = "volume_host"
+
+    def applies(self, spec: RequestSpec) -> bool:
+        return spec.volume_host is not None
+
+    def check(self, host: HostState, spec: RequestSpec) -> Verdict:
+        if spec.volume_host is None or host.name == spec.volume_host:
+            return PASS
+        return Verdict.no(
+            f"not the host of its volumes ({', '.join(spec.volumes)} on {spec.volume_host})"
+        )
+
+
 class ComputeFilter(HostFilter):
     """Hosts must be enabled, recently heard from, and have a working libvirt."""
 

@@ -210,6 +210,8 @@ def spec_of(instance: Instance, group: GroupState | None) -> RequestSpec:
         image_properties=dict(stored.get("image_properties") or {}),
         availability_zone=stored.get("availability_zone"),
         requested_host=stored.get("requested_host"),
+        volume_host=stored.get("volume_host"),
+        volumes=tuple(stored.get("volumes") or ()),
         group=group,
         same_host=frozenset(stored.get("same_host") or ()),
         different_host=frozenset(stored.get("different_host") or ()),

@@ -45,3 +45,7 @@ class RequestSpec:
     group: GroupState | None = None
     same_host: frozenset[str] = frozenset()
     different_host: frozenset[str] = frozenset()
+    # The host of the local volumes the server boots with (`create --volume`), and
+    # their names, for the refusal: a volume cannot leave its host.
+    volume_host: str | None = None
+    volumes: tuple[str, ...] = ()

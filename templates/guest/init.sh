@@ -53,22 +53,26 @@ fi
 if [ -e /sys/block/vda/size ]; then
     say "root-disk-bytes=$(( $(cat /sys/block/vda/size) * 512 ))"
 fi
-# Every disk (root, seed, volumes) by name and size, then a watcher that says when a
-# disk is hot-plugged, removed or grown: "disk-added=vdc bytes=N".
+# Every disk (root, seed, volumes) by name, size and serial (herd gives a volume's
+# UUID as its serial: the kernel names disks in the order it finds them, whatever name
+# libvirt was asked for), then a watcher that says when a disk is hot-plugged, removed
+# or grown: "disk-added=vdc bytes=N serial=S".
 disks() {
     for block in /sys/block/vd*; do
-        [ -e "$block/size" ] && echo "${block##*/} $(( $(cat "$block/size") * 512 ))"
+        [ -e "$block/size" ] || continue
+        serial=$(cat "$block/serial" 2>/dev/null | tr -cd 'A-Za-z0-9._-')
+        echo "${block##*/} $(( $(cat "$block/size") * 512 )) ${serial:--}"
     done
 }
-disks | while read -r name bytes; do say "disk=$name bytes=$bytes"; done
+disks | while read -r name bytes serial; do say "disk=$name bytes=$bytes serial=$serial"; done
 (
     disks > /tmp/disks.seen
     while sleep 0.5; do
         disks > /tmp/disks.now
         awk 'NR == FNR { old[$1] = $2; next }
              { now[$1] = $2
-               if (!($1 in old)) print "disk-added=" $1 " bytes=" $2
-               else if (old[$1] != $2) print "disk-resized=" $1 " bytes=" $2 }
+               if (!($1 in old)) print "disk-added=" $1 " bytes=" $2 " serial=" $3
+               else if (old[$1] != $2) print "disk-resized=" $1 " bytes=" $2 " serial=" $3 }
              END { for (d in old) if (!(d in now)) print "disk-removed=" d }' \
             /tmp/disks.seen /tmp/disks.now | while read -r line; do say "$line"; done
         mv /tmp/disks.now /tmp/disks.seen

@@ -196,3 +196,37 @@ async def finish(task: Task, row: Instance, action_id: int, host: Host) -> Outco
         await finish_action(db, action_id)
     task.progress.update(row, row.vm_state, host=host.name)
     return outcome_of(row, host.name)
+
+
+async def attach_boot_volumes(conductor: Conductor, outcome: Outcome) -> Outcome:
+    """`server create --volume`: once the server is built (on its volumes' host, which
+    the scheduler held it to), attach them in order, hot; then the request spec
+    forgets their host, so a later move is scheduled freely. A volume that cannot be
+    attached is the create's error (the server runs without it, and says so)."""
+    async with conductor.db.session() as db:
+        row = (await db.exec(select(Instance).where(Instance.uuid == outcome.uuid))).one()
+        names = list((row.request_spec or {}).get("volumes") or ())
+        spec = {k: v for k, v in (row.request_spec or {}).items() if k not in BOOT_KEYS}
+        row.request_spec = spec
+        db.add(row)
+    if not names or outcome.error is not None or outcome.vm_state != "active":
+        return outcome
+    errors = []
+    for name in names:
+        async with conductor.db.read() as db:
+            volume = (await db.exec(select(Volume).where(Volume.name == name))).first()
+            instance = (await db.exec(select(Instance).where(Instance.uuid == outcome.uuid))).one()
+        if volume is None:
+            errors.append(f"volume {name} is gone")
+            continue
+        done = await AttachVolumeTask(conductor, instance, volume, None).execute()
+        if done.error:
+            errors.append(f"volume {name} not attached: {done.error}")
+    if not errors:
+        return outcome
+    return Outcome(
+        outcome.uuid, outcome.name, outcome.host, outcome.vm_state, None, "; ".join(errors)
+    )
+
+
+BOOT_KEYS = ("volume_host", "volumes")

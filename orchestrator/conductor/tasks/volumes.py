@@ -100,6 +100,9 @@ class VolumeCreate:
     async def execute(self) -> Volume:
         image = await self._check()
         volume_uuid = str(uuid_module.uuid4())
+        # As a server create does: hosts not heard from lately are asked first, so the
+        # scheduler places on what they have now.
+        await self.conductor.meet_hosts()
         placement = await self._place(volume_uuid)
         volume, host = await self._record(volume_uuid, placement.host_id)
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from orchestrator.conductor.outcomes import Outcome
 from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
 from orchestrator.conductor.tasks.power import power
 from orchestrator.conductor.tasks.volumes import VolumeCreate, VolumeDelete, VolumeExtend
@@ -197,3 +198,48 @@ async def test_deleting_a_server_leaves_its_volume_available(lab: HerdLab) -> No
     left = await volume(lab, "data")
     assert (left.status, left.instance_uuid) == ("available", None)
     assert Path(str(data.path)).exists()
+
+
+async def boot_with(lab: HerdLab, name: str, *volumes: str) -> Outcome:
+    from orchestrator.api import servers as api
+    from orchestrator.conductor.tasks.attach import attach_boot_volumes
+
+    request = api.CreateRequest(name=name, flavor="small", image="cirros", volumes=volumes)
+    (instance,) = await api.create_servers(lab.db, request)
+    (outcome,) = await lab.conductor.build([instance])
+    return await attach_boot_volumes(lab.conductor, outcome)
+
+
+async def test_create_with_volumes_lands_on_their_host_and_attaches_them(lab: HerdLab) -> None:
+    a = await VolumeCreate(lab.conductor, "a", 1, host="hv3").execute()
+    b = await VolumeCreate(lab.conductor, "b", 1, host="hv3").execute()
+    outcome = await boot_with(lab, "db", "a", "b")
+    assert (outcome.error, outcome.host) == (None, "hv3")
+    attached = disks(lab, "hv3", outcome.uuid, live=True)
+    assert (attached["vdc"], attached["vdd"]) == (a.path, b.path)
+    assert disks(lab, "hv3", outcome.uuid)["vdd"] == b.path  # and in its definition
+    row = await lab.server(outcome.uuid)
+    assert "volume_host" not in row.request_spec  # later moves are scheduled freely
+
+
+async def test_create_with_a_volume_whose_host_is_full_is_refused_with_the_reason(
+    lab: HerdLab,
+) -> None:
+    await VolumeCreate(lab.conductor, "a", 1, host="hv2").execute()
+    await lab.fill("hv2")
+    outcome = await boot_with(lab, "db", "a")
+    assert outcome.error is not None and "not the host of its volumes (a on hv2)" in outcome.error
+    assert (await volume(lab, "a")).status == "available"
+
+
+async def test_create_with_volumes_on_two_hosts_is_refused_before_anything(
+    lab: HerdLab,
+) -> None:
+    from orchestrator.api import servers as api
+    from orchestrator.errors import InvalidInput
+
+    await VolumeCreate(lab.conductor, "a", 1, host="hv1").execute()
+    await VolumeCreate(lab.conductor, "b", 1, host="hv2").execute()
+    request = api.CreateRequest(name="db", flavor="small", image="cirros", volumes=("a", "b"))
+    with pytest.raises(InvalidInput, match="on different hosts"):
+        await api.create_servers(lab.db, request)

@@ -11,7 +11,12 @@ from orchestrator.scheduler.config import (
     build_filters,
     build_weighers,
 )
-from orchestrator.scheduler.filters import ComputeFilter, IoOpsFilter, RequestedHostFilter
+from orchestrator.scheduler.filters import (
+    ComputeFilter,
+    IoOpsFilter,
+    RequestedHostFilter,
+    VolumeHostFilter,
+)
 from orchestrator.scheduler.weighers import (
     BuildFailureWeigher,
     DiskWeigher,
@@ -118,8 +123,9 @@ def test_build_filters_puts_the_requested_host_first_and_passes_limits() -> None
     config = SchedulerConfig(
         enabled_filters=["io_ops", "compute"], max_io_ops_per_host=2, service_down_seconds=60
     )
-    first, io_ops, compute = build_filters(config)
+    first, volume_host, io_ops, compute = build_filters(config)
     assert isinstance(first, RequestedHostFilter)
+    assert isinstance(volume_host, VolumeHostFilter)  # always on: a volume cannot move
     assert isinstance(io_ops, IoOpsFilter) and io_ops.max_io_ops_per_host == 2
     assert isinstance(compute, ComputeFilter) and compute.service_down_seconds == 60
 
