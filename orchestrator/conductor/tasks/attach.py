@@ -112,10 +112,7 @@ class AttachVolumeTask(Task):
 
     @classmethod
     async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
-        async with conductor.db.read() as db:
-            volume = (
-                await db.exec(select(Volume).where(Volume.uuid == handle.inputs["volume"]))
-            ).one()
+        volume = await _journalled_volume(conductor, handle)
         task = cls(conductor, found.instance, volume, handle.inputs["device"])
         await task.adopt(handle, found.died)
         assert found.source is not None
@@ -174,15 +171,20 @@ class DetachVolumeTask(Task):
 
     @classmethod
     async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
-        async with conductor.db.read() as db:
-            volume = (
-                await db.exec(select(Volume).where(Volume.uuid == handle.inputs["volume"]))
-            ).one()
+        volume = await _journalled_volume(conductor, handle)
         task = cls(conductor, found.instance, volume)
         await task.adopt(handle, found.died)
         assert found.source is not None
         await task.note(f"detaching {volume.name} again on {found.source.name}")
         return await task._detach(found.instance, found.action_id, found.source, volume)
+
+
+async def _journalled_volume(conductor: Conductor, handle: TaskHandle) -> Volume:
+    """The volume a journalled attach or detach names: its row holds the volume's
+    ``attaching``/``detaching`` status, so it cannot have been deleted meanwhile."""
+    async with conductor.db.read() as db:
+        query = select(Volume).where(Volume.uuid == handle.inputs["volume"])
+        return (await db.exec(query)).one()
 
 
 async def finish(task: Task, row: Instance, action_id: int, host: Host) -> Outcome:

@@ -28,7 +28,16 @@ from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.journal import Runner
 from orchestrator.conductor.manager import Conductor
 from orchestrator.db.duplicates import duplicates_conflict
-from orchestrator.db.models import Allocation, Host, Image, Volume, VolumeStatus, utcnow
+from orchestrator.db.models import (
+    Allocation,
+    Host,
+    Image,
+    Instance,
+    Volume,
+    VolumeStatus,
+    utcnow,
+)
+from orchestrator.db.retry import StaleGeneration, retrying
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
 from orchestrator.names import check_name
 from orchestrator.rpc.agent_api import VolumeArgs
@@ -202,8 +211,6 @@ class VolumeDelete:
             await release(db, volume.uuid)
 
     async def _server(self) -> str:
-        from orchestrator.db.models import Instance
-
         async with self.conductor.db.read() as db:
             name = (
                 await db.exec(
@@ -248,7 +255,6 @@ class VolumeExtend:
     async def _claim(self, volume: Volume, size_gb: int) -> Host:
         """The volume's allocation set to ``size_gb``, if the host has room for the
         difference, under the generation the check read (StaleGeneration: read again)."""
-        from orchestrator.db.retry import StaleGeneration, retrying
 
         async def attempt() -> Host:
             async with self.conductor.db.session() as db:
