@@ -96,6 +96,7 @@ class DomainSummary:
     state: str
     managed: bool
     instance_name: Optional[str]
+    disks: Tuple[Tuple[str, str], ...] = ()  # (source file, dev): reconcile matches volumes
 
     def to_wire(self) -> dict:
         return {
@@ -104,6 +105,7 @@ class DomainSummary:
             "state": self.state,
             "managed": self.managed,
             "instance_name": self.instance_name,
+            "disks": [{"file": file, "dev": dev} for file, dev in self.disks],
         }
 
 
@@ -229,6 +231,26 @@ class Virsh:
             found = [d for d in found if d.managed]
         return found
 
+    def disk_files(self) -> Dict[str, DomainDisks]:
+        """Every domain's file-backed disks, by UUID: those of its definition and, when it
+        runs, of the live guest (they differ while a hot plug is half done). Three virsh
+        processes per hundred domains, not two per domain."""
+        out = self.run(["list", "--all", "--uuid"], timeout=LIST_TIMEOUT)
+        uuids = [u for u in (line.strip() for line in out.splitlines()) if _UUID_RE.fullmatch(u)]
+        found: Dict[str, DomainDisks] = {}
+        for start in range(0, len(uuids), _LIST_CHUNK):
+            chunk = uuids[start : start + _LIST_CHUNK]
+            batch = " ; ".join(
+                f"echo {_MARK} {u} @@ ; dumpxml {u} ; dumpxml {u} --inactive" for u in chunk
+            )
+            argv = ["virsh", "-q", "-c", self.uri, batch]
+            outcome = proc.execute(argv, LIST_TIMEOUT, error=LibvirtError, what="virsh dumpxml")
+            for match in _SECTION_RE.finditer(outcome.stdout):
+                disks = _disks_in(match.group(2))
+                if disks is not None:
+                    found[match.group(1)] = disks
+        return found
+
     def _describe(self, uuids: List[str]) -> List[DomainSummary]:
         batch = " ; ".join(f"echo {_MARK} {u} @@ ; domstate {u} ; dumpxml {u}" for u in uuids)
         argv = ["virsh", "-q", "-c", self.uri, batch]
@@ -257,6 +279,28 @@ def parse_batch(text: str) -> List[DomainSummary]:
     return result
 
 
+@dataclass(frozen=True)
+class DomainDisks:
+    name: str
+    files: Tuple[str, ...]  # source files of its disks, live and defined
+
+
+def _disks_in(body: str) -> Optional[DomainDisks]:
+    """The disks of the (live and inactive) domain documents in one batch section; None
+    if the domain vanished before virsh read it."""
+    name, files = None, set()
+    for document in re.findall(r"<domain.*?</domain>", body, re.DOTALL):
+        try:
+            root = ET.fromstring(document)
+        except ET.ParseError:
+            continue
+        name = (root.findtext("name") or "").strip()
+        for source in root.iterfind("devices/disk/source"):
+            if source.get("file"):
+                files.add(str(source.get("file")))
+    return None if name is None else DomainDisks(name, tuple(sorted(files)))
+
+
 def summarise(uuid: str, state: str, xml_text: str) -> Optional[DomainSummary]:
     try:
         root = ET.fromstring(xml_text)
@@ -271,7 +315,18 @@ def summarise(uuid: str, state: str, xml_text: str) -> Optional[DomainSummary]:
         state=state,
         managed=meta is not None,
         instance_name=instance_name,
+        disks=tuple(_file_disks(root)),
     )
+
+
+def _file_disks(root: ET.Element) -> List[Tuple[str, str]]:
+    """(source file, target dev) of a domain document's file-backed disks."""
+    found = []
+    for disk in root.iterfind("devices/disk"):
+        source, target = disk.find("source"), disk.find("target")
+        if source is not None and target is not None and source.get("file"):
+            found.append((str(source.get("file")), str(target.get("dev"))))
+    return found
 
 
 def _colon_fields(text: str) -> List[tuple]:

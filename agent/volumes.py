@@ -15,6 +15,7 @@ from the running domain or the time is up.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from agent import images, proc
-from agent.errors import BadRequest, CommandError, LibvirtError, NotFound
+from agent.errors import BadRequest, CommandError, NotFound
 from agent.fsutil import DIR_MODE, ensure_dir, guest_file_mode, tmp_name
 from agent.specs import check_state_dir, integer, sha256
 from agent.specs import uuid as uuid_arg
@@ -70,8 +71,6 @@ def volume_path(state_dir: Path, args: Mapping[str, Any]) -> Path:
 
 
 def _info(path: Path, fmt: str) -> Dict[str, Any]:
-    import json
-
     out = proc.run(
         ["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
         QEMU_IMG_TIMEOUT,
@@ -167,11 +166,9 @@ def extend(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
     running = [
         name for name in domains_using(virsh, path) if _state(virsh, name) in ("running", "paused")
     ]
-    if current == size_gb << 30:
-        pass
-    elif running:
+    if current < size_gb << 30 and running:
         virsh.run(["blockresize", running[0], str(path), f"{size_gb}G"])
-    else:
+    elif current < size_gb << 30:
         proc.run(
             ["qemu-img", "resize", "-q", "-f", fmt, str(path), f"{size_gb}G"],
             QEMU_IMG_TIMEOUT,
@@ -181,15 +178,25 @@ def extend(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
 
 
 def list_volumes(state_dir: Path, args: Mapping[str, Any]) -> Dict[str, Any]:
-    """The volume files in the directory, by UUID: what reconcile compares with the DB."""
+    """The volume files in the directory, by UUID: what reconcile compares with the DB
+    (which domain has which as a disk, the ``list`` call says)."""
     directory = volumes_dir(state_dir, args)
     found: List[Dict[str, Any]] = []
     if directory.is_dir():
         for entry in sorted(directory.iterdir()):
-            stem, _, suffix = entry.name.partition(".")
-            if suffix in FORMATS and re.fullmatch(r"[0-9a-f-]{36}", stem):
-                found.append({"uuid": stem, "format": suffix, "bytes": entry.stat().st_size})
+            stem = _volume_uuid(entry)
+            if stem is not None:
+                size = entry.stat().st_size
+                found.append({"uuid": stem, "format": entry.suffix[1:], "bytes": size})
     return {"dir": str(directory), "volumes": found}
+
+
+def _volume_uuid(path: Path) -> "str | None":
+    """The UUID of a volume file's name (``<uuid>.qcow2`` or ``.raw``), else None."""
+    stem, _, suffix = path.name.partition(".")
+    if suffix in FORMATS and re.fullmatch(r"[0-9a-f-]{36}", stem):
+        return stem
+    return None
 
 
 # -- attach and detach --------------------------------------------------------------
@@ -233,16 +240,7 @@ def _state(virsh: Virsh, domain: str) -> str:
 
 def domains_using(virsh: Virsh, path: Path) -> List[str]:
     """The domains on this host whose definition or live state has ``path`` as a disk."""
-    users = []
-    for summary in virsh.list_domains(include_unmanaged=True):
-        try:
-            live = disks_of(_xml(virsh, summary.uuid, inactive=False))
-            config = disks_of(_xml(virsh, summary.uuid, inactive=True))
-        except LibvirtError:
-            continue  # gone since the listing
-        if str(path) in live or str(path) in config:
-            users.append(summary.name)
-    return users
+    return [d.name for d in virsh.disk_files().values() if str(path) in d.files]
 
 
 def attach(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, Any]:

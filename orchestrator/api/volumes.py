@@ -16,12 +16,15 @@ class VolumeView:
     volume: Volume
     host: str
     server: str | None  # the server it is attached to, by name
+    # Its host's status: a volume on a host that is down is still listed, and says so.
+    host_status: str = "up"
 
     def to_dict(self) -> dict[str, object]:
         v = self.volume
         return {
             "name": v.name, "uuid": v.uuid, "status": v.status, "size_gb": v.size_gb,
-            "format": v.format, "host": self.host, "server": self.server,
+            "format": v.format, "host": self.host, "host_status": self.host_status,
+            "server": self.server,
             "server_uuid": v.instance_uuid, "device": v.device, "image": v.image_name,
             "path": v.path, "error": v.error,
             "created_at": v.created_at.isoformat() if v.created_at else None,
@@ -34,7 +37,7 @@ async def list_volumes(
     """Every volume (or those named, by name or UUID, each of which must exist)."""
     async with db.read() as session:
         query = (
-            select(Volume, Host.name, Instance.name)
+            select(Volume, Host, Instance.name)
             .join(Host, col(Host.id) == col(Volume.host_id))
             .join(Instance, col(Instance.uuid) == col(Volume.instance_uuid), isouter=True)
             .order_by(col(Volume.name))
@@ -44,7 +47,7 @@ async def list_volumes(
         if server_uuid is not None:
             query = query.where(col(Volume.instance_uuid) == server_uuid)
         rows = (await session.exec(query)).all()
-    views = [VolumeView(volume, host, server) for volume, host, server in rows]
+    views = [VolumeView(volume, host.name, server, host.status) for volume, host, server in rows]
     for name in names or ():
         if not any(name in (v.volume.name, v.volume.uuid) for v in views):
             raise NotFound(f"volume {name!r} not found")

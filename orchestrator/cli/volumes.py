@@ -32,7 +32,7 @@ def _show(views: list[volumes_api.VolumeView], as_json: bool) -> None:
                     v.volume.name,
                     v.volume.status,
                     f"{v.volume.size_gb} GB",
-                    v.host,
+                    v.host if v.host_status == "up" else f"{v.host} ({v.host_status})",
                     v.server or "-",
                     v.volume.device or "-",
                     v.volume.uuid,

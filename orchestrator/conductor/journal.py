@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 from collections.abc import Iterable
@@ -148,6 +149,14 @@ class Runner:
             return started != record.runner_started
         moment = now or utcnow()
         return _epoch(moment) - _epoch(record.heartbeat_at) > stale_after
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the command named by a ``task_owner`` (``str(Runner)``: "pid N on HOST")
+    runs on this machine now. Another machine's cannot be seen from here: False, and
+    the caller's timeout decides."""
+    match = re.fullmatch(r"pid (\d+) on (.+)", owner)
+    return bool(match) and match[2] == socket.gethostname() and _alive(int(match[1]))
 
 
 def gone(record: TaskRecord, now: datetime | None = None, stale_after: float = STALE_AFTER) -> bool:

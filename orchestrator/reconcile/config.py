@@ -44,5 +44,22 @@ class ReconcileConfig(BaseModel):
     """Domains with herd's metadata whose server this DB has never heard of."""
     missing_domains: FixOrReport = "fix"
     claims: FixOrReport = "fix"
+    orphan_volumes: Literal["noop", "report", "reap"] = "report"
+    """Volume files no record of this host has (another herd's, a copy left by a move):
+    only reported by default; ``reap`` deletes the file, unless a domain has it;
+    ``noop`` does not look (a volume directory shared with something else)."""
+    missing_volumes: Literal["record", "report"] = "record"
+    """Available or in-use volumes whose file is gone: ``record`` keeps the record with
+    the loss written on it (an available one goes to ``error``); never dropped."""
+    volume_attachments: Literal["restore", "record", "report"] = "report"
+    """A volume the DB has attached that the domain lacks, or a volume disk the domain
+    has that the DB does not: ``restore`` makes the domain match the DB (attach, or
+    detach), ``record`` makes the DB match the domain, ``report`` only says so."""
+    stuck_volumes: FixOrReport = "fix"
+    """Volumes left creating, extending or deleting by a command that died: finished or
+    undone from what the host has."""
+    volume_timeout: float = Field(default=3600.0, gt=0)
+    """Seconds a volume may stay creating, extending or deleting, its command not seen
+    alive on this machine, before it is stuck."""
     image_cache_max_age_hours: float | None = Field(default=None, ge=0)
     """Remove cached images unused for this long; null: never."""

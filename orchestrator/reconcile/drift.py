@@ -14,115 +14,28 @@ claims the task holds fixed. Reconcile never removes a domain an open task may o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.conductor.lifecycle import TaskSeen
-from orchestrator.db.models import (
-    POWER_OF,
-    AgentJob,
-    Allocation,
-    Host,
-    Instance,
-    PowerState,
-    TaskRecord,
-    VmState,
-)
+from orchestrator.db.models import POWER_OF, AgentJob, Host, Instance, PowerState, VmState
 from orchestrator.reconcile.config import ReconcileConfig
+from orchestrator.reconcile.findings import (
+    HELD,
+    REPORT_ONLY,
+    Finding,
+    OpenTask,
+    Snapshot,
+    epoch,
+)
 from orchestrator.reconcile.survey import HostSurvey
+from orchestrator.reconcile.volume_drift import volume_findings
+
+__all__ = ["HELD", "REPORT_ONLY", "Finding", "OpenTask", "Snapshot", "detect", "epoch"]
 
 FINISHED = ("succeeded", "failed", "lost")
 # A job row the host never heard of: after this long the cast surely never arrived.
 LOST_CAST_SECONDS = 120.0
-HELD = "held"  # the policy of a finding an open task keeps out of reach: reported only
-REPORT_ONLY = ("report", "log", HELD)
-
-
-@dataclass
-class Finding:
-    kind: str
-    detail: str
-    policy: str  # what the configured policy does about it: fix, record, reap, report...
-    host: str | None = None
-    server: str | None = None
-    uuid: str | None = None
-    outcome: str = "unfixed"  # fixed | unfixed | failed | would fix
-    error: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def wants_fix(self) -> bool:
-        return self.policy not in REPORT_ONLY
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "host": self.host,
-            "server": self.server,
-            "uuid": self.uuid,
-            "detail": self.detail,
-            "policy": self.policy,
-            "outcome": self.outcome,
-            "error": self.error,
-            "held_by": self.data.get("held_by"),
-        }
-
-
-@dataclass(frozen=True)
-class OpenTask:
-    """An open journal task as reconcile sees it: what it may own, and whether its
-    runner still runs (judged by the reconciler, so the rules stay pure)."""
-
-    id: int
-    kind: str
-    step: str
-    server: str  # the server's uuid
-    hosts: frozenset[int]  # source and destination: where a domain of it may be the task's
-    claims: frozenset[str]  # allocation keys it holds: the server's, its migration's
-    live: bool
-
-    @classmethod
-    def of(cls, record: TaskRecord, live: bool) -> OpenTask:
-        held = {record.instance_uuid}
-        held.update(v for v in record.claims.values() if isinstance(v, str))
-        if record.migration_uuid:
-            held.add(record.migration_uuid)
-        hosts = {h for h in (record.source_host_id, record.dest_host_id) if h is not None}
-        assert record.id is not None
-        return cls(
-            record.id, record.kind, record.step, record.instance_uuid, frozenset(hosts),
-            frozenset(held), live,
-        )  # fmt: skip
-
-    def __str__(self) -> str:
-        return f"open task {self.id} ({self.kind}, step {self.step})"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    hosts: dict[int, Host]
-    instances: Sequence[Instance]
-    allocations: Sequence[Allocation]
-    open_jobs: Sequence[AgentJob]  # not yet collected
-    image_names: dict[str, list[str]]  # sha256 -> image names
-    now: float = field(default_factory=time.time)
-    # Claims held by an open migration (a resize's old size on its source), by uuid.
-    migration_claims: frozenset[str] = frozenset()
-    # Claims whose consumer is a volume (its disk space), not a server.
-    volume_claims: frozenset[str] = frozenset()
-    # Journal tasks still open (running, or recovering: recovery could not finish them).
-    open_tasks: Sequence[OpenTask] = ()
-
-
-def _epoch(moment: datetime | None) -> float:
-    if moment is None:
-        return 0.0
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def detect(
@@ -147,6 +60,7 @@ def detect(
     if config.image_cache_max_age_hours is not None:
         for survey in reached.values():
             findings += _stale_images(survey, snapshot, config)
+    findings += volume_findings(snapshot, surveys, config)
     _hold(findings, snapshot)
     return findings
 
@@ -215,7 +129,7 @@ def _finished_at(job: AgentJob, record: dict[str, Any]) -> float:
     ran = 0.0
     if isinstance(started, (int, float)) and isinstance(finished, (int, float)):
         ran = max(0.0, float(finished) - float(started))
-    return _epoch(job.created_at) + ran
+    return epoch(job.created_at) + ran
 
 
 def _job_findings(
@@ -243,7 +157,7 @@ def _job_findings(
             busy.add(job.instance_uuid)
         return []
     if record is None:
-        if now - _epoch(job.created_at) < LOST_CAST_SECONDS:
+        if now - epoch(job.created_at) < LOST_CAST_SECONDS:
             if job.instance_uuid:
                 busy.add(job.instance_uuid)
             return []
@@ -402,7 +316,7 @@ def _stuck_builds(snapshot: Snapshot, busy: set[str], config: ReconcileConfig) -
         building = instance.vm_state == VmState.BUILDING
         if not building and instance.task_state is None:
             continue
-        age = snapshot.now - _epoch(instance.updated_at or instance.created_at)
+        age = snapshot.now - epoch(instance.updated_at or instance.created_at)
         if age < config.build_timeout:
             continue
         host = snapshot.hosts.get(instance.host_id or -1)

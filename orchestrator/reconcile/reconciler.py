@@ -39,16 +39,14 @@ from orchestrator.db.models import (
 from orchestrator.errors import HerdError
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.drift import Finding, OpenTask, Snapshot, detect
+from orchestrator.reconcile.findings import Skipped
 from orchestrator.reconcile.survey import HostSurvey, survey_hosts
+from orchestrator.reconcile.volume_repairs import VolumeRepairs
 from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.scheduler.claims import release
 
 EXIT_CLEAN, EXIT_FIXED, EXIT_UNFIXED = 0, 1, 2
 REAP_TIMEOUT = 120.0
-
-
-class Skipped(HerdError):
-    """The drift resolved itself (or changed) between the snapshot and the repair."""
 
 
 @dataclass
@@ -113,6 +111,7 @@ class Reconciler:
         self.pool = conductor.pool
         self.agent = AgentAPI(self.pool)
         self.config = config
+        self.volumes = VolumeRepairs(conductor, self.agent)
 
     async def run(self, *, dry_run: bool = False) -> RunReport:
         started = time.monotonic()
@@ -176,14 +175,17 @@ class Reconciler:
                     select(Migration.uuid).where(col(Migration.status).in_(OPEN_MIGRATIONS))
                 )
             ).all()
-            volumes = (await db.exec(select(Volume.uuid))).all()
+            volumes = list((await db.exec(select(Volume))).all())
         # After recovery: a task it left open (a host did not answer) is held too. Its
         # runner is then this process, alive, so the task is not taken for stuck either.
         judge = journal.Runner.here()
         tasks = [OpenTask.of(t, live=not judge.gone(t)) for t in await journal.open_tasks(self.db)]
         return Snapshot(
             hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations),
-            volume_claims=frozenset(volumes), open_tasks=tasks,
+            volume_claims=frozenset(v.uuid for v in volumes), open_tasks=tasks, volumes=volumes,
+            live_volume_owners=frozenset(
+                v.uuid for v in volumes if v.task_owner and journal.owner_alive(v.task_owner)
+            ),
         )  # fmt: skip
 
     async def _census(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -252,8 +254,12 @@ class Reconciler:
             await self._remove_domain(finding)
         elif kind == "missing_domain":
             await self._missing_domain(finding)
+        elif kind == "claim" and finding.data["action"] == "create_volume":
+            await self.volumes.create_claim(finding)
         elif kind == "claim":
             await self._fix_claim(finding)
+        elif kind in self.volumes.repairs:
+            await self.volumes.fix(finding)
         elif kind == "stale_image":
             host = self._host_named(snapshot, finding.host)
             await self.agent.image_remove(target_of(host), finding.data["sha256"])

@@ -1,4 +1,5 @@
-"""Ask every host, at once, what it really has: facts, herd's domains, job results.
+"""Ask every host, at once, what it really has: facts, herd's domains, job results,
+volume files.
 
 Each host gets ``host_timeout`` seconds for all of it; one that does not answer in
 time is a missed survey for that host and nothing else waits on it.
@@ -27,6 +28,9 @@ class HostSurvey:
     domains: dict[str, dict[str, Any]] = field(default_factory=dict)  # uuid -> domain
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job_id -> record
     cache: list[dict[str, Any]] | None = None
+    # The host's volume directory and the volume files in it, by UUID.
+    volume_dir: str | None = None
+    volume_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Files the agent could not read and skipped (a corrupt journal, an images.json):
     # the host answered, so it is up; what those files hold is unknown.
     unreadable_jobs: set[str] = field(default_factory=set)
@@ -42,8 +46,12 @@ async def _survey_one(pool: AgentPool, host: Host, with_cache: bool) -> HostSurv
     session = await pool.session(target)
     survey = HostSurvey(host, facts=session.facts, agent_version=session.hello.get("agent_version"))
     agent = AgentAPI(pool)
-    listing, jobs = await asyncio.gather(agent.list_domains(target), agent.jobs(target))
+    listing, jobs, volumes = await asyncio.gather(
+        agent.list_domains(target), agent.jobs(target), agent.volume_list(target, host.volume_dir)
+    )
     survey.domains = {d["uuid"]: d for d in listing["domains"]}
+    survey.volume_dir = volumes["dir"]
+    survey.volume_files = {v["uuid"]: v for v in volumes["volumes"]}
     survey.jobs = {j["job_id"]: j for j in jobs["jobs"]}
     for problem in jobs.get("unreadable", []):
         survey.unreadable_jobs.add(problem.get("job_id", ""))

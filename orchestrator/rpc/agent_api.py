@@ -221,7 +221,7 @@ class VolumeFile(TypedDict):
 
 class VolumeFiles(TypedDict):
     dir: str
-    volumes: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]  # {"uuid", "format", "bytes"}
 
 
 class Attached(TypedDict, total=False):

@@ -142,8 +142,8 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
 def herd(
     request: pytest.FixtureRequest, tmp_path: Path, lab: Lab, lab_inventory: Path
 ) -> Iterator[HerdCli]:
-    """A herd with its own DB and the session lab's inventory applied; the servers and
-    groups a test made are deleted after it.
+    """A herd with its own DB and the session lab's inventory applied; the servers,
+    volumes and groups a test made are deleted after it.
 
     Tests marked ``engine_postgresql`` (boot, scheduling, lifecycle, reconcile) run once,
     on a fresh PostgreSQL database when HERD_TEST_DB selects PostgreSQL, else on SQLite;
@@ -157,5 +157,10 @@ def herd(
     names = [s["name"] for s in cli.servers()]
     if names:
         cli.run("server", "delete", *names)
+    # Volumes after their servers (deleting one leaves its volumes available): a file
+    # left on the session lab would be another test's orphan.
+    volumes = [v["name"] for v in cli.ok("volume", "list", "--json").json()]
+    if volumes:
+        cli.run("volume", "delete", *volumes)
     for group in cli.ok("group", "list", "--json").json():
         cli.run("group", "delete", group["name"])

@@ -74,6 +74,9 @@ LIVE = [("schedule", "back"), ("prepare_dest", "back"), ("live_migrate", "back")
 # would pick it up again.
 EVACUATE = [("cast", "forward"), ("prepare", "forward"), ("schedule", "forward")]
 REBUILD = [("prepare", "forward"), ("cast", "forward")]
+ATTACH = [("attach", "forward")]
+DETACH = [("detach", "forward")]
+VOLUME_KINDS = ("attach_volume", "detach_volume")
 
 
 def killed_run(herd: HerdCli, stop_at: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -97,12 +100,24 @@ def concurrently(jobs: list[Callable[[], None]], workers: int = 8) -> None:
             future.result()
 
 
-def boot(herd: HerdCli, name: str, count: int, host: str, flavor: str = "m1.nano") -> list[str]:
+def boot(
+    herd: HerdCli, name: str, count: int, host: str, flavor: str = "m1.nano", image: str = "blank"
+) -> list[str]:
     herd.ok(
         "server", "create", name, "--count", str(count), "--host", host,
-        "--flavor", flavor, "--image", "blank",
+        "--flavor", flavor, "--image", image,
     )  # fmt: skip
     return [f"{name}-{i}" for i in range(1, count + 1)] if count > 1 else [name]
+
+
+def wait_for_console(herd: HerdCli, name: str, needle: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = herd.ok("server", "console-log", name, "--lines", "400", "--json").json()["lines"]
+        if any(needle in line for line in lines):
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name} never printed {needle!r}")
 
 
 def domains(lab) -> dict[str, dict[str, str]]:
@@ -138,6 +153,8 @@ def claims_problems(db_path: Path) -> list[str]:
             "WHERE vm_state != 'deleted'"
         ):
             want[uuid] = (hosts.get(host_id), vcpus, ram, disk)
+        for uuid, host_id, size in db.execute("SELECT uuid, host_id, size_gb FROM volumes"):
+            want[uuid] = (hosts.get(host_id), 0, 0, size)  # a volume claims its disk only
         for uuid, source_id, old in db.execute(
             "SELECT uuid, source_host_id, old_flavor FROM migrations WHERE status = 'finished'"
         ):
@@ -178,12 +195,16 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     # Everything that moves lab-1 -> lab-2, booted at once (servers of a kind in one create).
     groups = {
         "mig": len(MIGRATE), "rsz": len(RESIZE), "rsu": len(RESIZE_UNDO), "conf": len(CONFIRM),
-        "rev": len(REVERT), "live": len(LIVE), "rb": len(REBUILD),
+        "rev": len(REVERT), "live": len(LIVE), "rb": len(REBUILD), "att": len(ATTACH),
+        "det": len(DETACH),
     }  # fmt: skip
     names: dict[str, list[str]] = {}
 
     def boot_group(prefix: str) -> None:
-        names[prefix] = boot(herd, prefix, groups[prefix], SOURCE)
+        if prefix == "det":  # a detach needs a guest that grants the PCI hot-unplug
+            names[prefix] = boot(herd, prefix, groups[prefix], SOURCE, "m1.tiny", "herd-test")
+        else:
+            names[prefix] = boot(herd, prefix, groups[prefix], SOURCE)
 
     for prefix in groups:  # one create at a time: a host takes 8 builds at once
         boot_group(prefix)
@@ -194,6 +215,16 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     add("revert", REVERT, names["rev"])
     add("live_migrate", LIVE, names["live"])
     add("rebuild", REBUILD, names["rb"])
+    add("attach_volume", ATTACH, names["att"])
+    add("detach_volume", DETACH, names["det"])
+    # A volume each on lab-1: attached by the killed attach; attached first, normally,
+    # for the killed detach.
+    volume_of = {name: f"kv-{name}" for name in names["att"] + names["det"]}
+    for volume in volume_of.values():
+        herd.ok("volume", "create", volume, "--size", "1", "--host", SOURCE)
+    for name in names["det"]:
+        herd.ok("server", "add", "volume", name, volume_of[name])
+        wait_for_console(herd, name, "HERD-TEST ready")
     boot_seconds = time.monotonic() - started
 
     # Evacuations, one server at a time (evacuate takes every server of the down host),
@@ -237,6 +268,8 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         "revert": lambda n: ("server", "resize", n, "--revert"),
         "live_migrate": lambda n: ("server", "live-migrate", n, "--host", DEST),
         "rebuild": lambda n: ("server", "rebuild", n),
+        "attach_volume": lambda n: ("server", "add", "volume", n, volume_of[n]),
+        "detach_volume": lambda n: ("server", "remove", "volume", n, volume_of[n]),
     }
 
     def kill(case: Case) -> None:
@@ -268,8 +301,13 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     claims = claims_problems(herd.db_path)
     servers = {s["name"]: s for s in herd.servers()}
     notes = recover_events(herd.db_path)
+    volumes = {v["name"]: v for v in herd.ok("volume", "list", "--json").json()}
     problems: list[str] = []
     for case in cases:
+        if case.kind in VOLUME_KINDS:
+            problems += check_volume(
+                lab, case, servers[case.server], volumes[volume_of[case.server]]
+            )
         problems += check(case, servers[case.server], seen, left, recovered, notes)
     wall = time.monotonic() - started
     matrix = render(cases, boot_seconds, killed_seconds, reconcile_seconds, wall)
@@ -323,6 +361,8 @@ def check(
         moved = server["vm_state"] == "active" and server["flavor"] == "m1.tiny"
     elif case.kind == "rebuild":
         moved = server["vm_state"] == "active"
+    elif case.kind in VOLUME_KINDS:
+        moved = case.outcome == "forward"  # judged by check_volume
     case.outcome = "forward" if moved else "back"
     problems = []
     if case.outcome != case.expect:
@@ -331,9 +371,11 @@ def check(
         problems.append(f"{what}: task_state {server['task_state']}")
     expected_vm = {("resize", "forward"): "resized"}.get((case.kind, case.outcome), "active")
     expected_host = {
-        "back": case.host_before, "forward": {"revert": SOURCE, "rebuild": SOURCE}.get(
-            case.kind, DEST
-        ),
+        "back": case.host_before,
+        "forward": {
+            "revert": SOURCE, "rebuild": SOURCE, "attach_volume": SOURCE,
+            "detach_volume": SOURCE,
+        }.get(case.kind, DEST),
     }[case.outcome]  # fmt: skip
     if case.kind != "evacuate" and host != expected_host:
         # live_migrate:switch is the acceptance case: libvirt had moved it, the DB not yet
@@ -362,6 +404,25 @@ def check(
         problems.append(f"{what}: no recover event names its step: {events}")
     case.ok = not problems
     return problems
+
+
+def check_volume(lab, case: Case, server: dict, volume: dict) -> list[str]:
+    """An attach finished forward has the volume in-use by the server and its disk in
+    the domain's definition; a detach, the volume available and the disk gone. Sets
+    ``case.outcome`` for check()."""
+    what = f"{case.kind}:{case.step} ({case.server})"
+    domblk = [*VIRSH, "domblklist", f"herd-{server['uuid']}", "--inactive"]
+    listed = lab.exec_in(SOURCE, domblk, check=True).stdout
+    has_disk = str(volume["path"]) in listed
+    if case.kind == "attach_volume":
+        forward = (volume["status"], volume["server"], has_disk) == ("in-use", case.server, True)
+    else:
+        forward = (volume["status"], volume["server"], has_disk) == ("available", None, False)
+    case.outcome = "forward" if forward else "back"
+    if forward or case.expect != "forward":
+        return []
+    return [f"{what}: volume {volume['name']} is {volume['status']} on {volume['server']}, "
+            f"disk in the definition: {has_disk}"]  # fmt: skip
 
 
 def render(cases: list[Case], boot: float, killed: float, recon: float, wall: float) -> str:

@@ -24,8 +24,9 @@ VIRSH = ["virsh", "-c", "qemu:///system"]
 
 
 def configure(herd: HerdCli, tmp_path: Path, **reconcile: object) -> None:
-    """Policies for this test; other tests' leftover domains are not ours to judge."""
-    settings = {"unknown_domains": "noop", **reconcile}
+    """Policies for this test; other tests' leftover domains and volume files are not
+    ours to judge."""
+    settings = {"unknown_domains": "noop", "orphan_volumes": "noop", **reconcile}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"reconcile": settings}))
     herd.env["HERD_CONFIG"] = str(path)

@@ -8,17 +8,21 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
+import uuid as uuidlib
 from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 
 from orchestrator.lab import Lab
 from orchestrator.lab.reach import http_get
-from tests.e2e.herdcli import HerdCli, assert_one_line_error
+from tests.e2e.herdcli import HerdCli, Result, assert_one_line_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
 
 GIB = 1 << 30
+VIRSH = ["virsh", "-c", "qemu:///system"]
 
 
 def console_until(herd: HerdCli, name: str, needle: str, timeout: float = 120) -> list[str]:
@@ -110,8 +114,8 @@ def test_a_volume_hot_plugged_written_detached_and_read_back_from_another_server
     assert disk(ips["vol-2"], f"op=read&dev={there}") == "HERD-MARKER e2e-7c1f"
 
 
-def test_a_server_boots_on_its_volumes_host_the_volume_grows_under_it_a_move_is_refused(
-    herd: HerdCli, volumes: list[str]
+def test_a_server_boots_on_its_volumes_host_grows_it_cannot_move_and_reconcile_mends_it(
+    herd: HerdCli, lab: Lab, volumes: list[str], tmp_path: Path
 ) -> None:
     herd.ok("volume", "create", "grown", "--size", "1", "--host", "lab-2", "--format", "raw")
     volumes.append("grown")
@@ -127,3 +131,45 @@ def test_a_server_boots_on_its_volumes_host_the_volume_grows_under_it_a_move_is_
     refused = herd.run("server", "migrate", "grow")
     message = assert_one_line_error(refused, code=4)
     assert "has volumes attached (grown)" in message and "detach them first" in message
+
+    # Behind herd's back: the disk unplugged with virsh, a stray file in the volume
+    # directory. Reconcile reports both, then (by policy) plugs the disk back in, which
+    # the guest sees, and removes the stray file.
+    shown = herd.ok("volume", "show", "grown", "--json").json()
+    server_uuid = herd.server("grow")["uuid"]
+    unplug = ["detach-disk", f"herd-{server_uuid}", shown["device"], "--live", "--config"]
+    lab.exec_in("lab-2", [*VIRSH, *unplug], check=True)
+    console_until(herd, "grow", f"HERD-TEST disk-removed={dev}")
+    stray = f"{PurePosixPath(shown['path']).parent}/{uuidlib.uuid4()}.qcow2"
+    lab.exec_in("lab-2", ["qemu-img", "create", "-q", "-f", "qcow2", stray, "1G"], check=True)
+    drift = {("volume_attachment_missing", "grow"), ("orphan_volume", "lab-2")}
+
+    result, report = reconcile(herd, tmp_path)
+    assert result.code == 2, result.stderr
+    seen = {(f["kind"], f["server"] or f["host"]): f for f in report["findings"]}
+    assert drift <= set(seen), report["findings"]
+    assert {seen[d]["outcome"] for d in drift} == {"unfixed"}
+    assert stray.rsplit("/", 1)[1] in seen[("orphan_volume", "lab-2")]["detail"]
+
+    result, report = reconcile(herd, tmp_path, volume_attachments="restore", orphan_volumes="reap")
+    seen = {(f["kind"], f["server"] or f["host"]): f for f in report["findings"]}
+    assert {seen[d]["outcome"] for d in drift} == {"fixed"}, report["findings"]
+    # The guest sees it come back at its grown size (at boot it came as 1 GiB).
+    plugged = re.compile(rf"disk-added=vd[a-z] bytes={3 * GIB} serial={shown['uuid'][:20]}")
+    deadline = time.monotonic() + 60
+    while not any(map(plugged.search, console_until(herd, "grow", "HERD-TEST ready"))):
+        assert time.monotonic() < deadline, "the guest never saw the volume plugged back in"
+        time.sleep(1)
+    assert lab.exec_in("lab-2", ["test", "-e", stray]).returncode == 1  # reaped
+    assert herd.ok("volume", "show", "grown", "--json").json()["status"] == "in-use"
+
+
+def reconcile(herd: HerdCli, tmp_path: Path, **policies: str) -> tuple[Result, dict]:
+    """One run under these policies; other tests' domains on the session lab are not
+    this test's to judge."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"reconcile": {"unknown_domains": "noop", **policies}}))
+    herd.env["HERD_CONFIG"] = str(path)
+    result = herd.run("reconcile", "--json")
+    assert result.code in (0, 1, 2), result.stderr
+    return result, result.json()

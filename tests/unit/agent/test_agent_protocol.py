@@ -37,6 +37,12 @@ NODE_XML = f"""<node>
     </metadata>
     <memory>131072</memory>
     <os><type>hvm</type></os>
+    <devices>
+      <disk type='file' device='disk'>
+        <source file='/var/lib/herd/volumes/{MANAGED}.qcow2'/>
+        <target dev='vdc' bus='virtio'/>
+      </disk>
+    </devices>
     <test:runstate>5</test:runstate>
   </domain>
   <domain type='test'>
@@ -208,6 +214,8 @@ def test_list_reports_herd_domains_and_with_all_the_others_too(state_dir: Path) 
             "state": "shutoff",
             "managed": True,
             "instance_name": "web <1>",
+            # Its file-backed disks, which reconcile matches with volumes.
+            "disks": [{"file": f"/var/lib/herd/volumes/{MANAGED}.qcow2", "dev": "vdc"}],
         }
     ]
     everything = agent.dispatch("list", {"all": True})["domains"]

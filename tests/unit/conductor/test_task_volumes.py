@@ -13,12 +13,18 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.outcomes import Outcome
 from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
 from orchestrator.conductor.tasks.power import power
-from orchestrator.conductor.tasks.volumes import VolumeCreate, VolumeDelete, VolumeExtend
+from orchestrator.conductor.tasks.volumes import (
+    VolumeCreate,
+    VolumeDelete,
+    VolumeExtend,
+    volume_args,
+)
 from orchestrator.db.models import Volume
-from orchestrator.errors import Conflict, NoValidHost
+from orchestrator.errors import Conflict, HerdError, NoValidHost
 from tests.unit.conductor.herdlab import HerdLab
 
 
@@ -243,3 +249,13 @@ async def test_create_with_volumes_on_two_hosts_is_refused_before_anything(
     request = api.CreateRequest(name="db", flavor="small", image="cirros", volumes=("a", "b"))
     with pytest.raises(InvalidInput, match="on different hosts"):
         await api.create_servers(lab.db, request)
+
+
+async def test_the_host_refuses_to_delete_a_file_a_domain_still_has(lab: HerdLab) -> None:
+    server = await lab.boot("s1", host="hv1")
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    host = await lab.host("hv1")
+    with pytest.raises(HerdError, match=f"still a disk of domain herd-{server.uuid}"):
+        await lab.conductor.agent.volume_delete(target_of(host), volume_args(data, host))
+    assert Path(str(data.path)).exists()

@@ -33,6 +33,8 @@ class Pool:
                 "jobs": [{"job_id": "j-good", "state": "succeeded"}],
                 "unreadable": [{"job_id": "j-bad", "file": JOURNAL, "error": "Expecting value"}],
             }
+        if op == "volume_list":
+            return {"dir": "/var/lib/herd/volumes", "volumes": []}
         assert op == "image_list"
         return {
             "images": [{"sha256": "a" * 64, "size": 1, "last_used": 0, "instances": []}],
