@@ -132,6 +132,7 @@ class Agent:
             "reach_check": lambda args: reach.check_op(self.session.state_dir, args),
             "volume_create": lambda args: volumes.create(self.session.state_dir, args),
             "volume_list": lambda args: volumes.list_volumes(self.session.state_dir, args),
+            "volume_adopt": lambda args: volumes.adopt(self.session.state_dir, args),
             "volume_delete": lambda args: volumes.delete(*self._volume_context(), args),
             "volume_extend": lambda args: volumes.extend(*self._volume_context(), args),
             "volume_attach": lambda args: volumes.attach(*self._volume_context(), args),

@@ -14,7 +14,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from agent import __version__
 
@@ -74,6 +74,8 @@ class InstanceFiles:
     seed: Optional[Path] = None
     kernel: Optional[Path] = None
     initrd: Optional[Path] = None
+    # The attached volumes' files, in the spec's order (outside the instance directory).
+    volumes: Tuple[Path, ...] = ()
 
 
 def render(spec: BuildSpec, arch: str, files: InstanceFiles) -> str:
@@ -98,6 +100,10 @@ def render(spec: BuildSpec, arch: str, files: InstanceFiles) -> str:
             initrd_path=str(files.initrd) if files.initrd else None,
             cmdline=spec.boot.cmdline if spec.boot else "",
             nics=spec.nics,
+            volumes=[
+                {"path": str(path), "format": v.format, "device": v.device, "serial": v.volume}
+                for v, path in zip(spec.volumes, files.volumes)  # noqa: B905 (3.9: no strict=)
+            ],
             agent_version=__version__,
         )
     )
@@ -126,6 +132,11 @@ def validate(xml_text: str, spec: BuildSpec) -> None:
     }
     macs = [m.get("address") for m in root.iterfind("devices/interface/mac")]
     expected["NIC MACs"] = (macs, [nic.mac for nic in spec.nics])
+    devices = [t.get("dev") for t in root.iterfind("devices/disk/target")]
+    expected["volume devices"] = (
+        [d for d in devices if d not in ("vda", "vdb")],
+        [v.device for v in spec.volumes],
+    )
     for what, (got, want) in expected.items():
         if got != want:
             raise TemplateError(f"rendered domain XML: {what} is {got!r}, expected {want!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from agent import confine, domain, image_format, images, proc, reach
+from agent import confine, domain, image_format, images, proc, reach, volumes
 from agent.errors import BadRequest, NotFound
 from agent.fsutil import DIR_MODE, atomic_write_bytes, ensure_dir, guest_file_mode
 from agent.specs import BuildSpec, DeleteSpec, LiveMigrateSpec, PowerSpec
@@ -95,7 +95,9 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
             )
         else:
             create_overlay(cached[spec.image.sha256], spec.image.format, disk, spec.flavor.disk_gb)
-        files = domain.InstanceFiles(disk=disk, console_log=console_log_file(inst_dir))
+        files = domain.InstanceFiles(
+            disk=disk, console_log=console_log_file(inst_dir), volumes=_volume_files(ctx, spec)
+        )
         if spec.boot is not None:
             # Copies, as Nova keeps them: libvirt relabels a guest's kernel and initrd
             # while it runs, which must not touch the shared cache.
@@ -142,6 +144,18 @@ def _adopt(virsh: Virsh, existing: DomainInfo, disk: Path) -> Dict[str, Any]:
     else:
         log.info("%s exists and is %s: nothing to do", name, state)
     return {"domain": name, "state": state, "disk_path": str(disk)}
+
+
+def _volume_files(ctx: Context, spec: BuildSpec) -> Tuple[Path, ...]:
+    """The files of the volumes the domain keeps: each must be here already (a move
+    carries them before it builds)."""
+    found = []
+    for disk in spec.volumes:
+        path = volumes.volume_path(ctx.state_dir, disk.args())
+        if not path.is_file():
+            raise NotFound(f"volume file {path} is not on this host")
+        found.append(path)
+    return tuple(found)
 
 
 def _declared_formats(spec: BuildSpec) -> List[Tuple[str, str]]:

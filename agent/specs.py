@@ -289,6 +289,59 @@ def _boot(args: Mapping[str, Any]) -> Optional[BootFiles]:
     )
 
 
+@dataclass(frozen=True)
+class VolumeDisk:
+    """A volume the domain has as a data disk: its file in the host's volume directory
+    (``dir``, or the state directory's ``volumes``), as which device."""
+
+    volume: str  # its UUID, which names the file and is the disk's serial
+    format: str
+    device: str
+    dir: Optional[str] = None
+
+    def args(self) -> Dict[str, Any]:
+        """As agent/volumes.py takes a volume's whereabouts."""
+        found: Dict[str, Any] = {"volume": self.volume, "format": self.format}
+        if self.dir is not None:
+            found["dir"] = self.dir
+        return found
+
+
+MAX_VOLUMES = 24  # vdc to vdz
+_VOLUME_DEVICE_RE = re.compile(r"vd[c-z]")
+
+
+def _volumes(args: Mapping[str, Any]) -> Tuple[VolumeDisk, ...]:
+    raw = args.get("volumes", [])
+    if not isinstance(raw, list) or len(raw) > MAX_VOLUMES:
+        raise BadRequest(f"build: volumes must be a list of at most {MAX_VOLUMES} objects")
+    found: List[VolumeDisk] = []
+    for index, item in enumerate(raw):
+        where = f"build: volumes[{index}]."
+        if not isinstance(item, Mapping):
+            raise BadRequest(f"build: volumes[{index}] must be an object")
+        device = item.get("device")
+        if not isinstance(device, str) or not _VOLUME_DEVICE_RE.fullmatch(device):
+            raise BadRequest(f"{where}device must be vdc to vdz")
+        directory = item.get("dir")
+        if directory is not None:
+            try:
+                check_state_dir(directory)
+            except ValueError as exc:
+                raise BadRequest(f"{where}dir {directory!r} {exc}") from None
+        found.append(
+            VolumeDisk(
+                volume=uuid(item, "volume", where),
+                format=choice(item, "format", where, ("qcow2", "raw")),
+                device=device,
+                dir=directory,
+            )
+        )
+    if len({v.device for v in found}) != len(found):
+        raise BadRequest("build: volumes name one device twice")
+    return tuple(found)
+
+
 def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:
     raw = args.get("nics", [])
     if not isinstance(raw, list) or len(raw) > MAX_NICS:
@@ -398,6 +451,8 @@ class BuildSpec:
     # A live migration's destination: everything but the domain, which the migration
     # brings (at the very same paths).
     define: bool = True
+    # The volumes attached to it (a rebuild or a move keeps them), after vda and vdb.
+    volumes: Tuple[VolumeDisk, ...] = ()
 
     @property
     def image_digests(self) -> List[str]:
@@ -442,6 +497,7 @@ class BuildSpec:
             disk_from=_disk_from(args),
             keep_disk_from=_flag(args, "keep_disk_from", False),
             define=_flag(args, "define", True),
+            volumes=_volumes(args),
         )
 
     @property

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -139,12 +140,52 @@ def create(state_dir: Path, args: Mapping[str, Any]) -> Dict[str, Any]:
     return _described(path, fmt, existed=False)
 
 
+def carried_path(state_dir: Path, args: Mapping[str, Any]) -> Path:
+    """Where a move uploads a volume's file before ``adopt``: the incoming directory,
+    named by the volume's UUID (never a path the request gives)."""
+    return images.incoming_dir(state_dir) / f"{uuid_arg(args, 'volume')}.volume"
+
+
+def adopt(state_dir: Path, args: Mapping[str, Any]) -> Dict[str, Any]:
+    """Take a volume file a move carried here (``carried_path``) into the volume
+    directory. It must be a plain image of the volume's format (a qcow2 with a backing
+    file would let it read another file of this host). Done already (the file in place,
+    nothing carried) is success, so a repeated call after a lost answer is harmless."""
+    path = volume_path(state_dir, args)
+    fmt = volume_format(args)
+    carried = carried_path(state_dir, args)
+    if not carried.is_file():
+        if path.exists():
+            return _described(path, fmt, existed=True)
+        raise NotFound(f"no carried file for volume {uuid_arg(args, 'volume')} in {carried.parent}")
+    info = _info(carried, fmt)
+    if info.get("backing-filename") or info.get("format") != fmt:
+        raise BadRequest(f"the carried file is not a plain {fmt} image")
+    ensure_dir(path.parent, DIR_MODE)
+    os.chmod(carried, guest_file_mode())
+    if os.stat(carried).st_dev == os.stat(path.parent).st_dev:
+        os.replace(carried, path)
+    else:  # the volume directory is another filesystem: copy, then rename in place
+        part = tmp_name(path)
+        try:
+            shutil.copyfile(carried, part)
+            os.chmod(part, guest_file_mode())
+            os.replace(part, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        carried.unlink()
+    return _described(path, fmt, existed=False)
+
+
 def delete(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, Any]:
     """Remove the volume's file; refused while a domain on this host still has it."""
     path = volume_path(state_dir, args)
     users = domains_using(virsh, path)
     if users:
         raise BadRequest(f"the volume is still a disk of domain {', '.join(users)}")
+    with contextlib.suppress(FileNotFoundError):  # a move's upload that was never taken in
+        carried_path(state_dir, args).unlink()
     try:
         path.unlink()
     except FileNotFoundError:

@@ -10,11 +10,11 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator import cloudinit
-from orchestrator.db.models import Flavor, Image, Instance
+from orchestrator.db.models import Flavor, Image, Instance, Volume, VolumeStatus
 from orchestrator.errors import HerdError
 from orchestrator.networking import PortView, ports_of
 
@@ -32,13 +32,19 @@ class GuestConfig:
     flavor: dict[str, Any]
     ports: list[PortView]
     documents: dict[str, str]  # the NoCloud files; the ISO is made off the event loop
+    # The volumes attached to it: a rebuild or a move defines the domain with them.
+    volumes: tuple[Volume, ...] = ()
 
     @property
     def images(self) -> list[Image]:
         """Every image the host must have cached before the build."""
         return [i for i in (self.image, self.kernel, self.ramdisk) if i is not None]
 
-    def build_args(self, instance: Instance, domain_type: str, seed: bytes) -> dict[str, Any]:
+    def build_args(
+        self, instance: Instance, domain_type: str, seed: bytes, volume_dir: str | None = None
+    ) -> dict[str, Any]:
+        """The build job's arguments; ``volume_dir``: where the building host keeps
+        volumes (its inventory's storage path; None: its agent_dir's)."""
         image = self.image
         args: dict[str, Any] = {
             "instance": {
@@ -63,6 +69,12 @@ class GuestConfig:
                 "ramdisk": self.ramdisk.sha256 if self.ramdisk else None,
                 "cmdline": image.properties.get(CMDLINE_PROPERTY, DEFAULT_CMDLINE),
             }
+        if self.volumes:
+            args["volumes"] = [
+                {"volume": v.uuid, "format": v.format, "device": v.device}
+                | ({"dir": volume_dir} if volume_dir else {})
+                for v in self.volumes
+            ]
         return args
 
 
@@ -86,6 +98,13 @@ async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig
                 db, image.properties[RAMDISK_PROPERTY], image, RAMDISK_PROPERTY
             )
     ports = await ports_of(db, instance.uuid)
+    volumes = (
+        await db.exec(
+            select(Volume)
+            .where(Volume.instance_uuid == instance.uuid, Volume.status == VolumeStatus.IN_USE)
+            .order_by(col(Volume.device))
+        )
+    ).all()
     documents = cloudinit.render(
         cloudinit.SeedInstance(instance.uuid, instance.hostname or instance.name),
         ports,
@@ -105,4 +124,5 @@ async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig
         },
         ports=ports,
         documents=documents,
+        volumes=tuple(volumes),
     )

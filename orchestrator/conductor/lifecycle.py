@@ -76,7 +76,9 @@ RULES: dict[str, ActionRule] = {
 # Actions that make the domain again from its template, here or on another host: they
 # would leave a volume behind, so they are refused while one is attached (until moves
 # carry volumes along).
-REFUSED_WITH_VOLUMES = ("rebuild", "migrate", "live_migrate", "resize", "evacuate")
+# Moves that do not carry volumes (yet): refused, naming them, rather than leave one
+# behind. A cold migration carries them; a rebuild keeps them (the same host).
+REFUSED_WITH_VOLUMES = ("live_migrate", "resize", "evacuate")
 POWER_ACTIONS = tuple(name for name, rule in RULES.items() if rule.agent_action)
 
 # What a delete may take over, as Nova lets a delete interrupt almost anything: a build

@@ -111,11 +111,19 @@ class Steps:
             names = (
                 await db.exec(select(Volume.name).where(Volume.instance_uuid == instance.uuid))
             ).all()
-        if names:
+        if not names:
+            return
+        attached = f"server {instance.name} has volumes attached ({', '.join(sorted(names))})"
+        if action == "evacuate":
             raise Conflict(
-                f"server {instance.name} has volumes attached ({', '.join(sorted(names))}): "
-                f"{action.replace('_', ' ')} does not carry volumes yet; detach them first"
+                f"{attached}: they live on its host's own storage, which a host that is down "
+                "cannot give up, so an evacuation would boot it without them; bring the host "
+                "back (and migrate), or delete the server and restore its data elsewhere"
             )
+        raise Conflict(
+            f"{attached}: {action.replace('_', ' ')} does not carry volumes yet; "
+            "detach them first, or cold-migrate (`server migrate`), which carries them"
+        )
 
     async def abort(
         self, instance: Instance, action_id: int, host: str | None, error: str
@@ -211,7 +219,7 @@ class Steps:
             seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
         except HerdError as exc:
             return await self.abort(instance, action_id, host.name, f"{op} failed: {exc}")
-        args = config.build_args(row, host.domain_type or "qemu", seed)
+        args = config.build_args(row, host.domain_type or "qemu", seed, host.volume_dir)
         args.update(rebuild=True, start=start)
         if self.journal is not None:
             await self.journal.step("cast")
@@ -336,7 +344,7 @@ class Steps:
             if flavor is not None:
                 config = dataclasses.replace(config, flavor=flavor)
             seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
-            args = config.build_args(row, host.domain_type or "qemu", seed)
+            args = config.build_args(row, host.domain_type or "qemu", seed, host.volume_dir)
             args.update(rebuild=True, **extra)
             return await self.agent.build(
                 target_of(host), args, timeout=self.conductor.build_timeout

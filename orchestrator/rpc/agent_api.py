@@ -516,6 +516,12 @@ class AgentAPI:
         removed: Removed = await self._call(target, "volume_delete", dict(args), VOLUME_TIMEOUT)
         return removed
 
+    async def volume_adopt(self, target: HostTarget, args: VolumeArgs) -> VolumeFile:
+        """The file a move uploaded to the incoming directory, taken into the volume
+        directory (checked a plain image of its format)."""
+        adopted: VolumeFile = await self._call(target, "volume_adopt", dict(args), VOLUME_TIMEOUT)
+        return adopted
+
     async def volume_list(self, target: HostTarget, directory: str | None) -> VolumeFiles:
         args = {} if directory is None else {"dir": directory}
         found: VolumeFiles = await self._call(target, "volume_list", args, None)

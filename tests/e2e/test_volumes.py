@@ -1,6 +1,7 @@
 """Volumes on the lab: a file on the host's storage, hot-plugged into a running test
 guest, written from inside it, detached, attached to another server on the same host
-and read back there. The guest reports its disks on the console (``disk-added=vdc``)
+and read back there, then carried to another host by a cold migration and read back
+again. The guest reports its disks on the console (``disk-added=vdc``)
 and reads and writes a marker through its /cgi-bin/disk, from the root namespace."""
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def volumes(herd: HerdCli) -> Iterator[list[str]]:
         herd.run("volume", "delete", name)
 
 
-def test_a_volume_hot_plugged_written_detached_and_read_back_from_another_server(
+def test_a_volume_hot_plugged_written_detached_read_back_elsewhere_and_carried_by_a_migration(
     herd: HerdCli, lab: Lab, volumes: list[str]
 ) -> None:
     created = herd.ok(
@@ -112,6 +113,20 @@ def test_a_volume_hot_plugged_written_detached_and_read_back_from_another_server
     assert herd.ok("volume", "show", "data", "--json").json()["device"] == "vdd"
     there = guest_disk(herd, "vol-2", "data", "added", 2 * GIB)
     assert disk(ips["vol-2"], f"op=read&dev={there}") == "HERD-MARKER e2e-7c1f"
+
+    # A cold migration carries the volume: the guest boots on lab-2 with it (it lists
+    # it at boot) and reads the marker back from it.
+    moved = herd.ok("server", "migrate", "vol-2", "--host", "lab-2", "--json").json()
+    assert (moved[0]["host"], moved[0]["error"]) == ("lab-2", None), moved
+    shown = herd.ok("volume", "show", "data", "--json").json()
+    assert (shown["host"], shown["status"], shown["server"]) == ("lab-2", "in-use", "vol-2")
+    console_until(herd, "vol-2", "HERD-TEST ready")  # its console on lab-2: this boot's
+    booted = guest_disk(herd, "vol-2", "data", "", 2 * GIB)  # the boot's own disk list
+    assert disk(provider_ip(herd, lab, "vol-2"), f"op=read&dev={booted}") == (
+        "HERD-MARKER e2e-7c1f"
+    )
+    left = lab.exec_in("lab-1", ["test", "-e", str(made[0]["path"])])
+    assert left.returncode == 1, "the volume's old file is still on lab-1"
 
 
 def test_a_server_boots_on_its_volumes_host_grows_it_cannot_move_and_reconcile_mends_it(

@@ -96,7 +96,7 @@ class BuildTask(Task):
             )
             await self.conductor.record_deliveries(instance, host.name, deliveries)
             seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
-            args = config.build_args(instance, host.domain_type or "qemu", seed)
+            args = config.build_args(instance, host.domain_type or "qemu", seed, host.volume_dir)
             job_id = await self.conductor.record_job(instance, host, "build", TaskState.SPAWNING)
             self.progress.update(instance, "spawning", host=host.name)
             await self.agent.build(target, args, job_id=job_id)

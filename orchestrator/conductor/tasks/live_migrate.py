@@ -236,7 +236,7 @@ class LiveMigrateTask(Task):
         for image in config.images:
             await self.conductor.images.ensure(target, image)
         seed = await asyncio.to_thread(cloudinit.seed_iso, config.documents)
-        args = config.build_args(row, dest.domain_type or "qemu", seed)
+        args = config.build_args(row, dest.domain_type or "qemu", seed, dest.volume_dir)
         args.update(rebuild=True, define=False)
         return await self.agent.build(target, args, timeout=self.conductor.build_timeout)
 

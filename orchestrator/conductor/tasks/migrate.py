@@ -1,11 +1,12 @@
 """Cold migration through the orchestrator.
 
-Stop on the source, carry the disk over SFTP (source → here → destination: the hosts
-need not reach each other), start on the destination from the same disk with a fresh
-seed, then remove the source copy. Both claims are held while it moves — the source's
-by the migration's UUID, as a resize or live migration holds it — so no room the
-server may return to is given away; a failure before the destination runs gives the
-source claim back to the server (it was never free) and puts the server back.
+Stop on the source, carry the disk and the attached volumes over SFTP (source → here →
+destination: the hosts need not reach each other; conductor/volume_moves.py), start on
+the destination from the same disk with a fresh seed, then remove the source copy.
+Both claims are held while it moves — the source's by the migration's UUID, as a
+resize or live migration holds it — so no room the server may return to is given
+away; a failure before the destination runs gives the source claim back to the server
+(it was never free) and puts the server back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 from typing import ClassVar
 
 from agent import specs as agent_specs
-from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor import lifecycle, migration_records, volume_moves
 from orchestrator.conductor.actions import finish_action, record_event
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.journal import TaskHandle, TaskTaken
@@ -29,6 +30,7 @@ from orchestrator.db.models import (
     MigrationStatus,
     PowerState,
     VmState,
+    Volume,
 )
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 
@@ -41,11 +43,14 @@ class MigrateTask(Task):
         "stop_source": "rolled back: started again on the source if it was running",
         "copy_disk": "rolled back: the partial copy on the destination is removed; started "
         "again on the source if it was running",
+        "copy_volumes": "rolled back: the volumes' copies on the destination are removed "
+        "(the source files are the volumes until the switch); started again on the source "
+        "if it was running",
         "spawn": "finished if the destination has the domain, else rolled back",
         "switch": "finished if the switch committed or the destination has the domain (the DB "
         "places it there, the source copy is removed), else rolled back",
-        "cleanup_source": "finished: the source copy is removed (if the source does not "
-        "answer, reconcile reaps it later)",
+        "cleanup_source": "finished: the source copy and its volumes' old files are removed "
+        "(if the source does not answer, reconcile reaps the domain and reports the files)",
     }
 
     def __init__(
@@ -59,6 +64,7 @@ class MigrateTask(Task):
         super().__init__(conductor)
         self.instance, self.host_name = instance, host_name
         self.timeout = check_timeout(timeout, agent_specs.STOP_TIMEOUT)
+        self.volumes: list[Volume] = []  # attached: carried along
 
     async def _execute(self) -> Outcome:
         try:
@@ -69,6 +75,7 @@ class MigrateTask(Task):
             return await self.steps.abort(row, action_id, None, "the server is on no host")
         self.row, self.action_id, self.source = row, action_id, source
         self.was_running = row.vm_state == VmState.ACTIVE
+        self.volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
         async with self.db.session() as db:
             self.migration = await migration_records.begin(db, row, source, "migration")
         await self.open_journal(
@@ -87,14 +94,17 @@ class MigrateTask(Task):
             if self.was_running:
                 await self.steps.stop_source(row, source, action_id, self.timeout)
             disk = await self._copy_disk(dest)
+            await volume_moves.carry(self.steps, action_id, row, self.volumes, source, dest)
             result = await self.steps.spawn(
                 row, dest, action_id, {"disk_from": disk, "start": self.was_running}
             )
+            paths = await volume_moves.dest_paths(self.steps, self.volumes, dest)
         except TaskTaken:
             raise  # recovery has it now: this process must not undo anything
         except HerdError as exc:
             return await self.rollback(dest, f"migrate to {dest.name} failed: {exc}")
-        return await self._switch(dest, POWER_OF.get(str(result.get("state")), PowerState.NOSTATE))
+        power = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
+        return await self._switch(dest, power, paths=paths)
 
     async def rollback(self, dest: Host | None, error: str) -> Outcome:
         """Nothing of it stays on the destination; it starts again on the source (if it
@@ -104,15 +114,22 @@ class MigrateTask(Task):
                 await self.agent.delete(target_of(dest), self.row.uuid, timeout=FOLLOW_MARGIN)
             except HerdError as exc:
                 error = f"{error}; and {dest.name} kept what it had of it: {exc}"
+            else:
+                kept = await volume_moves.drop_copies(self.steps, self.volumes, dest)
+                if kept:
+                    error = f"{error}; and volume copies were kept: {'; '.join(kept)}"
         await self.steps.put_back(self.row, self.source, self.was_running)
         await self.steps.give_back(self.row, self.migration, MigrationStatus.ERROR)
         return await self.steps.abort(self.row, self.action_id, self.source.name, error)
 
     async def _schedule(self) -> Host:
+        spec = await self.steps.spec(self.row)
         spec = dataclasses.replace(
-            await self.steps.spec(self.row),
+            spec,
             requested_host=self.host_name,
             ignore_hosts=frozenset({self.source.name}),
+            # Room for the volumes too: the switch hands that part to their own claims.
+            disk_gb=spec.disk_gb + volume_moves.carried_gb(self.volumes),
         )
         self.progress.update(self.row, "scheduling", host=self.source.name)
         plan = await self.conductor.scheduler.place([spec])
@@ -135,12 +152,22 @@ class MigrateTask(Task):
         )  # fmt: skip
         return remote
 
-    async def _switch(self, dest: Host, power_state: str, *, done: bool = False) -> Outcome:
-        """The server is the destination's now: its host, its state, the source claim
-        released; then the source copy goes (best effort: reconcile reaps it else).
-        ``done``: recovery found the switch already committed."""
+    async def _switch(
+        self,
+        dest: Host,
+        power_state: str,
+        *,
+        done: bool = False,
+        paths: dict[str, str] | None = None,
+    ) -> Outcome:
+        """The server is the destination's now: its host, its state, its volumes, the
+        source claim released; then the source copy goes (best effort: reconcile reaps
+        it else). ``done``: recovery found the switch already committed. ``paths``:
+        where the destination keeps the volumes (asked again if not given)."""
         row, source, action_id = self.row, self.source, self.action_id
         if not done:
+            if paths is None:
+                paths = await volume_moves.dest_paths(self.steps, self.volumes, dest)
             assert self.journal is not None
             await self.journal.step("switch")
             try:
@@ -150,6 +177,7 @@ class MigrateTask(Task):
                         db, self.migration.uuid, MigrationStatus.COMPLETED, dest_id=dest.id
                     )
                     fresh.host_id = dest.id
+                    await volume_moves.switch(db, fresh, self.volumes, dest, paths)
                     lifecycle.end_task(fresh)
                     fresh.power_state = power_state
                     db.add(fresh)
@@ -163,9 +191,11 @@ class MigrateTask(Task):
         else:
             fresh = await self.steps.reread(row.uuid)
         await self.steps.remove_source_copy(fresh, source, action_id)
-        self.progress.update(
-            fresh, fresh.vm_state, host=dest.name, detail=f"moved from {source.name}"
+        kept = await volume_moves.drop_copies(self.steps, self.volumes, source)
+        detail = f"moved from {source.name}" + (
+            f"; old volume files kept: {'; '.join(kept)}" if kept else ""
         )
+        self.progress.update(fresh, fresh.vm_state, host=dest.name, detail=detail)
         return outcome_of(fresh, dest.name)
 
     # -- recovery ------------------------------------------------------------------
@@ -179,6 +209,7 @@ class MigrateTask(Task):
         task.row, task.source, task.migration = found.instance, found.source, found.migration
         task.action_id = found.action_id
         task.was_running = bool(handle.inputs.get("was_running"))
+        task.volumes = await volume_moves.attached_volumes(task.steps, found.instance.uuid)
         dest, step = found.dest, handle.current_step
         if found.migration.status == MigrationStatus.COMPLETED and dest is not None:
             await task.note(f"the switch to {dest.name} had committed: finishing forward")

@@ -233,6 +233,8 @@ class VolumeExtend:
             raise InvalidInput(
                 f"--size must be more than the volume's {volume.size_gb} GB (volumes only grow)"
             )
+        if volume.instance_uuid is not None:
+            await self._refuse_while_busy(volume)
         before = volume.status
         volume = await take(self.conductor, volume, (S.AVAILABLE, S.IN_USE), S.EXTENDING)
         try:
@@ -251,6 +253,18 @@ class VolumeExtend:
             await settle(self.conductor, volume, before, error=f"extend failed: {exc}")
             raise
         return await settle(self.conductor, volume, before, size_gb=self.size_gb, error=None)
+
+    async def _refuse_while_busy(self, volume: Volume) -> None:
+        """Not while its server has a task: a move copies the file, and growing the
+        source meanwhile would be lost on the destination."""
+        async with self.conductor.db.read() as db:
+            query = select(Instance).where(Instance.uuid == volume.instance_uuid)
+            server = (await db.exec(query)).first()
+        if server is not None and server.task_state is not None:
+            raise Conflict(
+                f"volume {volume.name} is attached to server {server.name}, which is "
+                f"{server.task_state}: extend it when that is done"
+            )
 
     async def _claim(self, volume: Volume, size_gb: int) -> Host:
         """The volume's allocation set to ``size_gb``, if the host has room for the

@@ -129,6 +129,7 @@ def test_build_list_rebuild_delete(agent: AgentClient, hello: dict, image_sha: s
     assert disk.exists()
 
     (listed,) = agent.result("list")["domains"]
+    assert {"file": str(disk), "dev": "vda"} in listed.pop("disks")
     assert listed == {
         "uuid": instance,
         "name": f"herd-{instance}",

@@ -4,6 +4,7 @@ the fake domains' definitions, claims the scheduler counts."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import xml.etree.ElementTree as ET
@@ -16,14 +17,17 @@ from sqlmodel import select
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.outcomes import Outcome
 from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
+from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
+from orchestrator.conductor.tasks.migrate import MigrateTask
 from orchestrator.conductor.tasks.power import power
+from orchestrator.conductor.tasks.rebuild import RebuildTask
 from orchestrator.conductor.tasks.volumes import (
     VolumeCreate,
     VolumeDelete,
     VolumeExtend,
     volume_args,
 )
-from orchestrator.db.models import Volume
+from orchestrator.db.models import Allocation, Host, Instance, Volume
 from orchestrator.errors import Conflict, HerdError, NoValidHost
 from tests.unit.conductor.herdlab import HerdLab
 
@@ -160,15 +164,125 @@ async def test_an_attach_killed_at_its_step_is_finished_by_recovery(lab: HerdLab
     assert (await lab.server(server.uuid)).task_state is None
 
 
-async def test_moves_are_refused_while_a_volume_is_attached(lab: HerdLab) -> None:
-    from orchestrator.conductor.tasks.migrate import MigrateTask
+async def attached(lab: HerdLab, host: str = "hv1") -> tuple[Instance, Volume]:
+    server = await lab.boot("s1", host=host)
+    data = await VolumeCreate(lab.conductor, "data", 2, host=host).execute()
+    outcome = await AttachVolumeTask(lab.conductor, server, data, None).execute()
+    assert outcome.error is None, outcome.error
+    return await lab.server(server.uuid), await volume(lab, "data")
 
-    server = await lab.boot("s1", host="hv1")
-    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
-    await AttachVolumeTask(lab.conductor, server, data, None).execute()
-    outcome = await MigrateTask(lab.conductor, await lab.server(server.uuid), None).execute()
+
+def volume_files(lab: HerdLab, host: str) -> list[str]:
+    """The files in ``host``'s volume directory and carried volumes in its incoming one."""
+    base = Path(lab.agent_dir(host))
+    found = [p.name for p in (base / "volumes").glob("*")]
+    return sorted(found + [p.name for p in (base / "images" / "incoming").glob("*.volume")])
+
+
+async def claimed_disk(lab: HerdLab) -> list[tuple[str, str, int]]:
+    """(consumer, host, disk GB) of every claim."""
+    async with lab.db.read() as db:
+        hosts = {h.id: h.name for h in (await db.exec(select(Host))).all()}
+        rows = (await db.exec(select(Allocation))).all()
+    return sorted((a.instance_uuid, hosts[a.host_id], a.disk_gb) for a in rows)
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+async def test_a_cold_migration_carries_the_attached_volumes(lab: HerdLab) -> None:
+    server, data = await attached(lab)
+    before = digest(str(data.path))
+    outcome = await MigrateTask(lab.conductor, server, "hv2").execute()
+    assert outcome.error is None, outcome.error
+    moved = await volume(lab, "data")
+    new_path = Path(lab.agent_dir("hv2")) / "volumes" / f"{data.uuid}.qcow2"
+    assert (moved.host_id, moved.path, moved.status, moved.instance_uuid, moved.device) == (
+        (await lab.host("hv2")).id, str(new_path), "in-use", server.uuid, "vdc",
+    )  # fmt: skip
+    assert digest(str(new_path)) == before
+    assert volume_files(lab, "hv1") == [] and volume_files(lab, "hv2") == [new_path.name]
+    assert disks(lab, "hv2", server.uuid)["vdc"] == str(new_path)
+    assert disks(lab, "hv2", server.uuid, live=True)["vdc"] == str(new_path)
+    await lab.assert_whole(server.uuid, "hv2")
+    # The server's claim is its flavor's again; the volume's moved with it.
+    assert await claimed_disk(lab) == sorted([(server.uuid, "hv2", 1), (data.uuid, "hv2", 2)])
+    assert ("copy_volumes", True) in await lab.events(server.uuid, "migrate")
+
+
+async def test_a_migration_needs_room_for_the_volumes_too(lab: HerdLab) -> None:
+    server, _ = await attached(lab)
+    async with lab.db.session() as db:  # hv2 has room for the server's disk, not its volume
+        host = (await db.exec(select(Host).where(Host.name == "hv2"))).one()
+        host.override_disk_gb = 2
+        db.add(host)
+    outcome = await MigrateTask(lab.conductor, server, "hv2").execute()
+    assert outcome.error is not None and "disk" in outcome.error
+    assert (await volume(lab, "data")).host_id == (await lab.host("hv1")).id
+    await lab.assert_whole(server.uuid, "hv1")
+
+
+async def test_a_migration_that_fails_on_the_destination_leaves_the_volume_home(
+    lab: HerdLab,
+) -> None:
+    server, data = await attached(lab)
+    lab.fail("hv2", "define", "no room at the inn")
+    outcome = await MigrateTask(lab.conductor, server, "hv2").execute()
+    assert outcome.error is not None and "no room at the inn" in outcome.error
+    home = await volume(lab, "data")
+    assert (home.host_id, home.path, home.status) == (
+        (await lab.host("hv1")).id, data.path, "in-use",
+    )  # fmt: skip
+    assert volume_files(lab, "hv2") == []  # the copy is gone, the volume is not
+    assert Path(str(data.path)).exists()
+    await lab.assert_whole(server.uuid, "hv1")
+    assert await claimed_disk(lab) == sorted([(server.uuid, "hv1", 1), (data.uuid, "hv1", 2)])
+
+
+@pytest.mark.parametrize(("step", "home"), [("copy_volumes", "hv1"), ("switch", "hv2")])
+async def test_a_migration_killed_with_its_volumes_half_moved_ends_on_one_side(
+    lab: HerdLab, step: str, home: str
+) -> None:
+    server, data = await attached(lab)
+    await lab.kill_at("migrate", step, lambda: MigrateTask(lab.conductor, server, "hv2").execute())
+    (recovered,) = await lab.recover()
+    assert recovered.outcome in ("done", "rolled_back"), recovered
+    kept = await volume(lab, "data")
+    assert kept.host_id == (await lab.host(home)).id
+    assert Path(str(kept.path)).exists() and kept.status == "in-use"
+    away = "hv2" if home == "hv1" else "hv1"
+    assert volume_files(lab, away) == [], volume_files(lab, away)
+    await lab.assert_whole(server.uuid, home)
+    assert disks(lab, home, server.uuid)["vdc"] == kept.path
+    assert await claimed_disk(lab) == sorted([(server.uuid, home, 1), (data.uuid, home, 2)])
+
+
+async def test_a_rebuild_keeps_the_volumes_attached(lab: HerdLab) -> None:
+    server, data = await attached(lab)
+    outcome = await RebuildTask(lab.conductor, server).execute()
+    assert outcome.error is None, outcome.error
+    assert disks(lab, "hv1", server.uuid)["vdc"] == data.path
+    assert (await volume(lab, "data")).status == "in-use"
+
+
+async def test_moves_that_cannot_carry_volumes_are_refused_naming_them(lab: HerdLab) -> None:
+    server, _ = await attached(lab)
+    outcome = await LiveMigrateTask(lab.conductor, server, "hv2").execute()
     assert outcome.error is not None and "has volumes attached (data)" in outcome.error
+    assert "cold-migrate" in outcome.error
     assert lab.where(server.uuid) == {"hv1": "running"}
+
+
+async def test_a_volume_is_not_extended_while_its_server_moves(lab: HerdLab) -> None:
+    server, data = await attached(lab)
+    async with lab.db.session() as db:
+        row = (await db.exec(select(Instance).where(Instance.uuid == server.uuid))).one()
+        row.task_state = "resize_migrating"
+        db.add(row)
+    with pytest.raises(Conflict, match="which is resize_migrating: extend it when"):
+        await VolumeExtend(lab.conductor, data, 3).execute()
+    assert (await volume(lab, "data")).status == "in-use"
 
 
 async def test_extend_grows_the_file_and_the_claim(lab: HerdLab) -> None:
