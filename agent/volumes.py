@@ -72,8 +72,10 @@ def volume_path(state_dir: Path, args: Mapping[str, Any]) -> Path:
 
 
 def _info(path: Path, fmt: str) -> Dict[str, Any]:
+    """qemu-img's view of a volume file; ``-U`` (share): a running guest holds the file
+    locked, and reading its header must not need that lock."""
     out = proc.run(
-        ["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
+        ["qemu-img", "info", "-U", "--output=json", "-f", fmt, str(path)],
         QEMU_IMG_TIMEOUT,
         what="qemu-img info",
     )

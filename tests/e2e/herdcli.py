@@ -85,7 +85,9 @@ class HerdCli:
 
     def ok(self, *args: str, timeout: float = 300) -> Result:
         result = self.run(*args, timeout=timeout)
-        assert result.code == 0, f"herd {' '.join(args)} exited {result.code}: {result.stderr}"
+        assert result.code == 0, (
+            f"herd {' '.join(args)} exited {result.code}: {result.stderr}{result.stdout[-2000:]}"
+        )
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:

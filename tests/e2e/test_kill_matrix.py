@@ -60,7 +60,8 @@ class Case:
 
 # (kind, step, forward|back): what the RECOVERY rule of that step says recovery does.
 MIGRATE = [("schedule", "back"), ("stop_source", "back"), ("copy_disk", "back"),
-           ("spawn", "back"), ("switch", "forward"), ("cleanup_source", "forward")]  # fmt: skip
+           ("copy_volumes", "back"), ("spawn", "back"), ("switch", "forward"),
+           ("cleanup_source", "forward")]  # fmt: skip
 RESIZE = [("schedule", "back"), ("stop_source", "back"), ("stash_source", "back"),
           ("copy_disk", "back"), ("spawn", "back"), ("switch", "forward")]  # fmt: skip
 RESIZE_UNDO = [("revert_source", "back"), ("drop_stash", "back"), ("restore", "back")]
@@ -136,7 +137,7 @@ def leftovers(lab) -> dict[str, list[str]]:
     """host -> half-carried disks and resize stashes found there."""
     script = (
         "ls -d /var/lib/herd/images/incoming/*.migrating /var/lib/herd/instances/*.resize "
-        "2>/dev/null; true"
+        "/var/lib/herd/images/incoming/*.volume 2>/dev/null; true"
     )
     return {h: lab.exec_in(h, ["sh", "-c", script], check=True).stdout.split() for h in HOSTS}
 
@@ -219,11 +220,13 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     add("detach_volume", DETACH, names["det"])
     # A volume each on lab-1: attached by the killed attach; attached first, normally,
     # for the killed detach.
-    volume_of = {name: f"kv-{name}" for name in names["att"] + names["det"]}
+    carrier = names["mig"][[s for s, _ in MIGRATE].index("copy_volumes")]  # has one to carry
+    volume_of = {name: f"kv-{name}" for name in names["att"] + names["det"] + [carrier]}
     for volume in volume_of.values():
         herd.ok("volume", "create", volume, "--size", "1", "--host", SOURCE)
-    for name in names["det"]:
+    for name in names["det"] + [carrier]:
         herd.ok("server", "add", "volume", name, volume_of[name])
+    for name in names["det"]:
         wait_for_console(herd, name, "HERD-TEST ready")
     boot_seconds = time.monotonic() - started
 
@@ -308,6 +311,8 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
             problems += check_volume(
                 lab, case, servers[case.server], volumes[volume_of[case.server]]
             )
+        elif case.server == carrier:
+            problems += check_carried(lab, case, volumes[volume_of[carrier]])
         problems += check(case, servers[case.server], seen, left, recovered, notes)
     wall = time.monotonic() - started
     matrix = render(cases, boot_seconds, killed_seconds, reconcile_seconds, wall)
@@ -423,6 +428,23 @@ def check_volume(lab, case: Case, server: dict, volume: dict) -> list[str]:
         return []
     return [f"{what}: volume {volume['name']} is {volume['status']} on {volume['server']}, "
             f"disk in the definition: {has_disk}"]  # fmt: skip
+
+
+def check_carried(lab, case: Case, volume: dict) -> list[str]:
+    """A migration killed while it carried a volume, rolled back: the volume is still
+    the source's, its file there, no copy of it on the destination."""
+    what = f"{case.kind}:{case.step} ({case.server})"
+    problems = []
+    if (volume["host"], volume["status"]) != (SOURCE, "in-use"):
+        problems.append(
+            f"{what}: volume {volume['name']} is {volume['status']} on {volume['host']}"
+        )
+    if lab.exec_in(SOURCE, ["test", "-f", str(volume["path"])]).returncode != 0:
+        problems.append(f"{what}: the volume's file {volume['path']} is gone from {SOURCE}")
+    copy = f"/var/lib/herd/volumes/{volume['uuid']}.qcow2"
+    if lab.exec_in(DEST, ["test", "-e", copy]).returncode == 0:
+        problems.append(f"{what}: a copy of the volume was left on {DEST}")
+    return problems
 
 
 def render(cases: list[Case], boot: float, killed: float, recon: float, wall: float) -> str:

@@ -129,7 +129,7 @@ def test_a_volume_hot_plugged_written_detached_read_back_elsewhere_and_carried_b
     assert left.returncode == 1, "the volume's old file is still on lab-1"
 
 
-def test_a_server_boots_on_its_volumes_host_grows_it_cannot_move_and_reconcile_mends_it(
+def test_a_server_boots_on_its_volumes_host_grows_it_cannot_live_migrate_and_reconcile_mends_it(
     herd: HerdCli, lab: Lab, volumes: list[str], tmp_path: Path
 ) -> None:
     herd.ok("volume", "create", "grown", "--size", "1", "--host", "lab-2", "--format", "raw")
@@ -143,9 +143,9 @@ def test_a_server_boots_on_its_volumes_host_grows_it_cannot_move_and_reconcile_m
     dev = guest_disk(herd, "grow", "grown", "(?:added)?", GIB)  # seen at boot, or hot
     herd.ok("volume", "extend", "grown", "--size", "3")
     assert guest_disk(herd, "grow", "grown", "resized", 3 * GIB) == dev
-    refused = herd.run("server", "migrate", "grow")
+    refused = herd.run("server", "live-migrate", "grow")
     message = assert_one_line_error(refused, code=4)
-    assert "has volumes attached (grown)" in message and "detach them first" in message
+    assert "has volumes attached (grown)" in message and "cold-migrate" in message
 
     # Behind herd's back: the disk unplugged with virsh, a stray file in the volume
     # directory. Reconcile reports both, then (by policy) plugs the disk back in, which
