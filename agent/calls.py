@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from agent import PROTOCOL_VERSION, __version__, confine, image_format, images, reach, volumes
+from agent import (
+    PROTOCOL_VERSION,
+    __version__,
+    confine,
+    image_format,
+    images,
+    reach,
+    snapshots,
+    volumes,
+)
 from agent import facts as host_facts
 from agent.errors import BadRequest, NotFound, UnknownOp
 from agent.fsutil import DIR_MODE, ensure_dir
@@ -133,6 +142,10 @@ class Agent:
             "volume_create": lambda args: volumes.create(self.session.state_dir, args),
             "volume_list": lambda args: volumes.list_volumes(self.session.state_dir, args),
             "volume_adopt": lambda args: volumes.adopt(self.session.state_dir, args),
+            "image_snapshot": lambda args: snapshots.snapshot(
+                *self._volume_context(), self.session.images, args
+            ),
+            "image_snapshot_settle": lambda args: snapshots.settle(*self._volume_context(), args),
             "volume_delete": lambda args: volumes.delete(*self._volume_context(), args),
             "volume_extend": lambda args: volumes.extend(*self._volume_context(), args),
             "volume_attach": lambda args: volumes.attach(*self._volume_context(), args),

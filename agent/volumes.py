@@ -275,6 +275,11 @@ def disks_of(root: ET.Element) -> Dict[str, str]:
     return found
 
 
+def live_disks(virsh: Virsh, domain: str) -> Dict[str, str]:
+    """{file: target dev} of the running guest's file-backed disks."""
+    return disks_of(_xml(virsh, domain, inactive=False))
+
+
 def _state(virsh: Virsh, domain: str) -> str:
     from agent.virt import normalise_state
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlmodel import select
+
 from agent import image_format
+from orchestrator.conductor.hosts import target_of
 from orchestrator.db.engine import Database
-from orchestrator.db.models import Image, utcnow
+from orchestrator.db.models import Host, Image, utcnow
 from orchestrator.errors import AgentError, HerdError
 from orchestrator.rpc.agent_api import AgentAPI
 from orchestrator.rpc.pool import AgentPool
@@ -65,6 +69,8 @@ def unsafe_local_image(path: Path, declared: str) -> str | None:
 def source_kind(source: str) -> str:
     if source.startswith("host://"):
         return "host"
+    if source.startswith("cache://"):
+        return "cache"  # an image made from a server: in that host's cache only
     if source.startswith(("http://", "https://")):
         return "url"
     return "local"
@@ -97,10 +103,34 @@ class ImageDelivery:
             raise HerdError(f"image {image.name!r} has no checksum; re-apply the inventory")
         if kind == "local":
             return await self._push(target, image)
+        if kind == "cache":
+            return await self._relay(target, image)
         return await self._fetch(target, image, kind)
 
-    async def _push(self, target: HostTarget, image: Image) -> Delivery:
-        source = Path(image.source)
+    async def _relay(self, target: HostTarget, image: Image) -> Delivery:
+        """From the cache of the host the image was made on, through this machine (the
+        hosts need not reach each other), then committed as a pushed image is."""
+        source = await self._cache_host(image)
+        cached = await self.agent.image_status(source, str(image.sha256))
+        if not cached.get("present"):
+            raise HerdError(
+                f"image {image.name!r}: its only copy, in {source.name}'s image cache, is gone"
+            )
+        with tempfile.TemporaryDirectory(prefix="herd-image-") as tmp:
+            local = Path(tmp) / "image"
+            await (await self.pool.session(source)).download(cached["path"], local)
+            return await self._push(target, image, local)
+
+    async def _cache_host(self, image: Image) -> HostTarget:
+        name = image.source.removeprefix("cache://")
+        async with self.db.read() as db:
+            host = (await db.exec(select(Host).where(Host.name == name))).first()
+        if host is None:
+            raise HerdError(f"image {image.name!r}: host {name}, whose cache holds it, is gone")
+        return target_of(host)
+
+    async def _push(self, target: HostTarget, image: Image, local: Path | None = None) -> Delivery:
+        source = local or Path(image.source)
         if not source.is_file():
             raise HerdError(
                 f"image {image.name!r}: source {image.source} is not a file on this machine"

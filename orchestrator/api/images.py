@@ -131,6 +131,9 @@ class CacheEntry:
     last_used: float
     instances: list[str]
     images: list[str]  # names in the DB with this checksum ([] if none any more)
+    # The only copy of an image made from a server (its source is this host's cache):
+    # never pruned.
+    pinned: bool = False
 
     @property
     def in_use(self) -> bool:
@@ -177,9 +180,12 @@ async def survey_caches(
     hosts = await _hosts(db, host_names)
     async with db.read() as session:
         by_digest: dict[str, list[str]] = {}
+        pinned: set[tuple[str, str]] = set()
         for image in (await session.exec(select(Image))).all():
             if image.sha256:
                 by_digest.setdefault(image.sha256, []).append(image.name)
+            if image.sha256 and image.source.startswith("cache://"):
+                pinned.add((image.source.removeprefix("cache://"), image.sha256))
     survey = CacheSurvey()
 
     async def one(host: Host) -> None:
@@ -199,6 +205,7 @@ async def survey_caches(
                     last_used=item["last_used"],
                     instances=item["instances"],
                     images=sorted(by_digest.get(item["sha256"], [])),
+                    pinned=(host.name, item["sha256"]) in pinned,
                 )
             )
 
@@ -220,7 +227,10 @@ async def prune_caches(
     doomed = [
         e
         for e in survey.entries
-        if not e.in_use and now - e.last_used >= older_than and e.host not in survey.unreadable
+        if not e.in_use
+        and not e.pinned
+        and now - e.last_used >= older_than
+        and e.host not in survey.unreadable
     ]
     if dry_run:
         return doomed, survey

@@ -827,3 +827,25 @@ async def _volume_task(
     if attach:
         return await AttachVolumeTask(conductor, instance, view.volume, device).execute()
     return await DetachVolumeTask(conductor, instance, view.volume).execute()
+
+
+image_app = typer.Typer(help="Make an image from a server.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("create")
+def create_image(
+    server: Annotated[str, typer.Argument(help="Server name or UUID.")],
+    name: Annotated[str, typer.Option("--name", help="The new image's name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an image of the server's root disk (Nova's createImage): flattened, with its
+    sha256, bootable on any host. A running server is imaged without stopping it
+    (crash-consistent: what a power cut would leave on the disk)."""
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        from orchestrator.conductor.tasks.image_create import ImageCreateTask
+
+        return ImageCreateTask(conductor, instance, name).execute()
+
+    show_outcomes(_act_on_one(server, "Imaging", as_json, work), as_json, "image")

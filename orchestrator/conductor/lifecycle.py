@@ -72,6 +72,7 @@ RULES: dict[str, ActionRule] = {
     # not match a changed definition.
     "attach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "attaching-volume"),
     "detach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED, V.ERROR), "detaching-volume"),
+    "image_create": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "image-snapshot"),
 }
 # Actions that make the domain again from its template, here or on another host: they
 # would leave a volume behind, so they are refused while one is attached (until moves

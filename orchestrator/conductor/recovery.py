@@ -52,6 +52,7 @@ def task_classes() -> dict[str, type[Task]]:
     callers, the steps)."""
     from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
     from orchestrator.conductor.tasks.evacuate import EvacuateTask
+    from orchestrator.conductor.tasks.image_create import ImageCreateTask
     from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
     from orchestrator.conductor.tasks.migrate import MigrateTask
     from orchestrator.conductor.tasks.rebuild import RebuildTask
@@ -63,7 +64,7 @@ def task_classes() -> dict[str, type[Task]]:
 
     classes: list[type[Task]] = [
         MigrateTask, ResizeTask, ConfirmResizeTask, RevertResizeTask, LiveMigrateTask,
-        EvacuateTask, RebuildTask, AttachVolumeTask, DetachVolumeTask,
+        EvacuateTask, RebuildTask, AttachVolumeTask, DetachVolumeTask, ImageCreateTask,
     ]  # fmt: skip
     return {c.kind: c for c in classes}
 

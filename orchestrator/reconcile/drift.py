@@ -408,6 +408,8 @@ def _stale_images(survey: HostSurvey, snapshot: Snapshot, config: ReconcileConfi
         idle = snapshot.now - entry["last_used"]
         if entry["instances"] or idle < limit:
             continue
+        if (survey.host.name, entry["sha256"]) in snapshot.pinned_images:
+            continue
         names = ", ".join(snapshot.image_names.get(entry["sha256"], [])) or entry["sha256"][:12]
         found.append(
             Finding(

@@ -96,6 +96,9 @@ class Snapshot:
     # Journal tasks still open (running, or recovering: recovery could not finish them).
     open_tasks: Sequence[OpenTask] = ()
     volumes: Sequence[Volume] = ()
+    # (host name, sha256) of images whose only copy is that host's cache (made from a
+    # server): never pruned there.
+    pinned_images: frozenset[tuple[str, str]] = frozenset()
     # Volumes whose status was set by a command still running (judged by the reconciler).
     live_volume_owners: frozenset[str] = frozenset()
 

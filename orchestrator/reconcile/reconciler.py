@@ -167,9 +167,12 @@ class Reconciler:
                 (await db.exec(select(AgentJob).where(col(AgentJob.collected_at).is_(None)))).all()
             )
             names: dict[str, list[str]] = {}
+            pinned: set[tuple[str, str]] = set()
             for image in (await db.exec(select(Image))).all():
                 if image.sha256:
                     names.setdefault(image.sha256, []).append(image.name)
+                if image.sha256 and image.source.startswith("cache://"):
+                    pinned.add((image.source.removeprefix("cache://"), image.sha256))
             migrations = (
                 await db.exec(
                     select(Migration.uuid).where(col(Migration.status).in_(OPEN_MIGRATIONS))
@@ -183,6 +186,7 @@ class Reconciler:
         return Snapshot(
             hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations),
             volume_claims=frozenset(v.uuid for v in volumes), open_tasks=tasks, volumes=volumes,
+            pinned_images=frozenset(pinned),
             live_volume_owners=frozenset(
                 v.uuid for v in volumes if v.task_owner and journal.owner_alive(v.task_owner)
             ),

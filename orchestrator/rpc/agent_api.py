@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the pool opens sessions, and a session says hello through h
 HELLO_TIMEOUT = 30.0
 # qemu-img over a whole image, or a guest granting a hot-unplug, under TCG.
 VOLUME_TIMEOUT = 120.0
+SNAPSHOT_TIMEOUT = 1900.0  # the agent converts for up to 1800 s, then merges back
 
 
 # -- answers of calls ---------------------------------------------------------------
@@ -217,6 +218,12 @@ class VolumeFile(TypedDict):
     size_bytes: int
     allocated_bytes: int
     existed: bool
+
+
+class Snapshot(TypedDict):
+    sha256: str
+    size: int
+    live: bool  # taken from a running guest
 
 
 class VolumeFiles(TypedDict):
@@ -521,6 +528,18 @@ class AgentAPI:
         directory (checked a plain image of its format)."""
         adopted: VolumeFile = await self._call(target, "volume_adopt", dict(args), VOLUME_TIMEOUT)
         return adopted
+
+    async def image_snapshot(self, target: HostTarget, uuid: str) -> Snapshot:
+        """The server's root disk flattened into a new image in the host's cache; a
+        running one's through a disk-only snapshot, so it runs on (crash-consistent)."""
+        made: Snapshot = await self._call(
+            target, "image_snapshot", {"uuid": uuid}, SNAPSHOT_TIMEOUT
+        )
+        return made
+
+    async def image_snapshot_settle(self, target: HostTarget, uuid: str) -> dict[str, Any]:
+        """Merge back a snapshot overlay a dead call left the guest running on."""
+        return await self._call(target, "image_snapshot_settle", {"uuid": uuid}, SNAPSHOT_TIMEOUT)
 
     async def volume_list(self, target: HostTarget, directory: str | None) -> VolumeFiles:
         args = {} if directory is None else {"dir": directory}

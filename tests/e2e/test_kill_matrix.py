@@ -78,6 +78,7 @@ REBUILD = [("prepare", "forward"), ("cast", "forward")]
 ATTACH = [("attach", "forward")]
 DETACH = [("detach", "forward")]
 VOLUME_KINDS = ("attach_volume", "detach_volume")
+IMAGE = [("snapshot", "back"), ("register", "forward")]
 
 
 def killed_run(herd: HerdCli, stop_at: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -197,7 +198,7 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     groups = {
         "mig": len(MIGRATE), "rsz": len(RESIZE), "rsu": len(RESIZE_UNDO), "conf": len(CONFIRM),
         "rev": len(REVERT), "live": len(LIVE), "rb": len(REBUILD), "att": len(ATTACH),
-        "det": len(DETACH),
+        "det": len(DETACH), "img": len(IMAGE),
     }  # fmt: skip
     names: dict[str, list[str]] = {}
 
@@ -218,6 +219,7 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     add("rebuild", REBUILD, names["rb"])
     add("attach_volume", ATTACH, names["att"])
     add("detach_volume", DETACH, names["det"])
+    add("image_create", IMAGE, names["img"])
     # A volume each on lab-1: attached by the killed attach; attached first, normally,
     # for the killed detach.
     carrier = names["mig"][[s for s, _ in MIGRATE].index("copy_volumes")]  # has one to carry
@@ -273,6 +275,7 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         "rebuild": lambda n: ("server", "rebuild", n),
         "attach_volume": lambda n: ("server", "add", "volume", n, volume_of[n]),
         "detach_volume": lambda n: ("server", "remove", "volume", n, volume_of[n]),
+        "image_create": lambda n: ("server", "image", "create", n, "--name", f"ki-{n}"),
     }
 
     def kill(case: Case) -> None:
@@ -305,12 +308,15 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     servers = {s["name"]: s for s in herd.servers()}
     notes = recover_events(herd.db_path)
     volumes = {v["name"]: v for v in herd.ok("volume", "list", "--json").json()}
+    images = {i["name"] for i in herd.ok("image", "list", "--json").json()}
     problems: list[str] = []
     for case in cases:
         if case.kind in VOLUME_KINDS:
             problems += check_volume(
                 lab, case, servers[case.server], volumes[volume_of[case.server]]
             )
+        elif case.kind == "image_create":
+            case.outcome = "forward" if f"ki-{case.server}" in images else "back"
         elif case.server == carrier:
             problems += check_carried(lab, case, volumes[volume_of[carrier]])
         problems += check(case, servers[case.server], seen, left, recovered, notes)
@@ -366,8 +372,8 @@ def check(
         moved = server["vm_state"] == "active" and server["flavor"] == "m1.tiny"
     elif case.kind == "rebuild":
         moved = server["vm_state"] == "active"
-    elif case.kind in VOLUME_KINDS:
-        moved = case.outcome == "forward"  # judged by check_volume
+    elif case.kind in (*VOLUME_KINDS, "image_create"):
+        moved = case.outcome == "forward"  # judged from the volume or the image
     case.outcome = "forward" if moved else "back"
     problems = []
     if case.outcome != case.expect:
@@ -379,7 +385,7 @@ def check(
         "back": case.host_before,
         "forward": {
             "revert": SOURCE, "rebuild": SOURCE, "attach_volume": SOURCE,
-            "detach_volume": SOURCE,
+            "detach_volume": SOURCE, "image_create": SOURCE,
         }.get(case.kind, DEST),
     }[case.outcome]  # fmt: skip
     if case.kind != "evacuate" and host != expected_host:

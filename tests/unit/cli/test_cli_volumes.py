@@ -28,6 +28,7 @@ def herd(tmp_path: Path, db_url: str) -> HerdCli:
         (("volume", "delete", "nope"), 3, "volume 'nope' not found"),
         (("volume", "extend", "nope", "--size", "2"), 3, "volume 'nope' not found"),
         (("server", "add", "volume", "web", "nope"), 3, "not found"),
+        (("server", "image", "create", "web", "--name", "img"), 3, "not found"),
     ],
 )
 def test_bad_volume_requests_are_one_line_errors(

@@ -1,0 +1,52 @@
+"""Images made from servers, on the lab: a running test guest writes a marker to its
+root disk, is imaged without stopping, and a server booted from the new image on
+another host reads the marker back (the image relayed there through this machine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.lab import Lab
+from tests.e2e.herdcli import HerdCli
+from tests.e2e.test_volumes import console_until, disk, provider_ip
+
+pytestmark = pytest.mark.e2e
+
+
+def boot(herd: HerdCli, name: str, image: str, host: str) -> None:
+    (made,) = herd.ok(
+        "server", "create", name, "--flavor", "m1.tiny", "--image", image,
+        "--network", "provider", "--host", host, "--json",
+    ).json()  # fmt: skip
+    assert (made["vm_state"], made["error"]) == ("active", None), made
+    console_until(herd, name, "HERD-TEST ready")
+
+
+def test_an_image_of_a_running_guest_boots_on_another_host_with_what_it_wrote(
+    herd: HerdCli, lab: Lab
+) -> None:
+    boot(herd, "imgsrc", "herd-test", "lab-1")
+    source_ip = provider_ip(herd, lab, "imgsrc")
+    assert disk(source_ip, "op=write&dev=vda&marker=img-5e2") == "wrote img-5e2 to vda"
+
+    (made,) = herd.ok("server", "image", "create", "imgsrc", "--name", "golden", "--json").json()
+    assert (made["vm_state"], made["error"]) == ("active", None), made
+    image = herd.ok("image", "show", "golden", "--json").json()
+    assert image["source"] == "cache://lab-1" and len(image["sha256"]) == 64, image
+    # Imaged while it ran: it never rebooted, and still answers.
+    lines = herd.ok("server", "console-log", "imgsrc", "--lines", "400", "--json").json()["lines"]
+    assert sum("HERD-TEST ready" in line for line in lines) == 1
+    assert disk(source_ip, "op=read&dev=vda") == "HERD-MARKER img-5e2"
+    actions = herd.ok("server", "actions", "imgsrc", "--json").json()
+    assert any(a["action"] == "image_create" for a in actions), actions
+
+    # The overlay went back into the server's own disk, not into the cached image that
+    # every server built from herd-test shares.
+    base = herd.ok("image", "show", "herd-test", "--json").json()["sha256"]
+    digest = lab.exec_in("lab-1", ["sha256sum", f"/var/lib/herd/images/{base}"], check=True)
+    assert digest.stdout.split()[0] == base
+
+    boot(herd, "imgdst", "golden", "lab-2")
+    assert disk(provider_ip(herd, lab, "imgdst"), "op=read&dev=vda") == "HERD-MARKER img-5e2"
+    herd.run("server", "delete", "imgdst", "imgsrc")
+    herd.ok("image", "delete", "golden")
