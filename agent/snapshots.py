@@ -53,10 +53,20 @@ def settle(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
         if source is not None and Path(source).name.startswith(OVERLAY_PREFIX):
             _commit(virsh, instance)
             merged = True
-    in_use = volumes.live_disks(virsh, instance) if _running(virsh, instance) else {}
+    referenced = set(volumes.defined_disks(virsh, instance))
+    if _running(virsh, instance):
+        referenced |= set(volumes.live_disks(virsh, instance))
+    kept = []
     for leftover in disk.parent.glob(f"{OVERLAY_PREFIX}*"):
-        if str(leftover) not in in_use:
+        if str(leftover) in referenced:
+            kept.append(str(leftover))  # the guest's data since the snapshot: never removed
+        else:
             leftover.unlink()
+    if kept:
+        raise CommandError(
+            f"the guest's disk is still the snapshot overlay {kept[0]} (it stopped before "
+            "the merge): start it and make an image again, which merges it back first"
+        )
     return {"merged": merged}
 
 

@@ -249,6 +249,12 @@ class Virsh:
                 disks = _disks_in(match.group(2))
                 if disks is not None:
                     found[match.group(1)] = disks
+            for missing in (u for u in chunk if u not in found):
+                # Gone since "list" is fine; any other reason it could not be read is
+                # not "it has no disks": a caller deciding whether a file is free
+                # must not be told yes.
+                if self.dominfo(missing) is not None:
+                    raise LibvirtError(f"could not read the disks of domain {missing}")
         return found
 
     def _describe(self, uuids: List[str]) -> List[DomainSummary]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from agent import images, proc
-from agent.errors import BadRequest, CommandError, NotFound
+from agent.errors import BadRequest, CommandError, LibvirtError, NotFound
 from agent.fsutil import DIR_MODE, ensure_dir, guest_file_mode, tmp_name
 from agent.specs import check_state_dir, integer, sha256
 from agent.specs import uuid as uuid_arg
@@ -228,9 +228,13 @@ def list_volumes(state_dir: Path, args: Mapping[str, Any]) -> Dict[str, Any]:
     if directory.is_dir():
         for entry in sorted(directory.iterdir()):
             stem = _volume_uuid(entry)
-            if stem is not None:
+            if stem is None:
+                continue
+            try:
                 size = entry.stat().st_size
-                found.append({"uuid": stem, "format": entry.suffix[1:], "bytes": size})
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            found.append({"uuid": stem, "format": entry.suffix[1:], "bytes": size})
     return {"dir": str(directory), "volumes": found}
 
 
@@ -280,6 +284,11 @@ def live_disks(virsh: Virsh, domain: str) -> Dict[str, str]:
     return disks_of(_xml(virsh, domain, inactive=False))
 
 
+def defined_disks(virsh: Virsh, domain: str) -> Dict[str, str]:
+    """{file: target dev} of the domain's persistent definition."""
+    return disks_of(_xml(virsh, domain, inactive=True))
+
+
 def _state(virsh: Virsh, domain: str) -> str:
     from agent.virt import normalise_state
 
@@ -315,7 +324,14 @@ def attach(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
         if str(path) not in config_disks:
             virsh.run(["attach-device", instance, str(xml_file), "--config"])
         if live and str(path) not in live_disks:
-            virsh.run(["attach-device", instance, str(xml_file), "--live"])
+            try:
+                virsh.run(["attach-device", instance, str(xml_file), "--live"])
+            except LibvirtError:
+                # Not half attached: the definition must not keep a disk the caller
+                # will record as free.
+                if str(path) not in config_disks:
+                    virsh.run(["detach-disk", instance, device, "--config"])
+                raise
     finally:
         xml_file.unlink()
     return {"device": device, "live": live}

@@ -30,13 +30,21 @@ from orchestrator.errors import HerdError
 
 
 async def attached_volumes(steps: Steps, instance_uuid: str) -> list[Volume]:
+    """Every volume the server has, whatever its status (see ``unsettled``)."""
     async with steps.db.read() as db:
         query = (
-            select(Volume)
-            .where(Volume.instance_uuid == instance_uuid, Volume.status == VolumeStatus.IN_USE)
-            .order_by(col(Volume.device))
+            select(Volume).where(Volume.instance_uuid == instance_uuid).order_by(col(Volume.device))
         )
         return list((await db.exec(query)).all())
+
+
+def unsettled(volumes: Sequence[Volume]) -> str | None:
+    """Why a move cannot carry these now: one is being attached, detached or extended
+    (a move would leave it behind, or carry a file that is still changing)."""
+    busy = [f"{v.name} is {v.status}" for v in volumes if v.status != VolumeStatus.IN_USE]
+    return (
+        f"its volumes are busy ({', '.join(busy)}): try again when that is done" if busy else None
+    )
 
 
 def carried_gb(volumes: Sequence[Volume]) -> int:
@@ -45,12 +53,15 @@ def carried_gb(volumes: Sequence[Volume]) -> int:
 
 async def carry(
     steps: Steps, action_id: int, row: Instance, volumes: Sequence[Volume], source: Host, dest: Host
-) -> None:
-    """Each volume's file from the source to the destination's volume directory."""
+) -> dict[str, str]:
+    """Each volume's file from the source to the destination's volume directory: where
+    the destination keeps each, by volume UUID (for the switch: no host is asked
+    anything between the destination's start and the switch)."""
     if not volumes:
-        return
+        return {}
     src, dst = target_of(source), target_of(dest)
     steps.progress.update(row, "copying volumes", host=dest.name)
+    paths: dict[str, str] = {}
 
     async def work() -> int:
         total = 0
@@ -61,13 +72,15 @@ async def carry(
                 total += await (await steps.pool.session(src)).download(str(volume.path), local)
                 await (await steps.pool.session(dst)).upload(local, remote)
                 local.unlink()
-                await steps.agent.volume_adopt(dst, volume_args(volume, dest))
+                made = await steps.agent.volume_adopt(dst, volume_args(volume, dest))
+                paths[volume.uuid] = made["path"]
         return total
 
     await steps.stepped(
         action_id, "copy_volumes", dest.name, work(),
         lambda total: f"{', '.join(v.name for v in volumes)}: {total} bytes from {source.name}",
     )  # fmt: skip
+    return paths
 
 
 async def dest_paths(steps: Steps, volumes: Sequence[Volume], dest: Host) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.db.models import Allocation, Host, Instance, Volume, VolumeStatus
 from orchestrator.reconcile.config import ReconcileConfig
-from orchestrator.reconcile.findings import Finding, Snapshot, epoch
+from orchestrator.reconcile.findings import HELD, Finding, Snapshot, epoch
 from orchestrator.reconcile.survey import HostSurvey
 
 S = VolumeStatus
@@ -53,6 +53,19 @@ def _host_volumes(survey: HostSurvey, snapshot: Snapshot, config: ReconcileConfi
         volume = by_uuid.get(file_uuid)
         if volume is not None and volume.host_id == host.id:
             continue
+        if volume is not None and _moving(volume, host, snapshot):
+            found.append(
+                Finding(
+                    "orphan_volume",
+                    f"volume file {survey.volume_dir}/{file_uuid}.{entry['format']}: "
+                    f"{volume.name}'s copy being moved here; left alone",
+                    HELD,
+                    host=host.name,
+                    uuid=file_uuid,
+                    data={"volume": file_uuid, "format": entry["format"]},
+                )
+            )
+            continue
         owner = snapshot.hosts.get(volume.host_id) if volume is not None else None
         why = (
             f"no volume in this database has UUID {file_uuid}"
@@ -70,7 +83,23 @@ def _host_volumes(survey: HostSurvey, snapshot: Snapshot, config: ReconcileConfi
                 data={"volume": file_uuid, "format": entry["format"]},
             )
         )
+    settled = [v for v in here if v.status in SETTLED]
+    if len(settled) > 1 and not any(v.uuid in survey.volume_files for v in settled):
+        # Not one of them: rather the storage than every volume (an unmounted
+        # storage.path). Said once, and nothing is marked.
+        found.append(
+            Finding(
+                "missing_volume",
+                f"none of the {len(settled)} volume files of {host.name} is in "
+                f"{survey.volume_dir}: is its storage mounted? (nothing marked)",
+                "report",
+                host=host.name,
+            )
+        )
+        settled = []
     for volume in here:
+        if volume.status in SETTLED and volume not in settled:
+            continue
         if volume.status in SETTLED and volume.uuid not in survey.volume_files:
             found.append(
                 Finding(
@@ -89,6 +118,12 @@ def _host_volumes(survey: HostSurvey, snapshot: Snapshot, config: ReconcileConfi
                 found.append(stuck)
     found += _attachments(survey, snapshot, here, by_uuid, config)
     return found
+
+
+def _moving(volume: Volume, host: Host, snapshot: Snapshot) -> bool:
+    """Whether an open task of the volume's server names this host (a migration's
+    destination, where the copy is the task's until its switch)."""
+    return any(t.server == volume.instance_uuid and host.id in t.hosts for t in snapshot.open_tasks)
 
 
 def _stuck(

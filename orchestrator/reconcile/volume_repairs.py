@@ -73,8 +73,11 @@ class VolumeRepairs:
         `volume delete` clears it); an in-use one keeps its status, so it can still be
         detached, and says what is wrong."""
         volume = await self._volume(finding.data["volume"])
+        host = await self._host(finding.host)
         if volume is None or volume.status not in (S.AVAILABLE, S.IN_USE):
             raise Skipped("the volume changed since the survey; left alone")
+        if volume.host_id != host.id:
+            raise Skipped("the volume moved to another host since the survey; left alone")
         status = volume.status
         volume = await self._take(volume, (status,), status)
         message = f"its file is missing on {finding.host} (found by reconcile)"

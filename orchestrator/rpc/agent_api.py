@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the pool opens sessions, and a session says hello through h
 HELLO_TIMEOUT = 30.0
 # qemu-img over a whole image, or a guest granting a hot-unplug, under TCG.
 VOLUME_TIMEOUT = 120.0
-SNAPSHOT_TIMEOUT = 1900.0  # the agent converts for up to 1800 s, then merges back
+# The agent's worst case: snapshot 600 s, convert 1800 s, merge 600 s, then hashing.
+SNAPSHOT_TIMEOUT = 3600.0
 
 
 # -- answers of calls ---------------------------------------------------------------

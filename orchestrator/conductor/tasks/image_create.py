@@ -106,9 +106,20 @@ class ImageCreateTask(Task):
                     )
                 )  # fmt: skip
         except Conflict as exc:
-            return await self.steps.abort(row, action_id, host.name, f"image create: {exc}")
+            if not await self._registered_already(row, sha256):
+                return await self.steps.abort(row, action_id, host.name, f"image create: {exc}")
         await self.note_registered(action_id, host, sha256)
         return await finish(self, row, action_id, host)
+
+    async def _registered_already(self, row: Instance, sha256: str) -> bool:
+        """This very image, written by a runner that died before it finished the task."""
+        async with self.db.read() as db:
+            image = (await db.exec(select(Image).where(Image.name == self.name))).first()
+        return (
+            image is not None
+            and image.sha256 == sha256
+            and image.properties.get("instance_uuid") == row.uuid
+        )
 
     async def note_registered(self, action_id: int, host: Host, sha256: str) -> None:
         step = await self.steps.step(action_id, "register", host.name, owned=False)

@@ -76,6 +76,9 @@ class MigrateTask(Task):
         self.row, self.action_id, self.source = row, action_id, source
         self.was_running = row.vm_state == VmState.ACTIVE
         self.volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
+        busy = volume_moves.unsettled(self.volumes)
+        if busy is not None:
+            return await self.steps.abort(row, action_id, source.name, f"migrate: {busy}")
         async with self.db.session() as db:
             self.migration = await migration_records.begin(db, row, source, "migration")
         await self.open_journal(
@@ -94,11 +97,10 @@ class MigrateTask(Task):
             if self.was_running:
                 await self.steps.stop_source(row, source, action_id, self.timeout)
             disk = await self._copy_disk(dest)
-            await volume_moves.carry(self.steps, action_id, row, self.volumes, source, dest)
+            paths = await volume_moves.carry(self.steps, action_id, row, self.volumes, source, dest)
             result = await self.steps.spawn(
                 row, dest, action_id, {"disk_from": disk, "start": self.was_running}
             )
-            paths = await volume_moves.dest_paths(self.steps, self.volumes, dest)
         except TaskTaken:
             raise  # recovery has it now: this process must not undo anything
         except HerdError as exc:

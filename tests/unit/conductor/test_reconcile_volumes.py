@@ -233,3 +233,17 @@ async def test_a_host_that_does_not_answer_keeps_its_volumes(lab: HerdLab) -> No
     assert (view.volume.status, view.host, view.host_status) == ("available", "hv2", "down")
     assert view.to_dict()["host_status"] == "down"
     assert Path(str(data.path)).exists()
+
+
+async def test_a_host_whose_volume_files_are_all_gone_is_one_report_and_marks_nothing(
+    lab: HerdLab,
+) -> None:
+    first = await VolumeCreate(lab.conductor, "one", 1, host="hv1").execute()
+    second = await VolumeCreate(lab.conductor, "two", 1, host="hv1").execute()
+    for made in (first, second):  # as if its storage were not mounted
+        Path(str(made.path)).unlink()
+    report = await reconcile(lab)
+    (finding,) = found(report)
+    assert (finding.kind, finding.outcome) == ("missing_volume", "unfixed")
+    assert "is its storage mounted?" in finding.detail
+    assert {(await volume(lab, n)).status for n in ("one", "two")} == {"available"}

@@ -373,3 +373,15 @@ async def test_the_host_refuses_to_delete_a_file_a_domain_still_has(lab: HerdLab
     with pytest.raises(HerdError, match=f"still a disk of domain herd-{server.uuid}"):
         await lab.conductor.agent.volume_delete(target_of(host), volume_args(data, host))
     assert Path(str(data.path)).exists()
+
+
+async def test_a_migration_waits_for_a_volume_that_is_busy(lab: HerdLab) -> None:
+    server, data = await attached(lab)
+    async with lab.db.session() as db:  # an extend in flight on it
+        row = (await db.exec(select(Volume).where(Volume.uuid == data.uuid))).one()
+        row.status = "extending"
+        db.add(row)
+    outcome = await MigrateTask(lab.conductor, server, "hv2").execute()
+    assert outcome.error is not None and "data is extending" in outcome.error
+    await lab.assert_whole(server.uuid, "hv1")
+    assert volume_files(lab, "hv2") == []
