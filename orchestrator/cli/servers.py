@@ -829,6 +829,50 @@ async def _volume_task(
     return await DetachVolumeTask(conductor, instance, view.volume).execute()
 
 
+@app.command()
+def shelve(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    timeout: TimeoutOpt = 60,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop the server, keep its disk as an image and free its host (claim, disk,
+    domain): it stays shelved_offloaded, its addresses kept, until `server unshelve`."""
+    if not wait:
+        _background(name, "shelve", as_json)
+        return
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        from orchestrator.conductor.tasks.shelve import ShelveTask
+
+        return ShelveTask(conductor, instance, timeout=timeout).execute()
+
+    show_outcomes(_act_on_one(name, "Shelving", as_json, work), as_json, "shelve")
+
+
+@app.command()
+def unshelve(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    host: Annotated[
+        str | None, typer.Option(help="Boot it on this host (default: the scheduler chooses).")
+    ] = None,
+    zone: Annotated[
+        str | None, typer.Option("--availability-zone", help="Place it in this zone.")
+    ] = None,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Boot a shelved server again from its shelve image, on any host that fits: the
+    same UUID, addresses and user data."""
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        from orchestrator.conductor.tasks.shelve import UnshelveTask
+
+        return UnshelveTask(conductor, instance, host, zone, wait=wait).execute()
+
+    show_outcomes(_act_on_one(name, "Unshelving", as_json, work), as_json, "unshelve")
+
+
 image_app = typer.Typer(help="Make an image from a server.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 

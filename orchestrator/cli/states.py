@@ -16,6 +16,7 @@ STATE_STYLES = {
     "scheduling": "yellow",
     "deleting": "yellow",
     "resized": "cyan",
+    "shelved_offloaded": "blue",
     "error": "red",
     "down": "red",
     "failed": "red",

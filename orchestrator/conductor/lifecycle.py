@@ -73,6 +73,8 @@ RULES: dict[str, ActionRule] = {
     "attach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "attaching-volume"),
     "detach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED, V.ERROR), "detaching-volume"),
     "image_create": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "image-snapshot"),
+    "shelve": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "shelving"),
+    "unshelve": ActionRule((V.SHELVED_OFFLOADED,), "unshelving"),
 }
 # Actions that make the domain again from its template, here or on another host: they
 # would leave a volume behind, so they are refused while one is attached (until moves
@@ -234,12 +236,15 @@ def apply_result(instance: Instance, op: str, ok: bool, result: dict[str, Any]) 
         if op in ("rebuild", "evacuate"):
             instance.vm_state = V.ERROR  # as Nova: the old disk is gone
             instance.power_state = PowerState.NOSTATE
+        elif op == "unshelve":  # its image is still there: shelved again, to unshelve anew
+            instance.vm_state, instance.host_id = V.SHELVED_OFFLOADED, None
+            instance.power_state = PowerState.NOSTATE
         return
     power = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
     instance.power_state = power
     rule = RULES.get(op)
     if rule is not None and rule.end_state is not None:
         instance.vm_state = rule.end_state
-    elif op in ("rebuild", "evacuate"):
+    elif op in ("rebuild", "evacuate", "unshelve"):
         instance.vm_state = V.ACTIVE if power == PowerState.RUNNING else V.STOPPED
         instance.launched_at = utcnow()

@@ -276,7 +276,9 @@ class Conductor:
                 if not ok:
                     message = f"{job.op} failed on {host_name}: {error}"
                     record_fault(db, instance.uuid, message, host=host_name)
-                if instance.vm_state in (VmState.ERROR, VmState.DELETED):
+                if instance.vm_state in (
+                    VmState.ERROR, VmState.DELETED, VmState.SHELVED_OFFLOADED
+                ):  # fmt: skip
                     await release(db, instance.uuid)
                 if instance.vm_state == VmState.DELETED:
                     await release_ports(db, instance.uuid)

@@ -61,10 +61,12 @@ def task_classes() -> dict[str, type[Task]]:
         ResizeTask,
         RevertResizeTask,
     )
+    from orchestrator.conductor.tasks.shelve import ShelveTask, UnshelveTask
 
     classes: list[type[Task]] = [
         MigrateTask, ResizeTask, ConfirmResizeTask, RevertResizeTask, LiveMigrateTask,
         EvacuateTask, RebuildTask, AttachVolumeTask, DetachVolumeTask, ImageCreateTask,
+        ShelveTask, UnshelveTask,
     ]  # fmt: skip
     return {c.kind: c for c in classes}
 

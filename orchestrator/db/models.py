@@ -47,6 +47,9 @@ class VmState(enum.StrEnum):
     PAUSED = "paused"
     SUSPENDED = "suspended"
     RESIZED = "resized"  # running on the new size, the old disk kept until confirmed
+    # Shelved: its disk an image in its old host's cache, no host, domain or claim; its
+    # ports (addresses) kept for the unshelve (Nova's SHELVED_OFFLOADED).
+    SHELVED_OFFLOADED = "shelved_offloaded"
     ERROR = "error"
     DELETED = "deleted"
 

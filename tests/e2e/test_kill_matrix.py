@@ -79,6 +79,10 @@ ATTACH = [("attach", "forward")]
 DETACH = [("detach", "forward")]
 VOLUME_KINDS = ("attach_volume", "detach_volume")
 IMAGE = [("snapshot", "back"), ("register", "forward")]
+SHELVE = [("stop", "back"), ("snapshot", "back"), ("register", "forward"),
+          ("offload", "forward")]  # fmt: skip
+UNSHELVE = [("schedule", "forward"), ("prepare", "forward"), ("cast", "forward")]
+SHELVED = "shelved_offloaded"
 
 
 def killed_run(herd: HerdCli, stop_at: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -152,7 +156,7 @@ def claims_problems(db_path: Path) -> list[str]:
         want: dict[str, tuple] = {}
         for uuid, host_id, vcpus, ram, disk in db.execute(
             "SELECT uuid, host_id, vcpus, ram_mb, disk_gb FROM instances "
-            "WHERE vm_state != 'deleted'"
+            "WHERE vm_state NOT IN ('deleted', 'shelved_offloaded')"
         ):
             want[uuid] = (hosts.get(host_id), vcpus, ram, disk)
         for uuid, host_id, size in db.execute("SELECT uuid, host_id, size_gb FROM volumes"):
@@ -198,7 +202,7 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     groups = {
         "mig": len(MIGRATE), "rsz": len(RESIZE), "rsu": len(RESIZE_UNDO), "conf": len(CONFIRM),
         "rev": len(REVERT), "live": len(LIVE), "rb": len(REBUILD), "att": len(ATTACH),
-        "det": len(DETACH), "img": len(IMAGE),
+        "det": len(DETACH), "img": len(IMAGE), "shv": len(SHELVE), "ushv": len(UNSHELVE),
     }  # fmt: skip
     names: dict[str, list[str]] = {}
 
@@ -220,6 +224,8 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     add("attach_volume", ATTACH, names["att"])
     add("detach_volume", DETACH, names["det"])
     add("image_create", IMAGE, names["img"])
+    add("shelve", SHELVE, names["shv"])
+    add("unshelve", UNSHELVE, names["ushv"])
     # A volume each on lab-1: attached by the killed attach; attached first, normally,
     # for the killed detach.
     carrier = names["mig"][[s for s, _ in MIGRATE].index("copy_volumes")]  # has one to carry
@@ -262,9 +268,15 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         herd.ok("server", "resize", name, "--flavor", "m1.tiny", "--host", DEST, "--timeout", "1")
 
     concurrently([lambda n=n: resize(n) for n in names["conf"] + names["rev"]])
+    # Unshelve needs servers shelved: done normally first.
+    concurrently(
+        [lambda n=n: herd.ok("server", "shelve", n, "--timeout", "1") for n in names["ushv"]]
+    )
     for case in cases:
         if case.kind in ("confirm", "revert"):
             case.host_before = DEST
+        elif case.kind == "unshelve":
+            case.host_before = "none"
 
     commands = {
         "migrate": lambda n: ("server", "migrate", n, "--host", DEST, "--timeout", "1"),
@@ -276,6 +288,8 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         "attach_volume": lambda n: ("server", "add", "volume", n, volume_of[n]),
         "detach_volume": lambda n: ("server", "remove", "volume", n, volume_of[n]),
         "image_create": lambda n: ("server", "image", "create", n, "--name", f"ki-{n}"),
+        "shelve": lambda n: ("server", "shelve", n, "--timeout", "1"),
+        "unshelve": lambda n: ("server", "unshelve", n, "--host", DEST),
     }
 
     def kill(case: Case) -> None:
@@ -374,18 +388,24 @@ def check(
         moved = server["vm_state"] == "active"
     elif case.kind in (*VOLUME_KINDS, "image_create"):
         moved = case.outcome == "forward"  # judged from the volume or the image
+    elif case.kind == "shelve":
+        moved = server["vm_state"] == SHELVED
+    elif case.kind == "unshelve":
+        moved = server["vm_state"] == "active"
     case.outcome = "forward" if moved else "back"
     problems = []
     if case.outcome != case.expect:
         problems.append(f"{what}: went {case.outcome}, its rule says {case.rule!r}")
     if server["task_state"] is not None:
         problems.append(f"{what}: task_state {server['task_state']}")
-    expected_vm = {("resize", "forward"): "resized"}.get((case.kind, case.outcome), "active")
+    expected_vm = {("resize", "forward"): "resized", ("shelve", "forward"): SHELVED}.get(
+        (case.kind, case.outcome), "active"
+    )
     expected_host = {
         "back": case.host_before,
         "forward": {
             "revert": SOURCE, "rebuild": SOURCE, "attach_volume": SOURCE,
-            "detach_volume": SOURCE, "image_create": SOURCE,
+            "detach_volume": SOURCE, "image_create": SOURCE, "shelve": None,
         }.get(case.kind, DEST),
     }[case.outcome]  # fmt: skip
     if case.kind != "evacuate" and host != expected_host:
@@ -398,7 +418,7 @@ def check(
     if server["vm_state"] != expected_vm:
         problems.append(f"{what}: vm_state {server['vm_state']}, expected {expected_vm}")
     holders = {h: d[uuid] for h, d in seen.items() if uuid in d}
-    if holders != {host: "running"}:
+    if holders != ({} if server["vm_state"] == SHELVED else {host: "running"}):
         problems.append(f"{what}: recorded on {host}, domains {holders}")
     stash = f"/var/lib/herd/instances/{uuid}.resize"
     mine = [f for files in left.values() for f in files if uuid in f]

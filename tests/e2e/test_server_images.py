@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.lab import Lab
-from tests.e2e.herdcli import HerdCli
+from tests.e2e.herdcli import HerdCli, domain_state
 from tests.e2e.test_volumes import console_until, disk, provider_ip
 
 pytestmark = pytest.mark.e2e
@@ -50,3 +50,31 @@ def test_an_image_of_a_running_guest_boots_on_another_host_with_what_it_wrote(
     assert disk(provider_ip(herd, lab, "imgdst"), "op=read&dev=vda") == "HERD-MARKER img-5e2"
     herd.run("server", "delete", "imgdst", "imgsrc")
     herd.ok("image", "delete", "golden")
+
+
+def test_shelve_frees_the_host_and_unshelve_boots_it_elsewhere_as_itself(
+    herd: HerdCli, lab: Lab
+) -> None:
+    boot(herd, "shelf", "herd-test", "lab-1")
+    before = herd.server("shelf")
+    address = provider_ip(herd, lab, "shelf")
+    assert disk(address, "op=write&dev=vda&marker=shelf-71c") == "wrote shelf-71c to vda"
+
+    (shelved,) = herd.ok("server", "shelve", "shelf", "--json").json()
+    assert (shelved["vm_state"], shelved["error"]) == ("shelved_offloaded", None), shelved
+    view = herd.server("shelf")
+    assert view["host"] is None and view["image"].startswith("shelf-shelved-"), view
+    assert domain_state(lab, "lab-1", before["uuid"]) is None  # its domain is gone
+    gone = lab.exec_in("lab-1", ["test", "-e", f"/var/lib/herd/instances/{before['uuid']}"])
+    assert gone.returncode != 0  # and its disk
+    assert [p["ip"] for p in view["addresses"]] == [address]  # its address is kept
+
+    (back,) = herd.ok("server", "unshelve", "shelf", "--host", "lab-2", "--json").json()
+    assert (back["vm_state"], back["error"], back["host"]) == ("active", None, "lab-2"), back
+    console_until(herd, "shelf", "HERD-TEST ready")
+    assert domain_state(lab, "lab-2", before["uuid"]) == "running"
+    assert herd.server("shelf")["uuid"] == before["uuid"]
+    assert provider_ip(herd, lab, "shelf") == address
+    assert disk(address, "op=read&dev=vda") == "HERD-MARKER shelf-71c"
+    herd.run("server", "delete", "shelf")
+    herd.ok("image", "delete", view["image"])

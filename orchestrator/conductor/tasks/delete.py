@@ -15,9 +15,10 @@ from sqlmodel import col, select
 from orchestrator.conductor import lifecycle, migration_records
 from orchestrator.conductor.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor.hosts import target_of
-from orchestrator.conductor.manager import DELETE_TIMEOUT, Conductor
+from orchestrator.conductor.manager import DELETE_TIMEOUT, Conductor, release_volumes
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
 from orchestrator.conductor.tasks.base import Task
+from orchestrator.conductor.tasks.shelve import drop_shelve_image
 from orchestrator.db.models import (
     OPEN_MIGRATIONS,
     Host,
@@ -57,12 +58,16 @@ class DeleteTask(Task):
                     return outcome_of(await self.conductor.instance_row(db, instance.uuid), None)
                 host = await db.get(Host, row.host_id) if row.host_id else None
                 if host is None:
-                    # Never placed: nothing exists on any host.
+                    # Never placed, or shelved: nothing exists on any host.
+                    shelved = row.vm_state == VmState.SHELVED_OFFLOADED
                     row.vm_state = VmState.DELETED
                     lifecycle.end_task(row)
                     row.deleted_at = row.updated_at = utcnow()
                     await release(db, row.uuid)
                     await release_ports(db, row.uuid)
+                    await release_volumes(db, row.uuid)
+                    if shelved:
+                        await drop_shelve_image(db, row)
                     await finish_action(db, action.id)
                     db.add(row)
                     self.progress.update(row, "deleted")

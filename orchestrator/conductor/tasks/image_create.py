@@ -26,6 +26,7 @@ from orchestrator.conductor.outcomes import Outcome, guard_outcome
 from orchestrator.conductor.tasks.attach import finish
 from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.duplicates import duplicates_conflict
+from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput
 from orchestrator.names import check_name
@@ -37,6 +38,60 @@ BOOT_PROPERTIES = ("kernel_id", "ramdisk_id", "os_command_line")
 
 def cache_source(host: Host) -> str:
     return f"{CACHE_SOURCE}{host.name}"
+
+
+async def register_image(
+    db: Database,
+    row: Instance,
+    host: Host,
+    name: str,
+    sha256: str,
+    size: int,
+    *,
+    image_type: str = "snapshot",
+) -> int:
+    """The image's row (its id): its base's boot properties, the server it came from.
+    Conflict if another image has the name; this very image, written by a runner that
+    died before it finished its task, counts as registered."""
+    taken = f"an image named {name!r} already exists"
+    try:
+        async with duplicates_conflict("images", taken), db.session() as session:
+            base = await session.get(Image, row.image_id) if row.image_id else None
+            kept = {k: v for k, v in (base.properties if base else {}).items()
+                    if k in BOOT_PROPERTIES}  # fmt: skip
+            image = Image(
+                name=name, source=cache_source(host), format="qcow2",
+                sha256=sha256, size=size, min_disk_gb=row.disk_gb,
+                min_ram_mb=base.min_ram_mb if base else 0, managed_by="cli",
+                properties={**kept, "image_type": image_type, "instance_uuid": row.uuid,
+                            "base_image_ref": base_image_ref(base)},
+                created_at=utcnow(), updated_at=utcnow(),
+            )  # fmt: skip
+            session.add(image)
+            await session.flush()
+            assert image.id is not None
+            return image.id
+    except Conflict:
+        async with db.read() as session:
+            found = (await session.exec(select(Image).where(Image.name == name))).first()
+        if (
+            found is not None
+            and found.id is not None
+            and found.sha256 == sha256
+            and found.properties.get("instance_uuid") == row.uuid
+        ):
+            return found.id
+        raise
+
+
+def base_image_ref(base: Image | None) -> str:
+    """The image the server was first booted from: a shelved server, unshelved, runs on
+    its shelve image, but its image made later descends from what it was booted from."""
+    if base is None:
+        return ""
+    if base.properties.get("image_type") == "shelved":
+        return str(base.properties.get("base_image_ref") or base.name)
+    return base.name
 
 
 class ImageCreateTask(Task):
@@ -87,39 +142,12 @@ class ImageCreateTask(Task):
     async def _register(
         self, row: Instance, action_id: int, host: Host, sha256: str, size: int
     ) -> Outcome:
-        """The image's row: its base's boot properties, the server it came from."""
-        taken = f"an image named {self.name!r} already exists"
         try:
-            async with duplicates_conflict("images", taken), self.db.session() as db:
-                base = await db.get(Image, row.image_id) if row.image_id else None
-                kept = {k: v for k, v in (base.properties if base else {}).items()
-                        if k in BOOT_PROPERTIES}  # fmt: skip
-                db.add(
-                    Image(
-                        name=self.name, source=cache_source(host), format="qcow2",
-                        sha256=sha256, size=size, min_disk_gb=row.disk_gb,
-                        min_ram_mb=base.min_ram_mb if base else 0, managed_by="cli",
-                        properties={**kept, "image_type": "snapshot",
-                                    "instance_uuid": row.uuid,
-                                    "base_image_ref": base.name if base else ""},
-                        created_at=utcnow(), updated_at=utcnow(),
-                    )
-                )  # fmt: skip
+            await register_image(self.db, row, host, self.name, sha256, size)
         except Conflict as exc:
-            if not await self._registered_already(row, sha256):
-                return await self.steps.abort(row, action_id, host.name, f"image create: {exc}")
+            return await self.steps.abort(row, action_id, host.name, f"image create: {exc}")
         await self.note_registered(action_id, host, sha256)
         return await finish(self, row, action_id, host)
-
-    async def _registered_already(self, row: Instance, sha256: str) -> bool:
-        """This very image, written by a runner that died before it finished the task."""
-        async with self.db.read() as db:
-            image = (await db.exec(select(Image).where(Image.name == self.name))).first()
-        return (
-            image is not None
-            and image.sha256 == sha256
-            and image.properties.get("instance_uuid") == row.uuid
-        )
 
     async def note_registered(self, action_id: int, host: Host, sha256: str) -> None:
         step = await self.steps.step(action_id, "register", host.name, owned=False)
