@@ -23,6 +23,7 @@ from agent import (
     image_format,
     images,
     reach,
+    rescue,
     snapshots,
     volumes,
 )
@@ -150,6 +151,8 @@ class Agent:
             "volume_extend": lambda args: volumes.extend(*self._volume_context(), args),
             "volume_attach": lambda args: volumes.attach(*self._volume_context(), args),
             "volume_detach": lambda args: volumes.detach(*self._volume_context(), args),
+            "rescue": lambda args: rescue.rescue(*self._volume_context(), args),
+            "unrescue": lambda args: rescue.unrescue(*self._volume_context(), args),
         }
 
     def _volume_context(self) -> "tuple[Path, Virsh]":

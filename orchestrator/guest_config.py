@@ -85,11 +85,9 @@ async def _image_named(db: AsyncSession, name: str, owner: Image, key: str) -> I
     return row
 
 
-async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig:
-    image = await db.get(Image, instance.image_id) if instance.image_id else None
-    if image is None:
-        raise HerdError(f"image {instance.image_name!r} no longer exists")
-    flavor = (await db.exec(select(Flavor).where(Flavor.name == instance.flavor_name))).first()
+async def boot_images(db: AsyncSession, image: Image) -> tuple[Image | None, Image | None]:
+    """The kernel and ramdisk a direct-kernel-boot image names (None, None: it boots
+    from its disk)."""
     kernel = ramdisk = None
     if KERNEL_PROPERTY in image.properties:
         kernel = await _image_named(db, image.properties[KERNEL_PROPERTY], image, KERNEL_PROPERTY)
@@ -97,6 +95,15 @@ async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig
             ramdisk = await _image_named(
                 db, image.properties[RAMDISK_PROPERTY], image, RAMDISK_PROPERTY
             )
+    return kernel, ramdisk
+
+
+async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig:
+    image = await db.get(Image, instance.image_id) if instance.image_id else None
+    if image is None:
+        raise HerdError(f"image {instance.image_name!r} no longer exists")
+    flavor = (await db.exec(select(Flavor).where(Flavor.name == instance.flavor_name))).first()
+    kernel, ramdisk = await boot_images(db, image)
     ports = await ports_of(db, instance.uuid)
     volumes = (
         await db.exec(

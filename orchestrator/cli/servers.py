@@ -873,6 +873,40 @@ def unshelve(
     show_outcomes(_act_on_one(name, "Unshelving", as_json, work), as_json, "unshelve")
 
 
+@app.command()
+def rescue(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")],
+    image: Annotated[
+        str | None, typer.Option(help="Boot this image (default: the server's own).")
+    ] = None,
+    timeout: TimeoutOpt = 60,
+    as_json: JsonOpt = False,
+) -> None:
+    """Boot the server from a fresh disk of a rescue image, its own root disk attached
+    second (serial herd-rescued-root), to repair it; `server unrescue` ends it."""
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        from orchestrator.conductor.tasks.rescue import RescueTask
+
+        return RescueTask(conductor, instance, image, timeout=timeout).execute()
+
+    show_outcomes(_act_on_one(name, "Rescuing", as_json, work), as_json, "rescue")
+
+
+@app.command()
+def unrescue(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")], as_json: JsonOpt = False
+) -> None:
+    """Boot a rescued server from its own disk again (the rescue disk is dropped)."""
+
+    def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
+        from orchestrator.conductor.tasks.rescue import UnrescueTask
+
+        return UnrescueTask(conductor, instance).execute()
+
+    show_outcomes(_act_on_one(name, "Unrescuing", as_json, work), as_json, "unrescue")
+
+
 image_app = typer.Typer(help="Make an image from a server.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 

@@ -17,6 +17,7 @@ STATE_STYLES = {
     "deleting": "yellow",
     "resized": "cyan",
     "shelved_offloaded": "blue",
+    "rescued": "magenta",
     "error": "red",
     "down": "red",
     "failed": "red",

@@ -75,6 +75,8 @@ RULES: dict[str, ActionRule] = {
     "image_create": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "image-snapshot"),
     "shelve": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "shelving"),
     "unshelve": ActionRule((V.SHELVED_OFFLOADED,), "unshelving"),
+    "rescue": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR), "rescuing"),
+    "unrescue": ActionRule((V.RESCUED,), "unrescuing"),
 }
 # Actions that make the domain again from its template, here or on another host: they
 # would leave a volume behind, so they are refused while one is attached (until moves

@@ -56,6 +56,7 @@ def task_classes() -> dict[str, type[Task]]:
     from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
     from orchestrator.conductor.tasks.migrate import MigrateTask
     from orchestrator.conductor.tasks.rebuild import RebuildTask
+    from orchestrator.conductor.tasks.rescue import RescueTask, UnrescueTask
     from orchestrator.conductor.tasks.resize import (
         ConfirmResizeTask,
         ResizeTask,
@@ -66,7 +67,7 @@ def task_classes() -> dict[str, type[Task]]:
     classes: list[type[Task]] = [
         MigrateTask, ResizeTask, ConfirmResizeTask, RevertResizeTask, LiveMigrateTask,
         EvacuateTask, RebuildTask, AttachVolumeTask, DetachVolumeTask, ImageCreateTask,
-        ShelveTask, UnshelveTask,
+        ShelveTask, UnshelveTask, RescueTask, UnrescueTask,
     ]  # fmt: skip
     return {c.kind: c for c in classes}
 

@@ -50,6 +50,7 @@ class VmState(enum.StrEnum):
     # Shelved: its disk an image in its old host's cache, no host, domain or claim; its
     # ports (addresses) kept for the unshelve (Nova's SHELVED_OFFLOADED).
     SHELVED_OFFLOADED = "shelved_offloaded"
+    RESCUED = "rescued"  # booted from a rescue image, its own disk attached second
     ERROR = "error"
     DELETED = "deleted"
 

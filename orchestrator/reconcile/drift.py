@@ -249,6 +249,7 @@ def _domain_findings(
                 VmState.PAUSED,
                 VmState.SUSPENDED,
                 VmState.RESIZED,
+                VmState.RESCUED,
             )
         ):
             found.append(
@@ -342,7 +343,7 @@ def _claim_findings(snapshot: Snapshot, config: ReconcileConfig) -> list[Finding
     by_uuid = {i.uuid: i for i in snapshot.instances}
     holds = (
         VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED, VmState.BUILDING,
-        VmState.RESIZED,
+        VmState.RESIZED, VmState.RESCUED,
     )  # fmt: skip
     for uuid, claim in claims.items():
         if uuid in snapshot.migration_claims or uuid in snapshot.volume_claims:

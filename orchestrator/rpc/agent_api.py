@@ -33,6 +33,7 @@ HELLO_TIMEOUT = 30.0
 # qemu-img over a whole image, or a guest granting a hot-unplug, under TCG.
 VOLUME_TIMEOUT = 120.0
 # The agent's worst case: snapshot 600 s, convert 1800 s, merge 600 s, then hashing.
+RESCUE_TIMEOUT = 300.0  # a qemu-img overlay, a define, a start
 SNAPSHOT_TIMEOUT = 3600.0
 
 
@@ -230,6 +231,12 @@ class Snapshot(TypedDict):
 class VolumeFiles(TypedDict):
     dir: str
     volumes: list[dict[str, Any]]  # {"uuid", "format", "bytes"}
+
+
+class Rescued(TypedDict, total=False):
+    state: str
+    root_device: str  # where the server's own disk is in the rescue domain
+    unrescued: bool
 
 
 class Attached(TypedDict, total=False):
@@ -559,3 +566,13 @@ class AgentAPI:
             target, "volume_detach", dict(args), VOLUME_TIMEOUT + 30
         )
         return detached
+
+    async def rescue(self, target: HostTarget, args: dict[str, Any]) -> Rescued:
+        """Boot the server from a fresh disk of the rescue image, its own disk second."""
+        done: Rescued = await self._call(target, "rescue", args, RESCUE_TIMEOUT)
+        return done
+
+    async def unrescue(self, target: HostTarget, uuid: str) -> Rescued:
+        """Its own definition back, started; nothing kept: only started."""
+        done: Rescued = await self._call(target, "unrescue", {"uuid": uuid}, RESCUE_TIMEOUT)
+        return done

@@ -10,8 +10,9 @@ recovery did.
 
 Servers are booted in batches and killed concurrently (one herd per server), and every
 kill shares the one reconcile: the matrix costs a few boots, not one lab per step.
-Moves go lab-1 -> lab-2; evacuations leave lab-3, whose daemons are stopped only around
-each evacuate (it builds nothing before it is killed, so the rest go on meanwhile).
+Moves go lab-1 -> lab-2 (shelves and unshelves stay on lab-2: lab-1 is full); evacuations
+leave lab-3, whose daemons are stopped only around each evacuate (it builds nothing
+before it is killed, so the rest go on meanwhile).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ SHELVE = [("stop", "back"), ("snapshot", "back"), ("register", "forward"),
           ("offload", "forward")]  # fmt: skip
 UNSHELVE = [("schedule", "forward"), ("prepare", "forward"), ("cast", "forward")]
 SHELVED = "shelved_offloaded"
+RESCUE = [("stop", "back"), ("rescue", "forward")]
+UNRESCUE = [("unrescue", "forward")]
+ON_DEST = ("shv", "ushv", "rsc", "ursc")  # lab-1 is full: these stay on lab-2
 
 
 def killed_run(herd: HerdCli, stop_at: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -193,6 +197,10 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     config = tmp_path / "config.yaml"
     config.write_text("reconcile:\n  collect_grace: 0\n")
     herd.env["HERD_CONFIG"] = str(config)
+    # lab-2 takes every move's destination and the shelves and rescues: more than its
+    # 2 cores at the lab's 16:1.
+    with sqlite3.connect(herd.db_path) as db:
+        db.execute("UPDATE hosts SET cpu_ratio = 24 WHERE name = ?", (DEST,))
     cases: list[Case] = []
 
     def add(kind: str, steps: list[tuple[str, str]], names: list[str]) -> None:
@@ -203,12 +211,15 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         "mig": len(MIGRATE), "rsz": len(RESIZE), "rsu": len(RESIZE_UNDO), "conf": len(CONFIRM),
         "rev": len(REVERT), "live": len(LIVE), "rb": len(REBUILD), "att": len(ATTACH),
         "det": len(DETACH), "img": len(IMAGE), "shv": len(SHELVE), "ushv": len(UNSHELVE),
+        "rsc": len(RESCUE), "ursc": len(UNRESCUE),
     }  # fmt: skip
     names: dict[str, list[str]] = {}
 
     def boot_group(prefix: str) -> None:
         if prefix == "det":  # a detach needs a guest that grants the PCI hot-unplug
             names[prefix] = boot(herd, prefix, groups[prefix], SOURCE, "m1.tiny", "herd-test")
+        elif prefix in ON_DEST:
+            names[prefix] = boot(herd, prefix, groups[prefix], DEST)
         else:
             names[prefix] = boot(herd, prefix, groups[prefix], SOURCE)
 
@@ -226,6 +237,8 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
     add("image_create", IMAGE, names["img"])
     add("shelve", SHELVE, names["shv"])
     add("unshelve", UNSHELVE, names["ushv"])
+    add("rescue", RESCUE, names["rsc"])
+    add("unrescue", UNRESCUE, names["ursc"])
     # A volume each on lab-1: attached by the killed attach; attached first, normally,
     # for the killed detach.
     carrier = names["mig"][[s for s, _ in MIGRATE].index("copy_volumes")]  # has one to carry
@@ -268,12 +281,13 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         herd.ok("server", "resize", name, "--flavor", "m1.tiny", "--host", DEST, "--timeout", "1")
 
     concurrently([lambda n=n: resize(n) for n in names["conf"] + names["rev"]])
-    # Unshelve needs servers shelved: done normally first.
+    # Unshelve needs servers shelved, unrescue servers rescued: done normally first.
     concurrently(
         [lambda n=n: herd.ok("server", "shelve", n, "--timeout", "1") for n in names["ushv"]]
+        + [lambda n=n: herd.ok("server", "rescue", n, "--timeout", "1") for n in names["ursc"]]
     )
     for case in cases:
-        if case.kind in ("confirm", "revert"):
+        if case.kind in ("confirm", "revert", "shelve", "rescue", "unrescue"):
             case.host_before = DEST
         elif case.kind == "unshelve":
             case.host_before = "none"
@@ -290,6 +304,8 @@ def test_a_task_killed_at_any_step_is_finished_or_undone_by_reconcile(
         "image_create": lambda n: ("server", "image", "create", n, "--name", f"ki-{n}"),
         "shelve": lambda n: ("server", "shelve", n, "--timeout", "1"),
         "unshelve": lambda n: ("server", "unshelve", n, "--host", DEST),
+        "rescue": lambda n: ("server", "rescue", n, "--timeout", "1"),
+        "unrescue": lambda n: ("server", "unrescue", n),
     }
 
     def kill(case: Case) -> None:
@@ -390,17 +406,20 @@ def check(
         moved = case.outcome == "forward"  # judged from the volume or the image
     elif case.kind == "shelve":
         moved = server["vm_state"] == SHELVED
-    elif case.kind == "unshelve":
+    elif case.kind in ("unshelve", "unrescue"):
         moved = server["vm_state"] == "active"
+    elif case.kind == "rescue":
+        moved = server["vm_state"] == "rescued"
     case.outcome = "forward" if moved else "back"
     problems = []
     if case.outcome != case.expect:
         problems.append(f"{what}: went {case.outcome}, its rule says {case.rule!r}")
     if server["task_state"] is not None:
         problems.append(f"{what}: task_state {server['task_state']}")
-    expected_vm = {("resize", "forward"): "resized", ("shelve", "forward"): SHELVED}.get(
-        (case.kind, case.outcome), "active"
-    )
+    expected_vm = {
+        ("resize", "forward"): "resized", ("shelve", "forward"): SHELVED,
+        ("rescue", "forward"): "rescued",
+    }.get((case.kind, case.outcome), "active")  # fmt: skip
     expected_host = {
         "back": case.host_before,
         "forward": {

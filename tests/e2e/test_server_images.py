@@ -1,8 +1,13 @@
 """Images made from servers, on the lab: a running test guest writes a marker to its
 root disk, is imaged without stopping, and a server booted from the new image on
-another host reads the marker back (the image relayed there through this machine)."""
+another host reads the marker back (the image relayed there through this machine).
+Shelve and unshelve onto another host keep the UUID, address and marker; a rescued
+guest finds its own disk second and repairs it, and unrescue boots what it wrote."""
 
 from __future__ import annotations
+
+import re
+import time
 
 import pytest
 
@@ -78,3 +83,46 @@ def test_shelve_frees_the_host_and_unshelve_boots_it_elsewhere_as_itself(
     assert disk(address, "op=read&dev=vda") == "HERD-MARKER shelf-71c"
     herd.run("server", "delete", "shelf")
     herd.ok("image", "delete", view["image"])
+
+
+def test_rescue_boots_a_fresh_disk_with_the_servers_own_second_and_unrescue_gives_it_back(
+    herd: HerdCli, lab: Lab
+) -> None:
+    boot(herd, "rsq", "herd-test", "lab-1")
+    address = provider_ip(herd, lab, "rsq")
+    assert disk(address, "op=write&dev=vda&marker=rsq-0c4") == "wrote rsq-0c4 to vda"
+
+    (rescued,) = herd.ok("server", "rescue", "rsq", "--json").json()
+    assert (rescued["vm_state"], rescued["error"], rescued["host"]) == ("rescued", None, "lab-1")
+    # The guest booted again, from the rescue disk: its own disk is there, second, by serial.
+    lines = console_until(herd, "rsq", "serial=herd-rescued-root", timeout=180)
+    (own,) = {m.group(1) for m in map(ROOT_DISK.search, lines) if m}
+    assert own != "vda"
+    wait_ready(herd, "rsq", 2)
+    assert provider_ip(herd, lab, "rsq") == address
+    assert disk(address, "op=read&dev=vda") != "HERD-MARKER rsq-0c4"  # a fresh disk
+    assert disk(address, f"op=read&dev={own}") == "HERD-MARKER rsq-0c4"
+    assert disk(address, f"op=write&dev={own}&marker=fixed-9d1") == f"wrote fixed-9d1 to {own}"
+
+    (back,) = herd.ok("server", "unrescue", "rsq", "--json").json()
+    assert (back["vm_state"], back["error"]) == ("active", None), back
+    wait_ready(herd, "rsq", 3)
+    assert disk(address, "op=read&dev=vda") == "HERD-MARKER fixed-9d1"  # what the rescue wrote
+    listed = lab.exec_in("lab-1", ["ls", f"/var/lib/herd/instances/{herd.server('rsq')['uuid']}"])
+    assert "disk.rescue" not in listed.stdout.split()
+    herd.run("server", "delete", "rsq")
+
+
+ROOT_DISK = re.compile(r"HERD-TEST disk=(vd[a-z]) bytes=\d+ serial=herd-rescued-root")
+
+
+def wait_ready(herd: HerdCli, name: str, boots: int, timeout: float = 180) -> None:
+    """Until the guest has said it is ready ``boots`` times (its console log is kept
+    across its boots)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = herd.ok("server", "console-log", name, "--lines", "2000", "--json").json()["lines"]
+        if sum("HERD-TEST ready" in line for line in lines) >= boots:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name} did not get ready {boots} times")
