@@ -25,6 +25,7 @@ from agent import (
     reach,
     rescue,
     snapshots,
+    volume_snapshots,
     volumes,
 )
 from agent import facts as host_facts
@@ -151,6 +152,15 @@ class Agent:
             "volume_extend": lambda args: volumes.extend(*self._volume_context(), args),
             "volume_attach": lambda args: volumes.attach(*self._volume_context(), args),
             "volume_detach": lambda args: volumes.detach(*self._volume_context(), args),
+            "volume_snapshot_create": lambda args: volume_snapshots.create(
+                *self._volume_context(), args
+            ),
+            "volume_snapshot_delete": lambda args: volume_snapshots.delete(
+                self.session.state_dir, args
+            ),
+            "volume_snapshot_revert": lambda args: volume_snapshots.revert(
+                *self._volume_context(), args
+            ),
             "rescue": lambda args: rescue.rescue(*self._volume_context(), args),
             "unrescue": lambda args: rescue.unrescue(*self._volume_context(), args),
         }

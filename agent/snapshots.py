@@ -94,8 +94,8 @@ def snapshot(
     return {"sha256": digest, "size": cached.size, "live": live}
 
 
-def _convert(disk: Path, out: Path, *, force_share: bool) -> None:
-    argv = ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2"]
+def _convert(disk: Path, out: Path, *, force_share: bool, fmt: str = "qcow2") -> None:
+    argv = ["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2"]
     if force_share:  # the running QEMU holds the (now read-only) disk open
         argv.append("-U")
     proc.run([*argv, str(disk), str(out)], CONVERT_TIMEOUT, what="qemu-img convert")
@@ -103,26 +103,35 @@ def _convert(disk: Path, out: Path, *, force_share: bool) -> None:
 
 def _convert_live(state_dir: Path, virsh: Virsh, instance: str, disk: Path, out: Path) -> None:
     overlay = disk.parent / f"{OVERLAY_PREFIX}{secrets.token_hex(4)}"
-    specs = ["--diskspec", f"vda,snapshot=external,file={overlay}"]
-    for dev in sorted(volumes.live_disks(virsh, instance).values()):
-        if dev != "vda":
-            specs += ["--diskspec", f"{dev},snapshot=no"]
+    convert_frozen(virsh, instance, "vda", disk, "qcow2", out, overlay)
+
+
+def convert_frozen(
+    virsh: Virsh, instance: str, dev: str, disk: Path, fmt: str, out: Path, overlay: Path
+) -> None:
+    """``disk`` (the running guest's ``dev``) converted into ``out`` while the guest
+    runs on ``overlay``, then the overlay merged back and removed; the guest is checked
+    to be on ``disk`` again."""
+    specs = ["--diskspec", f"{dev},snapshot=external,file={overlay}"]
+    for other in sorted(volumes.live_disks(virsh, instance).values()):
+        if other != dev:
+            specs += ["--diskspec", f"{other},snapshot=no"]
     virsh.run(
         ["snapshot-create-as", instance, "--disk-only", "--atomic", "--no-metadata", *specs],
         timeout=COMMIT_TIMEOUT,
     )
     try:
-        _convert(disk, out, force_share=True)
+        _convert(disk, out, force_share=True, fmt=fmt)
     finally:
-        _commit(virsh, instance)
+        _commit(virsh, instance, dev)
         live = volumes.live_disks(virsh, instance)
-        if live.get(str(disk)) != "vda":
-            raise CommandError(f"after the merge the guest's vda is not {disk}: {live}")
+        if live.get(str(disk)) != dev:
+            raise CommandError(f"after the merge the guest's {dev} is not {disk}: {live}")
         with contextlib.suppress(FileNotFoundError):
             overlay.unlink()
 
 
-def _commit(virsh: Virsh, instance: str) -> None:
+def _commit(virsh: Virsh, instance: str, dev: str = "vda") -> None:
     """The overlay's writes back into the disk, the guest switched back onto it.
 
     ``--shallow`` is what makes the disk the commit's base: without it virsh commits
@@ -130,7 +139,7 @@ def _commit(virsh: Virsh, instance: str) -> None:
     shares, and writes this guest's data into it."""
     try:
         virsh.run(
-            ["blockcommit", instance, "vda", "--active", "--shallow", "--pivot", "--wait"],
+            ["blockcommit", instance, dev, "--active", "--shallow", "--pivot", "--wait"],
             timeout=COMMIT_TIMEOUT,
         )
     except CommandError as exc:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlmodel import col, or_, select
 
 from orchestrator.db.engine import Database
-from orchestrator.db.models import Host, Instance, Volume
+from orchestrator.db.models import Host, Instance, Volume, VolumeSnapshot
 from orchestrator.errors import NotFound
 
 
@@ -56,4 +56,51 @@ async def list_volumes(
 
 async def find_volume(db: Database, name: str) -> VolumeView:
     (view,) = [v for v in await list_volumes(db, [name]) if name in (v.volume.name, v.volume.uuid)]
+    return view
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    snapshot: VolumeSnapshot
+    volume: str  # its volume, by name
+    host: str
+
+    def to_dict(self) -> dict[str, object]:
+        s = self.snapshot
+        return {
+            "name": s.name, "uuid": s.uuid, "status": s.status, "size_gb": s.size_gb,
+            "volume": self.volume, "host": self.host, "path": s.path, "error": s.error,
+            "created_at": s.created_at.isoformat() if s.created_at else None,
+        }  # fmt: skip
+
+
+async def list_snapshots(
+    db: Database, names: list[str] | None = None, *, volume: str | None = None
+) -> list[SnapshotView]:
+    """Every snapshot (of ``volume``, or those named, each of which must exist)."""
+    async with db.read() as session:
+        query = (
+            select(VolumeSnapshot, Volume.name, Host.name)
+            .join(Volume, col(Volume.id) == col(VolumeSnapshot.volume_id))
+            .join(Host, col(Host.id) == col(Volume.host_id))
+            .order_by(col(VolumeSnapshot.created_at), col(VolumeSnapshot.name))
+        )
+        if names:
+            query = query.where(
+                or_(col(VolumeSnapshot.name).in_(names), col(VolumeSnapshot.uuid).in_(names))
+            )
+        if volume is not None:
+            query = query.where(or_(col(Volume.name) == volume, col(Volume.uuid) == volume))
+        rows = (await session.exec(query)).all()
+    views = [SnapshotView(s, v, h) for s, v, h in rows]
+    for name in names or ():
+        if not any(name in (v.snapshot.name, v.snapshot.uuid) for v in views):
+            raise NotFound(f"snapshot {name!r} not found")
+    return views
+
+
+async def find_snapshot(db: Database, name: str) -> SnapshotView:
+    (view,) = [
+        v for v in await list_snapshots(db, [name]) if name in (v.snapshot.name, v.snapshot.uuid)
+    ]
     return view

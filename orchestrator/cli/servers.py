@@ -836,8 +836,10 @@ def shelve(
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop the server, keep its disk as an image and free its host (claim, disk,
-    domain): it stays shelved_offloaded, its addresses kept, until `server unshelve`."""
+    """Stop the server, keep its disk as an image and free its host.
+
+    Its claim, disk and domain go; it stays shelved_offloaded, its addresses kept,
+    until `server unshelve`."""
     if not wait:
         _background(name, "shelve", as_json)
         return
@@ -862,8 +864,9 @@ def unshelve(
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Boot a shelved server again from its shelve image, on any host that fits: the
-    same UUID, addresses and user data."""
+    """Boot a shelved server again from its shelve image, on any host that fits.
+
+    The same UUID, addresses and user data."""
 
     def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
         from orchestrator.conductor.tasks.shelve import UnshelveTask
@@ -882,8 +885,10 @@ def rescue(
     timeout: TimeoutOpt = 60,
     as_json: JsonOpt = False,
 ) -> None:
-    """Boot the server from a fresh disk of a rescue image, its own root disk attached
-    second (serial herd-rescued-root), to repair it; `server unrescue` ends it."""
+    """Boot the server from a rescue image, its own root disk attached second.
+
+    The rescue disk is fresh; the server's own has the serial herd-rescued-root.
+    `server unrescue` ends it."""
 
     def work(conductor: Conductor, instance: Instance) -> Awaitable[Outcome]:
         from orchestrator.conductor.tasks.rescue import RescueTask

@@ -11,6 +11,7 @@ from orchestrator.api import volumes as volumes_api
 from orchestrator.cli.context import herd, run_async
 from orchestrator.cli.output import out, print_json, table
 from orchestrator.cli.servers import SomeFailed
+from orchestrator.cli.states import age
 
 app = typer.Typer(
     help="Volumes: data disks on a host's storage, attached to servers.", no_args_is_help=True
@@ -155,3 +156,141 @@ def delete(
     failed = [n for n, e in done if e]
     if failed:
         raise SomeFailed(f"{len(failed)} of {len(done)} volumes could not be deleted")
+
+
+snapshot_app = typer.Typer(
+    help="Snapshots: full copies of a volume beside it, to revert it to.", no_args_is_help=True
+)
+app.add_typer(snapshot_app, name="snapshot")
+
+
+def _show_snapshots(views: list[volumes_api.SnapshotView], as_json: bool) -> None:
+    if as_json:
+        print_json([v.to_dict() for v in views])
+        return
+    out.print(
+        table(
+            None,
+            ("name", "status", "size", "volume", "host", "created", "uuid"),
+            (
+                (
+                    v.snapshot.name,
+                    v.snapshot.status,
+                    f"{v.snapshot.size_gb} GB",
+                    v.volume,
+                    v.host,
+                    age(v.snapshot.created_at),
+                    v.snapshot.uuid,
+                )
+                for v in views
+            ),
+        )
+    )
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    volume: Annotated[str, typer.Argument(help="The volume, by name or UUID.")],
+    name: Annotated[str, typer.Option("--name", help="The snapshot's name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy the volume as it is now, beside it on its host.
+
+    An attached volume of a running server is copied while the server runs
+    (crash-consistent)."""
+
+    async def main() -> volumes_api.SnapshotView:
+        from orchestrator.conductor.tasks.volume_snapshots import SnapshotCreate
+
+        async with herd() as h:
+            view = await volumes_api.find_volume(h.db, volume)
+            made = await SnapshotCreate(h.conductor, view.volume, name).execute()
+            return await volumes_api.find_snapshot(h.db, made.uuid)
+
+    _show_snapshots([run_async(main())], as_json)
+
+
+@snapshot_app.command("list")
+def snapshot_list(
+    volume: Annotated[str | None, typer.Option(help="Only this volume's.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Snapshots, oldest first, with their volume and host."""
+
+    async def main() -> list[volumes_api.SnapshotView]:
+        async with herd() as h:
+            if volume is not None:
+                await volumes_api.find_volume(h.db, volume)
+            return await volumes_api.list_snapshots(h.db, volume=volume)
+
+    _show_snapshots(run_async(main()), as_json)
+
+
+@snapshot_app.command("show")
+def snapshot_show(
+    name: Annotated[str, typer.Argument(help="Name or UUID.")], as_json: JsonOpt = False
+) -> None:
+    """One snapshot, whole."""
+
+    async def main() -> volumes_api.SnapshotView:
+        async with herd() as h:
+            return await volumes_api.find_snapshot(h.db, name)
+
+    view = run_async(main())
+    if as_json:
+        print_json(view.to_dict())
+        return
+    out.print(table(None, ("field", "value"), ((k, str(v)) for k, v in view.to_dict().items())))
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(
+    names: Annotated[list[str], typer.Argument(help="Names or UUIDs.")], as_json: JsonOpt = False
+) -> None:
+    """Delete snapshots and their files."""
+
+    async def main() -> list[tuple[str, str | None]]:
+        from orchestrator.conductor.tasks.volume_snapshots import SnapshotDelete
+        from orchestrator.errors import HerdError
+
+        done: list[tuple[str, str | None]] = []
+        async with herd() as h:
+            for view in await volumes_api.list_snapshots(h.db, names):
+                try:
+                    await SnapshotDelete(h.conductor, view.snapshot).execute()
+                    done.append((view.snapshot.name, None))
+                except HerdError as exc:
+                    if len(names) == 1:
+                        raise
+                    done.append((view.snapshot.name, str(exc)))
+        return done
+
+    done = run_async(main())
+    if as_json:
+        print_json([{"snapshot": n, "deleted": e is None, "error": e} for n, e in done])
+    else:
+        for name, error in done:
+            out.print(f"snapshot {name} deleted" if error is None else f"snapshot {name}: {error}")
+    failed = [n for n, e in done if e]
+    if failed:
+        raise SomeFailed(f"{len(failed)} of {len(done)} snapshots could not be deleted")
+
+
+@snapshot_app.command("revert")
+def snapshot_revert(
+    name: Annotated[str, typer.Argument(help="The snapshot, by name or UUID.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Put the snapshot's content back into its volume, which must be detached.
+
+    Its other snapshots are kept."""
+
+    async def main() -> volumes_api.VolumeView:
+        from orchestrator.conductor.tasks.volume_snapshots import SnapshotRevert
+
+        async with herd() as h:
+            view = await volumes_api.find_snapshot(h.db, name)
+            volume = await SnapshotRevert(h.conductor, view.snapshot).execute()
+            return await volumes_api.find_volume(h.db, volume.uuid)
+
+    _show([run_async(main())], as_json)

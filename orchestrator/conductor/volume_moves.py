@@ -25,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.steps import Steps
 from orchestrator.conductor.tasks.volumes import volume_args
-from orchestrator.db.models import Allocation, Host, Instance, Volume, VolumeStatus
+from orchestrator.db.models import Allocation, Host, Instance, Volume, VolumeSnapshot, VolumeStatus
 from orchestrator.errors import HerdError
 
 
@@ -44,6 +44,25 @@ def unsettled(volumes: Sequence[Volume]) -> str | None:
     busy = [f"{v.name} is {v.status}" for v in volumes if v.status != VolumeStatus.IN_USE]
     return (
         f"its volumes are busy ({', '.join(busy)}): try again when that is done" if busy else None
+    )
+
+
+async def snapshotted(steps: Steps, volumes: Sequence[Volume]) -> str | None:
+    """Why a move cannot carry these: a volume's snapshots are copies on its host that
+    the move would leave behind, out of reach of a revert."""
+    if not volumes:
+        return None
+    async with steps.db.read() as db:
+        query = select(Volume.name, VolumeSnapshot.name).join(
+            VolumeSnapshot, col(VolumeSnapshot.volume_id) == col(Volume.id)
+        )
+        rows = (await db.exec(query.where(col(Volume.id).in_([v.id for v in volumes])))).all()
+    if not rows:
+        return None
+    held = ", ".join(f"{v} ({s})" for v, s in sorted(rows))
+    return (
+        f"its volumes have snapshots on this host ({held}), which a move would leave "
+        "behind: delete them first (`herd volume snapshot delete`)"
     )
 
 

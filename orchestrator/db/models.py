@@ -565,6 +565,7 @@ class VolumeStatus(enum.StrEnum):
     IN_USE = "in-use"
     DETACHING = "detaching"
     EXTENDING = "extending"
+    REVERTING = "reverting"  # its file replaced by a snapshot's copy
     DELETING = "deleting"
     ERROR = "error"
 
@@ -594,6 +595,43 @@ class Volume(SQLModel, table=True):
     instance_uuid: str | None = Field(default=None, index=True)
     device: str | None = None
     # Where the file is on its host, as the agent reported it.
+    path: str | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    task_owner: str | None = None
+    created_at: datetime | None = _ts()
+    updated_at: datetime | None = _ts()
+
+
+class SnapshotStatus(enum.StrEnum):
+    """Cinder's snapshot states herd uses."""
+
+    CREATING = "creating"
+    AVAILABLE = "available"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+class VolumeSnapshot(SQLModel, table=True):
+    """A volume as it was at one moment: a flattened qcow2 copy beside the volume on its
+    host's storage (``<volume_dir>/<volume uuid>.snapshots/<uuid>.qcow2``), which a
+    revert copies back over the volume.
+
+    A full copy rather than a qcow2 internal snapshot: it works for raw volumes too, is
+    taken from a running guest as `server image create` takes a root disk (a disk-only
+    snapshot, so the guest runs on), and a revert or delete never rewrites the volume's
+    own metadata. It claims its size on the host as a volume does (an allocation whose
+    consumer is its UUID). ``status`` and ``task_owner`` as a volume's."""
+
+    __tablename__ = "volume_snapshots"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(sa_column=Column(String(36), unique=True, nullable=False))
+    name: str = Field(sa_column=Column(String(255), unique=True, nullable=False))
+    volume_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("volumes.id", ondelete="RESTRICT"), nullable=False)
+    )
+    size_gb: int
+    status: str = SnapshotStatus.CREATING
     path: str | None = None
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     task_owner: str | None = None

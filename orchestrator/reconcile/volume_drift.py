@@ -26,7 +26,7 @@ from orchestrator.reconcile.survey import HostSurvey
 S = VolumeStatus
 SETTLED = (S.AVAILABLE, S.IN_USE)
 # Set by a command that has no journal task: past volume_timeout, a dead command's.
-UNJOURNALLED = (S.CREATING, S.EXTENDING, S.DELETING)
+UNJOURNALLED = (S.CREATING, S.EXTENDING, S.DELETING, S.REVERTING)
 CLAIMED = (S.AVAILABLE, S.IN_USE, S.ATTACHING, S.DETACHING, S.EXTENDING)
 FORMATS = ("qcow2", "raw")
 

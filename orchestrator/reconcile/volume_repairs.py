@@ -109,6 +109,9 @@ class VolumeRepairs:
             await settle(self.conductor, volume, S.ERROR, error=message)
         elif status == S.EXTENDING:
             await self._extend_again(volume, host, args)
+        elif status == S.REVERTING:  # the host replaces the file whole or not at all
+            message = "its revert was interrupted: the file is either as it was or reverted"
+            await settle(self.conductor, volume, S.AVAILABLE, error=message)
         else:
             await self._delete_again(volume, host, args)
 

@@ -213,6 +213,13 @@ class VolumeArgs(TypedDict, total=False):
     image_format: str
     uuid: str  # the server, to attach to or detach from
     device: str
+    snapshot: str  # a snapshot's UUID: its file's name
+
+
+class SnapshotFile(TypedDict, total=False):
+    path: str
+    size: int
+    live: bool  # taken from a running guest
 
 
 class VolumeFile(TypedDict):
@@ -575,4 +582,25 @@ class AgentAPI:
     async def unrescue(self, target: HostTarget, uuid: str) -> Rescued:
         """Its own definition back, started; nothing kept: only started."""
         done: Rescued = await self._call(target, "unrescue", {"uuid": uuid}, RESCUE_TIMEOUT)
+        return done
+
+    async def volume_snapshot_create(self, target: HostTarget, args: VolumeArgs) -> SnapshotFile:
+        """A flattened copy of the volume beside it; a running guest's taken while it runs
+        (``uuid``: the server it is attached to)."""
+        made: SnapshotFile = await self._call(
+            target, "volume_snapshot_create", dict(args), SNAPSHOT_TIMEOUT
+        )
+        return made
+
+    async def volume_snapshot_delete(self, target: HostTarget, args: VolumeArgs) -> Removed:
+        removed: Removed = await self._call(
+            target, "volume_snapshot_delete", dict(args), VOLUME_TIMEOUT
+        )
+        return removed
+
+    async def volume_snapshot_revert(self, target: HostTarget, args: VolumeArgs) -> SnapshotFile:
+        """The volume's file replaced by the snapshot's copy (refused while attached)."""
+        done: SnapshotFile = await self._call(
+            target, "volume_snapshot_revert", dict(args), SNAPSHOT_TIMEOUT
+        )
         return done

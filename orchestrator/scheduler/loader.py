@@ -18,7 +18,6 @@ from orchestrator.db.models import (
     Instance,
     ServerGroup,
     TaskState,
-    Volume,
     host_status,
     utcnow,
 )
@@ -140,11 +139,11 @@ async def load_host_states(
             func.sum(col(Allocation.vcpus)),
             func.sum(col(Allocation.ram_mb)),
             func.sum(col(Allocation.disk_gb)),
-            func.count(case((col(Volume.id).is_(None), 1))),  # a volume is no server
+            # A volume or a snapshot (a claim of disk alone) is no server.
+            func.count(case((col(Allocation.vcpus) > 0, 1))),
             func.count(case((col(Instance.task_state).in_(building), 1))),  # NULL otherwise
         )
         .join(Instance, col(Instance.uuid) == col(Allocation.instance_uuid), isouter=True)
-        .join(Volume, col(Volume.uuid) == col(Allocation.instance_uuid), isouter=True)
         .group_by(col(Allocation.host_id))
     )
     held = select(col(Allocation.host_id), col(Allocation.instance_uuid))

@@ -71,6 +71,9 @@ def volumes(herd: HerdCli) -> Iterator[list[str]]:
         for name in made:
             herd.run("server", "remove", "volume", server["name"], name)
     for name in made:
+        listed = herd.run("volume", "snapshot", "list", "--volume", name, "--json")
+        for snap in listed.json() if listed.code == 0 else []:
+            herd.run("volume", "snapshot", "delete", snap["name"])
         herd.run("volume", "delete", name)
 
 
@@ -188,3 +191,47 @@ def reconcile(herd: HerdCli, tmp_path: Path, **policies: str) -> tuple[Result, d
     result = herd.run("reconcile", "--json")
     assert result.code in (0, 1, 2), result.stderr
     return result, result.json()
+
+
+def test_a_snapshot_of_a_volume_in_use_is_taken_while_the_guest_writes_and_reverted_later(
+    herd: HerdCli, lab: Lab, volumes: list[str]
+) -> None:
+    (made,) = herd.ok(
+        "server", "create", "snap", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--network", "provider", "--host", "lab-1", "--json",
+    ).json()  # fmt: skip
+    assert made["vm_state"] == "active", made
+    console_until(herd, "snap", "HERD-TEST ready")
+    address = provider_ip(herd, lab, "snap")
+    herd.ok("volume", "create", "kept", "--size", "1", "--host", "lab-1")
+    volumes.append("kept")
+    herd.ok("server", "add", "volume", "snap", "kept")
+    dev = guest_disk(herd, "snap", "kept", "added", GIB)
+    assert disk(address, f"op=write&dev={dev}&marker=first-3a") == f"wrote first-3a to {dev}"
+
+    (taken,) = herd.ok("volume", "snapshot", "create", "kept", "--name", "kept-1", "--json").json()
+    assert (taken["status"], taken["volume"], taken["host"]) == ("available", "kept", "lab-1")
+    # Taken while the guest ran on: it answers, and writes on over the volume.
+    assert disk(address, f"op=write&dev={dev}&marker=second-4b") == f"wrote second-4b to {dev}"
+    listed = herd.ok("volume", "snapshot", "list", "--volume", "kept", "--json").json()
+    assert [s["name"] for s in listed] == ["kept-1"]
+    refused = herd.run("volume", "snapshot", "revert", "kept-1")
+    assert "detach it" in assert_one_line_error(refused, code=4)
+    refused = herd.run("volume", "delete", "kept")
+    assert "in use by server snap" in assert_one_line_error(refused, code=4)
+
+    herd.ok("server", "remove", "volume", "snap", "kept")
+    console_until(herd, "snap", f"HERD-TEST disk-removed={dev}")
+    refused = herd.run("volume", "delete", "kept")
+    assert "has snapshots (kept-1)" in assert_one_line_error(refused, code=4)
+    (reverted,) = herd.ok("volume", "snapshot", "revert", "kept-1", "--json").json()
+    assert reverted["status"] == "available", reverted
+    herd.ok("server", "add", "volume", "snap", "kept")
+    again = guest_disk(herd, "snap", "kept", "added", GIB)
+    assert disk(address, f"op=read&dev={again}") == "HERD-MARKER first-3a"
+
+    herd.ok("server", "remove", "volume", "snap", "kept")
+    herd.ok("volume", "snapshot", "delete", "kept-1")
+    gone = lab.exec_in("lab-1", ["test", "-e", str(taken["path"])])
+    assert gone.returncode == 1, "the snapshot's file is still on lab-1"
+    herd.run("server", "delete", "snap")

@@ -76,7 +76,9 @@ class MigrateTask(Task):
         self.row, self.action_id, self.source = row, action_id, source
         self.was_running = row.vm_state == VmState.ACTIVE
         self.volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
-        busy = volume_moves.unsettled(self.volumes)
+        busy = volume_moves.unsettled(self.volumes) or await volume_moves.snapshotted(
+            self.steps, self.volumes
+        )
         if busy is not None:
             return await self.steps.abort(row, action_id, source.name, f"migrate: {busy}")
         async with self.db.session() as db:

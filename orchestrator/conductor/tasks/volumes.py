@@ -34,6 +34,7 @@ from orchestrator.db.models import (
     Image,
     Instance,
     Volume,
+    VolumeSnapshot,
     VolumeStatus,
     utcnow,
 )
@@ -195,6 +196,14 @@ class VolumeDelete:
         volume = self.volume
         if volume.instance_uuid is not None or volume.status == S.IN_USE:
             raise Conflict(f"volume {volume.name} is in use by server {await self._server()}")
+        async with self.conductor.db.read() as db:
+            query = select(VolumeSnapshot.name).where(VolumeSnapshot.volume_id == volume.id)
+            snapshots = sorted((await db.exec(query)).all())
+        if snapshots:
+            raise Conflict(
+                f"volume {volume.name} has snapshots ({', '.join(snapshots)}): delete them "
+                "first (`herd volume snapshot delete`)"
+            )
         before = volume.status
         volume = await take(self.conductor, volume, (S.AVAILABLE, S.ERROR), S.DELETING)
         async with self.conductor.db.read() as db:
@@ -267,32 +276,42 @@ class VolumeExtend:
             )
 
     async def _claim(self, volume: Volume, size_gb: int) -> Host:
-        """The volume's allocation set to ``size_gb``, if the host has room for the
-        difference, under the generation the check read (StaleGeneration: read again)."""
+        return await set_disk_claim(self.conductor, volume.host_id, volume.uuid, size_gb)
 
-        async def attempt() -> Host:
-            async with self.conductor.db.session() as db:
-                (state,) = await load_host_states(db, [volume.host_id])
-                claim = (
-                    await db.exec(select(Allocation).where(Allocation.instance_uuid == volume.uuid))
-                ).one()
-                more = size_gb - claim.disk_gb
-                if more > 0 and state.free_disk_gb < more:
-                    raise Conflict(
-                        f"host {state.name} has {state.free_disk_gb:g} GB of disk free,"
-                        f" {more} GB more is needed"
-                    )
-                bumped = await db.exec(
-                    update(Host)  # type: ignore[call-overload]
-                    .where(col(Host.id) == volume.host_id, col(Host.generation) == state.generation)
-                    .values(generation=col(Host.generation) + 1)
+
+async def set_disk_claim(conductor: Conductor, host_id: int, consumer: str, size_gb: int) -> Host:
+    """``consumer``'s allocation on the host set to ``size_gb`` of disk (made if it has
+    none), if the host has room for the difference, under the generation the check read
+    (StaleGeneration: read again)."""
+
+    async def attempt() -> Host:
+        async with conductor.db.session() as db:
+            (state,) = await load_host_states(db, [host_id])
+            claim = (
+                await db.exec(select(Allocation).where(Allocation.instance_uuid == consumer))
+            ).first()
+            more = size_gb - (claim.disk_gb if claim is not None else 0)
+            if more > 0 and state.free_disk_gb < more:
+                raise Conflict(
+                    f"host {state.name} has {state.free_disk_gb:g} GB of disk free,"
+                    f" {more} GB more is needed"
                 )
-                if bumped.rowcount != 1:
-                    raise StaleGeneration(state.name)
-                claim.disk_gb = size_gb
-                db.add(claim)
-                host = await db.get(Host, volume.host_id)
-                assert host is not None
-                return host
+            bumped = await db.exec(
+                update(Host)  # type: ignore[call-overload]
+                .where(col(Host.id) == host_id, col(Host.generation) == state.generation)
+                .values(generation=col(Host.generation) + 1)
+            )
+            if bumped.rowcount != 1:
+                raise StaleGeneration(state.name)
+            if claim is None:
+                claim = Allocation(
+                    instance_uuid=consumer, host_id=host_id, vcpus=0, ram_mb=0,
+                    disk_gb=size_gb, created_at=utcnow(),
+                )  # fmt: skip
+            claim.disk_gb = size_gb
+            db.add(claim)
+            host = await db.get(Host, host_id)
+            assert host is not None
+            return host
 
-        return await retrying(attempt)
+    return await retrying(attempt)

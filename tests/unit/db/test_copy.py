@@ -37,6 +37,7 @@ from orchestrator.db.models import (
     ServerGroup,
     TaskRecord,
     Volume,
+    VolumeSnapshot,
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput
 from tests.e2e.herdcli import HerdCli, assert_one_line_error
@@ -101,12 +102,18 @@ async def populate(db: Database, servers: int = 3) -> None:
             s.add(InstanceFault(instance_uuid=uuid, message="a fault of old"))
             s.add(AgentJob(id=f"job-{i}", host_id=host.id, op="spawn", result={"ok": True}))
         s.add(Migration(uuid="m-1", instance_uuid="00000000-0000-0000-0000-000000000000"))
+        volume = Volume(
+            uuid="11111111-1111-1111-1111-111111111111", name="data", host_id=hosts[0].id,
+            size_gb=2, status="in-use", instance_uuid=uuid, device="vdc",
+            path="/var/lib/herd/volumes/11111111-1111-1111-1111-111111111111.qcow2",
+            created_at=WHEN,
+        )  # fmt: skip
+        s.add(volume)
+        await s.flush()
         s.add(
-            Volume(
-                uuid="11111111-1111-1111-1111-111111111111", name="data", host_id=hosts[0].id,
-                size_gb=2, status="in-use", instance_uuid=uuid, device="vdc",
-                path="/var/lib/herd/volumes/11111111-1111-1111-1111-111111111111.qcow2",
-                created_at=WHEN,
+            VolumeSnapshot(
+                uuid="22222222-2222-2222-2222-222222222222", name="data-1", volume_id=volume.id,
+                size_gb=2, status="available", created_at=WHEN,
             )
         )  # fmt: skip
         s.add(
