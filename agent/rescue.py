@@ -21,13 +21,13 @@ import contextlib
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from agent import images
 from agent.errors import BadRequest, NotFound
-from agent.fsutil import atomic_write_bytes
+from agent.fsutil import DIR_MODE, atomic_write_bytes, ensure_dir, flocked
 from agent.ops import copy_file, create_overlay
-from agent.specs import _boot, integer, obj, sha256
+from agent.specs import BootFiles, _boot, obj, sha256
 from agent.specs import uuid as uuid_arg
 from agent.virt import Virsh, domain_name
 
@@ -37,6 +37,7 @@ RESCUE_XML = "domain.rescue.xml"
 RESCUE_DISK = "disk.rescue"
 RESCUE_FILES = (RESCUE_DISK, "kernel.rescue", "ramdisk.rescue", RESCUE_XML)
 ROOT_SERIAL = "herd-rescued-root"
+LOCK_TIMEOUT = 120.0
 _DEVICES = [f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"]
 
 
@@ -49,6 +50,13 @@ def _instance_dir(state_dir: Path, instance: str) -> Path:
 
 def rescue(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, Any]:
     instance = uuid_arg(args, "uuid")
+    with _instance_lock(state_dir, instance):
+        return _rescue(state_dir, virsh, instance, args)
+
+
+def _rescue(
+    state_dir: Path, virsh: Virsh, instance: str, args: Mapping[str, Any]
+) -> Dict[str, Any]:
     inst_dir = _instance_dir(state_dir, instance)
     name = domain_name(instance)
     info = virsh.dominfo(instance)
@@ -58,20 +66,42 @@ def rescue(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
     digest = sha256(image, "sha256", "rescue: image.")
     fmt = str(image.get("format") or "qcow2")
     boot = _boot(args)
-    disk_gb = integer(args, "disk_gb", "rescue: ", 0, 1 << 20) if "disk_gb" in args else 0
     kept = inst_dir / KEPT
     if not kept.exists():  # the first rescue: the definition and uses to go back to
         original = virsh.run(["dumpxml", name, "--inactive"])
-        uses = _uses(inst_dir)
-        atomic_write_bytes(inst_dir / KEPT_USES, json.dumps({"images": uses}).encode())
+        if RESCUE_DISK in original or ROOT_SERIAL in original:
+            raise BadRequest(
+                f"the domain of {instance} is a rescue definition, but none of its own is "
+                "kept here: refused rather than keep the rescue as its own"
+            )
+        atomic_write_bytes(inst_dir / KEPT_USES, json.dumps({"images": _uses(inst_dir)}).encode())
         atomic_write_bytes(kept, original.encode("utf-8"))
-    original = kept.read_text()
-    uses = json.loads((inst_dir / KEPT_USES).read_text())["images"]
-    wanted = (
-        [digest]
-        + ([boot.kernel] if boot else [])
-        + ([boot.ramdisk] if boot and boot.ramdisk else [])
-    )
+    try:
+        return _boot_rescue(inst_dir, virsh, instance, info.state, digest, fmt, boot)
+    except BaseException:
+        with contextlib.suppress(Exception):  # never left on a half-made rescue
+            if ROOT_SERIAL in virsh.run(["dumpxml", name, "--inactive"]):
+                _restore(inst_dir, virsh, instance)
+            else:  # it never got the rescue definition: only the files go
+                _forget(inst_dir)
+        raise
+
+
+def _boot_rescue(
+    inst_dir: Path,
+    virsh: Virsh,
+    instance: str,
+    state: str,
+    digest: str,
+    fmt: str,
+    boot: Optional[BootFiles],
+) -> Dict[str, Any]:
+    state_dir = inst_dir.parent.parent
+    kept = inst_dir / KEPT
+    uses = _kept_uses(inst_dir)
+    wanted = [digest] + ([boot.kernel] if boot else [])
+    if boot is not None and boot.ramdisk:
+        wanted.append(boot.ramdisk)
     cached: Dict[str, Path] = {}
     with images.cache_lock(state_dir):
         for each in wanted:
@@ -85,26 +115,40 @@ def rescue(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
         with contextlib.suppress(FileNotFoundError):
             (inst_dir / leftover).unlink()
     disk = inst_dir / RESCUE_DISK
-    create_overlay(cached[digest], fmt, disk, disk_gb)
+    create_overlay(cached[digest], fmt, disk, 0)
     kernel = initrd = None
     if boot is not None:
         kernel = copy_file(cached[boot.kernel], inst_dir / "kernel.rescue")
         if boot.ramdisk:
             initrd = copy_file(cached[boot.ramdisk], inst_dir / "ramdisk.rescue")
-    xml_text, moved_to = rescue_xml(original, disk, kernel, initrd, boot.cmdline if boot else None)
+    xml_text, moved_to = rescue_xml(
+        kept.read_text(), disk, kernel, initrd, boot.cmdline if boot else None
+    )
     path = inst_dir / RESCUE_XML
     atomic_write_bytes(path, xml_text.encode("utf-8"))
-    if info.state != "shutoff":
+    name = domain_name(instance)
+    if state != "shutoff":
         virsh.destroy(name)
-    try:
-        virsh.define(str(path))
-        virsh.start(name)
-    except BaseException:
-        with contextlib.suppress(Exception):  # never leave it on a half-made rescue
-            _restore(inst_dir, virsh, instance)
-        raise
+    virsh.define(str(path))
+    virsh.start(name)
     now = virsh.dominfo(instance)
     return {"state": now.state if now else "unknown", "root_device": moved_to}
+
+
+@contextlib.contextmanager
+def _instance_lock(state_dir: Path, instance: str) -> Iterator[None]:
+    """The instance's job lock: a rescue or unrescue never interleaves with another, or
+    with a job (build, delete, power) of the same server."""
+    locks = ensure_dir(state_dir / "locks", DIR_MODE)
+    with flocked(locks / f"{instance}.lock", LOCK_TIMEOUT, f"instance {instance}"):
+        yield
+
+
+def _kept_uses(inst_dir: Path) -> List[str]:
+    try:
+        return list(json.loads((inst_dir / KEPT_USES).read_text())["images"])
+    except (OSError, ValueError, KeyError):
+        return _uses(inst_dir)
 
 
 def _uses(inst_dir: Path) -> List[str]:
@@ -138,9 +182,12 @@ def rescue_xml(
     target = own.find("target")
     assert target is not None
     target.set("dev", free)
-    for tag in ("serial", "boot", "alias"):
+    for tag in ("serial", "alias"):
         for element in own.findall(tag):
             own.remove(element)
+    for device in devices:  # the rescue disk alone boots (libvirt refuses mixed orders)
+        for element in device.findall("boot"):
+            device.remove(element)
     serial = ET.SubElement(own, "serial")
     serial.text = ROOT_SERIAL
     address = own.find("address")
@@ -163,8 +210,8 @@ def rescue_xml(
         if initrd is not None:
             ET.SubElement(os_el, "initrd").text = str(initrd)
         ET.SubElement(os_el, "cmdline").text = cmdline or ""
-    else:
-        ET.SubElement(os_el, "boot", {"dev": "hd"})
+    else:  # the firmware boots the rescue disk, whatever the order of the PCI slots
+        ET.SubElement(new, "boot", {"order": "1"})
     return ET.tostring(root, encoding="unicode"), free
 
 
@@ -181,29 +228,43 @@ def _restore(inst_dir: Path, virsh: Virsh, instance: str) -> None:
     if info is not None and info.state != "shutoff":
         virsh.destroy(domain_name(instance))
     virsh.define(str(kept))
-    uses = inst_dir / KEPT_USES
-    if uses.exists():
-        images.record_use(inst_dir, json.loads(uses.read_text())["images"])
+    _forget(inst_dir)
+
+
+def _forget(inst_dir: Path) -> None:
+    """The rescue's files and the kept definition go, the image uses as they were."""
+    images.record_use(inst_dir, _kept_uses(inst_dir))
     for leftover in RESCUE_FILES:
         with contextlib.suppress(FileNotFoundError):
             (inst_dir / leftover).unlink()
     with contextlib.suppress(FileNotFoundError):
-        uses.unlink()
-    kept.unlink()
+        (inst_dir / KEPT_USES).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (inst_dir / KEPT).unlink()
 
 
 def unrescue(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, Any]:
+    """The server's own definition back; started unless ``start`` is false (a failed
+    rescue of a stopped server puts it back stopped)."""
     instance = uuid_arg(args, "uuid")
-    inst_dir = _instance_dir(state_dir, instance)
-    name = domain_name(instance)
-    kept = inst_dir / KEPT
-    info = virsh.dominfo(instance)
-    if kept.exists():
-        _restore(inst_dir, virsh, instance)
+    start = args.get("start", True)
+    if not isinstance(start, bool):
+        raise BadRequest("unrescue: start must be true or false")
+    with _instance_lock(state_dir, instance):
+        inst_dir = _instance_dir(state_dir, instance)
+        if (inst_dir / KEPT).exists():
+            _restore(inst_dir, virsh, instance)
         info = virsh.dominfo(instance)
-    if info is None:
-        raise NotFound(f"instance {instance} has no domain on this host")
-    if info.state == "shutoff":
-        virsh.start(name)
-    now = virsh.dominfo(instance)
+        if info is None:
+            raise NotFound(f"instance {instance} has no domain on this host")
+        if (inst_dir / RESCUE_DISK).exists() or ROOT_SERIAL in virsh.run(
+            ["dumpxml", domain_name(instance), "--inactive"]
+        ):
+            raise BadRequest(
+                f"the domain of {instance} is still a rescue definition and none of its own "
+                "is kept here: it needs an operator (`virsh edit`)"
+            )
+        if start and info.state == "shutoff":
+            virsh.start(domain_name(instance))
+        now = virsh.dominfo(instance)
     return {"state": now.state if now else "unknown", "unrescued": True}

@@ -96,8 +96,8 @@ def delete(state_dir: Path, args: Mapping[str, Any]) -> Dict[str, Any]:
     existed = target.exists()
     with contextlib.suppress(FileNotFoundError):
         target.unlink()
-    with contextlib.suppress(OSError):  # the last one: the directory goes too
-        target.parent.rmdir()
+    # The directory stays (a create may be writing into it): the volume's delete
+    # removes it.
     return {"existed": existed}
 
 

@@ -188,6 +188,11 @@ def delete(state_dir: Path, virsh: Virsh, args: Mapping[str, Any]) -> Dict[str, 
         raise BadRequest(f"the volume is still a disk of domain {', '.join(users)}")
     with contextlib.suppress(FileNotFoundError):  # a move's upload that was never taken in
         carried_path(state_dir, args).unlink()
+    # Its snapshots' directory (herd deletes a volume's snapshots first): with what a
+    # killed snapshot call may have left in it, a partial copy or a merged overlay.
+    snapshots = path.parent / f"{uuid_arg(args, 'volume')}.snapshots"
+    if snapshots.is_dir() and not list(snapshots.glob("*.qcow2")):
+        shutil.rmtree(snapshots, ignore_errors=True)
     try:
         path.unlink()
     except FileNotFoundError:

@@ -67,7 +67,9 @@ RULES: dict[str, ActionRule] = {
     "resize": ActionRule((V.ACTIVE, V.STOPPED), "resize_prep"),
     "confirm_resize": ActionRule((V.RESIZED,), "resize_confirming"),
     "revert_resize": ActionRule((V.RESIZED,), "resize_reverting"),
-    "evacuate": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR, V.PAUSED, V.SUSPENDED), "rebuilding"),
+    "evacuate": ActionRule(
+        (V.ACTIVE, V.STOPPED, V.ERROR, V.PAUSED, V.SUSPENDED, V.RESCUED), "rebuilding"
+    ),
     # Hot (running or paused) or cold (stopped); a suspended guest's saved state would
     # not match a changed definition.
     "attach_volume": ActionRule((V.ACTIVE, V.STOPPED, V.PAUSED), "attaching-volume"),
@@ -78,12 +80,9 @@ RULES: dict[str, ActionRule] = {
     "rescue": ActionRule((V.ACTIVE, V.STOPPED, V.ERROR), "rescuing"),
     "unrescue": ActionRule((V.RESCUED,), "unrescuing"),
 }
-# Actions that make the domain again from its template, here or on another host: they
-# would leave a volume behind, so they are refused while one is attached (until moves
-# carry volumes along).
 # Moves that do not carry volumes (yet): refused, naming them, rather than leave one
-# behind. A cold migration carries them; a rebuild keeps them (the same host).
-REFUSED_WITH_VOLUMES = ("live_migrate", "resize", "evacuate")
+# behind. A cold migration and a resize carry them; a rebuild keeps them (the same host).
+REFUSED_WITH_VOLUMES = ("live_migrate", "evacuate")
 POWER_ACTIONS = tuple(name for name, rule in RULES.items() if rule.agent_action)
 
 # What a delete may take over, as Nova lets a delete interrupt almost anything: a build

@@ -35,6 +35,7 @@ from orchestrator.conductor.hosts import (
     target_of,
 )
 from orchestrator.conductor.outcomes import Outcome, outcome_of
+from orchestrator.conductor.shelve_images import drop_shelve_image
 from orchestrator.db.engine import Database
 from orchestrator.db.models import (
     AgentJob,
@@ -283,6 +284,9 @@ class Conductor:
                 if instance.vm_state == VmState.DELETED:
                     await release_ports(db, instance.uuid)
                     await release_volumes(db, instance.uuid)
+                    db.add(instance)
+                    await db.flush()
+                    await drop_shelve_image(db, instance, instance.image_id)
                 await finish_action(db, job.action_id, None if ok else "error")
                 instance.updated_at = utcnow()
                 db.add(instance)

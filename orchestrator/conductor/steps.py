@@ -122,7 +122,7 @@ class Steps:
             )
         raise Conflict(
             f"{attached}: {action.replace('_', ' ')} does not carry volumes yet; "
-            "detach them first, or cold-migrate (`server migrate`), which carries them"
+            "detach them first, or cold-migrate (`server migrate`) or resize, which carry them"
         )
 
     async def abort(

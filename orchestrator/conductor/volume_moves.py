@@ -146,6 +146,13 @@ async def switch(
             db.add(host)
 
 
+def path_on(host: Host, volume: Volume) -> str:
+    """Where ``host`` keeps the volume's file (agent/volumes.py's rule): its inventory's
+    volume directory, else its agent directory's ``volumes``."""
+    directory = host.volume_dir or f"{target_of(host).agent_dir}/volumes"
+    return f"{directory}/{volume.uuid}.{volume.format}"
+
+
 async def drop_copies(steps: Steps, volumes: Sequence[Volume], host: Host) -> list[str]:
     """Remove the volumes' files on ``host``, which must not be where their records
     place them (a rollback's destination, a finished move's source). Best effort: what

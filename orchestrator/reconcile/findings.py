@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.db.models import AgentJob, Allocation, Host, Instance, TaskRecord, Volume
+from orchestrator.db.models import (
+    AgentJob,
+    Allocation,
+    Host,
+    Instance,
+    TaskRecord,
+    Volume,
+    VolumeSnapshot,
+)
 from orchestrator.errors import HerdError
 
 
@@ -101,6 +109,8 @@ class Snapshot:
     pinned_images: frozenset[tuple[str, str]] = frozenset()
     # Volumes whose status was set by a command still running (judged by the reconciler).
     live_volume_owners: frozenset[str] = frozenset()
+    volume_snapshots: Sequence[VolumeSnapshot] = ()
+    live_snapshot_owners: frozenset[str] = frozenset()  # as live_volume_owners
 
 
 def epoch(moment: datetime | None) -> float:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from orchestrator.db.models import VmState
 from orchestrator.errors import HerdError, InvalidInput
 from orchestrator.reconcile.reconciler import RunReport
 
@@ -28,6 +29,7 @@ KINDS = (
     "orphan_volume",
     "missing_volume",
     "stuck_volume",
+    "stuck_snapshot",
     "volume_attachment_missing",
     "volume_attachment_unknown",
     "host_unreachable",
@@ -35,7 +37,7 @@ KINDS = (
     "host_up",
 )
 HOST_STATES = ("up", "down", "disabled", "unknown", "no-libvirt")
-VM_STATES = ("building", "active", "stopped", "paused", "suspended", "error")
+VM_STATES = tuple(s.value for s in VmState if s != VmState.DELETED)
 
 
 def _escape(value: str) -> str:

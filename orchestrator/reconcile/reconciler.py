@@ -180,18 +180,22 @@ class Reconciler:
                 )
             ).all()
             volumes = list((await db.exec(select(Volume))).all())
-            snapshots = (await db.exec(select(VolumeSnapshot.uuid))).all()
+            snapshots = list((await db.exec(select(VolumeSnapshot))).all())
         # After recovery: a task it left open (a host did not answer) is held too. Its
         # runner is then this process, alive, so the task is not taken for stuck either.
         judge = journal.Runner.here()
         tasks = [OpenTask.of(t, live=not judge.gone(t)) for t in await journal.open_tasks(self.db)]
         return Snapshot(
             hosts, instances, allocations, jobs, names, migration_claims=frozenset(migrations),
-            volume_claims=frozenset([*(v.uuid for v in volumes), *snapshots]),
+            volume_claims=frozenset([*(v.uuid for v in volumes), *(s.uuid for s in snapshots)]),
             open_tasks=tasks, volumes=volumes,
             pinned_images=frozenset(pinned),
             live_volume_owners=frozenset(
                 v.uuid for v in volumes if v.task_owner and journal.owner_alive(v.task_owner)
+            ),
+            volume_snapshots=snapshots,
+            live_snapshot_owners=frozenset(
+                s.uuid for s in snapshots if s.task_owner and journal.owner_alive(s.task_owner)
             ),
         )  # fmt: skip
 

@@ -18,12 +18,20 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
-from orchestrator.db.models import Allocation, Host, Instance, Volume, VolumeStatus
+from orchestrator.db.models import (
+    Allocation,
+    Host,
+    Instance,
+    SnapshotStatus,
+    Volume,
+    VolumeStatus,
+)
 from orchestrator.reconcile.config import ReconcileConfig
 from orchestrator.reconcile.findings import HELD, Finding, Snapshot, epoch
 from orchestrator.reconcile.survey import HostSurvey
 
 S = VolumeStatus
+SS = SnapshotStatus
 SETTLED = (S.AVAILABLE, S.IN_USE)
 # Set by a command that has no journal task: past volume_timeout, a dead command's.
 UNJOURNALLED = (S.CREATING, S.EXTENDING, S.DELETING, S.REVERTING)
@@ -117,6 +125,35 @@ def _host_volumes(survey: HostSurvey, snapshot: Snapshot, config: ReconcileConfi
             if stuck is not None:
                 found.append(stuck)
     found += _attachments(survey, snapshot, here, by_uuid, config)
+    found += _stuck_snapshots(survey, snapshot, {v.id for v in here}, config)
+    return found
+
+
+def _stuck_snapshots(
+    survey: HostSurvey, snapshot: Snapshot, here: set[int | None], config: ReconcileConfig
+) -> list[Finding]:
+    """A snapshot create or delete whose command is gone: made or deleted again (both
+    repeat safely on the host), as a stuck volume's step is."""
+    found = []
+    for snap in snapshot.volume_snapshots:
+        if snap.volume_id not in here or snap.status not in (SS.CREATING, SS.DELETING):
+            continue
+        if snap.uuid in snapshot.live_snapshot_owners:
+            continue
+        age = snapshot.now - epoch(snap.updated_at or snap.created_at)
+        if age < config.volume_timeout:
+            continue
+        found.append(
+            Finding(
+                "stuck_snapshot",
+                f"snapshot {snap.name} is {snap.status} for {age / 60:.0f} min and its command "
+                f"({snap.task_owner or 'unknown'}) is gone",
+                config.stuck_volumes,
+                host=survey.host.name,
+                uuid=snap.uuid,
+                data={"snapshot": snap.uuid, "status": snap.status},
+            )
+        )
     return found
 
 

@@ -16,8 +16,15 @@ from sqlmodel import col, select
 from orchestrator.conductor.actions import finish_action, record_event, start_action
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import Conductor
+from orchestrator.conductor.tasks.volume_snapshots import (
+    SS,
+    drop_snapshot,
+    settle_snapshot,
+    snapshot_args,
+    take_snapshot,
+)
 from orchestrator.conductor.tasks.volumes import S, settle, take, volume_args
-from orchestrator.db.models import Allocation, Host, Instance, Volume, utcnow
+from orchestrator.db.models import Allocation, Host, Instance, Volume, VolumeSnapshot, utcnow
 from orchestrator.errors import Conflict, HerdError
 from orchestrator.reconcile.findings import Finding, Skipped
 from orchestrator.rpc.agent_api import AgentAPI, VolumeArgs
@@ -31,6 +38,7 @@ class VolumeRepairs:
             "orphan_volume": self._reap_orphan,
             "missing_volume": self._record_missing,
             "stuck_volume": self._unstick,
+            "stuck_snapshot": self._unstick_snapshot,
             "volume_attachment_missing": self._attachment,
             "volume_attachment_unknown": self._attachment,
         }
@@ -84,6 +92,37 @@ class VolumeRepairs:
         await settle(
             self.conductor, volume, S.ERROR if status == S.AVAILABLE else status, error=message
         )
+
+    async def _unstick_snapshot(self, finding: Finding) -> None:
+        """A create is made again (the host finds it made, or copies now), or undone if
+        that fails; a delete is done again, then the record and its claim go."""
+        async with self.db.read() as db:
+            query = select(VolumeSnapshot).where(VolumeSnapshot.uuid == finding.data["snapshot"])
+            snap = (await db.exec(query)).first()
+        status = finding.data["status"]
+        if snap is None or snap.status != status:
+            raise Skipped("the snapshot changed since the survey; left alone")
+        try:
+            snap = await take_snapshot(self.conductor, snap, (status,), status)
+        except Conflict as exc:
+            raise Skipped(f"{exc} since the survey; left alone") from None
+        async with self.db.read() as db:
+            volume = await db.get(Volume, snap.volume_id)
+        assert volume is not None
+        host = await self._host(finding.host)
+        args = snapshot_args(volume, snap, host)
+        if status == SS.CREATING:
+            if volume.instance_uuid is not None:
+                args["uuid"] = volume.instance_uuid
+            try:
+                made = await self.agent.volume_snapshot_create(target_of(host), args)
+            except HerdError:
+                await drop_snapshot(self.conductor, snap)
+                raise
+            await settle_snapshot(self.conductor, snap, SS.AVAILABLE, path=made["path"])
+            return
+        await self.agent.volume_snapshot_delete(target_of(host), args)
+        await drop_snapshot(self.conductor, snap)
 
     async def _unstick(self, finding: Finding) -> None:
         """Finish or undo the dead command's step from what the host has: a create whose

@@ -579,9 +579,11 @@ class AgentAPI:
         done: Rescued = await self._call(target, "rescue", args, RESCUE_TIMEOUT)
         return done
 
-    async def unrescue(self, target: HostTarget, uuid: str) -> Rescued:
-        """Its own definition back, started; nothing kept: only started."""
-        done: Rescued = await self._call(target, "unrescue", {"uuid": uuid}, RESCUE_TIMEOUT)
+    async def unrescue(self, target: HostTarget, uuid: str, *, start: bool = True) -> Rescued:
+        """Its own definition back (nothing kept: it has it already), started unless
+        ``start`` is false."""
+        args = {"uuid": uuid, "start": start}
+        done: Rescued = await self._call(target, "unrescue", args, RESCUE_TIMEOUT)
         return done
 
     async def volume_snapshot_create(self, target: HostTarget, args: VolumeArgs) -> SnapshotFile:

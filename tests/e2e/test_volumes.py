@@ -235,3 +235,46 @@ def test_a_snapshot_of_a_volume_in_use_is_taken_while_the_guest_writes_and_rever
     gone = lab.exec_in("lab-1", ["test", "-e", str(taken["path"])])
     assert gone.returncode == 1, "the snapshot's file is still on lab-1"
     herd.run("server", "delete", "snap")
+
+
+def test_a_resize_carries_a_volume_and_a_revert_brings_back_what_the_guest_wrote(
+    herd: HerdCli, lab: Lab, volumes: list[str]
+) -> None:
+    (made,) = herd.ok(
+        "server", "create", "rsz", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--network", "provider", "--host", "lab-1", "--json",
+    ).json()  # fmt: skip
+    assert made["vm_state"] == "active", made
+    console_until(herd, "rsz", "HERD-TEST ready")
+    address = provider_ip(herd, lab, "rsz")
+    herd.ok("volume", "create", "carried", "--size", "1", "--host", "lab-1")
+    volumes.append("carried")
+    herd.ok("server", "add", "volume", "rsz", "carried")
+    dev = guest_disk(herd, "rsz", "carried", "added", GIB)
+    assert disk(address, f"op=write&dev={dev}&marker=before-5e") == f"wrote before-5e to {dev}"
+    source_file = herd.ok("volume", "show", "carried", "--json").json()["path"]
+
+    (resized,) = herd.ok(
+        "server", "resize", "rsz", "--flavor", "m1.small", "--host", "lab-2", "--json"
+    ).json()
+    assert (resized["vm_state"], resized["host"], resized["error"]) == ("resized", "lab-2", None)
+    shown = herd.ok("volume", "show", "carried", "--json").json()
+    assert (shown["host"], shown["status"]) == ("lab-2", "in-use"), shown
+    console_until(herd, "rsz", "HERD-TEST ready")
+    booted = guest_disk(herd, "rsz", "carried", "", GIB)
+    assert disk(address, f"op=read&dev={booted}") == "HERD-MARKER before-5e"
+    assert (
+        disk(address, f"op=write&dev={booted}&marker=during-6f") == f"wrote during-6f to {booted}"
+    )
+
+    (reverted,) = herd.ok("server", "resize", "rsz", "--revert", "--json").json()
+    assert (reverted["vm_state"], reverted["host"], reverted["error"]) == ("active", "lab-1", None)
+    shown = herd.ok("volume", "show", "carried", "--json").json()
+    assert (shown["host"], shown["path"]) == ("lab-1", source_file), shown
+    console_until(herd, "rsz", "HERD-TEST ready")  # its console on lab-1: this boot's
+    again = guest_disk(herd, "rsz", "carried", "", GIB)
+    assert disk(address, f"op=read&dev={again}") == "HERD-MARKER during-6f"
+    copy = f"/var/lib/herd/volumes/{shown['uuid']}.qcow2"  # where lab-2 kept its copy
+    assert lab.exec_in("lab-2", ["test", "-e", copy]).returncode == 1
+    herd.ok("server", "remove", "volume", "rsz", "carried")
+    herd.run("server", "delete", "rsz")

@@ -22,6 +22,7 @@ from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome
 from orchestrator.conductor.steps import Steps
 from orchestrator.db.models import Host, Instance, Migration, TaskRecordState, VmState
+from orchestrator.errors import HerdError
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ class Task(ABC):
         self.journal = self.steps.journal = handle
         handle.start_heartbeat()
         return handle
+
+    async def held_host(self, found: Resumed) -> Host | None:
+        """The host a resumed task finishes on; None (and noted) when its action no
+        longer holds the server: it ended, or another action took the server since, and
+        nothing may be done on a host in its name."""
+        if found.instance.task_action_id != found.action_id:
+            await self.note("its action no longer holds the server: nothing to do")
+            return None
+        if found.source is None:
+            raise HerdError(f"server {found.instance.name}: the host its task ran on is gone")
+        return found.source
 
     async def note(self, what: str) -> None:
         """Say in the server's action log what recovery found and does: its ``recover``

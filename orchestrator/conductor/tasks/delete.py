@@ -17,8 +17,8 @@ from orchestrator.conductor.actions import finish_action, record_event, record_f
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import DELETE_TIMEOUT, Conductor, release_volumes
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
+from orchestrator.conductor.shelve_images import drop_shelve_image
 from orchestrator.conductor.tasks.base import Task
-from orchestrator.conductor.tasks.shelve import drop_shelve_image
 from orchestrator.db.models import (
     OPEN_MIGRATIONS,
     Host,
@@ -67,7 +67,7 @@ class DeleteTask(Task):
                     await release_ports(db, row.uuid)
                     await release_volumes(db, row.uuid)
                     if shelved:
-                        await drop_shelve_image(db, row)
+                        await drop_shelve_image(db, row, row.image_id)
                     await finish_action(db, action.id)
                     db.add(row)
                     self.progress.update(row, "deleted")

@@ -137,9 +137,10 @@ class RescueTask(Task):
                 "(serial herd-rescued-root)",
             )  # fmt: skip
         except HerdError as exc:
-            if running:  # its own definition back (the host's own failures restore it), up
-                with contextlib.suppress(HerdError):
-                    await self.agent.unrescue(target, row.uuid)
+            # Its own definition back, as it was (the host restores it on its own
+            # failures; this covers a call that timed out or whose answer was lost).
+            with contextlib.suppress(HerdError):
+                await self.agent.unrescue(target, row.uuid, start=running)
             return await self.steps.abort(row, action_id, host.name, f"rescue: {exc}")
         return await settle(self, row, action_id, host, VmState.RESCUED, done)
 
@@ -160,8 +161,9 @@ class RescueTask(Task):
     async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
         task = cls(conductor, found.instance, handle.inputs.get("image"))
         await task.adopt(handle, found.died)
-        assert found.source is not None
-        row, action_id, host = found.instance, found.action_id, found.source
+        row, action_id, host = found.instance, found.action_id, await task.held_host(found)
+        if host is None:
+            return outcome_of(row, None)
         running = bool(handle.inputs.get("start", False))
         if handle.current_step == "rescue":
             try:
@@ -174,7 +176,7 @@ class RescueTask(Task):
                 return await task._rescue(row, action_id, host, image, running)
             await task.note(f"its rescue image is gone ({why}): its own disk back")
             with contextlib.suppress(HerdError):
-                await task.agent.unrescue(target_of(host), row.uuid)
+                await task.agent.unrescue(target_of(host), row.uuid, start=running)
             return await task.steps.abort(row, action_id, host.name, f"rescue: {why}")
         await task._put_back(row, host, running)
         await task.note("started again" if running else "nothing had changed")
@@ -219,6 +221,8 @@ class UnrescueTask(Task):
     async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
         task = cls(conductor, found.instance)
         await task.adopt(handle, found.died)
-        assert found.source is not None
-        await task.note(f"unrescuing it on {found.source.name}")
-        return await task._unrescue(found.instance, found.action_id, found.source)
+        host = await task.held_host(found)
+        if host is None:
+            return outcome_of(found.instance, None)
+        await task.note(f"unrescuing it on {host.name}")
+        return await task._unrescue(found.instance, found.action_id, host)

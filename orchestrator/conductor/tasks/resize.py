@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from sqlmodel import col, select
 
-from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor import lifecycle, migration_records, volume_moves
 from orchestrator.conductor.actions import finish_action, record_event
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.journal import TaskHandle, TaskTaken
@@ -41,9 +41,11 @@ from orchestrator.db.models import (
     MigrationStatus,
     PowerState,
     VmState,
+    Volume,
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
+from orchestrator.rpc.agent_api import PowerArgs
 
 
 def flavor_record(flavor: Flavor) -> dict[str, Any]:
@@ -109,6 +111,7 @@ class SourceRestore:
         on the same host the rebuild replaces it. ``rebuilt``: recovery found the source
         built again already (its runner died after that step), so only the rest is done."""
         old_running = migration.old_vm_state == VmState.ACTIVE
+        volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
         result: dict[str, Any] = {}
         if rebuilt:
             with contextlib.suppress(HerdError):
@@ -146,6 +149,10 @@ class SourceRestore:
                     fresh.power_state = POWER_OF.get(str(result.get("state")), PowerState.NOSTATE)
                 db.add(fresh)
                 await migration_records.give_back(db, row.uuid, migration.uuid, status)
+                await volume_moves.switch(  # a revert's volumes: the source's files again
+                    db, fresh, volumes, source, {v.uuid: volume_moves.path_on(source, v)
+                                                 for v in volumes},
+                )  # fmt: skip
                 if not error:
                     lifecycle.end_task(fresh)
                     await finish_action(db, action_id)
@@ -153,6 +160,8 @@ class SourceRestore:
             return await self.steps.abort(
                 row, action_id, source.name, f"{error or 'revert'}; {exc}"
             )
+        if dest is not None and dest.id != source.id:  # best effort: reconcile the rest
+            await volume_moves.drop_copies(self.steps, volumes, dest)
         if error:
             return await self.steps.abort(row, action_id, source.name, error)
         self.progress.update(fresh, fresh.vm_state, host=source.name, detail="resize reverted")
@@ -230,6 +239,8 @@ class ResizeTask(Task):
         "is gone, else left as it is",
         "copy_disk": "rolled back: the partial copy is removed; rebuilt on the source from the "
         "kept disk",
+        "copy_volumes": "rolled back: the volumes' copies on the destination are removed (the "
+        "source's files are the volumes until the switch); rebuilt on the source",
         "spawn": "finished if the destination has the domain (then resized: confirm or revert "
         "it), else rolled back",
         "switch": "finished if the destination has the domain: the DB records it resized, to "
@@ -263,6 +274,12 @@ class ResizeTask(Task):
         if source is None:
             return await self.steps.abort(row, action_id, None, "the server is on no host")
         self.row, self.action_id, self.source, self.flavor = row, action_id, source, flavor
+        self.volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
+        busy = volume_moves.unsettled(self.volumes) or await volume_moves.snapshotted(
+            self.steps, self.volumes
+        )
+        if busy is not None:
+            return await self.steps.abort(row, action_id, source.name, f"resize: {busy}")
         was_running = row.vm_state == VmState.ACTIVE
         try:
             async with self.db.session() as db:
@@ -328,11 +345,20 @@ class ResizeTask(Task):
             self.steps.carry_disk(self.row, src, dst, stash),
             lambda carried: f"{carried[1]} bytes from {self.source.name} to {dest.name}",
         )  # fmt: skip
+        # The volumes too: the source's files stay the volumes until the switch, and
+        # stay on the source after it until the resize is confirmed (a revert's way back).
+        await volume_moves.carry(
+            self.steps, self.action_id, self.row, self.volumes, self.source, dest
+        )
         return {"disk_from": remote}
 
     async def _resized(self, dest: Host, power_state: str) -> Outcome:
-        """The server runs at its new size: the DB says so, and waits for the operator."""
+        """The server runs at its new size: the DB says so, and waits for the operator.
+        Its volumes are the destination's copies from here (their old files kept on the
+        source until the confirm)."""
         row, action_id = self.row, self.action_id
+        moved = dest.id != self.source.id
+        paths = {v.uuid: volume_moves.path_on(dest, v) for v in self.volumes} if moved else {}
         assert self.journal is not None
         await self.journal.step("switch")
         try:
@@ -347,6 +373,8 @@ class ResizeTask(Task):
                 await migration_records.mark(
                     db, self.migration.uuid, MigrationStatus.FINISHED, dest_id=dest.id
                 )
+                if moved:
+                    await volume_moves.switch(db, fresh, self.volumes, dest, paths)
                 await finish_action(db, action_id)
         except lifecycle.TaskTaken as exc:  # the kept disk on the source stays
             return await self.steps.abort(row, action_id, self.source.name, str(exc))
@@ -364,6 +392,7 @@ class ResizeTask(Task):
         await task.adopt(handle, found.died)
         task.row, task.action_id, task.source = found.instance, found.action_id, source
         task.flavor, task.migration = migration.new_flavor, migration
+        task.volumes = await volume_moves.attached_volumes(task.steps, found.instance.uuid)
         row, step = found.instance, handle.current_step
         if migration.status != MigrationStatus.MIGRATING:
             await task.note(f"the DB had recorded its end ({migration.status})")
@@ -421,14 +450,18 @@ class ResizeTask(Task):
             disk_gb=flavor["disk_gb"], extra_specs=dict(flavor["extra_specs"]),
             requested_host=None,
         )  # fmt: skip
+        # Another host takes the volumes too (their claims move to it at the switch).
+        carried = volume_moves.carried_gb(await volume_moves.attached_volumes(self.steps, row.uuid))
+        elsewhere = dataclasses.replace(base, disk_gb=base.disk_gb + carried)
         tries = (
-            [dataclasses.replace(base, requested_host=host_name)]
+            [dataclasses.replace(base if host_name == source.name else elsewhere,
+                                 requested_host=host_name)]
             if host_name
             else [
                 dataclasses.replace(base, requested_host=source.name),
-                dataclasses.replace(base, ignore_hosts=frozenset({source.name})),
+                dataclasses.replace(elsewhere, ignore_hosts=frozenset({source.name})),
             ]
-        )
+        )  # fmt: skip
         refusal = NoValidHost("no host fits the new size")
         for spec in tries:
             try:
@@ -478,6 +511,10 @@ class ConfirmResizeTask(Task):
                 action_id, "drop_source", source.name,
                 self.agent.resize_drop(target_of(source), row.uuid, timeout=FOLLOW_MARGIN),
             )  # fmt: skip
+            if host is not None and host.id != source.id:  # the volumes' old files
+                volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
+                for failed in await volume_moves.drop_copies(self.steps, volumes, source):
+                    raise HerdError(failed)
         except TaskTaken:
             raise
         except HerdError as exc:
@@ -523,6 +560,9 @@ class RevertResizeTask(Task):
 
     kind = "revert"
     RECOVERY: ClassVar[dict[str, str]] = {
+        "stop_dest": "finished: the resized copy is stopped (again), then as the steps below",
+        "copy_volumes": "finished: the volumes are carried back from the destination again "
+        "(what the resized server wrote is kept), then as the steps below",
         "remove_dest": "finished: the resized copy is removed (again), then as the steps below",
         "revert_source": "finished: rebuilt on the source from the kept disk",
         "drop_stash": "finished: the kept disk is removed, the DB restored to the old size",
@@ -558,7 +598,10 @@ class RevertResizeTask(Task):
         rebuilt: bool = False,
     ) -> Outcome:
         if dest is not None and dest.id != source.id and not rebuilt:
+            volumes = await volume_moves.attached_volumes(self.steps, row.uuid)
             try:
+                if volumes:  # what the resized server wrote to them goes back with them
+                    await self._carry_back(row, action_id, volumes, source, dest)
                 await self.steps.stepped(
                     action_id, "remove_dest", dest.name,
                     self.agent.delete(target_of(dest), row.uuid, timeout=FOLLOW_MARGIN),
@@ -566,14 +609,31 @@ class RevertResizeTask(Task):
             except TaskTaken:
                 raise
             except HerdError as exc:
+                await self.steps.put_back(row, dest, row.power_state == PowerState.RUNNING)
                 return await self.steps.abort(
                     row, action_id, dest.name,
-                    f"revert: could not remove the resized copy on {dest.name}: {exc} "
-                    "(the resize stays open: revert again)",
+                    f"revert: {exc} (the resize stays open: revert again)",
                 )  # fmt: skip
         return await self.restore.undo(
             row, migration, source, dest, action_id, True, None, rebuilt=rebuilt
         )
+
+    async def _carry_back(
+        self, row: Instance, action_id: int, volumes: list[Volume], source: Host, dest: Host
+    ) -> None:
+        """The volumes are the destination's copies since the resize: the guest there is
+        shut down (its writes on disk), and the copies carried over the source's old
+        files, so a revert gives back the old size but never the volumes' old data."""
+        state = await self.steps.domain_on(dest, row.uuid)
+        if state is None:
+            return  # removed already, by a revert that carried them back first
+        if state != "shutoff":
+            args: PowerArgs = {"uuid": row.uuid, "action": "stop", "timeout": POWER_TIMEOUT}
+            await self.steps.stepped(
+                action_id, "stop_dest", dest.name,
+                self.agent.power(target_of(dest), args, timeout=POWER_TIMEOUT + FOLLOW_MARGIN),
+            )  # fmt: skip
+        await volume_moves.carry(self.steps, action_id, row, volumes, dest, source)
 
     @classmethod
     async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:

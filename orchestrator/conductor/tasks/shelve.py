@@ -22,8 +22,8 @@ import contextlib
 import dataclasses
 from typing import ClassVar
 
-from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from orchestrator.conductor import lifecycle
 from orchestrator.conductor.actions import finish_action
@@ -31,15 +31,16 @@ from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.journal import TaskHandle
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
+from orchestrator.conductor.shelve_images import SHELVED_IMAGE, drop_shelve_image
 from orchestrator.conductor.steps import FOLLOW_MARGIN, check_timeout
 from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.conductor.tasks.image_create import register_image
+from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, PowerState, VmState, Volume, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
 from orchestrator.rpc.agent_api import PowerArgs
 from orchestrator.scheduler.claims import release
 
-SHELVED_IMAGE = "shelved"  # the image_type of a shelve image (Nova's too)
 POWER_LIMITS = (0, 3600)
 
 
@@ -49,34 +50,14 @@ def shelve_image_name(row: Instance) -> str:
     return f"{row.name}-shelved-{utcnow().strftime('%Y%m%d%H%M%S')}"
 
 
-async def drop_shelve_image(db: AsyncSession, row: Instance) -> None:
-    """A shelved server deleted takes its shelve image along (as Nova's does): nothing
-    else knows it is there. Kept if another server was booted from it meanwhile."""
-    image = await db.get(Image, row.image_id) if row.image_id else None
-    if image is None or image.properties.get("image_type") != SHELVED_IMAGE:
-        return
-    if image.properties.get("instance_uuid") != row.uuid:
-        return
-    users = await db.exec(
-        select(Instance.id).where(
-            Instance.image_id == image.id, Instance.vm_state != VmState.DELETED
-        )
-    )
-    if users.first() is not None:
-        return
-    row.image_id = None
-    db.add(row)
-    await db.flush()
-    await db.delete(image)
-
-
 class ShelveTask(Task):
     kind = "shelve"
     RECOVERY: ClassVar[dict[str, str]] = {
         "stop": "rolled back: started again if it was running; nothing else had changed",
         "snapshot": "rolled back: no image is registered; started again if it was running",
         "register": "finished: the image the host made (its sha256 journalled) is registered, "
-        "then the server offloaded",
+        "then the server offloaded; rolled back instead (started again if it ran) if the host "
+        "no longer has the image",
         "offload": "finished: its domain and disk removed from the host (or left to "
         "reconcile if the host does not answer), its claim released",
     }
@@ -143,6 +124,17 @@ class ShelveTask(Task):
         await self.steps.end_step(registered, True, f"image {name} ({sha256[:12]})")
         step = await self.steps.step(action_id, "offload", host.name)
         self.progress.update(row, "offloading", host=host.name)
+        try:  # the image must be there before the disk goes (a prune may have run since)
+            cached = await self.agent.image_status(target_of(host), sha256)
+        except HerdError as exc:
+            cached = None
+            why = f"{host.name} cannot say whether it has the image: {exc}"
+        else:
+            why = f"the image {name} is no longer in {host.name}'s cache"
+        if cached is None or not cached["present"]:
+            await self.steps.end_step(step, False, why)
+            await self._put_back(row, host, running=bool(self.journal_input("start")))
+            return await self.steps.abort(row, action_id, host.name, f"shelve: {why}")
         try:
             await self.agent.delete(target_of(host), row.uuid, timeout=FOLLOW_MARGIN)
         except HerdError as exc:  # shelved all the same: its domain is only stopped there
@@ -152,11 +144,14 @@ class ShelveTask(Task):
         async with self.db.session() as db:
             held = await lifecycle.hold(db, row.uuid, action_id)
             if held is not None:
+                before = held.image_id
                 held.vm_state, held.power_state = VmState.SHELVED_OFFLOADED, PowerState.NOSTATE
                 held.host_id, held.image_id, held.image_name = None, image_id, name
                 lifecycle.end_task(held)
                 db.add(held)
                 await release(db, row.uuid)
+                await db.flush()
+                await drop_shelve_image(db, held, before)  # an earlier shelve's, now unused
                 row = held
             await finish_action(db, action_id)
         self.progress.update(row, row.vm_state, host=host.name)
@@ -169,11 +164,10 @@ class ShelveTask(Task):
     async def resume(cls, conductor: Conductor, handle: TaskHandle, found: Resumed) -> Outcome:
         task = cls(conductor, found.instance)
         await task.adopt(handle, found.died)
-        assert found.source is not None
-        row, action_id, host, inputs = found.instance, found.action_id, found.source, handle.inputs
-        if row.task_action_id != action_id and row.vm_state == VmState.SHELVED_OFFLOADED:
-            await task.note("it was shelved already")
-            return outcome_of(row, None)
+        host = await task.held_host(found)
+        if host is None:
+            return outcome_of(found.instance, None)
+        row, action_id, inputs = found.instance, found.action_id, handle.inputs
         if handle.current_step in ("register", "offload") and "sha256" in inputs:
             await task.note(f"shelving it: image {inputs['name']} made on {host.name}")
             return await task._offload(
@@ -185,6 +179,25 @@ class ShelveTask(Task):
         return await task.steps.abort(
             row, action_id, host.name, f"shelve stopped at {handle.current_step}: rolled back"
         )
+
+
+async def unplace(db: Database, instance_uuid: str, dest: Host) -> None:
+    """An unshelve that failed before its build ran on ``dest``: the server is shelved
+    again, with no host and no claim (a failed build job does the same in apply_job).
+    Only if it is still so, idle, on ``dest``: never a server another action has taken."""
+    async with db.session() as session:
+        result = await session.exec(
+            update(Instance)  # type: ignore[call-overload]
+            .where(
+                col(Instance.uuid) == instance_uuid,
+                col(Instance.vm_state) == VmState.SHELVED_OFFLOADED,
+                col(Instance.task_state).is_(None),
+                col(Instance.host_id) == dest.id,
+            )
+            .values(host_id=None, updated_at=utcnow())
+        )
+        if result.rowcount == 1:
+            await release(session, instance_uuid)
 
 
 class UnshelveTask(Task):
@@ -227,9 +240,12 @@ class UnshelveTask(Task):
             return dataclasses.replace(failed, failed_at="schedule")
         if dest is None:
             return await self.steps.abort(row, action_id, None, "its task was taken over")
-        return await self.steps.build_on(
+        outcome = await self.steps.build_on(
             row, dest, "unshelve", action_id, start=True, wait=self.wait
         )
+        if outcome.error is not None:
+            await unplace(self.db, row.uuid, dest)
+        return outcome
 
     async def _check_image(self, row: Instance) -> None:
         async with self.db.read() as db:
@@ -260,6 +276,8 @@ class UnshelveTask(Task):
         )
         self.progress.update(row, "scheduling")
         async with self.db.session() as db:
+            if await lifecycle.hold(db, row.uuid, action_id) is None:
+                return None
             await release(db, row.uuid)  # one an earlier, dead try made
         plan = await self.conductor.scheduler.place([spec])
         placement = plan.placements[0]
@@ -283,6 +301,9 @@ class UnshelveTask(Task):
         task = cls(conductor, found.instance, inputs.get("host"), inputs.get("zone"))
         await task.adopt(handle, found.died)
         row, action_id, dest = found.instance, found.action_id, found.dest
+        if row.task_action_id != action_id:
+            await task.note("its action no longer holds the server: nothing to do")
+            return outcome_of(row, None)
         if dest is None or row.host_id != dest.id:
             await task.note("placing it again")
             return await task._place_and_build(row, action_id)

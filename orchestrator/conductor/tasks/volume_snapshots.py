@@ -86,6 +86,17 @@ async def settle_snapshot(
     return row
 
 
+async def drop_snapshot(conductor: Conductor, snapshot: VolumeSnapshot) -> None:
+    """The record and its claim go (its file is gone, or was never made)."""
+    async with conductor.db.session() as db:
+        row = (
+            await db.exec(select(VolumeSnapshot).where(VolumeSnapshot.uuid == snapshot.uuid))
+        ).first()
+        if row is not None:
+            await db.delete(row)
+        await release(db, snapshot.uuid)
+
+
 class SnapshotCreate:
     """Claim, record, copy on the host; on failure the claim and the record go."""
 
@@ -110,11 +121,7 @@ class SnapshotCreate:
         try:
             made = await self.conductor.agent.volume_snapshot_create(target_of(host), args)
         except HerdError as exc:
-            async with self.conductor.db.session() as db:
-                row = await db.get(VolumeSnapshot, snapshot.id)
-                if row is not None:
-                    await db.delete(row)
-                await release(db, snapshot_uuid)
+            await drop_snapshot(self.conductor, snapshot)
             raise HerdError(
                 f"snapshot of volume {volume.name} failed on {host.name}: {exc}"
             ) from None
@@ -184,11 +191,7 @@ class SnapshotDelete:
         except HerdError as exc:
             await settle_snapshot(self.conductor, snapshot, before, error=f"delete failed: {exc}")
             raise
-        async with self.conductor.db.session() as db:
-            row = await db.get(VolumeSnapshot, snapshot.id)
-            if row is not None:
-                await db.delete(row)
-            await release(db, snapshot.uuid)
+        await drop_snapshot(self.conductor, snapshot)
 
 
 class SnapshotRevert:

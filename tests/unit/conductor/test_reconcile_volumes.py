@@ -247,3 +247,32 @@ async def test_a_host_whose_volume_files_are_all_gone_is_one_report_and_marks_no
     assert (finding.kind, finding.outcome) == ("missing_volume", "unfixed")
     assert "is its storage mounted?" in finding.detail
     assert {(await volume(lab, n)).status for n in ("one", "two")} == {"available"}
+
+
+async def test_a_snapshot_whose_command_died_is_made_or_deleted_again(lab: HerdLab) -> None:
+    from orchestrator.conductor.tasks.volume_snapshots import SnapshotCreate
+    from orchestrator.db.models import VolumeSnapshot
+
+    data = await VolumeCreate(lab.conductor, "data", 1, host="hv1").execute()
+    made = await SnapshotCreate(lab.conductor, data, "made").execute()
+    gone = await SnapshotCreate(lab.conductor, data, "gone").execute()
+    Path(str(made.path)).unlink()  # its copy was never made: the create died before
+    long_ago = utcnow() - timedelta(hours=2)
+    async with lab.db.session() as db:
+        for row in (await db.exec(select(VolumeSnapshot))).all():
+            row.status = "creating" if row.name == "made" else "deleting"
+            row.updated_at, row.task_owner = long_ago, "pid 4242 on a-machine-long-gone"
+            db.add(row)
+    report = await reconcile(lab)
+    stuck = [f for f in report.findings if f.kind == "stuck_snapshot"]
+    assert all(f.error is None for f in stuck), [f.error for f in stuck]
+    assert sorted((f.uuid, f.outcome) for f in stuck) == sorted(
+        [(made.uuid, "fixed"), (gone.uuid, "fixed")]
+    )
+    async with lab.db.read() as db:
+        rows = {s.name: s for s in (await db.exec(select(VolumeSnapshot))).all()}
+    assert list(rows) == ["made"] and rows["made"].status == "available"
+    assert Path(str(made.path)).exists() and not Path(str(gone.path)).exists()
+    assert sorted(c for c, _, _ in await lab.claims()) == sorted([data.uuid, made.uuid])
+    # Their claims are a snapshot's, not a lost server's: none is released as unknown.
+    assert not [f for f in report.findings if f.kind == "claim"]

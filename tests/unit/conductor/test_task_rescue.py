@@ -127,3 +127,76 @@ async def test_an_unrescue_killed_is_finished(lab: HerdLab) -> None:
     assert recovered.outcome == "done", recovered
     assert (await lab.server(server.uuid)).vm_state == "active"
     assert disks(definition(lab, "hv1", server.uuid))["vda"][0].endswith("/disk")
+
+
+async def test_a_failed_rescue_of_a_stopped_server_leaves_it_stopped_on_its_own_disk(
+    lab: HerdLab,
+) -> None:
+    server = await lab.boot("s1", host="hv1")
+    await power(lab.conductor, [server], "stop")
+    own = disks(definition(lab, "hv1", server.uuid))
+    lab.fail("hv1", "define", "the rescue definition is refused")
+    outcome = await RescueTask(lab.conductor, await lab.server(server.uuid)).execute()
+    assert outcome.error is not None and "refused" in outcome.error
+    lab.heal("hv1")
+    assert lab.domains("hv1")[server.uuid] == "shutoff"
+    assert disks(definition(lab, "hv1", server.uuid)) == own
+    home = inst_dir(lab, "hv1", server.uuid)
+    assert not [p.name for p in home.iterdir() if "rescue" in p.name]
+    row = await lab.server(server.uuid)
+    assert (row.vm_state, row.task_state) == ("stopped", None)
+
+
+async def test_a_finished_rescue_whose_journal_stayed_open_is_left_alone(lab: HerdLab) -> None:
+    from sqlalchemy import update
+
+    from orchestrator.db.models import TaskRecord
+
+    server = await lab.boot("s1", host="hv1")
+    assert (await RescueTask(lab.conductor, server).execute()).error is None
+    (record,) = await lab.tasks(server.uuid)
+    async with lab.db.session() as db:  # as if its runner died after the DB, before the row
+        await db.exec(
+            update(TaskRecord)  # type: ignore[call-overload]
+            .where(TaskRecord.id == record.id)  # type: ignore[arg-type]
+            .values(state="running", step="rescue")
+        )
+    await lab.orphan(record.id)
+    (recovered,) = await lab.recover()
+    assert recovered.outcome == "done", recovered
+    row = await lab.server(server.uuid)
+    assert (row.vm_state, row.task_state) == ("rescued", None)
+    assert disks(definition(lab, "hv1", server.uuid))["vda"][0].endswith("disk.rescue")
+    assert lab.domains("hv1")[server.uuid] == "running"
+
+
+def test_the_rescue_definition_swaps_the_boot_disk_and_keeps_volumes() -> None:
+    from agent.rescue import rescue_xml
+
+    own = """<domain type='qemu'><name>herd-x</name><os><type>hvm</type><boot dev='hd'/></os>
+    <devices>
+      <disk type='file' device='disk'><source file='/i/disk'/><target dev='vda' bus='virtio'/>
+        <address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/></disk>
+      <disk type='file' device='disk'><source file='/i/seed.iso'/><target dev='vdb'/></disk>
+      <disk type='file' device='disk'><source file='/v/vol.qcow2'/><target dev='vdc'/>
+        <serial>vol</serial></disk>
+      <interface type='bridge'><boot order='2'/></interface>
+    </devices></domain>"""
+    text, moved = rescue_xml(own, Path("/i/disk.rescue"), None, None, None)
+    root = ET.fromstring(text)
+    assert moved == "vdd"
+    assert disks(root) == {
+        "vda": ("/i/disk.rescue", None), "vdb": ("/i/seed.iso", None),
+        "vdc": ("/v/vol.qcow2", "vol"), "vdd": ("/i/disk", "herd-rescued-root"),
+    }  # fmt: skip
+    (first, *_) = root.iterfind("devices/disk")
+    assert first.find("address").get("slot") == "0x04"  # type: ignore[union-attr]
+    assert first.find("boot").get("order") == "1"  # type: ignore[union-attr]
+    assert root.find("os/boot") is None and root.find("devices/interface/boot") is None
+    kernel, _ = rescue_xml(own, Path("/i/disk.rescue"), Path("/i/k"), None, "root=/dev/vda")
+    booted = ET.fromstring(kernel)
+    assert (booted.findtext("os/kernel"), booted.findtext("os/cmdline")) == (
+        "/i/k",
+        "root=/dev/vda",
+    )
+    assert next(booted.iterfind("devices/disk")).find("boot") is None

@@ -205,3 +205,45 @@ async def test_a_shelved_server_keeps_its_volume_and_comes_back_to_its_host(lab:
     assert outcome.error is None, outcome.error
     await lab.assert_whole(row.uuid, "hv1")
     assert disks(lab, "hv1", row.uuid)[str(kept.device)].endswith(f"{data.uuid}.qcow2")
+
+
+async def test_a_shelve_whose_image_was_pruned_meanwhile_is_rolled_back(lab: HerdLab) -> None:
+    server = await lab.boot("s1", host="hv1")
+    record = await lab.kill_at(
+        "shelve", "register", lambda: ShelveTask(lab.conductor, server).execute()
+    )
+    cached = Path(lab.agent_dir("hv1")) / "images" / record.inputs["sha256"]
+    cached.unlink()  # an `image cache prune` while the task waited for recovery
+    (recovered,) = await lab.recover()
+    assert recovered.outcome == "rolled_back", recovered
+    await lab.assert_whole(server.uuid, "hv1")  # its disk never went
+    assert (await lab.server(server.uuid)).vm_state == "active"
+
+
+async def test_an_unshelve_whose_image_cannot_be_relayed_stays_shelved(lab: HerdLab) -> None:
+    server, _ = await shelved(lab)
+    image = await shelve_image(lab, server)
+    (Path(lab.agent_dir("hv1")) / "images" / str(image.sha256)).unlink()  # hv1's copy lost
+    outcome = await UnshelveTask(lab.conductor, server, "hv2").execute()
+    assert outcome.error is not None
+    row = await lab.server(server.uuid)
+    assert (row.vm_state, row.task_state, row.host_id) == ("shelved_offloaded", None, None)
+    assert await lab.claim_hosts(server.uuid) == []
+
+
+async def test_shelve_images_go_when_nothing_needs_them(lab: HerdLab) -> None:
+    server, _ = await shelved(lab)
+    first = server.image_name
+    assert (await UnshelveTask(lab.conductor, server, "hv2").execute()).error is None
+    again = await ShelveTask(lab.conductor, await lab.server(server.uuid)).execute()
+    assert again.error is None, again.error
+    row = await lab.server(server.uuid)
+    assert row.image_name != first
+    async with lab.db.read() as db:
+        names = set((await db.exec(select(Image.name))).all())
+    assert first not in names and row.image_name in names  # the newer holds its disk
+    assert (await UnshelveTask(lab.conductor, row, "hv1").execute()).error is None
+    assert (await DeleteTask(lab.conductor, await lab.server(server.uuid)).execute()).error is None
+    async with lab.db.read() as db:
+        names = set((await db.exec(select(Image.name))).all())
+    assert row.image_name not in names  # deleted with its server, once unshelved too

@@ -21,6 +21,7 @@ from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
 from orchestrator.conductor.tasks.migrate import MigrateTask
 from orchestrator.conductor.tasks.power import power
 from orchestrator.conductor.tasks.rebuild import RebuildTask
+from orchestrator.conductor.tasks.resize import ConfirmResizeTask, ResizeTask, RevertResizeTask
 from orchestrator.conductor.tasks.volumes import (
     VolumeCreate,
     VolumeDelete,
@@ -385,3 +386,82 @@ async def test_a_migration_waits_for_a_volume_that_is_busy(lab: HerdLab) -> None
     assert outcome.error is not None and "data is extending" in outcome.error
     await lab.assert_whole(server.uuid, "hv1")
     assert volume_files(lab, "hv2") == []
+
+
+# -- resize carries volumes ---------------------------------------------------------
+
+
+def _write(path: str, char: str) -> None:
+    from tests.unit.conductor.test_volume_snapshots import write
+
+    write(Path(path), "qcow2", 0, char.encode() * 512)
+
+
+def _read(path: str) -> bytes:
+    from tests.unit.conductor.test_volume_snapshots import read
+
+    return read(Path(path), "qcow2", 0, 512)
+
+
+async def test_a_resize_carries_the_volumes_and_a_confirm_drops_the_old_files(
+    lab: HerdLab,
+) -> None:
+    server, data = await attached(lab)
+    _write(str(data.path), "A")
+    outcome = await ResizeTask(lab.conductor, server, "big", "hv2").execute()
+    assert outcome.error is None, outcome.error
+    moved = await volume(lab, "data")
+    assert (moved.host_id, moved.status) == ((await lab.host("hv2")).id, "in-use")
+    assert moved.path != data.path and _read(str(moved.path)) == b"A" * 512
+    assert disks(lab, "hv2", server.uuid)["vdc"] == moved.path
+    assert Path(str(data.path)).exists()  # the revert's way back, until the confirm
+    assert (data.uuid, "hv2", 2) in await claimed_disk(lab)
+    outcome = await ConfirmResizeTask(lab.conductor, await lab.server(server.uuid)).execute()
+    assert outcome.error is None, outcome.error
+    assert volume_files(lab, "hv1") == []
+    assert await claimed_disk(lab) == sorted([(server.uuid, "hv2", 2), (data.uuid, "hv2", 2)])
+
+
+async def test_a_revert_brings_the_volumes_back_with_what_was_written_meanwhile(
+    lab: HerdLab,
+) -> None:
+    server, data = await attached(lab)
+    _write(str(data.path), "A")
+    assert (await ResizeTask(lab.conductor, server, "big", "hv2").execute()).error is None
+    _write(str((await volume(lab, "data")).path), "B")  # the resized server writes
+    outcome = await RevertResizeTask(lab.conductor, await lab.server(server.uuid)).execute()
+    assert outcome.error is None, outcome.error
+    back = await volume(lab, "data")
+    assert (back.host_id, back.path) == (data.host_id, data.path)
+    assert _read(str(back.path)) == b"B" * 512  # the volume's data is never reverted
+    assert volume_files(lab, "hv2") == []
+    await lab.assert_whole(server.uuid, "hv1")
+    assert disks(lab, "hv1", server.uuid)["vdc"] == data.path
+    assert await claimed_disk(lab) == sorted([(server.uuid, "hv1", 1), (data.uuid, "hv1", 2)])
+
+
+@pytest.mark.parametrize(("kind", "step"), [
+    ("resize", "copy_volumes"), ("resize", "spawn"), ("revert", "copy_volumes"),
+    ("revert", "remove_dest"), ("revert", "revert_source"),
+])  # fmt: skip
+async def test_a_resize_or_revert_killed_with_volumes_ends_on_one_side(
+    lab: HerdLab, kind: str, step: str
+) -> None:
+    server, _ = await attached(lab)
+    if kind == "resize":
+        work = ResizeTask(lab.conductor, server, "big", "hv2").execute
+    else:
+        assert (await ResizeTask(lab.conductor, server, "big", "hv2").execute()).error is None
+        work = RevertResizeTask(lab.conductor, await lab.server(server.uuid)).execute
+    await lab.kill_at(kind, step, work)
+    (recovered,) = await lab.recover()
+    assert recovered.outcome in ("done", "rolled_back"), recovered
+    row = await lab.server(server.uuid)
+    home = await lab.host_name(row.host_id)
+    assert home == "hv1", recovered  # a resize killed before its switch, or a revert
+    kept = await volume(lab, "data")
+    assert await lab.host_name(kept.host_id) == home and Path(str(kept.path)).exists()
+    assert disks(lab, str(home), server.uuid)["vdc"] == kept.path
+    if row.vm_state != "resized":  # a resize waiting keeps the old file for its revert
+        away = "hv2" if home == "hv1" else "hv1"
+        assert volume_files(lab, away) == [], volume_files(lab, away)

@@ -132,13 +132,13 @@ async def test_a_volume_with_snapshots_is_neither_deleted_nor_moved(lab: HerdLab
     snap = await snapshot(lab, "keep")
     await SnapshotDelete(lab.conductor, snap).execute()
     assert not Path(str(snap.path)).exists()
-    assert not Path(str(snap.path)).parent.exists()  # the last one: its directory too
     async with lab.db.read() as db:
         assert (await db.exec(select(VolumeSnapshot))).first() is None
         assert (
             await db.exec(select(Allocation).where(Allocation.instance_uuid == snap.uuid))
         ).first() is None
     await VolumeDelete(lab.conductor, await volume(lab, "data")).execute()
+    assert not Path(str(snap.path)).parent.exists()  # its directory went with the volume
 
 
 async def test_a_snapshot_needs_room_and_a_unique_name(lab: HerdLab) -> None:

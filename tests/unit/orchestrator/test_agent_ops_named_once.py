@@ -32,7 +32,7 @@ SENT_BY_THE_POOL = {"job_start", "job_wait"}
 # instance actions: a server's "delete" action, its "build" event, the "live_migrate"
 # action). Every request goes through AgentAPI (see the next test), so such a word
 # outside rpc/ cannot reach an agent.
-ACTION_WORDS = {"build", "delete", "live_migrate"}
+ACTION_WORDS = {"build", "delete", "live_migrate", "rescue", "unrescue"}
 # Calls that take an op name: nothing outside rpc/ makes them.
 OP_TAKING = {"call", "cast", "run", "follow", "job_start"}
 
