@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -42,6 +43,35 @@ def _show(views: list[volumes_api.VolumeView], as_json: bool) -> None:
             ),
         )
     )
+
+
+async def _each(
+    work: list[tuple[str, Callable[[], Awaitable[object]]]], *, one: bool
+) -> list[tuple[str, str | None]]:
+    """Each deletion in turn, its error kept (raised at once when only one was asked)."""
+    from orchestrator.errors import HerdError
+
+    done: list[tuple[str, str | None]] = []
+    for name, delete in work:
+        try:
+            await delete()
+            done.append((name, None))
+        except HerdError as exc:
+            if one:
+                raise
+            done.append((name, str(exc)))
+    return done
+
+
+def _said_deleted(done: list[tuple[str, str | None]], noun: str, as_json: bool) -> None:
+    if as_json:
+        print_json([{noun: n, "deleted": e is None, "error": e} for n, e in done])
+    else:
+        for name, error in done:
+            out.print(f"{noun} {name} deleted" if error is None else f"{noun} {name}: {error}")
+    failed = [n for n, e in done if e]
+    if failed:
+        raise SomeFailed(f"{len(failed)} of {len(done)} {noun}s could not be deleted")
 
 
 @app.command()
@@ -133,29 +163,15 @@ def delete(
 
     async def main() -> list[tuple[str, str | None]]:
         from orchestrator.conductor.tasks.volumes import VolumeDelete
-        from orchestrator.errors import HerdError
 
-        done: list[tuple[str, str | None]] = []
         async with herd() as h:
-            for view in await volumes_api.list_volumes(h.db, names):
-                try:
-                    await VolumeDelete(h.conductor, view.volume).execute()
-                    done.append((view.volume.name, None))
-                except HerdError as exc:
-                    if len(names) == 1:
-                        raise
-                    done.append((view.volume.name, str(exc)))
-        return done
+            views = await volumes_api.list_volumes(h.db, names)
+            return await _each(
+                [(v.volume.name, VolumeDelete(h.conductor, v.volume).execute) for v in views],
+                one=len(names) == 1,
+            )
 
-    done = run_async(main())
-    if as_json:
-        print_json([{"volume": n, "deleted": e is None, "error": e} for n, e in done])
-    else:
-        for volume, error in done:
-            out.print(f"volume {volume} deleted" if error is None else f"volume {volume}: {error}")
-    failed = [n for n, e in done if e]
-    if failed:
-        raise SomeFailed(f"{len(failed)} of {len(done)} volumes could not be deleted")
+    _said_deleted(run_async(main()), "volume", as_json)
 
 
 snapshot_app = typer.Typer(
@@ -251,29 +267,15 @@ def snapshot_delete(
 
     async def main() -> list[tuple[str, str | None]]:
         from orchestrator.conductor.tasks.volume_snapshots import SnapshotDelete
-        from orchestrator.errors import HerdError
 
-        done: list[tuple[str, str | None]] = []
         async with herd() as h:
-            for view in await volumes_api.list_snapshots(h.db, names):
-                try:
-                    await SnapshotDelete(h.conductor, view.snapshot).execute()
-                    done.append((view.snapshot.name, None))
-                except HerdError as exc:
-                    if len(names) == 1:
-                        raise
-                    done.append((view.snapshot.name, str(exc)))
-        return done
+            views = await volumes_api.list_snapshots(h.db, names)
+            return await _each(
+                [(v.snapshot.name, SnapshotDelete(h.conductor, v.snapshot).execute) for v in views],
+                one=len(names) == 1,
+            )
 
-    done = run_async(main())
-    if as_json:
-        print_json([{"snapshot": n, "deleted": e is None, "error": e} for n, e in done])
-    else:
-        for name, error in done:
-            out.print(f"snapshot {name} deleted" if error is None else f"snapshot {name}: {error}")
-    failed = [n for n, e in done if e]
-    if failed:
-        raise SomeFailed(f"{len(failed)} of {len(done)} snapshots could not be deleted")
+    _said_deleted(run_async(main()), "snapshot", as_json)
 
 
 @snapshot_app.command("revert")

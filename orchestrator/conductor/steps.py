@@ -316,11 +316,14 @@ class Steps:
             await (await self.pool.session(dst)).upload(local, remote)
         return remote, size
 
-    async def stop_source(self, row: Instance, host: Host, action_id: int, timeout: int) -> None:
+    async def stop_source(
+        self, row: Instance, host: Host, action_id: int, timeout: int, event: str = "stop_source"
+    ) -> None:
+        """Shut the guest down (ACPI, forced after ``timeout``) as the step ``event``."""
         self.progress.update(row, "stopping", host=host.name)
         args: PowerArgs = {"uuid": row.uuid, "action": "stop", "timeout": timeout}
         work = self.agent.power(target_of(host), args, timeout=timeout + FOLLOW_MARGIN)
-        await self.stepped(action_id, "stop_source", host.name, work)
+        await self.stepped(action_id, event, host.name, work)
 
     async def spawn(
         self,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.lab import Lab
-from orchestrator.lab.reach import http_get
+from orchestrator.lab.reach import http_get, probe
 from tests.e2e.herdcli import HerdCli, Result, assert_one_line_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_postgresql]
@@ -52,9 +52,14 @@ def guest_disk(herd: HerdCli, name: str, volume: str, event: str, size: int) -> 
 def provider_ip(herd: HerdCli, lab: Lab, name: str) -> str:
     """The server's address on the lab's provider bridge: checked to be one, since the
     test sends it HTTP requests (an address of a user-mode network would be routed off
-    the machine)."""
-    (port,) = herd.server(name)["addresses"]
+    the machine). Returned once the guest answers there with its own instance-id: a
+    guest that just printed "ready" may still be bringing its NIC up, and the root
+    namespace may still hold the MAC of an earlier guest that had the address."""
+    server = herd.server(name)
+    (port,) = server["addresses"]
     assert ipaddress.ip_address(port["ip"]) in lab.info().network.provider, port
+    _, answered, _ = probe(server, 90)
+    assert answered == "its instance-id", f"{name} at {port['ip']}: {answered}"
     return str(port["ip"])
 
 

@@ -25,12 +25,12 @@ from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.journal import TaskHandle
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome, guard_outcome, outcome_of
-from orchestrator.conductor.steps import FOLLOW_MARGIN, check_timeout
+from orchestrator.conductor.steps import check_timeout
 from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.db.models import POWER_OF, Host, Image, Instance, PowerState, VmState
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound
 from orchestrator.guest_config import boot_images, load_guest_config
-from orchestrator.rpc.agent_api import PowerArgs, Rescued
+from orchestrator.rpc.agent_api import Rescued
 
 POWER_LIMITS = (0, 3600)
 
@@ -87,9 +87,9 @@ class RescueTask(Task):
         )  # fmt: skip
         try:
             if running:
-                await self._stop(row, host, action_id)
+                await self.steps.stop_source(row, host, action_id, self.timeout, "stop")
         except HerdError as exc:
-            await self._put_back(row, host, running)
+            await self.steps.put_back(row, host, running)
             return await self.steps.abort(row, action_id, host.name, f"rescue: {exc}")
         return await self._rescue(row, action_id, host, image, running)
 
@@ -111,17 +111,6 @@ class RescueTask(Task):
         if image.format in ("aki", "ari"):
             raise InvalidInput(f"image {image.name!r} is a kernel or ramdisk, not a bootable disk")
         return image
-
-    async def _stop(self, row: Instance, host: Host, action_id: int) -> None:
-        self.progress.update(row, "stopping", host=host.name)
-        args: PowerArgs = {"uuid": row.uuid, "action": "stop", "timeout": self.timeout}
-        work = self.agent.power(target_of(host), args, timeout=self.timeout + FOLLOW_MARGIN)
-        await self.steps.stepped(action_id, "stop", host.name, work)
-
-    async def _put_back(self, row: Instance, host: Host, running: bool) -> None:
-        if running:
-            with contextlib.suppress(HerdError):
-                await self.agent.domain_power(target_of(host), row.uuid, "start", timeout=120)
 
     async def _rescue(
         self, row: Instance, action_id: int, host: Host, image: Image, running: bool
@@ -178,7 +167,7 @@ class RescueTask(Task):
             with contextlib.suppress(HerdError):
                 await task.agent.unrescue(target_of(host), row.uuid, start=running)
             return await task.steps.abort(row, action_id, host.name, f"rescue: {why}")
-        await task._put_back(row, host, running)
+        await task.steps.put_back(row, host, running)
         await task.note("started again" if running else "nothing had changed")
         return await task.steps.abort(
             row, action_id, host.name, "rescue stopped at stop: rolled back"

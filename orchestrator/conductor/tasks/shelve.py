@@ -18,7 +18,6 @@ ran); from the image's registration on, the shelve only goes forward.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import ClassVar
 
@@ -38,7 +37,6 @@ from orchestrator.conductor.tasks.image_create import register_image
 from orchestrator.db.engine import Database
 from orchestrator.db.models import Host, Image, Instance, PowerState, VmState, Volume, utcnow
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NoValidHost
-from orchestrator.rpc.agent_api import PowerArgs
 from orchestrator.scheduler.claims import release
 
 POWER_LIMITS = (0, 3600)
@@ -82,7 +80,7 @@ class ShelveTask(Task):
         )  # fmt: skip
         try:
             if running:
-                await self._stop(row, host, action_id)
+                await self.steps.stop_source(row, host, action_id, self.timeout, "stop")
             self.progress.update(row, "imaging its disk", host=host.name)
             made = await self.steps.stepped(
                 action_id, "snapshot", host.name,
@@ -90,23 +88,11 @@ class ShelveTask(Task):
                 lambda m: f"image {name}: {m['size']} bytes, sha256 {m['sha256'][:12]}",
             )  # fmt: skip
         except HerdError as exc:
-            await self._put_back(row, host, running)
+            await self.steps.put_back(row, host, running)
             return await self.steps.abort(row, action_id, host.name, f"shelve: {exc}")
         assert self.journal is not None
         await self.journal.step("register", sha256=made["sha256"], size=made["size"])
         return await self._offload(row, action_id, host, name, made["sha256"], made["size"])
-
-    async def _stop(self, row: Instance, host: Host, action_id: int) -> None:
-        self.progress.update(row, "stopping", host=host.name)
-        args: PowerArgs = {"uuid": row.uuid, "action": "stop", "timeout": self.timeout}
-        work = self.agent.power(target_of(host), args, timeout=self.timeout + FOLLOW_MARGIN)
-        await self.steps.stepped(action_id, "stop", host.name, work)
-
-    async def _put_back(self, row: Instance, host: Host, running: bool) -> None:
-        """A shelve that failed before its image leaves the server as it found it."""
-        if running:
-            with contextlib.suppress(HerdError):
-                await self.agent.domain_power(target_of(host), row.uuid, "start", timeout=120)
 
     async def _offload(
         self, row: Instance, action_id: int, host: Host, name: str, sha256: str, size: int
@@ -118,7 +104,7 @@ class ShelveTask(Task):
                 self.db, row, host, name, sha256, size, image_type=SHELVED_IMAGE
             )
         except Conflict as exc:
-            await self._put_back(row, host, running=bool(self.journal_input("start")))
+            await self.steps.put_back(row, host, bool(self.journal_input("start")))
             return await self.steps.abort(row, action_id, host.name, f"shelve: {exc}")
         registered = await self.steps.step(action_id, "register", host.name, owned=False)
         await self.steps.end_step(registered, True, f"image {name} ({sha256[:12]})")
@@ -133,7 +119,7 @@ class ShelveTask(Task):
             why = f"the image {name} is no longer in {host.name}'s cache"
         if cached is None or not cached["present"]:
             await self.steps.end_step(step, False, why)
-            await self._put_back(row, host, running=bool(self.journal_input("start")))
+            await self.steps.put_back(row, host, bool(self.journal_input("start")))
             return await self.steps.abort(row, action_id, host.name, f"shelve: {why}")
         try:
             await self.agent.delete(target_of(host), row.uuid, timeout=FOLLOW_MARGIN)
@@ -174,7 +160,7 @@ class ShelveTask(Task):
                 row, action_id, host, inputs["name"], inputs["sha256"], inputs["size"]
             )
         running = bool(inputs.get("start", True))
-        await task._put_back(row, host, running)
+        await task.steps.put_back(row, host, running)
         await task.note("no image registered: " + ("started again" if running else "it stays"))
         return await task.steps.abort(
             row, action_id, host.name, f"shelve stopped at {handle.current_step}: rolled back"
