@@ -94,6 +94,7 @@ def render(spec: BuildSpec, arch: str, files: InstanceFiles) -> str:
             machine=_MACHINES.get(arch),
             x86=arch in ("x86_64", "i686"),
             disk_path=str(files.disk),
+            disk_format=spec.root_volume.format if spec.root_volume else "qcow2",
             console_log=str(files.console_log),
             seed_path=str(files.seed) if files.seed else None,
             kernel_path=str(files.kernel) if files.kernel else None,

@@ -54,6 +54,10 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
     virsh = ctx.virsh
     inst_dir = ctx.instance_dir(uuid)
     disk = inst_dir / "disk"
+    if spec.root_volume is not None:
+        disk = volumes.volume_path(ctx.state_dir, spec.root_volume.args())
+        if not disk.is_file():
+            raise NotFound(f"the root volume's file {disk} is missing")
     disk_from = _disk_source(ctx, spec) if spec.disk_from is not None else None
     existing = virsh.dominfo(uuid)
     if existing is not None and spec.rebuild:
@@ -84,7 +88,9 @@ def build(ctx: Context, spec: BuildSpec) -> Dict[str, Any]:
             images.record_use(inst_dir, spec.image_digests)
         for digest, declared in _declared_formats(spec):
             images.check_cached(cached[digest], declared, f"image {digest}")
-        if disk_from is not None:
+        if spec.root_volume is not None:
+            pass  # its disk is the volume, made already
+        elif disk_from is not None:
             adopt_disk(
                 disk_from,
                 cached[spec.image.sha256],
@@ -160,7 +166,7 @@ def _volume_files(ctx: Context, spec: BuildSpec) -> Tuple[Path, ...]:
 
 def _declared_formats(spec: BuildSpec) -> List[Tuple[str, str]]:
     """Each cached image the build uses, with the format it must be."""
-    pairs = [(spec.image.sha256, spec.image.format)]
+    pairs = [] if spec.root_volume is not None else [(spec.image.sha256, spec.image.format)]
     if spec.boot is not None:
         pairs.append((spec.boot.kernel, "aki"))
         if spec.boot.ramdisk:

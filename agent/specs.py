@@ -342,6 +342,25 @@ def _volumes(args: Mapping[str, Any]) -> Tuple[VolumeDisk, ...]:
     return tuple(found)
 
 
+def _root_volume(args: Mapping[str, Any]) -> Optional[VolumeDisk]:
+    raw = args.get("root_volume")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise BadRequest("build: root_volume must be an object")
+    where = "build: root_volume."
+    fmt = raw.get("format", "qcow2")
+    if fmt not in ("qcow2", "raw"):
+        raise BadRequest(f"{where}format must be qcow2 or raw")
+    directory = raw.get("dir")
+    if directory is not None:
+        try:
+            check_state_dir(directory)
+        except ValueError as exc:
+            raise BadRequest(f"{where}dir {exc}") from None
+    return VolumeDisk(volume=uuid(raw, "volume", where), format=fmt, device="vda", dir=directory)
+
+
 def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:
     raw = args.get("nics", [])
     if not isinstance(raw, list) or len(raw) > MAX_NICS:
@@ -453,11 +472,14 @@ class BuildSpec:
     define: bool = True
     # The volumes attached to it (a rebuild or a move keeps them), after vda and vdb.
     volumes: Tuple[VolumeDisk, ...] = ()
+    # Booted from a volume: its file is vda (made from the image by volume_create), and
+    # no overlay of the cached image is made.
+    root_volume: Optional[VolumeDisk] = None
 
     @property
     def image_digests(self) -> List[str]:
         """Every cached image this instance's files come from."""
-        digests = [self.image.sha256]
+        digests = [] if self.root_volume is not None else [self.image.sha256]
         if self.boot is not None:
             digests.append(self.boot.kernel)
             if self.boot.ramdisk:
@@ -498,6 +520,7 @@ class BuildSpec:
             keep_disk_from=_flag(args, "keep_disk_from", False),
             define=_flag(args, "define", True),
             volumes=_volumes(args),
+            root_volume=_root_volume(args),
         )
 
     @property

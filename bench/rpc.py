@@ -21,12 +21,24 @@ from rich.table import Table
 from orchestrator.api import console
 from orchestrator.api import hosts as hosts_api
 from orchestrator.api import servers as servers_api
+from orchestrator.api import volumes as volumes_api
+from orchestrator.api.images import delete_image
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import Conductor
 from orchestrator.conductor.outcomes import Outcome
+from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
+from orchestrator.conductor.tasks.image_create import ImageCreateTask
 from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
 from orchestrator.conductor.tasks.migrate import MigrateTask
+from orchestrator.conductor.tasks.rescue import RescueTask, UnrescueTask
 from orchestrator.conductor.tasks.resize import ResizeTask, RevertResizeTask
+from orchestrator.conductor.tasks.shelve import ShelveTask, UnshelveTask
+from orchestrator.conductor.tasks.volume_snapshots import (
+    SnapshotCreate,
+    SnapshotDelete,
+    SnapshotRevert,
+)
+from orchestrator.conductor.tasks.volumes import VolumeCreate, VolumeDelete
 from orchestrator.db.engine import Database, open_database
 from orchestrator.db.models import Instance
 from orchestrator.inventory.apply import apply_inventory
@@ -85,6 +97,7 @@ async def measure_guests(
         (f"{guests} test guests until each printed HERD-TEST ready (TCG)", f"{ready:.2f} s")
     )
     rows += await measure_moves(db, conductor, first.name)
+    rows += await measure_storage(db, conductor, first.name)
     await conductor.delete(
         await servers_api.find_servers(db, [first.name, *(i.name for i in instances)])
     )
@@ -125,6 +138,65 @@ async def measure_moves(db: Database, conductor: Conductor, name: str) -> list[t
         "resize --revert (built again from the kept disk)",
         RevertResizeTask(conductor, await server()).execute(),
     )
+    return rows
+
+
+async def measure_storage(db: Database, conductor: Conductor, name: str) -> list[tuple[str, str]]:
+    """The storage workflows on one running test guest (1 GiB flavor disk, 1 GiB
+    volume). The shelve's stop is forced after 2 s (the test guest ignores ACPI)."""
+    rows: list[tuple[str, str]] = []
+
+    async def timed(label: str, work: Awaitable[object]) -> None:
+        t0 = time.perf_counter()
+        outcome = await work
+        error = getattr(outcome, "error", None)
+        if error:
+            raise RuntimeError(f"{label}: {error}")
+        rows.append((label, f"{time.perf_counter() - t0:.2f} s"))
+
+    async def server() -> Instance:
+        (row,) = await servers_api.find_servers(db, [name])
+        return row
+
+    here = (await servers_api.show_server(db, name)).host
+    other = next(h.name for h in await hosts_api.find_hosts(db, None) if h.name != here)
+    await timed(
+        "server image create of a running test guest (snapshot, convert, blockcommit)",
+        ImageCreateTask(conductor, await server(), "bench-image").execute(),
+    )
+    await timed(
+        "volume create, 1 GiB qcow2", VolumeCreate(conductor, "bench-vol", 1, host=here).execute()
+    )
+    volume = (await volumes_api.find_volume(db, "bench-vol")).volume
+    await timed(
+        "volume attach, hot", AttachVolumeTask(conductor, await server(), volume, None).execute()
+    )
+    volume = (await volumes_api.find_volume(db, "bench-vol")).volume
+    await timed(
+        "volume snapshot of it, attached to the running guest",
+        SnapshotCreate(conductor, volume, "bench-snap").execute(),
+    )
+    await timed(
+        "volume detach (PCI hot-unplug)",
+        DetachVolumeTask(conductor, await server(), volume).execute(),
+    )
+    snap = (await volumes_api.find_snapshot(db, "bench-snap")).snapshot
+    await timed("volume snapshot revert", SnapshotRevert(conductor, snap).execute())
+    await SnapshotDelete(conductor, snap).execute()
+    await VolumeDelete(conductor, (await volumes_api.find_volume(db, "bench-vol")).volume).execute()
+    await timed(
+        "rescue (from its own image)", RescueTask(conductor, await server(), timeout=2).execute()
+    )
+    await timed("unrescue", UnrescueTask(conductor, await server()).execute())
+    await timed(
+        "shelve (2 s of it: forced stop; image, offload)",
+        ShelveTask(conductor, await server(), timeout=2).execute(),
+    )
+    await timed(
+        f"unshelve onto another host (image relayed from {here})",
+        UnshelveTask(conductor, await server(), other).execute(),
+    )
+    await delete_image(db, "bench-image")
     return rows
 
 

@@ -22,6 +22,8 @@ KERNEL_PROPERTY = "kernel_id"
 RAMDISK_PROPERTY = "ramdisk_id"
 CMDLINE_PROPERTY = "os_command_line"
 DEFAULT_CMDLINE = "console=ttyS0"
+ROOT_DEVICE = "vda"  # a server booted from a volume has it attached as vda
+BOOT_VOLUME = "boot_volume"  # in its request spec: {"size_gb", "delete_on_termination"}
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,15 @@ class GuestConfig:
     documents: dict[str, str]  # the NoCloud files; the ISO is made off the event loop
     # The volumes attached to it: a rebuild or a move defines the domain with them.
     volumes: tuple[Volume, ...] = ()
+    # Booted from a volume: that volume is its vda (attached as device vda).
+    root_volume: Volume | None = None
 
     @property
     def images(self) -> list[Image]:
-        """Every image the host must have cached before the build."""
-        return [i for i in (self.image, self.kernel, self.ramdisk) if i is not None]
+        """Every image the host must have cached before the build (not the image of a
+        server booted from a volume: the volume holds its disk already)."""
+        image = self.image if self.root_volume is None else None
+        return [i for i in (image, self.kernel, self.ramdisk) if i is not None]
 
     def build_args(
         self, instance: Instance, domain_type: str, seed: bytes, volume_dir: str | None = None
@@ -69,6 +75,11 @@ class GuestConfig:
                 "ramdisk": self.ramdisk.sha256 if self.ramdisk else None,
                 "cmdline": image.properties.get(CMDLINE_PROPERTY, DEFAULT_CMDLINE),
             }
+        if self.root_volume is not None:
+            root = self.root_volume
+            args["root_volume"] = {"volume": root.uuid, "format": root.format} | (
+                {"dir": volume_dir} if volume_dir else {}
+            )
         if self.volumes:
             args["volumes"] = [
                 {"volume": v.uuid, "format": v.format, "device": v.device}
@@ -131,5 +142,6 @@ async def load_guest_config(db: AsyncSession, instance: Instance) -> GuestConfig
         },
         ports=ports,
         documents=documents,
-        volumes=tuple(volumes),
+        volumes=tuple(v for v in volumes if v.device != ROOT_DEVICE),
+        root_volume=next((v for v in volumes if v.device == ROOT_DEVICE), None),
     )

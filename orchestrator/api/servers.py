@@ -39,6 +39,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.db.retry import RetriesExhausted, retrying
 from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.guest_config import BOOT_VOLUME
 from orchestrator.names import check_name, choices
 from orchestrator.networking import (
     PortView,
@@ -75,6 +76,10 @@ class CreateRequest:
     # Volumes (by name or UUID) attached once the server is built: it is placed on
     # their host.
     volumes: tuple[str, ...] = ()
+    # Boot from a new volume of this size made from the image (its root disk), kept
+    # after the server unless delete_on_termination.
+    boot_volume_gb: int | None = None
+    delete_on_termination: bool = False
 
 
 NOT_BOOTABLE = {"aki": "a kernel (aki)", "ari": "a ramdisk (ari)"}
@@ -263,6 +268,27 @@ async def _boot_volumes(session: AsyncSession, request: CreateRequest) -> dict[s
     return {"volume_host": hosts[0], "volumes": sorted(v.name for v, _ in rows)}
 
 
+MAX_BOOT_VOLUME_GB = 64 * 1024
+
+
+def _boot_volume(request: CreateRequest, image: Image) -> dict[str, Any]:
+    size = request.boot_volume_gb
+    assert size is not None
+    if isinstance(size, bool) or not 1 <= size <= MAX_BOOT_VOLUME_GB:
+        raise InvalidInput(f"--boot-from-volume must be 1 to {MAX_BOOT_VOLUME_GB} GB")
+    if image.format not in ("qcow2", "raw") or not image.sha256:
+        raise InvalidInput(
+            f"--boot-from-volume: image {image.name!r} is {image.format}; a volume is made "
+            "from a qcow2 or raw disk image with a known sha256"
+        )
+    if image.min_disk_gb > size:
+        raise InvalidInput(
+            f"image {image.name!r} needs at least {image.min_disk_gb} GiB of disk; "
+            f"--boot-from-volume {size} is smaller"
+        )
+    return {"size_gb": size, "delete_on_termination": request.delete_on_termination}
+
+
 async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[Instance]:
     names = instance_names(request.name, request.count)
     flavor = await _flavor(session, request.flavor)
@@ -285,7 +311,13 @@ async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[
             f"image {image.name!r} needs at least {image.min_ram_mb} MiB of RAM; "
             f"flavor {flavor.name!r} has {flavor.ram_mb}"
         )
-    if image.min_disk_gb > flavor.disk_gb:
+    disk_gb = flavor.disk_gb
+    if request.boot_volume_gb is not None:
+        request_spec[BOOT_VOLUME] = _boot_volume(request, image)
+        disk_gb = 0  # the root disk is the volume, which claims its own size
+    elif request.delete_on_termination:
+        raise InvalidInput("--delete-on-termination goes with --boot-from-volume")
+    elif image.min_disk_gb > flavor.disk_gb:
         raise InvalidInput(
             f"image {image.name!r} needs at least {image.min_disk_gb} GiB of disk; "
             f"flavor {flavor.name!r} has {flavor.disk_gb}"
@@ -308,7 +340,7 @@ async def _new_instances(session: AsyncSession, request: CreateRequest) -> list[
             flavor_name=flavor.name,
             vcpus=flavor.vcpus,
             ram_mb=flavor.ram_mb,
-            disk_gb=flavor.disk_gb,
+            disk_gb=disk_gb,
             image_name=image.name,
             image_id=image.id,
             group_id=group_id,

@@ -136,6 +136,20 @@ def create(
             "goes to the volumes' host."
         ),
     ] = None,
+    boot_from_volume: Annotated[
+        int | None,
+        typer.Option(
+            "--boot-from-volume",
+            help="Boot from a new volume of this many GB made from the image (on the "
+            "server's host); it outlives the server unless --delete-on-termination.",
+        ),
+    ] = None,
+    delete_on_termination: Annotated[
+        bool,
+        typer.Option(
+            "--delete-on-termination", help="With --boot-from-volume: delete it with the server."
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show where the servers would go; change nothing.")
     ] = False,
@@ -167,6 +181,8 @@ def create(
         key_name=key_name,
         user_data=_read_user_data(user_data) if user_data else None,
         volumes=tuple(volume or ()),
+        boot_volume_gb=boot_from_volume,
+        delete_on_termination=delete_on_termination,
         **_hints(hint or []),
     )
     if volume and not wait and not dry_run:

@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from orchestrator import cloudinit
-from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor import boot_volumes, lifecycle, migration_records
 from orchestrator.conductor.actions import (
     finish_action,
     finish_event,
@@ -97,6 +97,11 @@ class Steps:
         return bool(await recovery.recover(self.conductor, [instance_uuid]))
 
     async def _begin(self, instance: Instance, action: str) -> tuple[Instance, int, Host | None]:
+        if action in boot_volumes.REFUSED and boot_volumes.boot_volume_of(instance):
+            raise Conflict(
+                f"server {instance.name} boots from a volume: {action.replace('_', ' ')} is "
+                "not supported for it yet (its disk is the volume, not a file of its own)"
+            )
         if action in lifecycle.REFUSED_WITH_VOLUMES:
             await self._refuse_with_volumes(instance, action)
         async with self.db.session() as db:

@@ -283,3 +283,48 @@ def test_a_resize_carries_a_volume_and_a_revert_brings_back_what_the_guest_wrote
     assert lab.exec_in("lab-2", ["test", "-e", copy]).returncode == 1
     herd.ok("server", "remove", "volume", "rsz", "carried")
     herd.run("server", "delete", "rsz")
+
+
+def test_a_server_booted_from_a_volume_leaves_it_with_its_data_unless_deleted_with_it(
+    herd: HerdCli, lab: Lab, volumes: list[str]
+) -> None:
+    (made,) = herd.ok(
+        "server", "create", "bfv", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--network", "provider", "--host", "lab-1", "--boot-from-volume", "1", "--json",
+    ).json()  # fmt: skip
+    assert (made["vm_state"], made["error"]) == ("active", None), made
+    console_until(herd, "bfv", "HERD-TEST ready")
+    (root,) = [v for v in herd.ok("volume", "list", "--json").json() if v["server"] == "bfv"]
+    volumes.append(root["name"])
+    assert (root["device"], root["status"], root["host"]) == ("vda", "in-use", "lab-1"), root
+    address = provider_ip(herd, lab, "bfv")
+    assert disk(address, "op=write&dev=vda&marker=root-8d") == "wrote root-8d to vda"
+    refused = herd.run("server", "migrate", "bfv")
+    assert "boots from a volume" in assert_one_line_error(refused, code=4)
+    herd.ok("server", "delete", "bfv")
+    kept = herd.ok("volume", "show", root["name"], "--json").json()
+    assert (kept["status"], kept["server"]) == ("available", None), kept
+
+    # Its data is there: attached to another server, read back from it.
+    (other,) = herd.ok(
+        "server", "create", "reader", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--network", "provider", "--host", "lab-1", "--json",
+    ).json()  # fmt: skip
+    assert other["vm_state"] == "active", other
+    console_until(herd, "reader", "HERD-TEST ready")
+    herd.ok("server", "add", "volume", "reader", root["name"])
+    dev = guest_disk(herd, "reader", root["name"], "added", GIB)
+    assert disk(provider_ip(herd, lab, "reader"), f"op=read&dev={dev}") == "HERD-MARKER root-8d"
+    herd.ok("server", "remove", "volume", "reader", root["name"])
+    herd.run("server", "delete", "reader")
+
+    (gone,) = herd.ok(
+        "server", "create", "bfv2", "--flavor", "m1.tiny", "--image", "herd-test",
+        "--network", "provider", "--host", "lab-1", "--boot-from-volume", "1",
+        "--delete-on-termination", "--json",
+    ).json()  # fmt: skip
+    assert gone["vm_state"] == "active", gone
+    (root2,) = [v for v in herd.ok("volume", "list", "--json").json() if v["server"] == "bfv2"]
+    herd.ok("server", "delete", "bfv2")
+    assert root2["name"] not in {v["name"] for v in herd.ok("volume", "list", "--json").json()}
+    assert lab.exec_in("lab-1", ["test", "-e", str(root2["path"])]).returncode == 1

@@ -23,6 +23,7 @@ from orchestrator.conductor.tasks.base import Resumed, Task
 from orchestrator.conductor.tasks.volumes import S, settle, take, volume_args
 from orchestrator.db.models import Host, Instance, Volume
 from orchestrator.errors import Conflict, HerdError, InvalidInput
+from orchestrator.guest_config import ROOT_DEVICE
 
 DEVICES = tuple(f"vd{letter}" for letter in "cdefghijklmnopqrstuvwxyz")
 
@@ -138,6 +139,12 @@ class DetachVolumeTask(Task):
             return guard_outcome(
                 self.instance,
                 f"volume {self.volume.name} is not attached to server {self.instance.name}",
+            )
+        if self.volume.device == ROOT_DEVICE:
+            return guard_outcome(
+                self.instance,
+                f"volume {self.volume.name} is server {self.instance.name}'s root disk: it "
+                "is detached when the server is deleted",
             )
         try:
             row, action_id, host = await self.steps.begin(self.instance, "detach_volume")

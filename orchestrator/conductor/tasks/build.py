@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import replace
 
 from orchestrator import cloudinit
-from orchestrator.conductor import lifecycle
+from orchestrator.conductor import boot_volumes, lifecycle
 from orchestrator.conductor.actions import finish_event, record_event
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import Conductor
@@ -88,6 +88,11 @@ class BuildTask(Task):
         self.progress.update(instance, "preparing image", host=host.name)
         try:
             async with self.db.read() as db:
+                fresh = await self.conductor.instance_row(db, instance.uuid)
+            if boot_volumes.boot_volume_of(fresh):
+                self.progress.update(instance, "making its root volume", host=host.name)
+                await boot_volumes.ensure_root_volume(self.conductor, fresh, host)
+            async with self.db.read() as db:
                 config = await load_guest_config(
                     db, await self.conductor.instance_row(db, instance.uuid)
                 )
@@ -106,6 +111,7 @@ class BuildTask(Task):
                     await self.conductor.instance_row(db, instance.uuid), host.name, str(exc)
                 )
         except HerdError as exc:
+            await boot_volumes.drop_root_volume(self.conductor, instance)  # none: no-op
             if can_retry and wait:
                 return await self._retry_before_cast(instance, host, str(exc))
             await self.conductor.count_build(host.id, ok=False)

@@ -12,7 +12,7 @@ import uuid
 
 from sqlmodel import col, select
 
-from orchestrator.conductor import lifecycle, migration_records
+from orchestrator.conductor import boot_volumes, lifecycle, migration_records
 from orchestrator.conductor.actions import finish_action, record_event, record_fault, start_action
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import DELETE_TIMEOUT, Conductor, release_volumes
@@ -93,7 +93,12 @@ class DeleteTask(Task):
             return Outcome(
                 instance.uuid, instance.name, host.name, instance.vm_state, TaskState.DELETING
             )
-        return await self.conductor.follow(job_id, target, DELETE_TIMEOUT)
+        outcome = await self.conductor.follow(job_id, target, DELETE_TIMEOUT)
+        if outcome.error is None and outcome.vm_state == VmState.DELETED:
+            kept = await boot_volumes.delete_on_termination(self.conductor, row)
+            if kept is not None:
+                log.warning("%s: %s", row.name, kept)
+        return outcome
 
     async def _end_resize(self, instance: Instance) -> None:
         """A server deleted while its resize waits: the disk kept on the source and the
