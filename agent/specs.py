@@ -323,20 +323,7 @@ def _volumes(args: Mapping[str, Any]) -> Tuple[VolumeDisk, ...]:
         device = item.get("device")
         if not isinstance(device, str) or not _VOLUME_DEVICE_RE.fullmatch(device):
             raise BadRequest(f"{where}device must be vdc to vdz")
-        directory = item.get("dir")
-        if directory is not None:
-            try:
-                check_state_dir(directory)
-            except ValueError as exc:
-                raise BadRequest(f"{where}dir {directory!r} {exc}") from None
-        found.append(
-            VolumeDisk(
-                volume=uuid(item, "volume", where),
-                format=choice(item, "format", where, ("qcow2", "raw")),
-                device=device,
-                dir=directory,
-            )
-        )
+        found.append(_volume_disk(item, where, device))
     if len({v.device for v in found}) != len(found):
         raise BadRequest("build: volumes name one device twice")
     return tuple(found)
@@ -348,17 +335,23 @@ def _root_volume(args: Mapping[str, Any]) -> Optional[VolumeDisk]:
         return None
     if not isinstance(raw, Mapping):
         raise BadRequest("build: root_volume must be an object")
-    where = "build: root_volume."
-    fmt = raw.get("format", "qcow2")
-    if fmt not in ("qcow2", "raw"):
-        raise BadRequest(f"{where}format must be qcow2 or raw")
-    directory = raw.get("dir")
+    return _volume_disk(raw, "build: root_volume.", "vda")
+
+
+def _volume_disk(item: Mapping[str, Any], where: str, device: str) -> VolumeDisk:
+    """A volume's whereabouts as a build names them: its UUID, format, directory."""
+    directory = item.get("dir")
     if directory is not None:
         try:
             check_state_dir(directory)
         except ValueError as exc:
-            raise BadRequest(f"{where}dir {exc}") from None
-    return VolumeDisk(volume=uuid(raw, "volume", where), format=fmt, device="vda", dir=directory)
+            raise BadRequest(f"{where}dir {directory!r} {exc}") from None
+    return VolumeDisk(
+        volume=uuid(item, "volume", where),
+        format=choice(item, "format", where, ("qcow2", "raw")),
+        device=device,
+        dir=directory,
+    )
 
 
 def _nics(args: Mapping[str, Any]) -> Tuple[Nic, ...]:

@@ -25,7 +25,6 @@ from orchestrator.api import volumes as volumes_api
 from orchestrator.api.images import delete_image
 from orchestrator.conductor.hosts import target_of
 from orchestrator.conductor.manager import Conductor
-from orchestrator.conductor.outcomes import Outcome
 from orchestrator.conductor.tasks.attach import AttachVolumeTask, DetachVolumeTask
 from orchestrator.conductor.tasks.image_create import ImageCreateTask
 from orchestrator.conductor.tasks.live_migrate import LiveMigrateTask
@@ -104,17 +103,21 @@ async def measure_guests(
     return rows
 
 
+async def timed(rows: list[tuple[str, str]], label: str, work: Awaitable[object]) -> None:
+    """One workflow timed into ``rows``; one that fails stops the bench with its error
+    (a figure for work that did not happen would be a lie)."""
+    t0 = time.perf_counter()
+    outcome = await work
+    error = getattr(outcome, "error", None)
+    if error:
+        raise RuntimeError(f"{label}: {error}")
+    rows.append((label, f"{time.perf_counter() - t0:.2f} s"))
+
+
 async def measure_moves(db: Database, conductor: Conductor, name: str) -> list[tuple[str, str]]:
     """One running test guest moved about. The test guest ignores ACPI, so a move that
     stops it first gives it 2 s and then forces it: that part is fixed here."""
     rows: list[tuple[str, str]] = []
-
-    async def timed(label: str, work: Awaitable[Outcome]) -> None:
-        t0 = time.perf_counter()
-        outcome = await work
-        if outcome.error:
-            raise RuntimeError(f"{label}: {outcome.error}")
-        rows.append((label, f"{time.perf_counter() - t0:.2f} s"))
 
     async def server() -> Instance:
         (row,) = await servers_api.find_servers(db, [name])
@@ -123,18 +126,22 @@ async def measure_moves(db: Database, conductor: Conductor, name: str) -> list[t
     here = (await servers_api.show_server(db, name)).host
     hosts = [h.name for h in await hosts_api.find_hosts(db, None) if h.name != here]
     await timed(
+        rows,
         "live migration of a running test guest (disk overlay copied)",
         LiveMigrateTask(conductor, await server(), hosts[0]).execute(),
     )
     await timed(
+        rows,
         "cold migration of a test guest (2 s of it: ACPI ignored, then forced)",
         MigrateTask(conductor, await server(), hosts[1], timeout=2).execute(),
     )
     await timed(
+        rows,
         "resize on the same host, m1.tiny -> m1.small (2 s of it: forced stop)",
         ResizeTask(conductor, await server(), "m1.small", timeout=2).execute(),
     )
     await timed(
+        rows,
         "resize --revert (built again from the kept disk)",
         RevertResizeTask(conductor, await server()).execute(),
     )
@@ -146,14 +153,6 @@ async def measure_storage(db: Database, conductor: Conductor, name: str) -> list
     volume). The shelve's stop is forced after 2 s (the test guest ignores ACPI)."""
     rows: list[tuple[str, str]] = []
 
-    async def timed(label: str, work: Awaitable[object]) -> None:
-        t0 = time.perf_counter()
-        outcome = await work
-        error = getattr(outcome, "error", None)
-        if error:
-            raise RuntimeError(f"{label}: {error}")
-        rows.append((label, f"{time.perf_counter() - t0:.2f} s"))
-
     async def server() -> Instance:
         (row,) = await servers_api.find_servers(db, [name])
         return row
@@ -161,38 +160,49 @@ async def measure_storage(db: Database, conductor: Conductor, name: str) -> list
     here = (await servers_api.show_server(db, name)).host
     other = next(h.name for h in await hosts_api.find_hosts(db, None) if h.name != here)
     await timed(
+        rows,
         "server image create of a running test guest (snapshot, convert, blockcommit)",
         ImageCreateTask(conductor, await server(), "bench-image").execute(),
     )
     await timed(
-        "volume create, 1 GiB qcow2", VolumeCreate(conductor, "bench-vol", 1, host=here).execute()
+        rows,
+        "volume create, 1 GiB qcow2",
+        VolumeCreate(conductor, "bench-vol", 1, host=here).execute(),
     )
     volume = (await volumes_api.find_volume(db, "bench-vol")).volume
     await timed(
-        "volume attach, hot", AttachVolumeTask(conductor, await server(), volume, None).execute()
+        rows,
+        "volume attach, hot",
+        AttachVolumeTask(conductor, await server(), volume, None).execute(),
     )
     volume = (await volumes_api.find_volume(db, "bench-vol")).volume
     await timed(
+        rows,
         "volume snapshot of it, attached to the running guest",
         SnapshotCreate(conductor, volume, "bench-snap").execute(),
     )
     await timed(
+        rows,
         "volume detach (PCI hot-unplug)",
         DetachVolumeTask(conductor, await server(), volume).execute(),
     )
     snap = (await volumes_api.find_snapshot(db, "bench-snap")).snapshot
-    await timed("volume snapshot revert", SnapshotRevert(conductor, snap).execute())
+    await timed(rows, "volume snapshot revert", SnapshotRevert(conductor, snap).execute())
     await SnapshotDelete(conductor, snap).execute()
     await VolumeDelete(conductor, (await volumes_api.find_volume(db, "bench-vol")).volume).execute()
     await timed(
-        "rescue (from its own image)", RescueTask(conductor, await server(), timeout=2).execute()
+        rows,
+        "rescue (from its own image)",
+        RescueTask(conductor, await server(), timeout=2).execute(),
     )
-    await timed("unrescue", UnrescueTask(conductor, await server()).execute())
+    await timed(rows, "unrescue", UnrescueTask(conductor, await server()).execute())
     await timed(
+        rows,
         "shelve (2 s of it: forced stop; image, offload)",
         ShelveTask(conductor, await server(), timeout=2).execute(),
     )
     await timed(
+        rows,
         f"unshelve onto another host (image relayed from {here})",
         UnshelveTask(conductor, await server(), other).execute(),
     )
