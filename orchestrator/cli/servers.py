@@ -587,7 +587,7 @@ def _resize(
     if confirm:
         return tasks.ConfirmResizeTask(conductor, instance).execute()
     if revert:
-        return tasks.RevertResizeTask(conductor, instance).execute()
+        return tasks.RevertResizeTask(conductor, instance, timeout=timeout).execute()
     assert flavor is not None
     return tasks.ResizeTask(conductor, instance, flavor, host, timeout=timeout).execute()
 

@@ -260,8 +260,9 @@ def test_a_resize_carries_a_volume_and_a_revert_brings_back_what_the_guest_wrote
     source_file = herd.ok("volume", "show", "carried", "--json").json()["path"]
 
     (resized,) = herd.ok(
-        "server", "resize", "rsz", "--flavor", "m1.small", "--host", "lab-2", "--json"
-    ).json()
+        "server", "resize", "rsz", "--flavor", "m1.small", "--host", "lab-2",
+        "--timeout", "2", "--json",
+    ).json()  # fmt: skip
     assert (resized["vm_state"], resized["host"], resized["error"]) == ("resized", "lab-2", None)
     shown = herd.ok("volume", "show", "carried", "--json").json()
     assert (shown["host"], shown["status"]) == ("lab-2", "in-use"), shown
@@ -272,7 +273,7 @@ def test_a_resize_carries_a_volume_and_a_revert_brings_back_what_the_guest_wrote
         disk(address, f"op=write&dev={booted}&marker=during-6f") == f"wrote during-6f to {booted}"
     )
 
-    (reverted,) = herd.ok("server", "resize", "rsz", "--revert", "--json").json()
+    (reverted,) = herd.ok("server", "resize", "rsz", "--revert", "--timeout", "2", "--json").json()
     assert (reverted["vm_state"], reverted["host"], reverted["error"]) == ("active", "lab-1", None)
     shown = herd.ok("volume", "show", "carried", "--json").json()
     assert (shown["host"], shown["path"]) == ("lab-1", source_file), shown

@@ -45,7 +45,6 @@ from orchestrator.db.models import (
 )
 from orchestrator.errors import Conflict, HerdError, InvalidInput, NotFound, NoValidHost
 from orchestrator.guest_config import load_guest_config
-from orchestrator.rpc.agent_api import PowerArgs
 
 
 def flavor_record(flavor: Flavor) -> dict[str, Any]:
@@ -569,9 +568,11 @@ class RevertResizeTask(Task):
         "restore": "finished: the DB restored to the old size on the source",
     }
 
-    def __init__(self, conductor: Conductor, instance: Instance) -> None:
+    def __init__(
+        self, conductor: Conductor, instance: Instance, *, timeout: int = POWER_TIMEOUT
+    ) -> None:
         super().__init__(conductor)
-        self.instance = instance
+        self.instance, self.timeout = instance, timeout
         self.restore = SourceRestore(self.steps)
 
     async def _execute(self) -> Outcome:
@@ -628,11 +629,7 @@ class RevertResizeTask(Task):
         if state is None:
             return  # removed already, by a revert that carried them back first
         if state != "shutoff":
-            args: PowerArgs = {"uuid": row.uuid, "action": "stop", "timeout": POWER_TIMEOUT}
-            await self.steps.stepped(
-                action_id, "stop_dest", dest.name,
-                self.agent.power(target_of(dest), args, timeout=POWER_TIMEOUT + FOLLOW_MARGIN),
-            )  # fmt: skip
+            await self.steps.stop_source(row, dest, action_id, self.timeout, "stop_dest")
         await volume_moves.carry(self.steps, action_id, row, volumes, dest, source)
 
     @classmethod
