@@ -279,8 +279,27 @@ def ensure_bridges(network: LabNetwork, root: Path, bastion: bool = False) -> li
         else:
             address = f"{subnet.network_address + ROOT_HOST}/{subnet.prefixlen}"
             _ip(["addr", "replace", address, "dev", name], f"{name}: address")
+        if name == network.provider_bridge:
+            _forget_moved_guests(name)
         _ip(["link", "set", "dev", name, "up"], f"{name}: up")
     return made
+
+
+def _forget_moved_guests(bridge: str, netns_pid: int | None = None) -> None:
+    """The lab's guests move between hosts (migrations, shelves, evacuations) and their
+    addresses pass to new guests within seconds, faster than a real network's caches
+    expire: the provider bridge learns no MAC (ageing 0: it floods, as a hub), and the
+    root namespace re-checks a neighbour after 2 s, so a test that reaches a guest is
+    never sent to where that MAC or address lived before."""
+    _ip(["link", "set", "dev", bridge, "type", "bridge", "ageing_time", "0"], bridge, netns_pid)
+    if netns_pid is None:
+        _sysctl(
+            {
+                f"net.ipv4.neigh.{bridge}.base_reachable_time_ms": "2000",
+                f"net.ipv4.neigh.{bridge}.delay_first_probe_time": "1",
+            },
+            f"{bridge}: short neighbour cache",
+        )
 
 
 def netns_names() -> set[str]:
@@ -437,6 +456,7 @@ def attach_host(
     for name in (MANAGEMENT_NIC, PROVIDER_PORT, PROVIDER_BRIDGE):
         _sysctl({f"net.ipv6.conf.{name}.disable_ipv6": "1"}, f"{name}: IPv6 off", pid)
     _ip(["link", "set", "dev", PROVIDER_PORT, "master", PROVIDER_BRIDGE, "up"], PROVIDER_PORT, pid)
+    _forget_moved_guests(PROVIDER_BRIDGE, pid)
     _ip(["link", "set", "dev", PROVIDER_BRIDGE, "up"], PROVIDER_BRIDGE, pid)
     prefix = network.management.prefixlen
     _ip(["addr", "replace", f"{address}/{prefix}", "dev", MANAGEMENT_NIC], MANAGEMENT_NIC, pid)
