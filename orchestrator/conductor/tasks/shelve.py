@@ -19,6 +19,7 @@ ran); from the image's registration on, the shelve only goes forward.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import ClassVar
 
 from sqlalchemy import update
@@ -44,8 +45,9 @@ POWER_LIMITS = (0, 3600)
 
 def shelve_image_name(row: Instance) -> str:
     """Nova names it ``<server>-shelved``; herd's image names are unique, so the time
-    tells one shelve of the server from the next."""
-    return f"{row.name}-shelved-{utcnow().strftime('%Y%m%d%H%M%S')}"
+    and a random suffix tell one shelve of the server from the next (two shelves in one
+    second of an unchanged disk would otherwise name, and hash to, the same image)."""
+    return f"{row.name}-shelved-{utcnow().strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
 
 
 class ShelveTask(Task):
